@@ -1,0 +1,22 @@
+//! Certificates for the webhook and the registry proxy: a certificate
+//! authority that issues serving certificates, PEM loading, and a rustls
+//! server configuration that picks up rotated certificate files without a
+//! restart.
+//!
+//! All cryptography goes through rustls' and rcgen's ring backends, and every
+//! rustls configuration names the ring provider explicitly.
+
+pub mod authority;
+pub mod bundle;
+mod der;
+pub mod pem;
+mod pkcs8;
+pub mod reload;
+pub mod tls_config;
+mod x509;
+
+pub use authority::{CertificateAuthority, IssuedCertificate};
+pub use bundle::{ServingFiles, write_serving_bundle};
+pub use pem::{load_certs_pem, load_private_key_pem, root_store_from_pem};
+pub use reload::ReloadingCertResolver;
+pub use tls_config::{client_config, server_config};

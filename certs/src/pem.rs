@@ -1,0 +1,200 @@
+//! PEM in and out: certificate chains, trust roots and private keys as they
+//! appear in Kubernetes Secrets and mounted files.
+
+use std::io;
+
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pemfile::Item;
+
+/// Why PEM text could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A block is syntactically broken (missing END line, bad base64).
+    #[error("malformed PEM: {0}")]
+    Malformed(#[source] io::Error),
+    /// No block of the wanted kind; `found` lists the labels that were there.
+    #[error("no {wanted} PEM block found{}", describe_found(found))]
+    Missing {
+        /// What was looked for, e.g. "CERTIFICATE".
+        wanted: &'static str,
+        /// The labels of the blocks that were present.
+        found: Vec<&'static str>,
+    },
+    /// More than one private key, so which one is meant is unclear.
+    #[error("{count} private keys found where one was expected")]
+    SeveralKeys {
+        /// How many private key blocks there were.
+        count: usize,
+    },
+    /// A certificate rustls cannot use as a trust anchor.
+    #[error("certificate {index} cannot be a trust anchor: {source}")]
+    TrustAnchor {
+        /// Position of the certificate in the PEM, from 0.
+        index: usize,
+        /// Why rustls rejected it.
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// Result of reading PEM.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Decodes every `CERTIFICATE` block, in order; fails if there is none.
+pub fn load_certs_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let items = read_items(pem)?;
+    let found = labels(&items);
+    let certs: Vec<_> = items
+        .into_iter()
+        .filter_map(|item| match item {
+            Item::X509Certificate(cert) => Some(cert),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(Error::Missing {
+            wanted: "CERTIFICATE",
+            found,
+        });
+    }
+    Ok(certs)
+}
+
+/// Decodes the single private key (PKCS#8, SEC1 or PKCS#1) in `pem`.
+pub fn load_private_key_pem(pem: &str) -> Result<PrivateKeyDer<'static>> {
+    let items = read_items(pem)?;
+    let found = labels(&items);
+    let mut keys: Vec<PrivateKeyDer<'static>> = items
+        .into_iter()
+        .filter_map(|item| match item {
+            Item::Pkcs8Key(key) => Some(key.into()),
+            Item::Sec1Key(key) => Some(key.into()),
+            Item::Pkcs1Key(key) => Some(key.into()),
+            _ => None,
+        })
+        .collect();
+    match keys.len() {
+        0 => Err(Error::Missing {
+            wanted: "PRIVATE KEY",
+            found,
+        }),
+        1 => Ok(keys.remove(0)),
+        count => Err(Error::SeveralKeys { count }),
+    }
+}
+
+/// A root store trusting every certificate in `pem`, e.g. a CA bundle.
+pub fn root_store_from_pem(pem: &str) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for (index, cert) in load_certs_pem(pem)?.into_iter().enumerate() {
+        roots.add(cert).map_err(|source| Error::TrustAnchor { index, source })?;
+    }
+    Ok(roots)
+}
+
+/// Encodes DER as one PEM block with 64-column base64 lines and a final newline.
+pub fn encode_pem(label: &str, der: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut base64 = Vec::with_capacity(der.len().div_ceil(3) * 4);
+    for chunk in der.chunks(3) {
+        let bytes = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let group = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]);
+        for index in 0..4 {
+            if index <= chunk.len() {
+                base64.push(ALPHABET[((group >> (18 - 6 * index)) & 0x3f) as usize]);
+            } else {
+                base64.push(b'=');
+            }
+        }
+    }
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for line in base64.chunks(64) {
+        // The alphabet is ASCII, so every chunk is valid UTF-8.
+        pem.extend(line.iter().map(|&byte| char::from(byte)));
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
+}
+
+fn read_items(pem: &str) -> Result<Vec<Item>> {
+    rustls_pemfile::read_all(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(Error::Malformed)
+}
+
+fn labels(items: &[Item]) -> Vec<&'static str> {
+    items
+        .iter()
+        .map(|item| match item {
+            Item::X509Certificate(_) => "CERTIFICATE",
+            Item::SubjectPublicKeyInfo(_) => "PUBLIC KEY",
+            Item::Pkcs1Key(_) => "RSA PRIVATE KEY",
+            Item::Pkcs8Key(_) => "PRIVATE KEY",
+            Item::Sec1Key(_) => "EC PRIVATE KEY",
+            Item::Crl(_) => "X509 CRL",
+            Item::Csr(_) => "CERTIFICATE REQUEST",
+            _ => "unrecognised",
+        })
+        .collect()
+}
+
+fn describe_found(found: &[&str]) -> String {
+    if found.is_empty() {
+        " (no PEM blocks at all)".to_owned()
+    } else {
+        format!(" (found {})", found.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_pem_decodes_to_the_same_bytes() {
+        for length in [0usize, 1, 2, 3, 47, 48, 49, 100, 1000] {
+            let der: Vec<u8> = (0..length).map(|index| (index * 7 + 3) as u8).collect();
+            let pem = encode_pem("CERTIFICATE", &der);
+            assert!(pem.lines().all(|line| line.len() <= 64), "{pem}");
+            if length > 0 {
+                let decoded = load_certs_pem(&pem).unwrap();
+                assert_eq!(decoded[0].as_ref(), der.as_slice());
+            }
+        }
+    }
+
+    #[test]
+    fn missing_blocks_are_named_with_what_was_found() {
+        let cert_only = encode_pem("CERTIFICATE", &[1, 2, 3]);
+        let error = load_private_key_pem(&cert_only).unwrap_err();
+        assert_eq!(error.to_string(), "no PRIVATE KEY PEM block found (found CERTIFICATE)");
+        let error = load_certs_pem("just some text").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "no CERTIFICATE PEM block found (no PEM blocks at all)"
+        );
+    }
+
+    #[test]
+    fn broken_blocks_are_malformed() {
+        let truncated = "-----BEGIN CERTIFICATE-----\nAAAA\n";
+        assert!(matches!(load_certs_pem(truncated), Err(Error::Malformed(_))));
+        let bad_base64 = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
+        assert!(matches!(load_certs_pem(bad_base64), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn two_keys_are_ambiguous() {
+        let two = encode_pem("PRIVATE KEY", &[1]) + &encode_pem("EC PRIVATE KEY", &[2]);
+        assert!(matches!(
+            load_private_key_pem(&two),
+            Err(Error::SeveralKeys { count: 2 })
+        ));
+    }
+}

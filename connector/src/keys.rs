@@ -1,0 +1,45 @@
+//! Annotation, label and object names that the webhook, proxy and CSI driver
+//! agree on. Every key lives here once and is imported everywhere else.
+
+/// Pod annotation (and namespace annotation, for defaults) naming the
+/// connectors a pod uses: `name`, `ns/name`, comma-separated.
+pub const CONNECTOR_ANNOTATION: &str = "connectors.cpaas.io/connector";
+
+/// Namespace label opting every pod of the namespace in (`"true"`), and pod
+/// annotation opting one pod out (`"false"`).
+pub const PROXY_INJECT: &str = "connectors.cpaas.io/proxy-inject";
+
+/// Pod annotation the webhook writes once it has mutated a pod: the
+/// connectors it injected. Its presence makes a second pass a no-op.
+pub const INJECTED_ANNOTATION: &str = "connectors.cpaas.io/injected";
+
+/// Pod annotation recording the images the webhook rewrote, as a JSON object
+/// keyed by `<field>/<container name>` (e.g. `containers/app`).
+pub const ORIGINAL_IMAGES_ANNOTATION: &str = "connectors.cpaas.io/original-images";
+
+/// Pod annotation carrying the proxy CA (PEM); a downwardAPI volume projects
+/// it into every container, so trust never depends on an object in the
+/// pod's namespace.
+pub const PROXY_CA_ANNOTATION: &str = "connectors.cpaas.io/proxy-ca";
+
+/// Annotation present on mirror (static) pods; those are never mutated.
+pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
+/// Connector annotation kept for users' descriptions.
+pub const DESCRIPTION_ANNOTATION: &str = "cpaas.io/description";
+
+/// The CSI driver that renders per-pod client configuration.
+pub const CSI_DRIVER: &str = "connectors-csi";
+
+/// Names of the volumes the webhook adds to a pod.
+pub const CSI_VOLUME: &str = "connectors-csi";
+pub const CA_VOLUME: &str = "connectors-ca";
+
+/// CSI volume attribute listing the pod's connectors as `ns/name,...`.
+pub const CSI_ATTRIBUTE_CONNECTORS: &str = "connectors";
+
+/// Namespaces that are never selected, whatever their labels say.
+pub const KUBE_SYSTEM_NAMESPACE: &str = "kube-system";
+
+/// The namespace the product installs into by default.
+pub const DEFAULT_INSTALL_NAMESPACE: &str = "connectors-system";

@@ -1,0 +1,125 @@
+//! The subcommands and the flags they share.
+
+mod certs;
+mod crd;
+mod mutate;
+mod webhook;
+
+use ::webhook::mutation::{InjectionConfig, default_no_proxy};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Secretless registry access for Kubernetes workloads.
+#[derive(Parser)]
+#[command(name = "connectors", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, global = true, env = "CONNECTORS_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+    /// Log debug details.
+    #[arg(long, short, global = true, env = "CONNECTORS_VERBOSE")]
+    pub verbose: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve the mutating admission webhook over HTTPS.
+    Webhook(webhook::Args),
+    /// Print manifests with every selected pod mutated as the webhook would.
+    Mutate(mutate::Args),
+    /// Print the Connector CustomResourceDefinition.
+    Crd,
+    /// Generate a CA and a serving certificate for local use.
+    Certs(certs::Args),
+}
+
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Webhook(args) => webhook::run(args),
+        Command::Mutate(args) => mutate::run(args),
+        Command::Crd => crd::run(),
+        Command::Certs(args) => certs::run(args),
+    }
+}
+
+pub fn init_logging(format: LogFormat, verbose: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if verbose { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_env("CONNECTORS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Where the proxy is and what the cluster looks like: the flags that shape
+/// every mutation, shared by `webhook` and `mutate`.
+#[derive(clap::Args, Clone)]
+pub struct InjectionArgs {
+    /// `host[:port]` of the reverse proxy as nodes reach it; rewritten images
+    /// start with it.
+    #[arg(
+        long,
+        env = "CONNECTORS_PULL_ADDRESS",
+        default_value = "connectors-proxy.connectors-system.svc"
+    )]
+    pub pull_address: String,
+    /// `host:port` of the forward proxy as pods reach it.
+    #[arg(
+        long,
+        env = "CONNECTORS_FORWARD_PROXY",
+        default_value = "connectors-proxy.connectors-system.svc:3128"
+    )]
+    pub forward_proxy: String,
+    /// The namespace the product is installed in (never mutated).
+    #[arg(long, env = "CONNECTORS_INSTALL_NAMESPACE", default_value = "connectors-system")]
+    pub install_namespace: String,
+    /// The cluster's DNS domain, for NO_PROXY.
+    #[arg(long, env = "CONNECTORS_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The API server's address (host or IP), for NO_PROXY.
+    #[arg(long, env = "CONNECTORS_API_SERVER")]
+    pub api_server: Option<String>,
+    /// Pod, service and node CIDRs for NO_PROXY (comma-separated or repeated).
+    #[arg(long = "no-proxy-cidr", env = "CONNECTORS_NO_PROXY_CIDRS", value_delimiter = ',')]
+    pub no_proxy_cidrs: Vec<String>,
+    /// The proxy CA certificate (PEM), delivered to every container.
+    #[arg(long, env = "CONNECTORS_PROXY_CA")]
+    pub proxy_ca: Option<std::path::PathBuf>,
+}
+
+impl InjectionArgs {
+    pub fn config(&self) -> anyhow::Result<InjectionConfig> {
+        use anyhow::Context;
+        let mut config = InjectionConfig::new(&self.pull_address, &self.forward_proxy);
+        config.install_namespace = self.install_namespace.clone();
+        config.no_proxy = default_no_proxy(&self.cluster_domain, self.api_server.as_deref(), &self.no_proxy_cidrs);
+        if let Some(path) = &self.proxy_ca {
+            let pem = std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read the proxy CA {}", path.display()))?;
+            ::certs::load_certs_pem(&pem).with_context(|| format!("the proxy CA {} is not PEM", path.display()))?;
+            config.proxy_ca_pem = Some(pem);
+        }
+        Ok(config)
+    }
+}
+
+/// Writes to standard output; a closed pipe (`| head`) ends quietly.
+pub fn write_stdout(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}

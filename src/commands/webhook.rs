@@ -1,0 +1,103 @@
+//! `connectors webhook`: the admission webhook over HTTPS.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use connector::store::{ConnectorStore, FileStore, KubeStore};
+use webhook::metrics::Metrics;
+use webhook::server::{self, WebhookState};
+
+use super::InjectionArgs;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A store file (standalone mode); without it, connectors and namespaces
+    /// are watched through the API server.
+    #[arg(long, env = "CONNECTORS_STORE")]
+    store: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "CONNECTORS_LISTEN", default_value = "0.0.0.0:8443")]
+    listen: SocketAddr,
+    /// Serving certificate chain (PEM); reloaded when it changes.
+    #[arg(long, env = "CONNECTORS_TLS_CERT")]
+    tls_cert: PathBuf,
+    /// Serving key (PEM).
+    #[arg(long, env = "CONNECTORS_TLS_KEY")]
+    tls_key: PathBuf,
+    /// How often to check the certificate files for changes.
+    #[arg(long, env = "CONNECTORS_TLS_RELOAD_SECONDS", default_value_t = 5)]
+    tls_reload_seconds: u64,
+    /// How long to finish in-flight reviews on shutdown.
+    #[arg(long, env = "CONNECTORS_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
+    shutdown_grace_seconds: u64,
+    #[command(flatten)]
+    injection: InjectionArgs,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let config = Arc::new(args.injection.config()?);
+    let store: Arc<dyn ConnectorStore> = match &args.store {
+        Some(path) => {
+            let store = Arc::new(
+                FileStore::load(path).with_context(|| format!("failed to load the store {}", path.display()))?,
+            );
+            store.spawn_watch(Duration::from_secs(2));
+            store
+        }
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .context("no --store given and no Kubernetes configuration found")?;
+            Arc::new(KubeStore::spawn(client))
+        }
+    };
+    let resolver = certs::ReloadingCertResolver::load(args.tls_cert.clone(), args.tls_key.clone())
+        .context("failed to load the serving certificate")?;
+    resolver.spawn_watch(Duration::from_secs(args.tls_reload_seconds.max(1)));
+    let tls = certs::server_config(resolver, &[b"h2", b"http/1.1"])?;
+    let state = WebhookState {
+        store,
+        config,
+        metrics: Arc::new(Metrics::default()),
+    };
+    server::serve_tls(
+        args.listen,
+        server::router(state),
+        tls,
+        shutdown_signal(),
+        Duration::from_secs(args.shutdown_grace_seconds),
+        |addr| tracing::info!(%addr, "webhook listening"),
+    )
+    .await
+    .context("the webhook server failed")
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,20 @@
+//! `connectors`: one binary, one subcommand per component.
+
+mod commands;
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    // NB: rustls must use ring; several dependencies would otherwise pick
+    // a process default at first use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = commands::Cli::parse();
+    commands::init_logging(cli.log_format, cli.verbose);
+    match commands::run(cli.command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

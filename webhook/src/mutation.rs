@@ -1,0 +1,579 @@
+//! The pod mutation: a pure function from a pod's raw JSON, its namespace and
+//! the selected connectors to an RFC 6902 patch.
+//!
+//! NB: the pod is never deserialised into the typed `Pod`: a round trip
+//! through k8s-openapi drops fields newer than its API version, so every
+//! operation is built against the raw JSON the API server sent.
+
+use std::collections::BTreeMap;
+
+use connector::address::{AddressError, RegistryAddress};
+use connector::keys;
+use connector::reference::{Reference, ReferenceError, canonical_registry_host};
+use connector::selection::{self, Selection, SelectionError, SkipReason, format_connector_list};
+use connector::store::ConnectorStore;
+use connector::{Connector, ConnectorKey};
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
+use jsonptr::PointerBuf;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::{Map, Value, json};
+
+/// The container lists of a pod spec, in the order they are mutated.
+pub const CONTAINER_FIELDS: [&str; 3] = ["initContainers", "containers", "ephemeralContainers"];
+
+/// Everything the mutation needs besides the pod: where the proxy is and
+/// what the cluster looks like. Built once at start-up.
+#[derive(Debug, Clone)]
+pub struct InjectionConfig {
+    /// The namespace the product runs in; its pods are never mutated.
+    pub install_namespace: String,
+    /// `host[:port]` of the reverse proxy as nodes reach it; rewritten images
+    /// start with it.
+    pub pull_address: String,
+    /// `host:port` of the forward proxy (HTTP CONNECT) as pods reach it.
+    pub forward_proxy: String,
+    /// The `NO_PROXY` entries, in order.
+    pub no_proxy: Vec<String>,
+    /// Where the CSI volume with client configuration is mounted.
+    pub config_mount_path: String,
+    /// Where the proxy CA (downwardAPI volume) is mounted.
+    pub ca_mount_path: String,
+    /// The proxy CA certificate(s) in PEM; `None` leaves trust to the CSI
+    /// volume alone.
+    pub proxy_ca_pem: Option<String>,
+}
+
+impl InjectionConfig {
+    /// The defaults of an install in `connectors-system` with cluster domain
+    /// `cluster.local`.
+    pub fn new(pull_address: impl Into<String>, forward_proxy: impl Into<String>) -> Self {
+        Self {
+            install_namespace: keys::DEFAULT_INSTALL_NAMESPACE.to_owned(),
+            pull_address: pull_address.into(),
+            forward_proxy: forward_proxy.into(),
+            no_proxy: default_no_proxy("cluster.local", None, &[]),
+            config_mount_path: "/var/run/connectors".to_owned(),
+            ca_mount_path: "/var/run/connectors-ca".to_owned(),
+            proxy_ca_pem: None,
+        }
+    }
+}
+
+/// The `NO_PROXY` list: loopback, the cluster's service and pod domains, the
+/// API server and the given CIDRs. Both domain and CIDR forms are listed
+/// because clients disagree on which they honour.
+pub fn default_no_proxy(cluster_domain: &str, api_server: Option<&str>, cidrs: &[String]) -> Vec<String> {
+    let domain = cluster_domain.trim_matches('.');
+    let mut entries: Vec<String> = vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+        "kubernetes.default.svc".into(),
+        ".svc".into(),
+        format!(".svc.{domain}"),
+        format!(".{domain}"),
+    ];
+    entries.extend(api_server.map(str::to_owned));
+    entries.extend(cidrs.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    entries.retain(|e| !e.is_empty() && seen.insert(e.clone()));
+    entries
+}
+
+/// Which admission the pod arrives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Pod creation: everything is injected.
+    Create,
+    /// An update of the `ephemeralcontainers` subresource: only ephemeral
+    /// containers may change, and only volumes the pod already has can be
+    /// mounted.
+    EphemeralContainers,
+}
+
+/// What the mutation decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The pod is not selected.
+    Skipped(Skip),
+    /// The pod is selected and already carries everything (a second pass).
+    Unchanged { connectors: Vec<ConnectorKey> },
+    /// The patch to apply.
+    Patched {
+        patch: Patch,
+        connectors: Vec<ConnectorKey>,
+        images_rewritten: usize,
+    },
+}
+
+/// Why a pod is left alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    Selection(SkipReason),
+    /// The namespace opted in but has no connectors.
+    NoConnectors,
+}
+
+impl Skip {
+    /// A short stable label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::Selection(reason) => reason.as_str(),
+            Skip::NoConnectors => "no-connectors",
+        }
+    }
+}
+
+/// Why a pod is denied. Each message is shown to the user who created it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MutationError {
+    #[error("the object is not a pod: {0}")]
+    NotAPod(&'static str),
+    #[error("{0}")]
+    Selection(#[from] SelectionError),
+    #[error("connector {key} does not exist (named by {source_of})")]
+    UnknownConnector { key: ConnectorKey, source_of: &'static str },
+    #[error("connector {key} has an unusable address: {source}")]
+    ConnectorAddress {
+        key: ConnectorKey,
+        #[source]
+        source: AddressError,
+    },
+    #[error("{field}[{name}]: image {image:?} is not a valid reference: {source}")]
+    InvalidImage {
+        field: &'static str,
+        name: String,
+        image: String,
+        #[source]
+        source: ReferenceError,
+    },
+}
+
+pub type Result<T, E = MutationError> = std::result::Result<T, E>;
+
+/// A selected connector and the registry host its images are on.
+#[derive(Debug, Clone)]
+struct Route {
+    key: ConnectorKey,
+    registry_host: String,
+}
+
+/// Decides whether `pod` (raw JSON of a Pod in `namespace`) is selected and
+/// returns the patch that injects the selected connectors. Reads only the
+/// in-memory `store`; does no I/O.
+pub fn mutate_pod(
+    pod: &Value,
+    namespace: &str,
+    mode: Mode,
+    store: &dyn ConnectorStore,
+    config: &InjectionConfig,
+) -> Result<Outcome> {
+    let spec = pod
+        .get("spec")
+        .and_then(Value::as_object)
+        .ok_or(MutationError::NotAPod("spec is missing"))?;
+    if !spec.get("containers").is_some_and(Value::is_array) {
+        return Err(MutationError::NotAPod("spec.containers is missing"));
+    }
+    let annotations = string_map(pod.pointer("/metadata/annotations"));
+    let namespace_meta = store.namespace(namespace).unwrap_or_default();
+    let selection = selection::select(
+        namespace,
+        &annotations,
+        &namespace_meta.labels,
+        &namespace_meta.annotations,
+        &config.install_namespace,
+    )?;
+    let connectors = match selection {
+        Selection::Skip(reason) => return Ok(Outcome::Skipped(Skip::Selection(reason))),
+        Selection::Annotated(keys) => lookup(store, keys, "the pod annotation connectors.cpaas.io/connector")?,
+        Selection::Namespace(Some(keys)) => {
+            lookup(store, keys, "the namespace annotation connectors.cpaas.io/connector")?
+        }
+        Selection::Namespace(None) => store.connectors_in(namespace),
+    };
+    if connectors.is_empty() {
+        return Ok(Outcome::Skipped(Skip::NoConnectors));
+    }
+    let routes = routes(&connectors)?;
+    let keys: Vec<ConnectorKey> = routes.iter().map(|r| r.key.clone()).collect();
+
+    let mut builder = PodPatch::new(pod, spec, &annotations, &routes, config, mode);
+    builder.containers()?;
+    if mode == Mode::Create {
+        builder.volumes();
+        builder.annotations();
+    }
+    let images_rewritten = builder.images_rewritten;
+    let patch = builder.finish();
+    if patch.0.is_empty() {
+        Ok(Outcome::Unchanged { connectors: keys })
+    } else {
+        Ok(Outcome::Patched {
+            patch,
+            connectors: keys,
+            images_rewritten,
+        })
+    }
+}
+
+fn lookup(
+    store: &dyn ConnectorStore,
+    keys: Vec<ConnectorKey>,
+    source_of: &'static str,
+) -> Result<Vec<std::sync::Arc<Connector>>> {
+    keys.into_iter()
+        .map(|key| {
+            store
+                .connector(&key)
+                .ok_or(MutationError::UnknownConnector { key, source_of })
+        })
+        .collect()
+}
+
+fn routes(connectors: &[std::sync::Arc<Connector>]) -> Result<Vec<Route>> {
+    connectors
+        .iter()
+        .map(|c| {
+            let key = c.key("default");
+            let address =
+                RegistryAddress::parse(&c.spec.address).map_err(|source| MutationError::ConnectorAddress {
+                    key: key.clone(),
+                    source,
+                })?;
+            Ok(Route {
+                key,
+                registry_host: address.registry_host().to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Characters escaped in the user part of the proxy URL: all but the
+/// unreserved set and the `,` separating connectors.
+const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b',');
+
+/// The forward proxy URL carrying the connector list as its user name, e.g.
+/// `http://team%2Fharbor@connectors-proxy.connectors-system.svc:3128`.
+pub fn forward_proxy_url(forward_proxy: &str, connectors: &[ConnectorKey]) -> String {
+    let user = utf8_percent_encode(&format_connector_list(connectors), USERINFO).to_string();
+    format!("http://{user}@{forward_proxy}")
+}
+
+/// Builds the patch operations for one pod.
+struct PodPatch<'a> {
+    pod: &'a Value,
+    spec: &'a Map<String, Value>,
+    annotations: &'a BTreeMap<String, String>,
+    routes: &'a [Route],
+    config: &'a InjectionConfig,
+    mode: Mode,
+    pull_host: String,
+    env: Vec<(&'static str, String)>,
+    original_images: BTreeMap<String, String>,
+    images_rewritten: usize,
+    ops: Vec<PatchOperation>,
+}
+
+impl<'a> PodPatch<'a> {
+    fn new(
+        pod: &'a Value,
+        spec: &'a Map<String, Value>,
+        annotations: &'a BTreeMap<String, String>,
+        routes: &'a [Route],
+        config: &'a InjectionConfig,
+        mode: Mode,
+    ) -> Self {
+        let host_network = spec.get("hostNetwork").and_then(Value::as_bool).unwrap_or(false);
+        let keys: Vec<ConnectorKey> = routes.iter().map(|r| r.key.clone()).collect();
+        let mut env: Vec<(&'static str, String)> = Vec::new();
+        // NB: hostNetwork pods share the node's address, so the proxy cannot
+        // tell them apart by source IP; they get no proxy environment.
+        if !host_network {
+            let proxy = forward_proxy_url(&config.forward_proxy, &keys);
+            let no_proxy = config.no_proxy.join(",");
+            env.extend([
+                ("HTTP_PROXY", proxy.clone()),
+                ("http_proxy", proxy.clone()),
+                ("HTTPS_PROXY", proxy.clone()),
+                ("https_proxy", proxy),
+                ("NO_PROXY", no_proxy.clone()),
+                ("no_proxy", no_proxy),
+            ]);
+        }
+        let bundle = format!("{}/ca-bundle.crt", config.config_mount_path);
+        let extra_ca = if config.proxy_ca_pem.is_some() {
+            format!("{}/ca.crt", config.ca_mount_path)
+        } else {
+            format!("{}/ca.crt", config.config_mount_path)
+        };
+        env.extend([
+            ("SSL_CERT_FILE", bundle.clone()),
+            ("REQUESTS_CA_BUNDLE", bundle),
+            ("NODE_EXTRA_CA_CERTS", extra_ca),
+            ("DOCKER_CONFIG", config.config_mount_path.clone()),
+            (
+                "REGISTRY_AUTH_FILE",
+                format!("{}/config.json", config.config_mount_path),
+            ),
+        ]);
+        Self {
+            pod,
+            spec,
+            annotations,
+            routes,
+            config,
+            mode,
+            pull_host: canonical_registry_host(&config.pull_address),
+            env,
+            original_images: BTreeMap::new(),
+            images_rewritten: 0,
+            ops: Vec::new(),
+        }
+    }
+
+    fn containers(&mut self) -> Result<()> {
+        let fields: &[&'static str] = match self.mode {
+            Mode::Create => &CONTAINER_FIELDS,
+            Mode::EphemeralContainers => &["ephemeralContainers"],
+        };
+        let mounts = self.mounts();
+        for &field in fields {
+            let Some(list) = self.spec.get(field).and_then(Value::as_array) else {
+                continue;
+            };
+            for (index, container) in list.iter().enumerate() {
+                let Some(container) = container.as_object() else {
+                    continue;
+                };
+                let base = ["spec", field, &index.to_string()].map(str::to_owned);
+                self.image(field, &base, container)?;
+                self.container_env(&base, container);
+                self.container_mounts(&base, container, &mounts);
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites the image of one container if it is on a selected connector's
+    /// registry and not already pointing at the proxy.
+    fn image(&mut self, field: &'static str, base: &[String], container: &Map<String, Value>) -> Result<()> {
+        let name = container.get("name").and_then(Value::as_str).unwrap_or_default();
+        let Some(image) = container.get("image").and_then(Value::as_str) else {
+            return Ok(());
+        };
+        let reference = Reference::parse(image).map_err(|source| MutationError::InvalidImage {
+            field,
+            name: name.to_owned(),
+            image: image.to_owned(),
+            source,
+        })?;
+        let host = canonical_registry_host(reference.domain());
+        if host == self.pull_host {
+            return Ok(());
+        }
+        let Some(route) = self.routes.iter().find(|r| r.registry_host == host) else {
+            return Ok(());
+        };
+        let prefix = format!("namespaces/{}/connectors/{}", route.key.namespace, route.key.name);
+        let rewritten = reference.with_location(&self.config.pull_address, &prefix).to_string();
+        self.ops.push(replace(
+            pointer(base.iter().map(String::as_str).chain(["image"])),
+            json!(rewritten),
+        ));
+        self.original_images.insert(format!("{field}/{name}"), image.to_owned());
+        self.images_rewritten += 1;
+        Ok(())
+    }
+
+    fn container_env(&mut self, base: &[String], container: &Map<String, Value>) {
+        let existing: Vec<&str> = container
+            .get("env")
+            .and_then(Value::as_array)
+            .map(|env| env.iter().filter_map(|e| e.get("name")?.as_str()).collect())
+            .unwrap_or_default();
+        // NB: a value the user set wins, and setting one case of a proxy
+        // variable counts for both: clients disagree on which case wins.
+        let set = |name: &str| existing.iter().any(|e| e.eq_ignore_ascii_case(name));
+        let additions: Vec<Value> = self
+            .env
+            .iter()
+            .filter(|(name, _)| !set(name))
+            .map(|(name, value)| json!({"name": name, "value": value}))
+            .collect();
+        append_all(&mut self.ops, base, "env", container.get("env"), additions);
+    }
+
+    /// The mounts every container gets, given the volumes the pod has (or
+    /// will have, on creation).
+    fn mounts(&self) -> Vec<Value> {
+        let has_volume = |name: &str| {
+            self.spec
+                .get("volumes")
+                .and_then(Value::as_array)
+                .is_some_and(|v| v.iter().any(|v| v.get("name").and_then(Value::as_str) == Some(name)))
+        };
+        let create = self.mode == Mode::Create;
+        let mut mounts = Vec::new();
+        if create || has_volume(keys::CSI_VOLUME) {
+            mounts
+                .push(json!({"name": keys::CSI_VOLUME, "mountPath": self.config.config_mount_path, "readOnly": true}));
+        }
+        if (create && self.config.proxy_ca_pem.is_some()) || (!create && has_volume(keys::CA_VOLUME)) {
+            mounts.push(json!({"name": keys::CA_VOLUME, "mountPath": self.config.ca_mount_path, "readOnly": true}));
+        }
+        mounts
+    }
+
+    fn container_mounts(&mut self, base: &[String], container: &Map<String, Value>, mounts: &[Value]) {
+        let existing = container.get("volumeMounts").and_then(Value::as_array);
+        let taken = |mount: &Value| {
+            existing.is_some_and(|list| {
+                list.iter()
+                    .any(|m| m.get("name") == mount.get("name") || m.get("mountPath") == mount.get("mountPath"))
+            })
+        };
+        let additions: Vec<Value> = mounts.iter().filter(|m| !taken(m)).cloned().collect();
+        append_all(
+            &mut self.ops,
+            base,
+            "volumeMounts",
+            container.get("volumeMounts"),
+            additions,
+        );
+    }
+
+    fn volumes(&mut self) {
+        let existing = self.spec.get("volumes");
+        let has = |name: &str| {
+            existing
+                .and_then(Value::as_array)
+                .is_some_and(|v| v.iter().any(|v| v.get("name").and_then(Value::as_str) == Some(name)))
+        };
+        let keys: Vec<ConnectorKey> = self.routes.iter().map(|r| r.key.clone()).collect();
+        let mut additions = Vec::new();
+        if !has(keys::CSI_VOLUME) {
+            additions.push(json!({
+                "name": keys::CSI_VOLUME,
+                "csi": {
+                    "driver": keys::CSI_DRIVER,
+                    "readOnly": true,
+                    "volumeAttributes": {keys::CSI_ATTRIBUTE_CONNECTORS: format_connector_list(&keys)},
+                },
+            }));
+        }
+        if self.config.proxy_ca_pem.is_some() && !has(keys::CA_VOLUME) {
+            additions.push(json!({
+                "name": keys::CA_VOLUME,
+                "downwardAPI": {
+                    "defaultMode": 0o444,
+                    "items": [{
+                        "path": "ca.crt",
+                        "fieldRef": {"fieldPath": format!("metadata.annotations['{}']", keys::PROXY_CA_ANNOTATION)},
+                    }],
+                },
+            }));
+        }
+        let base = ["spec".to_owned()];
+        append_all(&mut self.ops, &base, "volumes", existing, additions);
+    }
+
+    fn annotations(&mut self) {
+        let keys: Vec<ConnectorKey> = self.routes.iter().map(|r| r.key.clone()).collect();
+        let mut wanted: Vec<(&str, String)> = vec![(keys::INJECTED_ANNOTATION, format_connector_list(&keys))];
+        if !self.original_images.is_empty() {
+            let mut originals: BTreeMap<String, String> = self
+                .annotations
+                .get(keys::ORIGINAL_IMAGES_ANNOTATION)
+                .and_then(|v| serde_json::from_str(v).ok())
+                .unwrap_or_default();
+            originals.extend(std::mem::take(&mut self.original_images));
+            let encoded = serde_json::to_string(&originals).unwrap_or_default();
+            wanted.push((keys::ORIGINAL_IMAGES_ANNOTATION, encoded));
+        }
+        if let Some(ca) = &self.config.proxy_ca_pem {
+            wanted.push((keys::PROXY_CA_ANNOTATION, ca.clone()));
+        }
+        wanted.retain(|(key, value)| self.annotations.get(*key) != Some(value));
+        if wanted.is_empty() {
+            return;
+        }
+        let has_map = self.pod.pointer("/metadata/annotations").is_some_and(Value::is_object);
+        if !has_map {
+            let map: Map<String, Value> = wanted.into_iter().map(|(k, v)| (k.to_owned(), json!(v))).collect();
+            if self.pod.get("metadata").is_some_and(Value::is_object) {
+                self.ops
+                    .push(add(pointer(["metadata", "annotations"]), Value::Object(map)));
+            } else {
+                self.ops.push(add(pointer(["metadata"]), json!({"annotations": map})));
+            }
+            return;
+        }
+        for (key, value) in wanted {
+            let path = pointer(["metadata", "annotations", key]);
+            if self.annotations.contains_key(key) {
+                self.ops.push(replace(path, json!(value)));
+            } else {
+                self.ops.push(add(path, json!(value)));
+            }
+        }
+    }
+
+    fn finish(self) -> Patch {
+        Patch(self.ops)
+    }
+}
+
+/// Appends `additions` to the array `field` under `base`, creating the array
+/// when it is absent (or `null`).
+fn append_all(
+    ops: &mut Vec<PatchOperation>,
+    base: &[String],
+    field: &str,
+    existing: Option<&Value>,
+    additions: Vec<Value>,
+) {
+    if additions.is_empty() {
+        return;
+    }
+    let tokens = || base.iter().map(String::as_str).chain([field]);
+    match existing {
+        Some(Value::Array(_)) => {
+            for value in additions {
+                ops.push(add(pointer(tokens().chain(["-"])), value));
+            }
+        }
+        Some(_) => ops.push(replace(pointer(tokens()), Value::Array(additions))),
+        None => ops.push(add(pointer(tokens()), Value::Array(additions))),
+    }
+}
+
+fn pointer<'t>(tokens: impl IntoIterator<Item = &'t str>) -> PointerBuf {
+    PointerBuf::from_tokens(tokens)
+}
+
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation { path, value })
+}
+
+fn replace(path: PointerBuf, value: Value) -> PatchOperation {
+    PatchOperation::Replace(ReplaceOperation { path, value })
+}
+
+/// Reads a `map[string]string` (labels, annotations) from raw JSON,
+/// ignoring entries whose value is not a string.
+pub fn string_map(value: Option<&Value>) -> BTreeMap<String, String> {
+    value
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -1,0 +1,144 @@
+//! The HTTPS server: `POST /mutate` for AdmissionReviews, `/healthz`,
+//! `/readyz` and `/metrics`. Handlers only translate between HTTP and
+//! [`crate::admission::review`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use connector::store::ConnectorStore;
+
+use crate::admission::{self, Verdict};
+use crate::metrics::{Metrics, ReviewLabels};
+use crate::mutation::InjectionConfig;
+
+/// The largest review body accepted. A pod is at most ~1.5 MiB in etcd and a
+/// review carries the object and, on UPDATE, the old object.
+pub const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct WebhookState {
+    pub store: Arc<dyn ConnectorStore>,
+    pub config: Arc<InjectionConfig>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The router with every endpoint.
+pub fn router(state: WebhookState) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
+        .with_state(state)
+}
+
+async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
+    let started = Instant::now();
+    let store = state.store.clone();
+    let config = state.config.clone();
+    let result = admission::review(&body, store.as_ref(), &config);
+    let response = match result {
+        Ok(reviewed) => {
+            let (verdict, reason) = match reviewed.verdict {
+                Verdict::Skipped(reason) => ("skipped", reason),
+                other => (other.as_str(), ""),
+            };
+            state
+                .metrics
+                .reviews
+                .get_or_create(&ReviewLabels { verdict, reason })
+                .inc();
+            let response = &reviewed.response.response;
+            tracing::info!(
+                uid = %response.uid,
+                namespace = %reviewed.namespace,
+                verdict,
+                reason,
+                dry_run = reviewed.dry_run,
+                denied = response.status.as_ref().map(|s| s.message.as_str()).unwrap_or(""),
+                "admission review"
+            );
+            Json(reviewed.response).into_response()
+        }
+        Err(error) => {
+            state
+                .metrics
+                .reviews
+                .get_or_create(&ReviewLabels {
+                    verdict: "invalid",
+                    reason: "",
+                })
+                .inc();
+            tracing::warn!(%error, "rejected a request that is not a valid AdmissionReview");
+            (StatusCode::BAD_REQUEST, error.to_string()).into_response()
+        }
+    };
+    state.metrics.review_seconds.observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn ready(State(state): State<WebhookState>) -> Response {
+    if state.store.has_synced() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "connector store not synced yet").into_response()
+    }
+}
+
+async fn metrics(State(state): State<WebhookState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Serves `router` over TLS on `listen` until `shutdown` resolves, then
+/// finishes in-flight requests for up to `grace`. `on_bound` receives the
+/// bound address (useful with port 0).
+pub async fn serve_tls(
+    listen: SocketAddr,
+    router: Router,
+    tls: rustls::ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    grace: Duration,
+    on_bound: impl FnOnce(SocketAddr) + Send + 'static,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::new();
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            if let Some(addr) = handle.listening().await {
+                on_bound(addr);
+            }
+        });
+    }
+    {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            handle.graceful_shutdown(Some(grace));
+        });
+    }
+    let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
+    let mut server = axum_server::bind_rustls(listen, config).handle(handle);
+    server
+        .http_builder()
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024);
+    server.serve(router.into_make_service()).await
+}
