@@ -4,6 +4,11 @@ mod commands;
 
 use clap::Parser;
 
+// NB: admission and proxying allocate many small JSON values and buffers;
+// mimalloc measured markedly faster than the system allocator for them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     // NB: rustls must use ring; several dependencies would otherwise pick
     // a process default at first use.

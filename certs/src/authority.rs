@@ -5,16 +5,23 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime};
 
+use pkcs8::der::asn1::{AnyRef, OctetStringRef};
+use pkcs8::der::{self, Decode, Encode};
+use pkcs8::{AlgorithmIdentifierRef, ObjectIdentifier, PrivateKeyInfoRef};
 use rcgen::string::Ia5String;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod,
-    KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType,
 };
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use sec1::EcPrivateKey;
 use time::OffsetDateTime;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::error::X509Error;
+use x509_parser::extensions::ParsedExtension;
+use x509_parser::prelude::FromDer;
 
-use crate::x509::{CertificateFields, KeyUsage};
-use crate::{pem, pkcs8, x509};
+use crate::pem;
 
 /// How far back `not_before` is set, so that nodes whose clocks run a little
 /// behind the issuer's still accept a certificate issued a moment ago.
@@ -22,6 +29,11 @@ pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60 * 60);
 
 /// RFC 5280's upper bound (ub-common-name) on the length of a commonName.
 const MAX_COMMON_NAME_LENGTH: usize = 64;
+
+/// secp256r1 (P-256), the curve of a SEC1 key with a 32-byte scalar.
+const P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+/// secp384r1 (P-384), the curve of a SEC1 key with a 48-byte scalar.
+const P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 
 /// Why a CA could not be created or loaded, or could not issue.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +61,7 @@ pub enum Error {
     },
     /// The CA certificate's DER cannot be read.
     #[error("malformed CA certificate: {0}")]
-    Certificate(#[source] x509::Error),
+    Certificate(#[source] X509Error),
     /// The certificate lacks basicConstraints CA:TRUE.
     #[error("CA certificate is not a CA: it lacks basicConstraints CA:TRUE")]
     NotCa,
@@ -59,18 +71,24 @@ pub enum Error {
     /// The CA private key PEM is unusable.
     #[error("invalid CA private key PEM: {0}")]
     KeyPem(#[source] pem::Error),
-    /// The CA private key cannot be converted for rcgen.
-    #[error("unsupported CA private key: {0}")]
-    KeyEncoding(#[source] pkcs8::Error),
+    /// A SEC1 or PKCS#1 CA private key that cannot be rewrapped as PKCS#8.
+    #[error("malformed CA private key: {0}")]
+    KeyEncoding(#[source] der::Error),
+    /// A SEC1 CA private key on a curve other than P-256 or P-384.
+    #[error("CA private key is on an unsupported curve (P-256 and P-384 are supported)")]
+    UnsupportedCurve,
+    /// A private key encoding rustls added after this code was written.
+    #[error("unsupported CA private key encoding")]
+    UnsupportedKeyEncoding,
     /// rcgen (ring) does not accept the CA private key.
     #[error("unsupported CA private key (ECDSA P-256/P-384, Ed25519 and RSA are supported): {0}")]
     Key(#[source] rcgen::Error),
     /// The private key belongs to another certificate.
     #[error("CA private key does not match the CA certificate's public key")]
     KeyMismatch,
-    /// The subject name cannot be rebuilt for use as an issuer name.
+    /// rcgen cannot rebuild the subject name for use as an issuer name.
     #[error("CA certificate's subject cannot be used as an issuer name: {0}")]
-    SubjectName(#[source] x509::Error),
+    SubjectName(#[source] rcgen::Error),
     /// The rebuilt issuer name differs from the CA's subject in its bytes.
     #[error(
         "CA certificate's subject is encoded in a way that cannot be reproduced; \
@@ -136,9 +154,10 @@ impl CertificateAuthority {
 
         let cert = params.self_signed(&key).map_err(Error::Sign)?;
         let cert_der = cert.der().clone();
-        let subject = CertificateFields::parse(&cert_der)
+        let subject = parse_certificate(&cert_der)
             .map_err(Error::Certificate)?
-            .subject
+            .subject()
+            .as_raw()
             .to_vec();
         Ok(Self {
             issuer: Issuer::new(params, key),
@@ -156,39 +175,37 @@ impl CertificateAuthority {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self> {
         let certs = pem::load_certs_pem(cert_pem).map_err(Error::CertificatePem)?;
         let [cert_der] = <[_; 1]>::try_from(certs).map_err(|certs| Error::CertificateCount { count: certs.len() })?;
-        let fields = CertificateFields::parse(&cert_der).map_err(Error::Certificate)?;
-        let basic_constraints = fields.basic_constraints().map_err(Error::Certificate)?;
-        if !basic_constraints.is_some_and(|constraints| constraints.is_ca) {
+        let cert = parse_certificate(&cert_der).map_err(Error::Certificate)?;
+        let basic_constraints = cert.basic_constraints().map_err(Error::Certificate)?;
+        if !basic_constraints.is_some_and(|constraints| constraints.value.ca) {
             return Err(Error::NotCa);
         }
-        let key_usage = fields.key_usage().map_err(Error::Certificate)?;
-        if key_usage.is_some_and(|usage| !usage.allows(KeyUsage::KEY_CERT_SIGN)) {
+        let key_usage = cert.key_usage().map_err(Error::Certificate)?;
+        if key_usage.is_some_and(|usage| !usage.value.key_cert_sign()) {
             return Err(Error::SigningNotAllowed);
         }
 
         let key = pem::load_private_key_pem(key_pem).map_err(Error::KeyPem)?;
-        let key = pkcs8::to_pkcs8(&key).map_err(Error::KeyEncoding)?;
-        let key = KeyPair::try_from(&key).map_err(Error::Key)?;
-        if key.subject_public_key_info() != fields.subject_public_key_info {
+        let key = KeyPair::try_from(&to_pkcs8(&key)?).map_err(Error::Key)?;
+        if key.subject_public_key_info() != cert.public_key().raw {
             return Err(Error::KeyMismatch);
         }
 
-        let subject_key_identifier = fields.subject_key_identifier().map_err(Error::Certificate)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = fields.subject_distinguished_name().map_err(Error::SubjectName)?;
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        params.key_identifier_method = match subject_key_identifier {
-            Some(identifier) => KeyIdMethod::PreSpecified(identifier.to_vec()),
-            None => KeyIdMethod::Sha256,
-        };
-
+        let subject = cert.subject().as_raw().to_vec();
+        let not_after = cert.validity().not_after.to_datetime().into();
+        let writes_authority_key_identifier = cert
+            .iter_extensions()
+            .any(|extension| matches!(extension.parsed_extension(), ParsedExtension::SubjectKeyIdentifier(_)));
+        // NB: rcgen takes the issuer name and key identifier from the
+        // certificate, so issued certificates point at its subjectKeyIdentifier.
+        let issuer = Issuer::from_ca_cert_der(&cert_der, key).map_err(Error::SubjectName)?;
         let authority = Self {
-            issuer: Issuer::new(params, key),
+            issuer,
             cert_pem: pem::encode_pem("CERTIFICATE", &cert_der),
-            subject: fields.subject.to_vec(),
-            not_after: fields.not_after.into(),
-            writes_authority_key_identifier: subject_key_identifier.is_some(),
             cert_der,
+            subject,
+            not_after,
+            writes_authority_key_identifier,
         };
         authority.check_issuer_name_round_trip()?;
         Ok(authority)
@@ -260,6 +277,10 @@ impl CertificateAuthority {
 
     /// Signs a throwaway certificate to prove that certificates issued by a
     /// loaded CA name it exactly as its certificate does.
+    ///
+    /// NB: rcgen rebuilds the subject from its parts and keeps one value per
+    /// attribute type, so a subject such as `OU=a, OU=b` would come out
+    /// different and issued certificates would not chain.
     fn check_issuer_name_round_trip(&self) -> Result<()> {
         let probe = CertificateParams::default()
             .signed_by(self.issuer.key(), &self.issuer)
@@ -268,8 +289,8 @@ impl CertificateAuthority {
     }
 
     fn check_issued_under_own_name(&self, issued: &CertificateDer<'_>) -> Result<()> {
-        let issued = CertificateFields::parse(issued).map_err(Error::Certificate)?;
-        if issued.issuer == self.subject.as_slice() {
+        let issued = parse_certificate(issued).map_err(Error::Certificate)?;
+        if issued.issuer().as_raw() == self.subject.as_slice() {
             Ok(())
         } else {
             Err(Error::SubjectEncoding)
@@ -293,6 +314,52 @@ impl fmt::Debug for IssuedCertificate {
             .field("key_pem", &"[elided]")
             .field("not_after", &self.not_after)
             .finish()
+    }
+}
+
+/// Parses one DER certificate; bytes after its end make it malformed.
+pub(crate) fn parse_certificate(der: &[u8]) -> Result<X509Certificate<'_>, X509Error> {
+    match X509Certificate::from_der(der)? {
+        ([], cert) => Ok(cert),
+        _ => Err(X509Error::InvalidCertificate),
+    }
+}
+
+/// The key as PKCS#8, the only encoding rcgen reads with the ring backend.
+/// SEC1 (RFC 5915) and PKCS#1 (RFC 8017) keys are wrapped unchanged.
+fn to_pkcs8(key: &PrivateKeyDer<'_>) -> Result<PrivatePkcs8KeyDer<'static>> {
+    let wrapped = match key {
+        PrivateKeyDer::Pkcs8(pkcs8) => return Ok(pkcs8.clone_key()),
+        PrivateKeyDer::Sec1(sec1) => {
+            let curve = sec1_curve(sec1.secret_sec1_der())?;
+            let algorithm = AlgorithmIdentifierRef {
+                oid: sec1::ALGORITHM_OID,
+                parameters: Some(AnyRef::from(&curve)),
+            };
+            private_key_info(algorithm, sec1.secret_sec1_der())
+        }
+        PrivateKeyDer::Pkcs1(pkcs1) => private_key_info(pkcs1::ALGORITHM_ID, pkcs1.secret_pkcs1_der()),
+        _ => return Err(Error::UnsupportedKeyEncoding),
+    };
+    wrapped.map(PrivatePkcs8KeyDer::from).map_err(Error::KeyEncoding)
+}
+
+fn private_key_info(algorithm: AlgorithmIdentifierRef<'_>, private_key: &[u8]) -> der::Result<Vec<u8>> {
+    PrivateKeyInfoRef::new(algorithm, OctetStringRef::new(private_key)?).to_der()
+}
+
+/// The named curve of a SEC1 key: from its parameters when present, else
+/// from the length of the private scalar.
+fn sec1_curve(sec1: &[u8]) -> Result<ObjectIdentifier> {
+    let key = EcPrivateKey::from_der(sec1).map_err(Error::KeyEncoding)?;
+    match key.parameters.and_then(|parameters| parameters.named_curve()) {
+        Some(curve) if [P256, P384].contains(&curve) => Ok(curve),
+        Some(_) => Err(Error::UnsupportedCurve),
+        None => match key.private_key.len() {
+            32 => Ok(P256),
+            48 => Ok(P384),
+            _ => Err(Error::UnsupportedCurve),
+        },
     }
 }
 
@@ -327,37 +394,24 @@ fn validity_window(valid_for: Duration) -> Result<(OffsetDateTime, OffsetDateTim
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
+    use x509_parser::der_parser::asn1_rs::Tag;
+    use x509_parser::extensions::GeneralName;
+
     use super::*;
-    use crate::x509::{BasicConstraints as Constraints, oid};
 
     const DAY: Duration = Duration::from_secs(24 * 60 * 60);
-    /// 2.5.29.17
-    const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
-    /// 2.5.29.37
-    const EXTENDED_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
-    /// 1.3.6.1.5.5.7.3.1, id-kp-serverAuth
-    const SERVER_AUTH: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01];
 
     fn only_cert(pem: &str) -> CertificateDer<'static> {
         pem::load_certs_pem(pem).unwrap().remove(0)
     }
 
-    fn extended_key_usages(fields: &CertificateFields<'_>) -> Vec<Vec<u8>> {
-        let extension = fields.extension(EXTENDED_KEY_USAGE).unwrap();
-        let mut purposes = crate::der::read_single(extension.value, crate::der::tag::SEQUENCE)
-            .unwrap()
-            .nested();
-        let mut found = Vec::new();
-        while !purposes.is_empty() {
-            found.push(
-                purposes
-                    .read(crate::der::tag::OBJECT_IDENTIFIER)
-                    .unwrap()
-                    .contents
-                    .to_vec(),
-            );
-        }
-        found
+    /// The commonName, checking that it is a UTF8String as rcgen writes it.
+    fn utf8_common_name<'a>(cert: &'a X509Certificate<'_>) -> &'a str {
+        let common_name = cert.subject().iter_common_name().next().expect("a commonName");
+        assert_eq!(common_name.attr_value().tag(), Tag::Utf8String);
+        common_name.as_str().unwrap()
     }
 
     #[test]
@@ -371,33 +425,27 @@ mod tests {
     fn generated_ca_is_a_pathlen_zero_signing_ca() {
         let before = OffsetDateTime::now_utc();
         let ca = CertificateAuthority::generate("connectors test CA", 365 * DAY).unwrap();
-        let cert = only_cert(ca.cert_pem());
-        let fields = CertificateFields::parse(&cert).unwrap();
+        let der = only_cert(ca.cert_pem());
+        let cert = parse_certificate(&der).unwrap();
 
-        assert_eq!(fields.issuer, fields.subject);
-        assert_eq!(
-            fields.basic_constraints().unwrap(),
-            Some(Constraints {
-                is_ca: true,
-                path_len: Some(0)
-            })
-        );
-        assert!(fields.extension(oid::BASIC_CONSTRAINTS).unwrap().critical);
-        let usage = fields.key_usage().unwrap().unwrap();
-        assert!(usage.allows(KeyUsage::KEY_CERT_SIGN));
-        assert!(usage.allows(KeyUsage::CRL_SIGN));
-        assert!(!usage.allows(KeyUsage::DIGITAL_SIGNATURE));
-        let name = fields.subject_distinguished_name().unwrap();
-        assert_eq!(
-            name.get(&DnType::CommonName),
-            Some(&rcgen::DnValue::Utf8String("connectors test CA".into()))
-        );
+        assert_eq!(cert.issuer().as_raw(), cert.subject().as_raw());
+        let constraints = cert.basic_constraints().unwrap().unwrap();
+        assert!(constraints.critical);
+        assert!(constraints.value.ca);
+        assert_eq!(constraints.value.path_len_constraint, Some(0));
+        let usage = cert.key_usage().unwrap().unwrap().value;
+        assert!(usage.key_cert_sign());
+        assert!(usage.crl_sign());
+        assert!(!usage.digital_signature());
+        assert_eq!(utf8_common_name(&cert), "connectors test CA");
 
-        let skew = (before - fields.not_before).whole_seconds();
+        let not_before = cert.validity().not_before.to_datetime();
+        let not_after = cert.validity().not_after.to_datetime();
+        let skew = (before - not_before).whole_seconds();
         assert!((3599..=3601).contains(&skew), "not_before {skew}s ago");
-        let lifetime = (fields.not_after - fields.not_before).whole_seconds();
+        let lifetime = (not_after - not_before).whole_seconds();
         assert_eq!(lifetime, (365 * DAY + CLOCK_SKEW_ALLOWANCE).as_secs() as i64);
-        assert_eq!(SystemTime::from(fields.not_after), ca.not_after());
+        assert_eq!(SystemTime::from(not_after), ca.not_after());
         assert!(ca.key_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
     }
 
@@ -412,30 +460,36 @@ mod tests {
         let chain = pem::load_certs_pem(&issued.cert_pem).unwrap();
         assert_eq!(chain.len(), 2);
         assert_eq!(&chain[1], ca.cert_der());
-        let leaf = CertificateFields::parse(&chain[0]).unwrap();
-        let ca_fields = CertificateFields::parse(ca.cert_der()).unwrap();
-        assert_eq!(leaf.issuer, ca_fields.subject);
+        let leaf = parse_certificate(&chain[0]).unwrap();
+        let ca_cert = parse_certificate(ca.cert_der()).unwrap();
+        assert_eq!(leaf.issuer().as_raw(), ca_cert.subject().as_raw());
+        assert_eq!(utf8_common_name(&leaf), "webhook.test");
+        let constraints = leaf.basic_constraints().unwrap().unwrap().value;
+        assert!(!constraints.ca);
+        assert_eq!(constraints.path_len_constraint, None);
+        let usage = leaf.key_usage().unwrap().unwrap().value;
+        assert!(usage.digital_signature());
+        assert!(!usage.key_cert_sign());
+        let extended_usage = leaf.extended_key_usage().unwrap().unwrap().value;
+        assert!(extended_usage.server_auth);
+        assert!(!extended_usage.client_auth && !extended_usage.any && extended_usage.other.is_empty());
+        let names = &leaf.subject_alternative_name().unwrap().unwrap().value.general_names;
         assert_eq!(
-            leaf.subject_distinguished_name().unwrap().get(&DnType::CommonName),
-            Some(&rcgen::DnValue::Utf8String("webhook.test".into()))
+            names,
+            &[
+                GeneralName::DNSName("webhook.test"),
+                GeneralName::DNSName("webhook.svc"),
+                GeneralName::IPAddress(&[127, 0, 0, 1]),
+                GeneralName::IPAddress(&Ipv6Addr::LOCALHOST.octets()),
+            ]
         );
+        let not_before = leaf.validity().not_before.to_datetime();
+        let not_after = leaf.validity().not_after.to_datetime();
         assert_eq!(
-            leaf.basic_constraints().unwrap(),
-            Some(Constraints {
-                is_ca: false,
-                path_len: None
-            })
-        );
-        let usage = leaf.key_usage().unwrap().unwrap();
-        assert!(usage.allows(KeyUsage::DIGITAL_SIGNATURE));
-        assert!(!usage.allows(KeyUsage::KEY_CERT_SIGN));
-        assert_eq!(extended_key_usages(&leaf), vec![SERVER_AUTH.to_vec()]);
-        assert!(leaf.extension(SUBJECT_ALT_NAME).is_some());
-        assert_eq!(
-            (leaf.not_after - leaf.not_before).whole_seconds(),
+            (not_after - not_before).whole_seconds(),
             (30 * DAY + CLOCK_SKEW_ALLOWANCE).as_secs() as i64
         );
-        assert_eq!(SystemTime::from(leaf.not_after), issued.not_after);
+        assert_eq!(SystemTime::from(not_after), issued.not_after);
         assert!(issued.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
         assert!(!format!("{issued:?}").contains("PRIVATE KEY"));
     }
@@ -445,11 +499,8 @@ mod tests {
         let ca = CertificateAuthority::generate("connectors test CA", DAY).unwrap();
         let issued = ca.issue_serving(&[], &["10.0.0.7".parse().unwrap()], DAY).unwrap();
         let chain = pem::load_certs_pem(&issued.cert_pem).unwrap();
-        let leaf = CertificateFields::parse(&chain[0]).unwrap();
-        assert_eq!(
-            leaf.subject_distinguished_name().unwrap().get(&DnType::CommonName),
-            Some(&rcgen::DnValue::Utf8String("10.0.0.7".into()))
-        );
+        let leaf = parse_certificate(&chain[0]).unwrap();
+        assert_eq!(utf8_common_name(&leaf), "10.0.0.7");
     }
 
     #[test]
@@ -464,5 +515,51 @@ mod tests {
             ca.issue_serving(&["webhook.test".into()], &[], Duration::MAX),
             Err(Error::ValidityOutOfRange { .. })
         ));
+    }
+
+    /// The SEC1 test CA key with its `parameters` replaced.
+    fn sec1_key_with_parameters(parameters: Option<sec1::EcParameters>) -> Vec<u8> {
+        let PrivateKeyDer::Sec1(original) =
+            pem::load_private_key_pem(include_str!("../tests/fixtures/ec-sec1-ca.key")).unwrap()
+        else {
+            panic!("the fixture is a SEC1 key");
+        };
+        let mut key = EcPrivateKey::from_der(original.secret_sec1_der()).unwrap();
+        key.parameters = parameters;
+        key.to_der().unwrap()
+    }
+
+    #[test]
+    fn sec1_key_without_curve_is_read_by_its_length() {
+        let ca_cert = only_cert(include_str!("../tests/fixtures/ec-sec1-ca.crt"));
+        let bare = sec1_key_with_parameters(None);
+        let key = to_pkcs8(&PrivateKeyDer::Sec1(bare.into())).unwrap();
+        let key = KeyPair::try_from(&key).unwrap();
+        assert_eq!(
+            key.subject_public_key_info(),
+            parse_certificate(&ca_cert).unwrap().public_key().raw
+        );
+    }
+
+    #[test]
+    fn sec1_key_on_another_curve_or_malformed_is_rejected() {
+        let secp256k1 = ObjectIdentifier::new_unwrap("1.3.132.0.10");
+        let key = sec1_key_with_parameters(Some(sec1::EcParameters::NamedCurve(secp256k1)));
+        assert!(matches!(
+            to_pkcs8(&PrivateKeyDer::Sec1(key.into())),
+            Err(Error::UnsupportedCurve)
+        ));
+        assert!(matches!(
+            to_pkcs8(&PrivateKeyDer::Sec1(vec![0x30, 0x00].into())),
+            Err(Error::KeyEncoding(_))
+        ));
+    }
+
+    #[test]
+    fn certificate_with_trailing_bytes_is_malformed() {
+        let ca = CertificateAuthority::generate("connectors test CA", DAY).unwrap();
+        let padded = [ca.cert_der().as_ref(), &[0]].concat();
+        assert!(parse_certificate(ca.cert_der()).is_ok());
+        assert!(matches!(parse_certificate(&padded), Err(X509Error::InvalidCertificate)));
     }
 }

@@ -8,12 +8,9 @@
 
 pub mod authority;
 pub mod bundle;
-mod der;
 pub mod pem;
-mod pkcs8;
 pub mod reload;
 pub mod tls_config;
-mod x509;
 
 pub use authority::{CertificateAuthority, IssuedCertificate};
 pub use bundle::{ServingFiles, write_serving_bundle};

@@ -95,31 +95,9 @@ pub fn root_store_from_pem(pem: &str) -> Result<RootCertStore> {
 
 /// Encodes DER as one PEM block with 64-column base64 lines and a final newline.
 pub fn encode_pem(label: &str, der: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut base64 = Vec::with_capacity(der.len().div_ceil(3) * 4);
-    for chunk in der.chunks(3) {
-        let bytes = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let group = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]);
-        for index in 0..4 {
-            if index <= chunk.len() {
-                base64.push(ALPHABET[((group >> (18 - 6 * index)) & 0x3f) as usize]);
-            } else {
-                base64.push(b'=');
-            }
-        }
-    }
-    let mut pem = format!("-----BEGIN {label}-----\n");
-    for line in base64.chunks(64) {
-        // The alphabet is ASCII, so every chunk is valid UTF-8.
-        pem.extend(line.iter().map(|&byte| char::from(byte)));
-        pem.push('\n');
-    }
-    pem.push_str(&format!("-----END {label}-----\n"));
-    pem
+    // NB: LF line endings on every platform, so PEM round-trips byte for byte.
+    let config = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
+    ::pem::encode_config(&::pem::Pem::new(label, der), config)
 }
 
 fn read_items(pem: &str) -> Result<Vec<Item>> {

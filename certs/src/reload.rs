@@ -16,9 +16,10 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
+use x509_parser::error::X509Error;
 
+use crate::authority::parse_certificate;
 use crate::pem;
-use crate::x509::{self, CertificateFields};
 
 /// The shortest polling interval [`ReloadingCertResolver::spawn_watch`] uses.
 pub const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(10);
@@ -51,7 +52,7 @@ pub enum Error {
         path: PathBuf,
         /// What is wrong with the certificate.
         #[source]
-        source: x509::Error,
+        source: X509Error,
     },
     /// The key file is not usable PEM.
     #[error("invalid private key PEM in {}: {source}", path.display())]
@@ -193,12 +194,14 @@ impl Served {
                 path: cert_path.to_owned(),
                 source,
             })?;
-        let not_after = CertificateFields::parse(&chain[0])
+        let not_after = parse_certificate(&chain[0])
             .map_err(|source| Error::Certificate {
                 path: cert_path.to_owned(),
                 source,
             })?
+            .validity()
             .not_after
+            .to_datetime()
             .into();
         let key = pem::load_private_key_pem(&String::from_utf8_lossy(&key_pem)).map_err(|source| Error::KeyPem {
             path: key_path.to_owned(),

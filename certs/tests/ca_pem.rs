@@ -1,7 +1,7 @@
 //! Loading CAs back from PEM (ours and OpenSSL's), the errors for each kind
 //! of bad input, and the serving bundle on disk.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use certs::authority::{self, CertificateAuthority};
 use certs::{load_certs_pem, root_store_from_pem, write_serving_bundle};
@@ -15,6 +15,11 @@ const EC_SEC1_CA_CERT: &str = include_str!("fixtures/ec-sec1-ca.crt");
 const EC_SEC1_CA_KEY: &str = include_str!("fixtures/ec-sec1-ca.key");
 const RSA_PKCS1_CA_CERT: &str = include_str!("fixtures/rsa-pkcs1-ca.crt");
 const RSA_PKCS1_CA_KEY: &str = include_str!("fixtures/rsa-pkcs1-ca.key");
+const ODD_NAMES_CA_KEY: &str = include_str!("fixtures/odd-names-ca.key");
+const REPEATED_OU_CA_CERT: &str = include_str!("fixtures/repeated-ou-ca.crt");
+const MULTI_VALUED_RDN_CA_CERT: &str = include_str!("fixtures/multi-valued-rdn-ca.crt");
+/// The fixtures' notAfter, 2126-10-30 14:28:14 UTC: a GeneralizedTime.
+const FIXTURE_NOT_AFTER: Duration = Duration::from_secs(4_949_044_094);
 
 /// Verifies a leaf-first PEM chain for `name` against the CA PEM, as a client would.
 fn verify(ca_pem: &str, chain_pem: &str, name: &str) -> Result<(), rustls::Error> {
@@ -54,6 +59,7 @@ fn openssl_cas_with_legacy_keys_issue_verifiable_certificates() {
         let ca =
             CertificateAuthority::from_pem(cert_pem, key_pem).unwrap_or_else(|error| panic!("{error}\n{cert_pem}"));
         assert!(ca.key_pem().starts_with("-----BEGIN PRIVATE KEY-----"));
+        assert_eq!(ca.not_after(), SystemTime::UNIX_EPOCH + FIXTURE_NOT_AFTER);
 
         let issued = issue_webhook(&ca);
         verify(cert_pem, &issued.cert_pem, "webhook.test").unwrap();
@@ -64,6 +70,15 @@ fn openssl_cas_with_legacy_keys_issue_verifiable_certificates() {
         let reloaded = CertificateAuthority::from_pem(ca.cert_pem(), &ca.key_pem()).unwrap();
         verify(cert_pem, &issue_webhook(&reloaded).cert_pem, "webhook.test").unwrap();
     }
+}
+
+#[test]
+fn subjects_rcgen_cannot_write_back_are_rejected() {
+    // rcgen keeps one value per attribute type, so it would drop "OU=Team A".
+    let error = CertificateAuthority::from_pem(REPEATED_OU_CA_CERT, ODD_NAMES_CA_KEY).unwrap_err();
+    assert!(matches!(error, authority::Error::SubjectEncoding), "{error:?}");
+    let error = CertificateAuthority::from_pem(MULTI_VALUED_RDN_CA_CERT, ODD_NAMES_CA_KEY).unwrap_err();
+    assert!(matches!(error, authority::Error::SubjectName(_)), "{error:?}");
 }
 
 /// One row of the bad-input table.

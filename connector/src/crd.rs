@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
     namespaced,
     status = "ConnectorStatus",
     category = "connectors",
+    doc = "A registry, and the credential the connectors proxy injects for it",
     printcolumn = r#"{"name":"Class","type":"string","jsonPath":".spec.connectorClassName"}"#,
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,

@@ -274,7 +274,7 @@ struct PodPatch<'a> {
     config: &'a InjectionConfig,
     mode: Mode,
     pull_host: String,
-    env: Vec<(&'static str, String)>,
+    env: Vec<(&'static str, Value)>,
     original_images: BTreeMap<String, String>,
     images_rewritten: usize,
     ops: Vec<PatchOperation>,
@@ -322,6 +322,10 @@ impl<'a> PodPatch<'a> {
                 format!("{}/config.json", config.config_mount_path),
             ),
         ]);
+        let env = env
+            .into_iter()
+            .map(|(name, value)| (name, json!({"name": name, "value": value})))
+            .collect();
         Self {
             pod,
             spec,
@@ -333,7 +337,7 @@ impl<'a> PodPatch<'a> {
             env,
             original_images: BTreeMap::new(),
             images_rewritten: 0,
-            ops: Vec::new(),
+            ops: Vec::with_capacity(64),
         }
     }
 
@@ -404,7 +408,7 @@ impl<'a> PodPatch<'a> {
             .env
             .iter()
             .filter(|(name, _)| !set(name))
-            .map(|(name, value)| json!({"name": name, "value": value}))
+            .map(|(_, entry)| entry.clone())
             .collect();
         append_all(&mut self.ops, base, "env", container.get("env"), additions);
     }
@@ -544,8 +548,9 @@ fn append_all(
     let tokens = || base.iter().map(String::as_str).chain([field]);
     match existing {
         Some(Value::Array(_)) => {
+            let end = pointer(tokens().chain(["-"]));
             for value in additions {
-                ops.push(add(pointer(tokens().chain(["-"])), value));
+                ops.push(add(end.clone(), value));
             }
         }
         Some(_) => ops.push(replace(pointer(tokens()), Value::Array(additions))),

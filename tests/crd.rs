@@ -1,0 +1,48 @@
+//! The committed CRD in `manifests/` is the one generated from the types.
+
+mod support;
+
+#[test]
+fn committed_crd_matches_the_types() {
+    let committed = std::fs::read_to_string(support::root().join("manifests/crd.yaml")).unwrap();
+    let generated = connector::crd::crd_yaml();
+    assert!(
+        committed == generated,
+        "manifests/crd.yaml is stale: run `cargo run -- crd > manifests/crd.yaml`"
+    );
+    let (status, stdout, _) = support::run(&["crd"], None, support::root());
+    assert!(status.success());
+    assert_eq!(stdout, generated);
+}
+
+#[test]
+fn the_crd_declares_the_documented_api() {
+    let crd: serde_json::Value = connector::yaml::parse_documents(&connector::crd::crd_yaml())
+        .unwrap()
+        .remove(0);
+    assert_eq!(crd["metadata"]["name"], "connectors.connectors.alauda.io");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert!(version["subresources"]["status"].is_object());
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(columns, ["Class", "Address", "Ready", "Reason", "Age"]);
+    let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    for field in [
+        "connectorClassName",
+        "address",
+        "auth",
+        "caCertSecretRef",
+        "addressExtensions",
+    ] {
+        assert!(spec["properties"][field].is_object(), "{field}");
+    }
+    let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+    assert!(status["proxy"]["properties"]["httpAddress"]["properties"]["url"].is_object());
+    assert!(status["conditions"].is_object() && status["observedGeneration"].is_object());
+}

@@ -1,0 +1,89 @@
+//! `connectors mutate`: the README's first command, over files and stdin.
+
+mod support;
+
+use serde_json::Value;
+
+#[test]
+fn mutate_prints_the_example_job_with_its_images_rewritten() {
+    let (status, stdout, stderr) = support::run(
+        &["mutate", "--store", "examples/store.yaml", "-f", "examples/job.yaml"],
+        None,
+        support::root(),
+    );
+    assert!(status.success(), "{stderr}");
+    let job = connector::yaml::parse_documents(&stdout).unwrap().remove(0);
+    let spec = &job["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["initContainers"][0]["image"],
+        "connectors-proxy.connectors-system.svc/namespaces/team-a/connectors/dockerhub/library/busybox:1.36"
+    );
+    assert!(spec["containers"][0]["image"].as_str().unwrap().starts_with(
+        "connectors-proxy.connectors-system.svc/namespaces/team-a/connectors/harbor/tools/skopeo:v1.16@sha256:"
+    ));
+    assert_eq!(spec["containers"][1]["image"], "quay.io/prometheus/busybox:latest");
+    assert_eq!(spec["volumes"][0]["csi"]["driver"], "connectors-csi");
+    assert!(!stdout.contains("change-me"), "the credential never appears in output");
+}
+
+#[test]
+fn mutate_reads_stdin_honours_namespace_and_prints_patches() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: a, image: harbor.example.com/x/y:1}]\n";
+    let args = [
+        "mutate",
+        "--store",
+        "examples/store.yaml",
+        "-f",
+        "-",
+        "-n",
+        "team-a",
+        "--patch",
+        "--pull-address",
+        "10.96.0.9",
+    ];
+    let (status, stdout, stderr) = support::run(&args, Some(pod), support::root());
+    assert!(status.success(), "{stderr}");
+    let patches: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(patches[0]["kind"], "Pod");
+    assert_eq!(patches[0]["namespace"], "team-a");
+    let ops = patches[0]["patch"].as_array().unwrap();
+    assert!(ops.iter().any(|op| op["path"] == "/spec/containers/0/image"
+        && op["value"] == "10.96.0.9/namespaces/team-a/connectors/harbor/x/y:1"));
+
+    // Without -n the pod is in `default`, which is not opted in: nothing changes.
+    let (status, stdout, _) = support::run(&args[..5], Some(pod), support::root());
+    assert!(status.success());
+    assert!(stdout.contains("image: harbor.example.com/x/y:1"));
+}
+
+#[test]
+fn mutate_fails_clearly_on_an_unknown_connector_or_bad_input() {
+    let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: team-a, annotations: {connectors.cpaas.io/connector: ghost}}\nspec: {containers: [{name: a, image: x}]}\n";
+    let (status, stdout, stderr) = support::run(
+        &["mutate", "--store", "examples/store.yaml", "-f", "-"],
+        Some(pod),
+        support::root(),
+    );
+    assert!(!status.success());
+    assert!(stdout.is_empty(), "nothing half-mutated is printed");
+    assert!(
+        stderr.contains("Pod team-a/p: connector team-a/ghost does not exist"),
+        "{stderr}"
+    );
+
+    let (status, _, stderr) = support::run(
+        &["mutate", "--store", "examples/store.yaml", "-f", "-"],
+        Some("kind: [broken"),
+        support::root(),
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("not valid YAML"), "{stderr}");
+
+    let (status, _, stderr) = support::run(
+        &["mutate", "--store", "missing.yaml", "-f", "-"],
+        Some(""),
+        support::root(),
+    );
+    assert!(!status.success());
+    assert!(stderr.contains("missing.yaml"), "{stderr}");
+}
