@@ -3,6 +3,7 @@
 mod certs;
 mod crd;
 mod mutate;
+mod proxy;
 mod webhook;
 
 use ::webhook::mutation::{InjectionConfig, default_no_proxy};
@@ -32,6 +33,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve the mutating admission webhook over HTTPS.
     Webhook(webhook::Args),
+    /// Serve the credential-injecting registry proxy.
+    Proxy(proxy::Args),
     /// Print manifests with every selected pod mutated as the webhook would.
     Mutate(mutate::Args),
     /// Print the Connector CustomResourceDefinition.
@@ -43,6 +46,7 @@ pub enum Command {
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Webhook(args) => webhook::run(args),
+        Command::Proxy(args) => proxy::run(args),
         Command::Mutate(args) => mutate::run(args),
         Command::Crd => crd::run(),
         Command::Certs(args) => certs::run(args),

@@ -36,6 +36,13 @@ pub trait ConnectorStore: Send + Sync + 'static {
     fn has_synced(&self) -> bool;
 }
 
+/// Read access to the Secrets connectors reference (the proxy's view; the
+/// webhook never reads Secrets).
+pub trait SecretStore: Send + Sync + 'static {
+    /// The Secret `namespace/name`, if it exists.
+    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<k8s_openapi::api::core::v1::Secret>>;
+}
+
 impl<T: ConnectorStore + ?Sized> ConnectorStore for Arc<T> {
     fn connector(&self, key: &ConnectorKey) -> Option<Arc<Connector>> {
         (**self).connector(key)

@@ -26,8 +26,15 @@ impl Process {
     /// Starts `connectors <args>` with JSON logs and waits (bounded) until a
     /// log line with message `ready_message` carries an `addr` field.
     pub fn start(args: &[&str], ready_message: &str) -> (Self, SocketAddr) {
+        Self::start_with_env(args, &[], ready_message)
+    }
+
+    /// As [`Process::start`], with extra environment variables (such as
+    /// `KUBECONFIG`) for the process.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> (Self, SocketAddr) {
         let mut child = Command::new(binary())
             .args(args)
+            .envs(env.iter().copied())
             .args(["--log-format", "json"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

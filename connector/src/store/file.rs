@@ -225,6 +225,12 @@ fn read_snapshot(path: &Path) -> Result<(Snapshot, Option<SystemTime>)> {
     Ok((Snapshot::parse(&text)?, Some(modified)))
 }
 
+impl super::SecretStore for FileStore {
+    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.snapshot().secret(namespace, name)
+    }
+}
+
 impl ConnectorStore for FileStore {
     fn connector(&self, key: &ConnectorKey) -> Option<Arc<Connector>> {
         self.snapshot().connectors.get(key).cloned()

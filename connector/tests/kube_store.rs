@@ -1,0 +1,342 @@
+//! `KubeStore` against a fake API server that speaks the real list/watch
+//! wire format: it syncs only once both initial lists arrive, follows watch
+//! events without relisting, reads namespaces as metadata only, never asks
+//! for Secrets, and recovers from failures and expired watches.
+
+#[path = "support/fake_apiserver.rs"]
+mod fake_apiserver;
+
+use std::time::{Duration, Instant};
+
+use connector::ConnectorKey;
+use connector::keys::{CONNECTOR_ANNOTATION, PROXY_INJECT};
+use connector::store::{ConnectorStore, KubeStore};
+use fake_apiserver::{CONNECTORS, FakeApiServer, NAMESPACES, RecordedRequest};
+use serde_json::{Value, json};
+
+/// The longest any test waits for one thing to happen.
+const WAIT: Duration = Duration::from_secs(10);
+
+const CONNECTORS_PATH: &str = "/apis/connectors.alauda.io/v1alpha1/connectors";
+const NAMESPACES_PATH: &str = "/api/v1/namespaces";
+
+fn connector(namespace: &str, name: &str, address: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "connectorClassName": "harbor",
+            "address": address,
+            "auth": {"name": "basicAuth", "secretRef": {"name": "robot"}},
+        },
+    })
+}
+
+fn namespace(name: &str, labels: Value, annotations: Value) -> Value {
+    let mut labels = labels;
+    labels["kubernetes.io/metadata.name"] = json!(name);
+    json!({
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    })
+}
+
+/// Polls `condition` every 20 ms for at most [`WAIT`].
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn is_list_of(path: &'static str) -> impl Fn(&RecordedRequest) -> bool {
+    move |request| request.path == path && !request.is_watch()
+}
+
+fn is_watch_of(path: &'static str) -> impl Fn(&RecordedRequest) -> bool {
+    move |request| request.path == path && request.is_watch()
+}
+
+fn count(api: &FakeApiServer, wanted: impl Fn(&RecordedRequest) -> bool) -> usize {
+    api.requests().iter().filter(|request| wanted(request)).count()
+}
+
+fn address(store: &KubeStore, namespace: &str, name: &str) -> Option<String> {
+    store
+        .connector(&ConnectorKey::new(namespace, name))
+        .map(|connector| connector.spec.address.clone())
+}
+
+fn names_in(store: &KubeStore, namespace: &str) -> Vec<String> {
+    store
+        .connectors_in(namespace)
+        .iter()
+        .map(|connector| connector.metadata.name.clone().unwrap_or_default())
+        .collect()
+}
+
+/// A fake with namespace `team` holding connector `harbor`, and a store
+/// that has synced against it.
+async fn synced_store() -> (FakeApiServer, KubeStore) {
+    let api = FakeApiServer::start(&[CONNECTORS, NAMESPACES]).await;
+    api.apply(NAMESPACES, namespace("team", json!({}), json!({})));
+    api.apply(CONNECTORS, connector("team", "harbor", "https://harbor.example.com"));
+    let store = KubeStore::spawn(api.client());
+    eventually("the store has synced", || store.has_synced()).await;
+    eventually("both watches are open", || {
+        api.open_watches(CONNECTORS) == 1 && api.open_watches(NAMESPACES) == 1
+    })
+    .await;
+    (api, store)
+}
+
+#[tokio::test]
+async fn store_is_not_synced_until_both_initial_lists_arrive_then_answers_from_memory() {
+    let api = FakeApiServer::start(&[CONNECTORS, NAMESPACES]).await;
+    for (namespace, name, address) in [
+        ("team", "zot", "https://zot.example.com"),
+        ("team", "harbor", "https://harbor.example.com"),
+        ("team", "docker-hub", "https://registry-1.docker.io"),
+        ("team", "quay", "https://quay.io"),
+        ("other", "harbor", "https://harbor.other.example.com"),
+    ] {
+        api.apply(CONNECTORS, connector(namespace, name, address));
+    }
+    api.apply(
+        NAMESPACES,
+        namespace(
+            "team",
+            json!({PROXY_INJECT: "true"}),
+            json!({CONNECTOR_ANNOTATION: "harbor"}),
+        ),
+    );
+    api.hold_lists(NAMESPACES);
+
+    let store = KubeStore::spawn(api.client());
+    assert!(api.wait_for_request(WAIT, is_list_of(NAMESPACES_PATH)).await);
+    assert!(api.wait_for_request(WAIT, is_watch_of(CONNECTORS_PATH)).await);
+    eventually("the connectors are listed", || {
+        address(&store, "team", "harbor").is_some()
+    })
+    .await;
+    // NB: the namespace list is held by the fake; a complete view needs it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!store.has_synced(), "synced without the namespace list");
+    assert_eq!(store.namespace("team"), None);
+
+    api.release_lists(NAMESPACES);
+    eventually("the store has synced", || store.has_synced()).await;
+
+    assert_eq!(
+        address(&store, "team", "harbor").as_deref(),
+        Some("https://harbor.example.com")
+    );
+    assert_eq!(
+        address(&store, "other", "harbor").as_deref(),
+        Some("https://harbor.other.example.com")
+    );
+    assert_eq!(address(&store, "team", "ghost"), None);
+    assert_eq!(names_in(&store, "team"), ["docker-hub", "harbor", "quay", "zot"]);
+    assert_eq!(names_in(&store, "other"), ["harbor"]);
+    assert!(names_in(&store, "nowhere").is_empty());
+    let team = store.namespace("team").expect("namespace team is known");
+    assert_eq!(team.labels.get(PROXY_INJECT).map(String::as_str), Some("true"));
+    assert_eq!(
+        team.labels.get("kubernetes.io/metadata.name").map(String::as_str),
+        Some("team")
+    );
+    assert_eq!(
+        team.annotations.get(CONNECTOR_ANNOTATION).map(String::as_str),
+        Some("harbor")
+    );
+    assert_eq!(store.namespace("unknown"), None);
+
+    // Reads are answered from memory: they make no requests.
+    let requests_before = api.requests().len();
+    for _ in 0..100 {
+        assert!(store.connector(&ConnectorKey::new("team", "zot")).is_some());
+        assert_eq!(store.connectors_in("team").len(), 4);
+        assert!(store.namespace("team").is_some());
+    }
+    assert_eq!(api.requests().len(), requests_before);
+}
+
+#[tokio::test]
+async fn watch_events_add_change_and_remove_connectors_without_restart() {
+    let (api, store) = synced_store().await;
+
+    api.apply(CONNECTORS, connector("team", "quay", "https://quay.io"));
+    eventually("the added connector is visible", || {
+        address(&store, "team", "quay").is_some()
+    })
+    .await;
+
+    api.apply(CONNECTORS, connector("team", "harbor", "https://harbor2.example.com"));
+    eventually("the changed address is visible", || {
+        address(&store, "team", "harbor").as_deref() == Some("https://harbor2.example.com")
+    })
+    .await;
+
+    api.delete(CONNECTORS, Some("team"), "harbor").expect("harbor existed");
+    eventually("the deleted connector is gone", || {
+        address(&store, "team", "harbor").is_none()
+    })
+    .await;
+    assert_eq!(names_in(&store, "team"), ["quay"]);
+
+    assert!(store.has_synced());
+    assert_eq!(count(&api, is_list_of(CONNECTORS_PATH)), 1, "{:#?}", api.requests());
+    assert_eq!(count(&api, is_watch_of(CONNECTORS_PATH)), 1, "{:#?}", api.requests());
+}
+
+#[tokio::test]
+async fn namespace_labels_from_metadata_only_watch_are_visible() {
+    let (api, store) = synced_store().await;
+    assert_eq!(store.namespace("team").unwrap().labels.get(PROXY_INJECT), None);
+
+    api.apply(NAMESPACES, namespace("team", json!({PROXY_INJECT: "true"}), json!({})));
+    eventually("the proxy-inject label is visible", || {
+        store
+            .namespace("team")
+            .is_some_and(|team| team.labels.get(PROXY_INJECT).map(String::as_str) == Some("true"))
+    })
+    .await;
+
+    api.apply(
+        NAMESPACES,
+        namespace("fresh", json!({}), json!({CONNECTOR_ANNOTATION: "team/harbor"})),
+    );
+    eventually("the new namespace is visible", || {
+        store
+            .namespace("fresh")
+            .is_some_and(|fresh| fresh.annotations.get(CONNECTOR_ANNOTATION).map(String::as_str) == Some("team/harbor"))
+    })
+    .await;
+
+    api.delete(NAMESPACES, None, "fresh").expect("fresh existed");
+    eventually("the deleted namespace is gone", || store.namespace("fresh").is_none()).await;
+    assert_eq!(count(&api, is_list_of(NAMESPACES_PATH)), 1, "{:#?}", api.requests());
+}
+
+#[tokio::test]
+async fn namespaces_are_read_as_metadata_only_and_secrets_are_never_requested() {
+    let (api, store) = synced_store().await;
+    api.apply(NAMESPACES, namespace("team", json!({PROXY_INJECT: "true"}), json!({})));
+    eventually("the namespace change is visible", || {
+        store
+            .namespace("team")
+            .is_some_and(|team| team.labels.contains_key(PROXY_INJECT))
+    })
+    .await;
+
+    let requests = api.requests();
+    let namespace_requests: Vec<_> = requests.iter().filter(|r| r.path == NAMESPACES_PATH).collect();
+    assert!(namespace_requests.iter().any(|r| !r.is_watch()), "{requests:#?}");
+    assert!(namespace_requests.iter().any(|r| r.is_watch()), "{requests:#?}");
+    for request in &namespace_requests {
+        let accept = request.accept.as_deref().unwrap_or_default();
+        let wanted = if request.is_watch() {
+            "as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+        } else {
+            "as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+        };
+        assert!(accept.contains(wanted), "{request} downloads whole Namespace objects");
+    }
+    // Connectors are read whole; nothing else is read at all.
+    for request in &requests {
+        assert!(
+            request.path == NAMESPACES_PATH || request.path == CONNECTORS_PATH,
+            "unexpected request {request}"
+        );
+        assert!(!request.path.contains("secrets"), "{request}");
+        assert_eq!(request.method, "GET", "{request}");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_api_server_is_retried_with_backoff_until_the_store_syncs() {
+    let api = FakeApiServer::start(&[CONNECTORS, NAMESPACES]).await;
+    api.apply(NAMESPACES, namespace("team", json!({}), json!({})));
+    api.apply(CONNECTORS, connector("team", "harbor", "https://harbor.example.com"));
+    api.fail_next(CONNECTORS, 2, 500);
+    api.fail_next(NAMESPACES, 1, 500);
+
+    let store = KubeStore::spawn(api.client());
+    assert!(api.wait_for_request(WAIT, is_list_of(CONNECTORS_PATH)).await);
+    assert!(!store.has_synced());
+    eventually("the store has synced after the failures", || store.has_synced()).await;
+    assert_eq!(
+        address(&store, "team", "harbor").as_deref(),
+        Some("https://harbor.example.com")
+    );
+    assert_eq!(count(&api, is_list_of(CONNECTORS_PATH)), 3, "{:#?}", api.requests());
+    assert_eq!(count(&api, is_list_of(NAMESPACES_PATH)), 2, "{:#?}", api.requests());
+    eventually("the connector watch is open", || api.open_watches(CONNECTORS) == 1).await;
+
+    // A watch that cannot restart is retried too; the store keeps answering meanwhile.
+    api.fail_next(CONNECTORS, 1, 500);
+    api.close_watches(CONNECTORS);
+    api.apply(CONNECTORS, connector("team", "quay", "https://quay.io"));
+    assert_eq!(
+        address(&store, "team", "harbor").as_deref(),
+        Some("https://harbor.example.com")
+    );
+    eventually("the change made during the outage is visible", || {
+        address(&store, "team", "quay").is_some()
+    })
+    .await;
+    assert!(store.has_synced());
+}
+
+#[tokio::test]
+async fn a_closed_watch_resumes_from_the_last_bookmark_without_relisting() {
+    let (api, store) = synced_store().await;
+    // Namespace changes move the resourceVersion on; the connector watch
+    // learns the new one only from a bookmark.
+    let mut latest = 0;
+    for n in 0..3 {
+        latest = api.apply(NAMESPACES, namespace(&format!("ns-{n}"), json!({}), json!({})));
+    }
+    api.bookmark();
+    api.close_watches(CONNECTORS);
+
+    let resumed = |request: &RecordedRequest| {
+        is_watch_of(CONNECTORS_PATH)(request) && request.param("resourceVersion") == Some(latest.to_string())
+    };
+    assert!(api.wait_for_request(WAIT, resumed).await, "{:#?}", api.requests());
+    api.apply(CONNECTORS, connector("team", "quay", "https://quay.io"));
+    eventually("the resumed watch delivers changes", || {
+        address(&store, "team", "quay").is_some()
+    })
+    .await;
+    assert_eq!(count(&api, is_list_of(CONNECTORS_PATH)), 1, "{:#?}", api.requests());
+}
+
+#[tokio::test]
+async fn a_watch_from_an_expired_resource_version_relists_and_forgets_deleted_connectors() {
+    let (api, store) = synced_store().await;
+    api.apply(CONNECTORS, connector("team", "quay", "https://quay.io"));
+    eventually("quay is visible", || address(&store, "team", "quay").is_some()).await;
+
+    // The watch drops; while it is away, connectors change and the history
+    // is compacted, so resuming gets 410 Expired.
+    let watches = count(&api, is_watch_of(CONNECTORS_PATH));
+    api.hold_watches(CONNECTORS);
+    api.close_watches(CONNECTORS);
+    eventually("the client re-watches", || {
+        count(&api, is_watch_of(CONNECTORS_PATH)) > watches
+    })
+    .await;
+    api.delete(CONNECTORS, Some("team"), "harbor").expect("harbor existed");
+    api.apply(CONNECTORS, connector("team", "ghcr", "https://ghcr.io"));
+    api.compact(CONNECTORS);
+    api.release_watches(CONNECTORS);
+
+    eventually("the relisted view replaces the old one", || {
+        names_in(&store, "team") == ["ghcr", "quay"]
+    })
+    .await;
+    assert_eq!(count(&api, is_list_of(CONNECTORS_PATH)), 2, "{:#?}", api.requests());
+    assert!(store.has_synced());
+}

@@ -1,0 +1,15 @@
+//! The credential-injecting registry proxy. Reverse mode serves
+//! `/v2/namespaces/<ns>/connectors/<name>/<repository>/...` and relays it to
+//! the connector's registry with the connector's credential; the caller
+//! proves who it is with its own token and never sees the credential.
+
+pub mod caller;
+pub mod challenge;
+pub mod credential;
+pub mod metrics;
+pub mod realm;
+pub mod reverse;
+pub mod route;
+pub mod server;
+pub mod token;
+pub mod upstream;

@@ -1,0 +1,172 @@
+//! HTTP(S) clients for upstream registries: system and webpki roots plus a
+//! connector's private CA, an explicit insecure switch, connection pooling,
+//! and timeouts on connecting and on response headers but never on bodies.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+
+/// The error type of proxied bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A streamed body, in either direction.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A pooled client for one trust configuration.
+pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+
+/// How long to wait for a TCP connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long to wait for response headers once the request is sent. Blob
+/// bodies have no overall deadline.
+pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why an upstream client cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("the connector's CA certificates are not usable PEM: {0}")]
+    Ca(String),
+    #[error("failed to configure TLS: {0}")]
+    Tls(String),
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct TrustKey {
+    extra_ca_pem: Option<String>,
+    insecure: bool,
+}
+
+/// Clients by trust configuration, built once and shared.
+pub struct UpstreamClients {
+    roots: Arc<RootCertStore>,
+    clients: Mutex<HashMap<TrustKey, UpstreamClient>>,
+}
+
+impl Default for UpstreamClients {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UpstreamClients {
+    /// Trusts the Mozilla (webpki) roots and the system's roots.
+    pub fn new() -> Self {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _) = roots.add_parsable_certificates(native.certs);
+        tracing::debug!(added, "system root certificates loaded");
+        Self {
+            roots: Arc::new(roots),
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The client for a connector: the shared roots plus `extra_ca_pem`
+    /// (never the proxy's own CA); `insecure` skips verification and must be
+    /// asked for explicitly.
+    pub fn client(&self, extra_ca_pem: Option<&str>, insecure: bool) -> Result<UpstreamClient, UpstreamError> {
+        let key = TrustKey {
+            extra_ca_pem: extra_ca_pem.map(str::to_owned),
+            insecure,
+        };
+        if let Some(client) = self.clients.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            return Ok(client.clone());
+        }
+        let client = self.build(&key)?;
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, client.clone());
+        Ok(client)
+    }
+
+    fn build(&self, key: &TrustKey) -> Result<UpstreamClient, UpstreamError> {
+        let provider = certs::tls_config::crypto_provider();
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+        let config = if key.insecure {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+                .with_no_client_auth()
+        } else {
+            let mut roots = (*self.roots).clone();
+            if let Some(pem) = &key.extra_ca_pem {
+                let certificates = certs::load_certs_pem(pem).map_err(|e| UpstreamError::Ca(e.to_string()))?;
+                let (added, _) = roots.add_parsable_certificates(certificates);
+                if added == 0 {
+                    return Err(UpstreamError::Ca("no certificate in it could be used".into()));
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+        // NB: HTTP/1.1 only (hyper-rustls sets ALPN from this). Upstream h2
+        // has reset streams mid-blob behind several registries, and one h2
+        // connection caps blob throughput.
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Ok(Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(64)
+            .build(connector))
+    }
+}
+
+/// Accepts any server certificate: only for connectors whose owner turned
+/// verification off explicitly.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}

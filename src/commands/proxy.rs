@@ -1,0 +1,76 @@
+//! `connectors proxy`: the credential-injecting registry proxy.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use connector::store::FileStore;
+use proxy::caller::{SameNamespace, StaticTokens};
+use proxy::reverse::{ReverseOptions, ReverseProxy};
+use proxy::server::{self, ServerLimits};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The store: YAML with the Namespaces, Secrets and Connectors
+    /// (standalone mode); reloaded when it changes.
+    #[arg(long, env = "CONNECTORS_STORE")]
+    store: PathBuf,
+    /// Caller tokens in kube-apiserver's static token file format
+    /// (`token,user,uid,"groups"`); a ServiceAccount
+    /// `system:serviceaccount:<ns>:<name>` may use its namespace's connectors.
+    #[arg(long, env = "CONNECTORS_TOKEN_AUTH_FILE")]
+    token_auth_file: PathBuf,
+    /// Address of reverse mode (plain HTTP).
+    #[arg(long, env = "CONNECTORS_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Skip TLS verification of every upstream registry. Dangerous; off by
+    /// default.
+    #[arg(long, env = "CONNECTORS_INSECURE_UPSTREAM_TLS")]
+    insecure_upstream_tls: bool,
+    /// How long shutdown waits for in-flight transfers.
+    #[arg(long, env = "CONNECTORS_SHUTDOWN_GRACE_SECONDS", default_value_t = 300)]
+    shutdown_grace_seconds: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let store = Arc::new(
+        FileStore::load(&args.store).with_context(|| format!("failed to load the store {}", args.store.display()))?,
+    );
+    store.spawn_watch(Duration::from_secs(2));
+    let tokens = StaticTokens::load(&args.token_auth_file)
+        .with_context(|| format!("failed to load the token file {}", args.token_auth_file.display()))?;
+    let proxy = Arc::new(ReverseProxy::new(
+        store.clone(),
+        store.clone(),
+        Arc::new(tokens),
+        Arc::new(SameNamespace),
+        ReverseOptions {
+            insecure_upstream_tls: args.insecure_upstream_tls,
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, mode = "reverse", "proxy listening");
+    let limits = ServerLimits {
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+        ..ServerLimits::default()
+    };
+    server::serve(
+        listener,
+        proxy,
+        Arc::new(|| true),
+        limits,
+        super::webhook::shutdown_signal(),
+    )
+    .await
+    .context("the proxy server failed")
+}

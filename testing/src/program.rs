@@ -1,0 +1,36 @@
+//! Finds the third-party programs the harness runs, and says how to install
+//! them when one is missing: tests fail loudly instead of skipping.
+
+use std::env;
+use std::path::PathBuf;
+
+/// The one command that installs every program the harness runs.
+pub const INSTALL_HINT: &str = "run `bash .ci/install` (it installs docker-registry, skopeo and apache2-utils)";
+
+/// A program the harness needs is not on `PATH`.
+#[derive(Debug, thiserror::Error)]
+#[error("{name} is not installed or not on PATH: {INSTALL_HINT}")]
+pub struct MissingProgram {
+    /// The program's file name, e.g. `docker-registry`.
+    pub name: &'static str,
+}
+
+/// The full path of `name` on `PATH`.
+pub fn find(name: &'static str) -> Result<PathBuf, MissingProgram> {
+    let path = env::var_os("PATH").unwrap_or_default();
+    env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .ok_or(MissingProgram { name })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_program_error_names_the_install_script() {
+        let error = find("definitely-not-an-installed-program").unwrap_err();
+        assert!(error.to_string().contains("bash .ci/install"), "{error}");
+    }
+}

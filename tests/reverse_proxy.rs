@@ -1,0 +1,473 @@
+//! `connectors proxy` in reverse mode against the real CNCF registry (Debian
+//! `docker-registry`) in htpasswd and token-auth modes, driven by real
+//! skopeo and by raw HTTP: digests equal end to end, uploads, mounts,
+//! pagination, redirects, token renewal, rejected callers, and no credential
+//! in anything a client receives or the proxy logs.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use serde_json::Value;
+use support::Process;
+use testing::{CopyOptions, InspectOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, TokenServer, TokenServerOptions};
+
+const USER: &str = "robot$lab+ci";
+const PASSWORD: &str = "Pa55-never-leaks-9c1e";
+const TEAM_TOKEN: &str = "team-caller-token-41f0";
+const OTHER_TOKEN: &str = "other-namespace-token-77aa";
+
+/// A registry, the proxy in front of it, and what the proxy was told.
+struct Lab {
+    registry: Registry,
+    proxy: Process,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    /// `connector_address` defaults to the registry's URL.
+    fn start_proxy(registry: Registry, connector_address: Option<&str>, extra_store: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let address = connector_address.map(str::to_owned).unwrap_or_else(|| registry.url());
+        let store = format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: robot, namespace: team}}
+type: kubernetes.io/basic-auth
+stringData: {{username: "{USER}", password: "{PASSWORD}"}}
+---
+apiVersion: connectors.alauda.io/v1alpha1
+kind: Connector
+metadata: {{name: lab, namespace: team}}
+spec: {{connectorClassName: oci, address: "{address}", auth: {{name: basicAuth, secretRef: {{name: robot}}}}}}
+---
+apiVersion: connectors.alauda.io/v1alpha1
+kind: Connector
+metadata: {{name: lab2, namespace: team}}
+spec: {{connectorClassName: oci, address: "{address}", auth: {{name: basicAuth, secretRef: {{name: robot}}}}}}
+{extra_store}"#
+        );
+        std::fs::write(dir.path().join("store.yaml"), store).unwrap();
+        std::fs::write(
+            dir.path().join("tokens.csv"),
+            format!(
+                "# static caller tokens\n{TEAM_TOKEN},system:serviceaccount:team:builder,uid-1,\"system:serviceaccounts,system:serviceaccounts:team\"\n{OTHER_TOKEN},system:serviceaccount:other:builder,uid-2\n"
+            ),
+        )
+        .unwrap();
+        let store_path = dir.path().join("store.yaml");
+        let tokens_path = dir.path().join("tokens.csv");
+        let (proxy, addr) = Process::start(
+            &[
+                "proxy",
+                "--store",
+                store_path.to_str().unwrap(),
+                "--token-auth-file",
+                tokens_path.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--verbose",
+            ],
+            "proxy listening",
+        );
+        Lab {
+            registry,
+            proxy,
+            addr,
+            dir,
+        }
+    }
+
+    /// `127.0.0.1:PORT/namespaces/team/connectors/<c>/<repository>`
+    fn reference(&self, connector: &str, repository_and_tag: &str) -> String {
+        format!("docker://{}/namespaces/team/connectors/{connector}/{repository_and_tag}", self.addr)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    fn layout(&self) -> OciLayout {
+        OciLayout::new(&self.dir.path().join("layout")).unwrap()
+    }
+
+    /// Asserts the credential appears nowhere in the proxy's logs.
+    fn assert_no_credential_in_logs(&self) {
+        assert_no_secret(&self.proxy.log_text(), "proxy logs");
+    }
+}
+
+fn assert_no_secret(text: &str, what: &str) {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    assert!(!text.contains(PASSWORD), "the registry password appears in {what}");
+    assert!(!text.contains(&basic), "the Basic credential appears in {what}");
+}
+
+fn as_caller() -> RegistryAccess {
+    RegistryAccess::plain_http().creds("builder", TEAM_TOKEN)
+}
+
+fn inspecting() -> InspectOptions {
+    InspectOptions::from(as_caller())
+}
+
+/// A reqwest client and a record of everything it received.
+#[derive(Clone, Default)]
+struct Http {
+    seen: Arc<Mutex<String>>,
+}
+
+impl Http {
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, reqwest::header::HeaderMap, bytes::Bytes) {
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.unwrap();
+        let mut seen = self.seen.lock().unwrap();
+        seen.push_str(&format!("{status} {headers:?} {}\n", String::from_utf8_lossy(&body)));
+        (status, headers, body)
+    }
+
+    fn client() -> reqwest::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(120))
+            .build()
+            .unwrap()
+    }
+
+    fn assert_clean(&self) {
+        assert_no_secret(&self.seen.lock().unwrap(), "responses");
+    }
+}
+
+fn skopeo() -> Skopeo {
+    Skopeo::new().expect("skopeo is installed (bash .ci/install)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_and_pull_through_reverse_proxy_match_the_registry_digest_in_htpasswd_mode() {
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD)).await.unwrap();
+    let lab = Lab::start_proxy(registry, None, "");
+    let layout = lab.layout();
+    let image = layout.add_image("v1", &[64 * 1024, 300 * 1024, 1024 * 1024], 7).unwrap();
+
+    let push = CopyOptions::default().dest(as_caller());
+    skopeo()
+        .copy(&layout.reference("v1"), &lab.reference("lab", "lab/hello:v1"), &push)
+        .await
+        .unwrap();
+    // What the registry holds, read directly with the real credential.
+    assert_eq!(lab.registry.manifest_digest("lab/hello", "v1").await.unwrap(), image.manifest.digest);
+
+    // Inspect by tag and by digest through the proxy.
+    let inspected = skopeo().inspect(&lab.reference("lab", "lab/hello:v1"), &inspecting()).await.unwrap();
+    assert_eq!(inspected["Digest"], image.manifest.digest.as_str());
+    let by_digest = lab.reference("lab", &format!("lab/hello@{}", image.manifest.digest));
+    let inspected = skopeo().inspect(&by_digest, &inspecting()).await.unwrap();
+    assert_eq!(inspected["Digest"], image.manifest.digest.as_str());
+    assert_eq!(inspected["Layers"].as_array().unwrap().len(), 3);
+
+    // Pull it back into a new layout: every blob digest survives.
+    let out = OciLayout::new(&lab.dir.path().join("pulled")).unwrap();
+    let pull = CopyOptions::default().src(as_caller());
+    skopeo().copy(&lab.reference("lab", "lab/hello:v1"), &out.reference("v1"), &pull).await.unwrap();
+    for layer in &image.layers {
+        let pulled = testing::sha256_file(&out.blob_path(&layer.digest)).unwrap();
+        assert_eq!(pulled.to_string(), layer.digest);
+    }
+    lab.assert_no_credential_in_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_auth_registry_multi_arch_index_and_one_token_per_scope() {
+    let tokens = TokenServer::start(TokenServerOptions::with_user(USER, PASSWORD)).unwrap();
+    let registry = Registry::start(RegistryOptions::token(&tokens)).await.unwrap();
+    let lab = Lab::start_proxy(registry, None, "");
+    let layout = lab.layout();
+    let index = layout
+        .add_index("multi", &[("linux", "amd64"), ("linux", "arm64")], &[32 * 1024, 128 * 1024], 11)
+        .unwrap();
+
+    let push = CopyOptions {
+        all: true,
+        ..CopyOptions::default().dest(as_caller())
+    };
+    skopeo()
+        .copy(&layout.reference("multi"), &lab.reference("lab", "lab/multi:v1"), &push)
+        .await
+        .unwrap();
+    assert_eq!(lab.registry.manifest_digest("lab/multi", "v1").await.unwrap(), index.index.digest);
+    let raw = skopeo()
+        .inspect_raw(&lab.reference("lab", "lab/multi:v1"), &inspecting())
+        .await
+        .unwrap();
+    assert_eq!(testing::sha256_bytes(&raw), index.index.digest, "the index bytes are relayed unchanged");
+
+    // Pull a platform image many times: tokens come from the cache.
+    let before = tokens.requests();
+    for _ in 0..5 {
+        skopeo()
+            .inspect(&lab.reference("lab", "lab/multi:v1"), &inspecting())
+            .await
+            .unwrap();
+    }
+    let fetched = tokens.requests() - before;
+    assert!(fetched <= 1, "{fetched} token requests for 5 pulls of one scope");
+    // The token service only ever saw the connector's robot, never a caller.
+    assert!(tokens.requests_log().iter().all(|r| r.user.as_deref() == Some(USER)));
+    lab.assert_no_credential_in_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tags_list_pagination_follows_link_headers_rewritten_into_the_proxy() {
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD)).await.unwrap();
+    let lab = Lab::start_proxy(registry, None, "");
+    let layout = lab.layout();
+    layout.add_image("v1", &[4096], 3).unwrap();
+    for tag in ["a", "b", "c", "d"] {
+        let push = CopyOptions::default().dest(as_caller());
+        skopeo()
+            .copy(&layout.reference("v1"), &lab.reference("lab", &format!("lab/tags:{tag}")), &push)
+            .await
+            .unwrap();
+    }
+    let http = Http::default();
+    let client = Http::client();
+    let mut next = Some("/v2/namespaces/team/connectors/lab/lab/tags/tags/list?n=1".to_owned());
+    let mut tags = Vec::new();
+    let mut pages = 0;
+    while let Some(path) = next.take() {
+        pages += 1;
+        assert!(pages <= 10, "pagination does not end");
+        let (status, headers, body) = http.send(client.get(lab.url(&path)).basic_auth("x", Some(TEAM_TOKEN))).await;
+        assert_eq!(status, 200);
+        let page: Value = serde_json::from_slice(&body).unwrap();
+        tags.extend(page["tags"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()));
+        if let Some(link) = headers.get("link") {
+            let link = link.to_str().unwrap();
+            assert!(link.starts_with("</v2/namespaces/team/connectors/lab/lab/tags/tags/list?"), "{link}");
+            next = Some(link[1..link.find('>').unwrap()].to_owned());
+        }
+    }
+    // NB: distribution 2.8 pages in storage order, not sorted.
+    tags.sort();
+    assert_eq!(tags, ["a", "b", "c", "d"], "every tag exactly once");
+    assert_eq!(pages, 4);
+    // The catalog is answered by the proxy, and discloses nothing.
+    let (status, _, body) = http.send(client.get(lab.url("/v2/_catalog")).basic_auth("x", Some(TEAM_TOKEN))).await;
+    assert_eq!((status, &body[..]), (200, &br#"{"repositories":[]}"#[..]));
+    http.assert_clean();
+    lab.assert_no_credential_in_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_upload_and_mounts_within_and_across_connectors() {
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD)).await.unwrap();
+    let lab = Lab::start_proxy(registry, None, "");
+    let http = Http::default();
+    let client = Http::client();
+    let blob = testing::image::random_bytes(3 * 1024 * 1024 + 17, 5);
+    let digest = testing::sha256_bytes(&blob);
+    let prefix = "/v2/namespaces/team/connectors/lab";
+
+    // POST: a Location inside the proxy, with the upload state intact.
+    let (status, headers, _) = http
+        .send(client.post(lab.url(&format!("{prefix}/lab/chunked/blobs/uploads/"))).basic_auth("x", Some(TEAM_TOKEN)))
+        .await;
+    assert_eq!(status, 202);
+    let mut location = headers["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&format!("{prefix}/lab/chunked/blobs/uploads/")), "{location}");
+    assert!(location.contains("_state="), "{location}");
+    assert!(headers.contains_key("docker-upload-uuid"));
+
+    // Two PATCHes with Content-Range, then the PUT with the digest.
+    let split = 2 * 1024 * 1024;
+    let mut offset = 0;
+    for chunk in [&blob[..split], &blob[split..]] {
+        let end = offset + chunk.len() - 1;
+        let (status, headers, _) = http
+            .send(
+                client
+                    .patch(lab.url(&location))
+                    .basic_auth("x", Some(TEAM_TOKEN))
+                    .header("content-type", "application/octet-stream")
+                    .header("content-range", format!("{offset}-{end}"))
+                    .body(chunk.to_vec()),
+            )
+            .await;
+        assert_eq!(status, 202, "PATCH {offset}-{end}");
+        assert_eq!(headers["range"].to_str().unwrap(), format!("0-{end}"));
+        location = headers["location"].to_str().unwrap().to_owned();
+        assert!(location.starts_with(prefix), "{location}");
+        offset = end + 1;
+    }
+    let separator = if location.contains('?') { '&' } else { '?' };
+    let (status, headers, _) = http
+        .send(
+            client
+                .put(lab.url(&format!("{location}{separator}digest={digest}")))
+                .basic_auth("x", Some(TEAM_TOKEN)),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(headers["docker-content-digest"].to_str().unwrap(), digest);
+    assert!(headers["location"].to_str().unwrap().starts_with(prefix));
+
+    // HEAD stays HEAD and keeps the length.
+    let (status, headers, body) = http
+        .send(client.head(lab.url(&format!("{prefix}/lab/chunked/blobs/{digest}"))).basic_auth("x", Some(TEAM_TOKEN)))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-length"].to_str().unwrap(), blob.len().to_string());
+    assert!(body.is_empty());
+    let head_gets = lab.registry.access_log_lines(&format!("\"GET /v2/lab/chunked/blobs/{digest}"));
+    assert!(head_gets.is_empty(), "a HEAD became a GET upstream: {head_gets:?}");
+
+    // A mount from the same connector is mapped and mounted (201).
+    let from = "namespaces%2Fteam%2Fconnectors%2Flab%2Flab%2Fchunked";
+    let (status, headers, _) = http
+        .send(
+            client
+                .post(lab.url(&format!("{prefix}/lab/mounted/blobs/uploads/?mount={digest}&from={from}")))
+                .basic_auth("x", Some(TEAM_TOKEN)),
+        )
+        .await;
+    assert_eq!(status, 201, "mounted within the connector");
+    assert!(headers["location"].to_str().unwrap().starts_with(&format!("{prefix}/lab/mounted/blobs/")));
+    // From another connector: mount and from are dropped, a plain upload starts (202).
+    let (status, headers, _) = http
+        .send(
+            client
+                .post(lab.url(&format!(
+                    "/v2/namespaces/team/connectors/lab2/lab/other/blobs/uploads/?mount={digest}&from={from}"
+                )))
+                .basic_auth("x", Some(TEAM_TOKEN)),
+        )
+        .await;
+    assert_eq!(status, 202, "no mount across connectors");
+    assert!(headers["location"].to_str().unwrap().starts_with("/v2/namespaces/team/connectors/lab2/lab/other/blobs/uploads/"));
+    http.assert_clean();
+    lab.assert_no_credential_in_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_wrong_token_and_wrong_namespace_callers_are_rejected_without_upstream_requests() {
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD)).await.unwrap();
+    let lab = Lab::start_proxy(registry, None, "");
+    let http = Http::default();
+    let client = Http::client();
+    let path = "/v2/namespaces/team/connectors/lab/lab/hello/manifests/v1";
+    let upstream_before = lab.registry.access_log_lines("/v2/").len();
+
+    // The ping is answered by the proxy with its own challenge.
+    let (status, headers, _) = http.send(client.get(lab.url("/v2/"))).await;
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Basic realm=\"connectors\"");
+    let (status, _, body) = http.send(client.get(lab.url("/v2/")).basic_auth("x", Some(TEAM_TOKEN))).await;
+    assert_eq!((status, &body[..]), (200, &b"{}"[..]));
+
+    let cases: [(Option<(&str, &str)>, Option<&str>, u16, &str); 5] = [
+        (None, None, 401, "UNAUTHORIZED"),
+        (Some(("x", "wrong-token")), None, 401, "UNAUTHORIZED"),
+        (None, Some("Bearer wrong-token"), 401, "UNAUTHORIZED"),
+        (None, Some("Basic !!!not-base64"), 401, "UNAUTHORIZED"),
+        (Some(("x", OTHER_TOKEN)), None, 403, "DENIED"),
+    ];
+    for (basic, raw, want, code) in cases {
+        let mut request = client.get(lab.url(path));
+        if let Some((user, password)) = basic {
+            request = request.basic_auth(user, Some(password));
+        }
+        if let Some(value) = raw {
+            request = request.header("authorization", value);
+        }
+        let (status, _, body) = http.send(request).await;
+        assert_eq!(status, want, "{basic:?} {raw:?}");
+        let error: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(error["errors"][0]["code"], code);
+    }
+    // A connector that does not exist, and paths that are not routes.
+    let (status, _, _) = http
+        .send(client.get(lab.url("/v2/namespaces/team/connectors/ghost/lab/x/manifests/v1")).basic_auth("x", Some(TEAM_TOKEN)))
+        .await;
+    assert_eq!(status, 404);
+    for bad in [
+        "/v2/namespaces/team/connectors/lab/../../x/manifests/v1",
+        "/v2/namespaces/team/connectors/lab/lab%2F..%2Fx/manifests/v1",
+        "/v2/namespaces/team/connectors/lab/UPPER/manifests/v1",
+        "/v2/namespaces/team/connectors/lab/lab/x/blobs/not-a-digest",
+    ] {
+        let (status, _, _) = http.send(client.get(lab.url(bad)).basic_auth("x", Some(TEAM_TOKEN))).await;
+        assert!(status == 404 || status == 400, "{bad}: {status}");
+    }
+    let upstream_after = lab.registry.access_log_lines("/v2/").len();
+    assert_eq!(upstream_before, upstream_after, "rejected callers caused upstream requests");
+    http.assert_clean();
+    lab.assert_no_credential_in_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_cached_token_is_evicted_and_an_expired_one_renewed_mid_push() {
+    let tokens = TokenServer::start(TokenServerOptions::with_user(USER, PASSWORD)).unwrap();
+    let registry = Registry::start(RegistryOptions::token(&tokens)).await.unwrap();
+    let lab = Lab::start_proxy(registry, None, "");
+    let layout = lab.layout();
+    let image = layout.add_image("v1", &[256 * 1024, 512 * 1024], 21).unwrap();
+    let push = CopyOptions::default().dest(as_caller());
+
+    // Tokens signed by a key the registry does not trust get cached...
+    tokens.set_fault(Some(testing::Fault::ForeignKey));
+    let _ = skopeo().inspect(&lab.reference("lab", "lab/renew:v1"), &inspecting()).await;
+    tokens.set_fault(None);
+    // ...and the 401 they cause evicts them: the push succeeds.
+    skopeo()
+        .copy(&layout.reference("v1"), &lab.reference("lab", "lab/renew:v1"), &push)
+        .await
+        .unwrap();
+    assert_eq!(lab.registry.manifest_digest("lab/renew", "v1").await.unwrap(), image.manifest.digest);
+
+    // A token whose own expiry has passed is renewed before the next upload.
+    tokens.set_fault(Some(testing::Fault::Expired));
+    let _ = skopeo().inspect(&lab.reference("lab", "lab/renew2:v1"), &inspecting()).await;
+    tokens.set_fault(None);
+    let before = tokens.requests();
+    skopeo()
+        .copy(&layout.reference("v1"), &lab.reference("lab", "lab/renew2:v1"), &push)
+        .await
+        .unwrap();
+    assert!(tokens.requests() > before, "the expired token was renewed");
+    assert_eq!(lab.registry.manifest_digest("lab/renew2", "v1").await.unwrap(), image.manifest.digest);
+    lab.assert_no_credential_in_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_realm_outside_the_connector_hosts_gets_no_credential() {
+    // The token service is on 127.0.0.1; the connector addresses the registry
+    // as 127.0.0.2, so the realm is on a host the connector does not name.
+    let tokens = TokenServer::start(TokenServerOptions::with_user(USER, PASSWORD)).unwrap();
+    let registry = Registry::start(RegistryOptions::token(&tokens).ip("127.0.0.2".parse().unwrap()))
+        .await
+        .unwrap();
+    let address = registry.url();
+    let lab = Lab::start_proxy(registry, Some(&address), "");
+    let http = Http::default();
+    let (status, _, body) = http
+        .send(
+            Http::client()
+                .get(lab.url("/v2/namespaces/team/connectors/lab/lab/x/manifests/v1"))
+                .basic_auth("x", Some(TEAM_TOKEN)),
+        )
+        .await;
+    assert_eq!(status, 502, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("realm"), "{}", String::from_utf8_lossy(&body));
+    assert_eq!(tokens.requests(), 0, "no credential went to the foreign realm");
+    http.assert_clean();
+    lab.assert_no_credential_in_logs();
+}
