@@ -393,7 +393,8 @@ async fn unauthenticated_wrong_token_and_wrong_namespace_callers_are_rejected_wi
         .await;
     assert_eq!((status, &body[..]), (200, &b"{}"[..]));
 
-    let cases: [(Option<(&str, &str)>, Option<&str>, u16, &str); 5] = [
+    type Case<'a> = (Option<(&'a str, &'a str)>, Option<&'a str>, u16, &'a str);
+    let cases: [Case; 5] = [
         (None, None, 401, "UNAUTHORIZED"),
         (Some(("x", "wrong-token")), None, 401, "UNAUTHORIZED"),
         (None, Some("Bearer wrong-token"), 401, "UNAUTHORIZED"),

@@ -25,6 +25,10 @@ const USER: &str = "robot$scripted";
 const PASSWORD: &str = "scripted-secret-5d2b";
 const TOKEN: &str = "caller-token-scripted";
 
+/// How a fake server answers: (path and query, its own address, how many
+/// times this target was asked) to a response.
+type Respond = Arc<dyn Fn(&str, SocketAddr, usize) -> Response<Full<Bytes>> + Send + Sync>;
+
 /// What one fake server received: (path and query, headers).
 type Seen = Arc<Mutex<Vec<(String, HashMap<String, String>)>>>;
 
@@ -34,7 +38,7 @@ struct Fake {
 }
 
 /// Serves `respond` on `ip`:0 until the test ends.
-async fn serve(ip: &str, respond: Arc<dyn Fn(&str, SocketAddr, usize) -> Response<Full<Bytes>> + Send + Sync>) -> Fake {
+async fn serve(ip: &str, respond: Respond) -> Fake {
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen: Seen = Arc::default();
