@@ -4,6 +4,7 @@ mod certs;
 mod crd;
 mod mutate;
 mod proxy;
+mod up;
 mod webhook;
 
 use ::webhook::mutation::{InjectionConfig, default_no_proxy};
@@ -33,6 +34,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Serve the mutating admission webhook over HTTPS.
     Webhook(webhook::Args),
+    /// Standalone mode: the proxy and the webhook on localhost, no cluster.
+    Up(up::Args),
     /// Serve the credential-injecting registry proxy.
     Proxy(proxy::Args),
     /// Print manifests with every selected pod mutated as the webhook would.
@@ -46,6 +49,7 @@ pub enum Command {
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Webhook(args) => webhook::run(args),
+        Command::Up(args) => up::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Mutate(args) => mutate::run(args),
         Command::Crd => crd::run(),

@@ -515,3 +515,64 @@ async fn a_realm_outside_the_connector_hosts_gets_no_credential() {
     http.assert_clean();
     lab.assert_no_credential_in_logs();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_gib_layer_streams_through_and_an_interrupted_read_resumes_with_range() {
+    const GIB: u64 = 1024 * 1024 * 1024;
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
+        .await
+        .unwrap();
+    let lab = Lab::start_proxy(registry, None, "");
+    let layout = lab.layout();
+    let image = layout.add_image("big", &[GIB], 99).unwrap();
+    let layer = &image.layers[0];
+    let push = CopyOptions::default().dest(as_caller());
+    skopeo()
+        .with_timeout(Duration::from_secs(600))
+        .copy(&layout.reference("big"), &lab.reference("lab", "lab/big:v1"), &push)
+        .await
+        .unwrap();
+    assert_eq!(
+        lab.registry.manifest_digest("lab/big", "v1").await.unwrap(),
+        image.manifest.digest
+    );
+
+    // Read half of the layer, drop the connection, resume from there.
+    let client = Http::client();
+    let url = lab.url(&format!(
+        "/v2/namespaces/team/connectors/lab/lab/big/blobs/{}",
+        layer.digest
+    ));
+    let mut hasher = testing::digest::Sha256::default();
+    let mut response = client.get(&url).basic_auth("x", Some(TEAM_TOKEN)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.content_length(), Some(layer.size), "Content-Length is kept");
+    let mut read = 0u64;
+    while read < layer.size / 2 {
+        let chunk = response.chunk().await.unwrap().expect("the body continues");
+        hasher.update(&chunk);
+        read += chunk.len() as u64;
+    }
+    drop(response);
+    let mut response = client
+        .get(&url)
+        .basic_auth("x", Some(TEAM_TOKEN))
+        .header("range", format!("bytes={read}-"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 206, "a Range read is answered with 206");
+    let content_range = response.headers()["content-range"].to_str().unwrap().to_owned();
+    assert!(content_range.starts_with(&format!("bytes {read}-")), "{content_range}");
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        hasher.update(&chunk);
+        read += chunk.len() as u64;
+    }
+    assert_eq!(read, layer.size);
+    assert_eq!(
+        hasher.finish().to_string(),
+        layer.digest,
+        "the resumed read is the layer, byte for byte"
+    );
+    lab.assert_no_credential_in_logs();
+}

@@ -1,0 +1,110 @@
+//! `connectors up`: standalone mode. The reverse proxy and the webhook on
+//! localhost, connectors from a local store file, callers from a static
+//! token file, certificates generated into a state directory. No cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use certs::CertificateAuthority;
+use connector::store::FileStore;
+use proxy::caller::{SameNamespace, StaticTokens};
+use proxy::reverse::{ReverseOptions, ReverseProxy};
+use proxy::server::ServerLimits;
+use webhook::metrics::Metrics;
+use webhook::mutation::InjectionConfig;
+use webhook::server::WebhookState;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The store: YAML with the Namespaces, Secrets and Connectors.
+    #[arg(long, env = "CONNECTORS_STORE")]
+    store: PathBuf,
+    /// Caller tokens (kube-apiserver static token file format).
+    #[arg(long, env = "CONNECTORS_TOKEN_AUTH_FILE")]
+    token_auth_file: PathBuf,
+    /// Reverse proxy address (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    proxy_listen: SocketAddr,
+    /// Webhook address (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    webhook_listen: SocketAddr,
+    /// Where generated certificates are kept.
+    #[arg(long, env = "CONNECTORS_STATE_DIR", default_value = "target/connectors-up")]
+    state_dir: PathBuf,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let store = Arc::new(
+        FileStore::load(&args.store).with_context(|| format!("failed to load the store {}", args.store.display()))?,
+    );
+    store.spawn_watch(Duration::from_secs(2));
+    let tokens = StaticTokens::load(&args.token_auth_file)
+        .with_context(|| format!("failed to load the token file {}", args.token_auth_file.display()))?;
+
+    let cert = args.state_dir.join("tls.crt");
+    if !cert.exists() {
+        let year = Duration::from_secs(365 * 24 * 3600);
+        let ca = CertificateAuthority::generate("connectors standalone CA", year)?;
+        let issued = ca.issue_serving(&["localhost".into()], &[args.webhook_listen.ip()], year)?;
+        certs::write_serving_bundle(&args.state_dir, &ca, &issued)?;
+    }
+    let resolver = certs::ReloadingCertResolver::load(cert, args.state_dir.join("tls.key"))
+        .context("failed to load the standalone certificate")?;
+    let tls = certs::server_config(resolver, &[b"h2", b"http/1.1"])?;
+
+    let listener = tokio::net::TcpListener::bind(args.proxy_listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.proxy_listen))?;
+    let proxy_addr = listener.local_addr()?;
+    let mut config = InjectionConfig::new(proxy_addr.to_string(), "127.0.0.1:3128");
+    config.install_namespace = "connectors-system".into();
+    let webhook_state = WebhookState {
+        store: store.clone(),
+        config: Arc::new(config),
+        metrics: Arc::new(Metrics::default()),
+    };
+    let proxy = Arc::new(ReverseProxy::new(
+        store.clone(),
+        store,
+        Arc::new(tokens),
+        Arc::new(SameNamespace),
+        ReverseOptions::default(),
+    ));
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        super::webhook::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    };
+    tracing::info!(addr = %proxy_addr, mode = "reverse", "proxy listening");
+    let ca = args.state_dir.join("ca.crt");
+    let webhook = webhook::server::serve_tls(
+        args.webhook_listen,
+        webhook::server::router(webhook_state),
+        tls,
+        until_stopped(stopped.clone()),
+        Duration::from_secs(10),
+        move |addr| tracing::info!(%addr, ca = %ca.display(), "webhook listening"),
+    );
+    let proxy = proxy::server::serve(
+        listener,
+        proxy,
+        Arc::new(|| true),
+        ServerLimits::default(),
+        until_stopped(stopped),
+    );
+    let (webhook, proxy) = tokio::join!(webhook, proxy);
+    webhook.context("the webhook failed")?;
+    proxy.context("the proxy failed")
+}
