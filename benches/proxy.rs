@@ -1,0 +1,1389 @@
+//! Registry proxy benchmark. In one run, against the same real registry
+//! (CNCF distribution, htpasswd, filesystem storage) and the same blobs, three
+//! paths side by side: direct with the real credential, nginx configured as
+//! the reference credential-injecting reverse proxy, and `connectors proxy`
+//! (the release binary). Measures blob GET throughput with 1, 4 and 16
+//! clients and each proxy's CPU per GiB, manifest GET latency, proxy memory
+//! while 64 clients stream, and upstream token requests per 1,000 pulls from
+//! a token-mode registry. Writes `bench/results/proxy.md`.
+//!
+//! Run with `cargo bench --bench proxy` (`-- --quick` for a short run). Needs
+//! `bash .ci/install` (docker-registry, skopeo, htpasswd, nginx).
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use base64::Engine as _;
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt as _, Empty, StreamBody};
+use hyper::body::Frame;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, HOST, HeaderValue, LOCATION};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use testing::client::MANIFEST_ACCEPT;
+use testing::digest::Sha256;
+use testing::{
+    CopyOptions, Digest, ImageDigests, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, TokenServer,
+    TokenServerOptions,
+};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+const USER: &str = "robot$bench";
+const PASSWORD: &str = "bench-Pa55-3f9a";
+const CALLER_TOKEN: &str = "bench-caller-token-5c2d";
+const NAMESPACE: &str = "team";
+/// The connector in front of the htpasswd registry.
+const CONNECTOR: &str = "lab";
+/// The connector in front of the token-mode registry.
+const TOKEN_CONNECTOR: &str = "tokened";
+const BLOB_REPOSITORY: &str = "lab/big";
+const MANIFEST_REPOSITORY: &str = "lab/small";
+const TOKEN_REPOSITORY: &str = "lab/tokened";
+const GIB: f64 = (1u64 << 30) as f64;
+const MIB: f64 = (1u64 << 20) as f64;
+
+/// Time to connect to anything on loopback.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for one small request (manifest, HEAD, upload start).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time for one whole blob download or upload.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(600);
+/// Time for a started process to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Time for a stopped process to exit before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sizes and counts of one run.
+struct Settings {
+    quick: bool,
+    blob_size: u64,
+    client_counts: [usize; 3],
+    manifest_requests: usize,
+    manifest_in_flight: usize,
+    pulls: usize,
+    memory_streams: usize,
+    memory_window: Duration,
+}
+
+impl Settings {
+    fn from_args() -> Self {
+        let quick = std::env::args().any(|a| a == "--quick");
+        Self {
+            quick,
+            blob_size: if quick { 128 << 20 } else { 1 << 30 },
+            client_counts: [1, 4, 16],
+            manifest_requests: if quick { 200 } else { 2000 },
+            manifest_in_flight: 8,
+            pulls: if quick { 100 } else { 1000 },
+            memory_streams: 64,
+            memory_window: Duration::from_secs(if quick { 5 } else { 20 }),
+        }
+    }
+
+    /// Short runs vary more, so they are repeated (the median is reported).
+    fn repeats(&self, clients: usize) -> usize {
+        match (self.quick, clients) {
+            (true, _) => 1,
+            (false, 1) => 3,
+            (false, 4) => 2,
+            (false, _) => 1,
+        }
+    }
+}
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let settings = Settings::from_args();
+    // NB: the client gets both cores, like the proxies and the registry: on
+    // two cores every path competes for the same CPU, which is the point.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = runtime.block_on(run(&settings)).unwrap();
+    println!("{report}");
+    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
+    std::fs::create_dir_all(&results).unwrap();
+    std::fs::write(results.join("proxy.md"), report).unwrap();
+}
+
+/// Where a client sends requests: the address, the path prefix before the
+/// repository and the Authorization header it sends itself.
+#[derive(Clone)]
+struct Route {
+    name: &'static str,
+    addr: SocketAddr,
+    prefix: String,
+    authorization: Option<HeaderValue>,
+}
+
+impl Route {
+    fn direct(addr: SocketAddr) -> Self {
+        Self {
+            name: "direct",
+            addr,
+            prefix: "/v2/".to_owned(),
+            authorization: Some(basic(USER, PASSWORD)),
+        }
+    }
+
+    /// nginx injects the credential: the client sends none.
+    fn nginx(addr: SocketAddr) -> Self {
+        Self {
+            name: "nginx",
+            addr,
+            prefix: format!("/v2/namespaces/{NAMESPACE}/connectors/{CONNECTOR}/"),
+            authorization: None,
+        }
+    }
+
+    /// The caller's ServiceAccount token as the Basic password.
+    fn connectors(addr: SocketAddr, connector: &str) -> Self {
+        Self {
+            name: "connectors",
+            addr,
+            prefix: format!("/v2/namespaces/{NAMESPACE}/connectors/{connector}/"),
+            authorization: Some(basic("x", CALLER_TOKEN)),
+        }
+    }
+
+    fn path(&self, repository: &str, rest: &str) -> String {
+        format!("{}{repository}/{rest}", self.prefix)
+    }
+
+    fn request(&self, method: Method, path: &str, accept: Option<&str>) -> Request<Empty<Bytes>> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, self.addr.to_string());
+        if let Some(authorization) = &self.authorization {
+            request = request.header(AUTHORIZATION, authorization.clone());
+        }
+        if let Some(accept) = accept {
+            request = request.header(ACCEPT, accept);
+        }
+        request.body(Empty::new()).expect("a valid request")
+    }
+}
+
+fn basic(user: &str, password: &str) -> HeaderValue {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value")
+}
+
+async fn run(settings: &Settings) -> anyhow::Result<String> {
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let binary = connectors_binary();
+    let lab = tempfile::tempdir()?;
+
+    // The registries and their content, pushed directly.
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD)).await?;
+    let token_server = TokenServer::start(TokenServerOptions::with_user(USER, PASSWORD))?;
+    let token_registry = Registry::start(RegistryOptions::token(&token_server)).await?;
+    let blob_file = lab.path().join("blob.bin");
+    let blob = testing::image::write_random_file(&blob_file, settings.blob_size, 42)?;
+    push_blob(registry.addr(), &basic(USER, PASSWORD), BLOB_REPOSITORY, &blob_file, &blob).await?;
+    std::fs::remove_file(&blob_file)?;
+    let layout = OciLayout::new(&lab.path().join("layout"))?;
+    let small = layout.add_image("v1", &[4096, 64 * 1024], 7)?;
+    let skopeo = Skopeo::new()?;
+    let push = CopyOptions::default().dest(RegistryAccess::plain_http().creds(USER, PASSWORD));
+    for (target, repository) in [(&registry, MANIFEST_REPOSITORY), (&token_registry, TOKEN_REPOSITORY)] {
+        skopeo
+            .copy(
+                &layout.reference("v1"),
+                &target.docker_reference(&format!("{repository}:v1")),
+                &push,
+            )
+            .await?;
+    }
+
+    // The proxies.
+    let store = write_proxy_config(lab.path(), &registry, &token_registry)?;
+    let nginx = Nginx::start(&lab.path().join("nginx"), registry.addr())?;
+    let connectors = ConnectorsProxy::start(&binary, &store)?;
+    let routes = [
+        Route::direct(registry.addr()),
+        Route::nginx(nginx.addr),
+        Route::connectors(connectors.addr, CONNECTOR),
+    ];
+    let proxy_pids = |route: &Route| -> Vec<u32> {
+        match route.name {
+            "nginx" => nginx.pids(),
+            "connectors" => vec![connectors.pid()],
+            _ => Vec::new(),
+        }
+    };
+
+    // Every path serves the same bytes (and the page cache is warm).
+    let blob_path = |route: &Route| route.path(BLOB_REPOSITORY, &format!("blobs/{}", blob.digest));
+    for route in &routes {
+        let mut sender = open(route.addr).await?;
+        let mut hasher = Sha256::default();
+        let size = fetch_blob(&mut sender, route, &blob_path(route), None, Some(&mut hasher)).await?;
+        let served = hasher.finish();
+        ensure!(
+            size == blob.size && served == blob,
+            "{} served {served:?}, not {blob:?}",
+            route.name
+        );
+    }
+
+    // 1. Blob throughput, interleaving the paths so drift hits all alike.
+    let mut transfers = Vec::new();
+    for clients in settings.client_counts {
+        for _ in 0..settings.repeats(clients) {
+            for route in &routes {
+                let transfer = measure_transfer(
+                    route,
+                    &blob_path(route),
+                    clients,
+                    blob.size,
+                    &proxy_pids(route),
+                    registry.pid(),
+                )
+                .await
+                .with_context(|| format!("{} with {clients} clients", route.name))?;
+                transfers.push(transfer);
+            }
+        }
+    }
+
+    // 2. Manifest latency: sequential, then several in flight.
+    let mut latencies = Vec::new();
+    for in_flight in [1, settings.manifest_in_flight] {
+        for route in &routes {
+            let path = route.path(MANIFEST_REPOSITORY, "manifests/v1");
+            let latency = manifest_latency(route, &path, small.manifest.size, settings.manifest_requests, in_flight)
+                .await
+                .with_context(|| format!("manifests through {}", route.name))?;
+            latencies.push(latency);
+        }
+    }
+
+    // 3. Upstream token requests per pull, token mode behind connectors.
+    let tokens = token_requests(
+        &Route::connectors(connectors.addr, TOKEN_CONNECTOR),
+        &small,
+        settings.pulls,
+        &token_server,
+    )
+    .await?;
+    let main_connectors_memory = memory(connectors.pid());
+    drop(connectors);
+    drop(nginx);
+
+    // 4. Memory while many clients stream, each proxy freshly started so its
+    // high-water mark belongs to this phase.
+    let mut memories = Vec::new();
+    {
+        let nginx = Nginx::start(&lab.path().join("nginx-memory"), registry.addr())?;
+        let route = Route::nginx(nginx.addr);
+        memories.push(memory_under_streams(&route, &blob_path(&route), settings, &nginx.pids()).await?);
+    }
+    {
+        let connectors = ConnectorsProxy::start(&binary, &store)?;
+        let route = Route::connectors(connectors.addr, CONNECTOR);
+        memories.push(memory_under_streams(&route, &blob_path(&route), settings, &[connectors.pid()]).await?);
+    }
+
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    Ok(render(&Rendered {
+        settings,
+        binary: &binary,
+        blob: &blob,
+        transfers: &transfers,
+        latencies: &latencies,
+        tokens: &tokens,
+        memories: &memories,
+        after_phases_rss: main_connectors_memory,
+        load: (load_before.trim(), load_after.trim()),
+    }))
+}
+
+/// The release `connectors` binary cargo built for this bench.
+fn connectors_binary() -> PathBuf {
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_connectors"));
+    if !binary.components().any(|c| c.as_os_str() == "release") {
+        eprintln!(
+            "warning: {} is not a release build; run `cargo bench --bench proxy`",
+            binary.display()
+        );
+    }
+    binary
+}
+
+/// The store (a Secret and two Connectors) and the static caller tokens.
+fn write_proxy_config(dir: &Path, registry: &Registry, token_registry: &Registry) -> anyhow::Result<ProxyConfig> {
+    let store = format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata: {{name: robot, namespace: {NAMESPACE}}}
+type: kubernetes.io/basic-auth
+stringData: {{username: "{USER}", password: "{PASSWORD}"}}
+---
+apiVersion: connectors.alauda.io/v1alpha1
+kind: Connector
+metadata: {{name: {CONNECTOR}, namespace: {NAMESPACE}}}
+spec: {{connectorClassName: oci, address: "{}", auth: {{name: basicAuth, secretRef: {{name: robot}}}}}}
+---
+apiVersion: connectors.alauda.io/v1alpha1
+kind: Connector
+metadata: {{name: {TOKEN_CONNECTOR}, namespace: {NAMESPACE}}}
+spec: {{connectorClassName: oci, address: "{}", auth: {{name: basicAuth, secretRef: {{name: robot}}}}}}
+"#,
+        registry.url(),
+        token_registry.url()
+    );
+    let config = ProxyConfig {
+        store: dir.join("store.yaml"),
+        tokens: dir.join("tokens.csv"),
+    };
+    std::fs::write(&config.store, store)?;
+    std::fs::write(
+        &config.tokens,
+        format!("{CALLER_TOKEN},system:serviceaccount:{NAMESPACE}:bench,uid-1\n"),
+    )?;
+    Ok(config)
+}
+
+struct ProxyConfig {
+    store: PathBuf,
+    tokens: PathBuf,
+}
+
+/// `connectors proxy` as a child process, killed and reaped on drop.
+struct ConnectorsProxy {
+    child: Child,
+    addr: SocketAddr,
+    _logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl ConnectorsProxy {
+    /// Starts the proxy on a free loopback port and waits (bounded) for its
+    /// JSON "proxy listening" line.
+    fn start(binary: &Path, config: &ProxyConfig) -> anyhow::Result<Self> {
+        let mut command = Command::new(binary);
+        command
+            .arg("proxy")
+            .arg("--store")
+            .arg(&config.store)
+            .arg("--token-auth-file")
+            .arg(&config.tokens)
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // NB: every flag has a CONNECTORS_* variable; the bench sets its own.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CONNECTORS_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command.spawn().context("start connectors proxy")?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
+                        && entry["fields"]["message"] == "proxy listening"
+                        && let Some(addr) = entry["fields"]["addr"].as_str().and_then(|a| a.parse().ok())
+                    {
+                        let _ = tx.send(addr);
+                    }
+                    logs.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            });
+        }
+        let mut proxy = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            _logs: logs.clone(),
+        };
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => proxy.addr = addr,
+            Err(_) => bail!(
+                "connectors proxy did not listen within {START_TIMEOUT:?}: {:?}",
+                logs.lock().unwrap_or_else(|e| e.into_inner())
+            ),
+        }
+        Ok(proxy)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ConnectorsProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// nginx as the reference credential-injecting reverse proxy: the config of
+/// docs/real-components.md §4 on a free loopback port. The master and its
+/// workers are stopped on drop.
+struct Nginx {
+    master: Child,
+    workers: Vec<u32>,
+    addr: SocketAddr,
+}
+
+impl Nginx {
+    fn start(dir: &Path, upstream: SocketAddr) -> anyhow::Result<Self> {
+        let program = find_program("nginx")?;
+        std::fs::create_dir_all(dir)?;
+        let credential = basic(USER, PASSWORD);
+        let credential = credential.to_str().expect("ASCII");
+        let mut last_error = String::new();
+        for _attempt in 0..5 {
+            let addr = free_port()?;
+            let lab = dir.display();
+            let config = format!(
+                r#"worker_processes 1; daemon off; pid {lab}/nginx.pid; error_log {lab}/error.log;
+events {{}}
+http {{ access_log {lab}/access.log; client_max_body_size 0;
+  server {{ listen {addr};
+    location /v2/ {{
+      rewrite ^/v2/namespaces/[^/]+/connectors/[^/]+/(.+)$ /v2/$1 break;
+      proxy_pass http://{upstream};  proxy_set_header Host $http_host;
+      proxy_set_header Authorization "{credential}";
+      proxy_http_version 1.1; proxy_request_buffering off; proxy_buffering off; }} }} }}
+"#
+            );
+            let config_path = dir.join("nginx.conf");
+            std::fs::write(&config_path, config)?;
+            let master = Command::new(&program)
+                .arg("-e")
+                .arg(dir.join("error.log"))
+                .arg("-c")
+                .arg(&config_path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("start nginx")?;
+            let mut nginx = Self {
+                master,
+                workers: Vec::new(),
+                addr,
+            };
+            let deadline = Instant::now() + START_TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(status)) = nginx.master.try_wait() {
+                    last_error = format!(
+                        "nginx exited ({status}): {}",
+                        std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+                    );
+                    break;
+                }
+                nginx.workers = children_of(nginx.master.id());
+                if !nginx.workers.is_empty() && std::net::TcpStream::connect(addr).is_ok() {
+                    return Ok(nginx);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !last_error.contains("Address already in use") {
+                break;
+            }
+        }
+        bail!("nginx did not start: {last_error}")
+    }
+
+    /// The master and worker process ids.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.master.id()];
+        pids.extend(&self.workers);
+        pids
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM is nginx's fast shutdown: the master stops its workers.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.master.id().to_string()])
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline && !matches!(self.master.try_wait(), Ok(Some(_))) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+        for worker in &self.workers {
+            if process_name(*worker).as_deref() == Some("nginx") {
+                let _ = Command::new("kill").args(["-KILL", &worker.to_string()]).status();
+            }
+        }
+    }
+}
+
+/// `name` on `PATH`, or in the sbin directories a non-root `PATH` may lack.
+fn find_program(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| format!("{name} is not installed: run `bash .ci/install`"))
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+// ---- /proc readings ----
+
+/// The fields of /proc/<pid>/stat after the command name: index 0 is the
+/// state (field 3), 1 the parent pid, 11 and 12 utime and stime.
+fn stat_fields(pid: &str) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    Some(after_name.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
+}
+
+fn process_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|name| name.trim().to_owned())
+}
+
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| stat_fields(&pid.to_string()).is_some_and(|f| f.get(1) == Some(&u64::from(parent))))
+        .collect()
+}
+
+/// Clock ticks per second of /proc times (`getconf CLK_TCK`, 100 on Linux).
+fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// User plus system CPU seconds the processes used so far.
+fn cpu_seconds(pids: &[String]) -> f64 {
+    let ticks: u64 = pids
+        .iter()
+        .filter_map(|pid| stat_fields(pid))
+        .map(|f| f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0))
+        .sum();
+    ticks as f64 / clock_ticks()
+}
+
+/// Non-idle CPU seconds of the whole machine so far (/proc/stat).
+fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+    // user nice system idle iowait irq softirq steal (guest is inside user)
+    let busy: u64 = fields
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy as f64 / clock_ticks()
+}
+
+/// (VmHWM, VmRSS) in bytes.
+fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+// ---- HTTP client: one HTTP/1.1 connection per client, bodies discarded ----
+
+async fn open<B>(addr: SocketAddr) -> anyhow::Result<SendRequest<B>>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(addr))
+        .await
+        .with_context(|| format!("connect to {addr}: timed out"))??;
+    stream.set_nodelay(true)?;
+    let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// GETs a blob, reading and discarding its body; returns the byte count.
+/// `progress` counts bytes as they arrive; `hasher` digests them.
+async fn fetch_blob(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    route: &Route,
+    path: &str,
+    progress: Option<&AtomicU64>,
+    mut hasher: Option<&mut Sha256>,
+) -> anyhow::Result<u64> {
+    let transfer = async {
+        sender.ready().await?;
+        let response = sender.send_request(route.request(Method::GET, path, None)).await?;
+        ensure!(response.status() == StatusCode::OK, "{} answered {}", route.name, response.status());
+        let declared = response
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let mut body = response.into_body();
+        let mut size = 0u64;
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                size += data.len() as u64;
+                if let Some(progress) = progress {
+                    progress.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+                if let Some(hasher) = hasher.as_deref_mut() {
+                    hasher.update(&data);
+                }
+            }
+        }
+        if let Some(declared) = declared {
+            ensure!(declared == size, "Content-Length {declared} but {size} bytes came");
+        }
+        Ok(size)
+    };
+    timeout(TRANSFER_TIMEOUT, transfer)
+        .await
+        .with_context(|| format!("{path} through {}: no complete body within {TRANSFER_TIMEOUT:?}", route.name))?
+}
+
+/// Pushes `file` as a blob of `repository` straight to the registry: a POST
+/// opens the upload, one monolithic PUT streams the file.
+async fn push_blob(
+    registry: SocketAddr,
+    authorization: &HeaderValue,
+    repository: &str,
+    file: &Path,
+    digest: &Digest,
+) -> anyhow::Result<()> {
+    let mut sender = open::<Empty<Bytes>>(registry).await?;
+    let start = Request::post(format!("/v2/{repository}/blobs/uploads/"))
+        .header(HOST, registry.to_string())
+        .header(AUTHORIZATION, authorization.clone())
+        .body(Empty::new())?;
+    let response = timeout(REQUEST_TIMEOUT, sender.send_request(start)).await??;
+    ensure!(
+        response.status() == StatusCode::ACCEPTED,
+        "upload start: {}",
+        response.status()
+    );
+    let location = response
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .context("upload start: no Location")?;
+    let upload = &location[location.find("/v2/").context("upload Location without /v2/")?..];
+    let separator = if upload.contains('?') { '&' } else { '?' };
+    let put_path = format!("{upload}{separator}digest={}", digest.digest);
+
+    let file = std::fs::File::open(file)?;
+    let chunks = futures::stream::unfold(file, |mut file| async move {
+        let mut buffer = vec![0u8; 1 << 20];
+        match file.read(&mut buffer) {
+            Ok(0) => None,
+            Ok(read) => {
+                buffer.truncate(read);
+                Some((Ok(Frame::data(Bytes::from(buffer))), file))
+            }
+            Err(error) => Some((Err(error), file)),
+        }
+    });
+    let body: BoxBody<Bytes, std::io::Error> = StreamBody::new(chunks).boxed();
+    let mut sender = open::<BoxBody<Bytes, std::io::Error>>(registry).await?;
+    let put = Request::put(put_path)
+        .header(HOST, registry.to_string())
+        .header(AUTHORIZATION, authorization.clone())
+        .header(CONTENT_LENGTH, digest.size)
+        .body(body)?;
+    let response = timeout(TRANSFER_TIMEOUT, sender.send_request(put)).await??;
+    ensure!(
+        response.status() == StatusCode::CREATED,
+        "blob upload: {}",
+        response.status()
+    );
+    Ok(())
+}
+
+// ---- 1. Blob throughput ----
+
+/// One timed download of the blob by `clients` concurrent clients.
+struct Transfer {
+    route: &'static str,
+    clients: usize,
+    seconds: f64,
+    bytes: u64,
+    proxy_cpu: f64,
+    registry_cpu: f64,
+    client_cpu: f64,
+    /// CPU used by everything else on the machine meanwhile.
+    other_cpu: f64,
+}
+
+impl Transfer {
+    fn gib_per_second(&self) -> f64 {
+        self.bytes as f64 / GIB / self.seconds
+    }
+}
+
+async fn measure_transfer(
+    route: &Route,
+    path: &str,
+    clients: usize,
+    size: u64,
+    proxy_pids: &[u32],
+    registry_pid: u32,
+) -> anyhow::Result<Transfer> {
+    let proxy_pids: Vec<String> = proxy_pids.iter().map(u32::to_string).collect();
+    let registry_pids = [registry_pid.to_string()];
+    let own_pids = ["self".to_owned()];
+    // Every client connects first, then all start together.
+    let barrier = Arc::new(tokio::sync::Barrier::new(clients + 1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let (route, path, barrier) = (route.clone(), path.to_owned(), barrier.clone());
+        tasks.spawn(async move {
+            let sender = open(route.addr).await;
+            barrier.wait().await;
+            let size = fetch_blob(&mut sender?, &route, &path, None, None).await?;
+            anyhow::Ok(size)
+        });
+    }
+    let before = (
+        cpu_seconds(&proxy_pids),
+        cpu_seconds(&registry_pids),
+        cpu_seconds(&own_pids),
+        machine_busy_seconds(),
+    );
+    timeout(CONNECT_TIMEOUT, barrier.wait())
+        .await
+        .context("clients did not connect")?;
+    let started = Instant::now();
+    let mut bytes = 0;
+    while let Some(done) = tasks.join_next().await {
+        let received = done??;
+        ensure!(received == size, "{} delivered {received} of {size} bytes", route.name);
+        bytes += received;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let proxy_cpu = cpu_seconds(&proxy_pids) - before.0;
+    let registry_cpu = cpu_seconds(&registry_pids) - before.1;
+    let client_cpu = cpu_seconds(&own_pids) - before.2;
+    let busy = machine_busy_seconds() - before.3;
+    let transfer = Transfer {
+        route: route.name,
+        clients,
+        seconds,
+        bytes,
+        proxy_cpu,
+        registry_cpu,
+        client_cpu,
+        other_cpu: (busy - proxy_cpu - registry_cpu - client_cpu).max(0.0),
+    };
+    eprintln!(
+        "{:>10} {:>2} clients: {:.2} GiB/s",
+        route.name,
+        clients,
+        transfer.gib_per_second()
+    );
+    Ok(transfer)
+}
+
+// ---- 2. Manifest latency ----
+
+struct Latency {
+    route: &'static str,
+    in_flight: usize,
+    requests: u64,
+    rate: f64,
+    histogram: Histogram<u64>,
+}
+
+/// `requests` manifest GETs with the OCI Accept header, `in_flight` at a
+/// time, each client on its own keep-alive connection; latency in µs.
+async fn manifest_latency(
+    route: &Route,
+    path: &str,
+    manifest_size: u64,
+    requests: usize,
+    in_flight: usize,
+) -> anyhow::Result<Latency> {
+    let per_client = requests.div_ceil(in_flight);
+    let barrier = Arc::new(tokio::sync::Barrier::new(in_flight + 1));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..in_flight {
+        let (route, path, barrier) = (route.clone(), path.to_owned(), barrier.clone());
+        tasks.spawn(async move {
+            let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits");
+            let sender = open::<Empty<Bytes>>(route.addr).await;
+            let get = async |sender: &mut SendRequest<Empty<Bytes>>| {
+                sender.ready().await?;
+                let response = sender
+                    .send_request(route.request(Method::GET, &path, Some(MANIFEST_ACCEPT)))
+                    .await?;
+                ensure!(response.status() == StatusCode::OK, "{}", response.status());
+                let body = response.into_body().collect().await?.to_bytes();
+                ensure!(body.len() as u64 == manifest_size, "{} byte manifest", body.len());
+                anyhow::Ok(())
+            };
+            let mut sender = match sender {
+                Ok(sender) => sender,
+                Err(error) => {
+                    barrier.wait().await;
+                    return Err(error);
+                }
+            };
+            for _ in 0..10 {
+                timeout(REQUEST_TIMEOUT, get(&mut sender)).await??;
+            }
+            barrier.wait().await;
+            for _ in 0..per_client {
+                let sent = Instant::now();
+                timeout(REQUEST_TIMEOUT, get(&mut sender)).await??;
+                histogram.record(sent.elapsed().as_micros() as u64)?;
+            }
+            anyhow::Ok(histogram)
+        });
+    }
+    timeout(REQUEST_TIMEOUT, barrier.wait())
+        .await
+        .context("clients did not warm up")?;
+    let started = Instant::now();
+    let mut histogram = Histogram::<u64>::new(3)?;
+    while let Some(done) = tasks.join_next().await {
+        histogram.add(done??)?;
+    }
+    let rate = histogram.len() as f64 / started.elapsed().as_secs_f64();
+    eprintln!(
+        "{:>10} manifests, {in_flight} in flight: p50 {} µs",
+        route.name,
+        histogram.value_at_quantile(0.5)
+    );
+    Ok(Latency {
+        route: route.name,
+        in_flight,
+        requests: histogram.len(),
+        rate,
+        histogram,
+    })
+}
+
+// ---- 3. Upstream token requests ----
+
+struct Tokens {
+    pulls: usize,
+    requests: usize,
+    token_requests: usize,
+    scopes: BTreeSet<String>,
+    seconds: f64,
+    lifetime: Duration,
+    metrics: String,
+}
+
+/// `pulls` pulls of one image through connectors from a token-mode registry
+/// (a manifest GET and a HEAD per blob each), counting what reached the
+/// token service.
+async fn token_requests(
+    route: &Route,
+    image: &ImageDigests,
+    pulls: usize,
+    server: &TokenServer,
+) -> anyhow::Result<Tokens> {
+    let lifetime = TokenServerOptions::default().expires_in;
+    server.clear_log();
+    let mut sender = open::<Empty<Bytes>>(route.addr).await?;
+    let blobs: Vec<&str> = std::iter::once(&image.config)
+        .chain(&image.layers)
+        .map(|b| b.digest.as_str())
+        .collect();
+    let started = Instant::now();
+    let mut requests = 0;
+    for _ in 0..pulls {
+        let mut calls = vec![(Method::GET, route.path(TOKEN_REPOSITORY, "manifests/v1"))];
+        calls.extend(
+            blobs
+                .iter()
+                .map(|d| (Method::HEAD, route.path(TOKEN_REPOSITORY, &format!("blobs/{d}")))),
+        );
+        for (method, path) in calls {
+            let call = async {
+                sender.ready().await?;
+                let accept = (method == Method::GET).then_some(MANIFEST_ACCEPT);
+                let response = sender.send_request(route.request(method, &path, accept)).await?;
+                let status = response.status();
+                response.into_body().collect().await?;
+                ensure!(status == StatusCode::OK, "{path}: {status}");
+                anyhow::Ok(())
+            };
+            timeout(REQUEST_TIMEOUT, call).await??;
+            requests += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let log = server.requests_log();
+    let metrics = proxy_token_metrics(route.addr).await.unwrap_or_else(|e| format!("n/a ({e})"));
+    eprintln!("token service: {} requests for {pulls} pulls", log.len());
+    Ok(Tokens {
+        pulls,
+        requests,
+        token_requests: log.len(),
+        scopes: log.iter().flat_map(|r| r.scopes.iter().cloned()).collect(),
+        seconds,
+        lifetime,
+        metrics,
+    })
+}
+
+/// The proxy's own count of token fetches and cache hits for the token
+/// connector, from `/metrics`.
+async fn proxy_token_metrics(addr: SocketAddr) -> anyhow::Result<String> {
+    let mut sender = open::<Empty<Bytes>>(addr).await?;
+    let request = Request::get("/metrics")
+        .header(HOST, addr.to_string())
+        .body(Empty::new())?;
+    let response = timeout(REQUEST_TIMEOUT, sender.send_request(request)).await??;
+    let text = timeout(REQUEST_TIMEOUT, response.into_body().collect())
+        .await??
+        .to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    let count = |metric: &str| -> String {
+        text.lines()
+            .filter(|l| l.starts_with(metric) && l.contains(&format!("{NAMESPACE}/{TOKEN_CONNECTOR}")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+            .to_string()
+    };
+    Ok(format!(
+        "{} fetched, {} from cache",
+        count("connectors_proxy_upstream_token_fetches"),
+        count("connectors_proxy_upstream_token_cache_hits")
+    ))
+}
+
+// ---- 4. Memory under many streams ----
+
+struct Memory {
+    route: &'static str,
+    streams: usize,
+    receiving: usize,
+    idle_rss: u64,
+    peak_sampled_rss: u64,
+    high_water: u64,
+    gib_per_second: f64,
+    window: Duration,
+}
+
+/// Starts `streams` concurrent downloads of the blob and samples the
+/// proxy's resident memory every 100 ms for the window (or until all end),
+/// then reads its high-water mark and cuts the streams off.
+async fn memory_under_streams(
+    route: &Route,
+    path: &str,
+    settings: &Settings,
+    pids: &[u32],
+) -> anyhow::Result<Memory> {
+    let resident = |pids: &[u32]| pids.iter().map(|p| memory(*p)).fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
+    let idle_rss = resident(pids).1;
+    let progress = Arc::new(AtomicU64::new(0));
+    let receiving = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..settings.memory_streams {
+        let (route, path) = (route.clone(), path.to_owned());
+        let (progress, receiving) = (progress.clone(), receiving.clone());
+        tasks.spawn(async move {
+            let mut sender = open(route.addr).await?;
+            let counted = CountingProgress {
+                progress: &progress,
+                receiving: &receiving,
+            };
+            counted.fetch(&mut sender, &route, &path).await
+        });
+    }
+    let started = Instant::now();
+    let mut peak_sampled_rss = 0;
+    let mut receiving_streams = 0;
+    while started.elapsed() < settings.memory_window && !tasks.is_empty() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        peak_sampled_rss = peak_sampled_rss.max(resident(pids).1);
+        receiving_streams = receiving_streams.max(receiving.load(Ordering::Relaxed));
+        while let Some(done) = tasks.try_join_next() {
+            done??;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let moved = progress.load(Ordering::Relaxed);
+    let high_water = resident(pids).0;
+    tasks.abort_all();
+    timeout(STOP_TIMEOUT, async { while tasks.join_next().await.is_some() {} })
+        .await
+        .context("streams did not stop")?;
+    eprintln!(
+        "{:>10} {} streams: peak RSS {:.1} MiB",
+        route.name,
+        settings.memory_streams,
+        high_water as f64 / MIB
+    );
+    Ok(Memory {
+        route: route.name,
+        streams: settings.memory_streams,
+        receiving: receiving_streams,
+        idle_rss,
+        peak_sampled_rss,
+        high_water,
+        gib_per_second: moved as f64 / GIB / elapsed,
+        window: settings.memory_window,
+    })
+}
+
+/// Counts bytes of one stream into shared totals, and streams that got
+/// their first byte.
+struct CountingProgress<'a> {
+    progress: &'a AtomicU64,
+    receiving: &'a AtomicUsize,
+}
+
+impl CountingProgress<'_> {
+    async fn fetch(&self, sender: &mut SendRequest<Empty<Bytes>>, route: &Route, path: &str) -> anyhow::Result<()> {
+        sender.ready().await?;
+        let response = timeout(
+            REQUEST_TIMEOUT,
+            sender.send_request(route.request(Method::GET, path, None)),
+        )
+        .await??;
+        ensure!(response.status() == StatusCode::OK, "{}", response.status());
+        let mut body = response.into_body();
+        let mut first = true;
+        while let Some(frame) = timeout(REQUEST_TIMEOUT, body.frame()).await? {
+            if let Ok(data) = frame?.into_data() {
+                if first {
+                    self.receiving.fetch_add(1, Ordering::Relaxed);
+                    first = false;
+                }
+                self.progress.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- Report ----
+
+struct Rendered<'a> {
+    settings: &'a Settings,
+    binary: &'a Path,
+    blob: &'a Digest,
+    transfers: &'a [Transfer],
+    latencies: &'a [Latency],
+    tokens: &'a Tokens,
+    memories: &'a [Memory],
+    after_phases_rss: (u64, u64),
+    load: (&'a str, &'a str),
+}
+
+/// Per path and client count: the median rate of the runs, every run's
+/// rate, and CPU seconds per GiB summed over the runs.
+struct Throughput {
+    route: &'static str,
+    clients: usize,
+    median: f64,
+    runs: Vec<f64>,
+    proxy_cpu_per_gib: f64,
+    registry_cpu_per_gib: f64,
+    client_cpu_per_gib: f64,
+    other_cpu_per_gib: f64,
+}
+
+fn throughputs(transfers: &[Transfer]) -> Vec<Throughput> {
+    let mut keys: Vec<(&'static str, usize)> = Vec::new();
+    for t in transfers {
+        if !keys.contains(&(t.route, t.clients)) {
+            keys.push((t.route, t.clients));
+        }
+    }
+    keys.sort_by_key(|(_, clients)| *clients);
+    keys.into_iter()
+        .map(|(route, clients)| {
+            let runs: Vec<&Transfer> = transfers
+                .iter()
+                .filter(|t| t.route == route && t.clients == clients)
+                .collect();
+            let gib = runs.iter().map(|t| t.bytes as f64).sum::<f64>() / GIB;
+            let per_gib = |f: fn(&Transfer) -> f64| runs.iter().map(|t| f(t)).sum::<f64>() / gib;
+            let rates: Vec<f64> = runs.iter().map(|t| t.gib_per_second()).collect();
+            Throughput {
+                route,
+                clients,
+                median: median(&rates),
+                runs: rates,
+                proxy_cpu_per_gib: per_gib(|t| t.proxy_cpu),
+                registry_cpu_per_gib: per_gib(|t| t.registry_cpu),
+                client_cpu_per_gib: per_gib(|t| t.client_cpu),
+                other_cpu_per_gib: per_gib(|t| t.other_cpu),
+            }
+        })
+        .collect()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 0 {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    }
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass { "PASS" } else { "MISS" }
+}
+
+fn render(r: &Rendered) -> String {
+    use std::fmt::Write as _;
+    let s = r.settings;
+    let mut out = String::new();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let _ = writeln!(out, "# Registry proxy benchmark\n");
+    let _ = writeln!(
+        out,
+        "`cargo bench --bench proxy` on this machine ({cores} cores){}. One run, three paths to the same \
+         registry (CNCF distribution {}, htpasswd, filesystem storage, `log: warn`) and the same blobs: \
+         **direct** with the real Basic credential; **nginx** {} as the credential-injecting reverse proxy of \
+         docs/real-components.md §4 (`worker_processes 1`, `proxy_buffering off`, `proxy_request_buffering off`, \
+         `client_max_body_size 0`, `proxy_http_version 1.1`); **connectors** = `{}`. Clients, proxies and \
+         registry share the {cores} cores. Load average before: `{}`, after: `{}`.\n",
+        if s.quick { " — **quick run**" } else { "" },
+        program_version("docker-registry", &["--version"]),
+        program_version("nginx", &["-v"]),
+        r.binary.display(),
+        r.load.0,
+        r.load.1,
+    );
+
+    let throughput = throughputs(r.transfers);
+    let rate = |route: &str, clients: usize| {
+        throughput
+            .iter()
+            .find(|t| t.route == route && t.clients == clients)
+            .map(|t| t.median)
+            .unwrap_or(f64::NAN)
+    };
+    let _ = writeln!(
+        out,
+        "## Blob GET throughput\n\nOne {:.0} MiB blob (`{}`), pushed once directly; every client opens its own \
+         connection and downloads all of it, reading and discarding the body and checking the byte count (each \
+         path's bytes were also digest-checked once, untimed, beforehand). GiB/s = all bytes / wall time; the \
+         median of the runs. CPU = utime + stime from `/proc/<pid>/stat` before and after, per GiB moved \
+         (nginx: master + worker; \"other\" = the rest of the machine's busy time meanwhile).\n",
+        r.blob.size as f64 / MIB,
+        r.blob.digest
+    );
+    out.push_str(
+        "| path | clients | GiB/s | vs direct | proxy CPU s/GiB | registry CPU s/GiB | client CPU s/GiB | other CPU s/GiB | runs (GiB/s) |\n|---|---:|---:|---:|---:|---:|---:|---:|---|\n",
+    );
+    for t in &throughput {
+        let proxy_cpu = if t.route == "direct" {
+            "—".to_owned()
+        } else {
+            format!("{:.2}", t.proxy_cpu_per_gib)
+        };
+        let runs: Vec<String> = t.runs.iter().map(|r| format!("{r:.2}")).collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.2} | {:.0}% | {} | {:.2} | {:.2} | {:.2} | {} |",
+            t.route,
+            t.clients,
+            t.median,
+            100.0 * t.median / rate("direct", t.clients),
+            proxy_cpu,
+            t.registry_cpu_per_gib,
+            t.client_cpu_per_gib,
+            t.other_cpu_per_gib,
+            runs.join(", ")
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\n## Manifest GET latency\n\nGET `…/{MANIFEST_REPOSITORY}/manifests/v1` with the OCI Accept header; each \
+         client on one keep-alive connection, 10 warm-up requests each; {} requests per row. Latency = send to \
+         full body.\n",
+        s.manifest_requests
+    );
+    out.push_str("| path | in flight | requests | req/s | p50 (ms) | p99 (ms) | max (ms) |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    for l in r.latencies {
+        let ms = |q: f64| l.histogram.value_at_quantile(q) as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            l.route,
+            l.in_flight,
+            l.requests,
+            l.rate,
+            ms(0.5),
+            ms(0.99),
+            l.histogram.max() as f64 / 1000.0
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\n## Proxy memory while {} clients stream\n\nEach proxy freshly started; {} concurrent downloads of the \
+         blob, RSS sampled every 100 ms for {} s, then the streams are cut off. VmHWM/VmRSS from \
+         `/proc/<pid>/status` (nginx: master + worker summed).\n",
+        s.memory_streams,
+        s.memory_streams,
+        s.memory_window.as_secs()
+    );
+    out.push_str("| proxy | streams | receiving | RSS idle (MiB) | peak sampled VmRSS (MiB) | VmHWM (MiB) | GiB/s meanwhile |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    for m in r.memories {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.2} |",
+            m.route,
+            m.streams,
+            m.receiving,
+            m.idle_rss as f64 / MIB,
+            m.peak_sampled_rss as f64 / MIB,
+            m.high_water as f64 / MIB,
+            m.gib_per_second
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nFor comparison, the connectors process of the throughput and latency phases (16 streams at most) ended \
+         with VmHWM {:.1} MiB, VmRSS {:.1} MiB.",
+        r.after_phases_rss.0 as f64 / MIB,
+        r.after_phases_rss.1 as f64 / MIB
+    );
+
+    let t = r.tokens;
+    let lifetimes = (t.seconds / t.lifetime.as_secs_f64()).ceil().max(1.0) as usize;
+    let allowed = t.scopes.len().max(1) * lifetimes;
+    let _ = writeln!(
+        out,
+        "\n## Upstream token requests\n\nA token-mode registry (testing::TokenServer, tokens valid {} s) behind \
+         connectors; {} pulls of one image, each a manifest GET and a HEAD of its config and 2 layers ({} requests \
+         through the proxy, {:.1} s).\n\n| pulls | proxied requests | token service requests | per 1,000 pulls | \
+         scopes asked | proxy metrics |\n|---:|---:|---:|---:|---|---|\n| {} | {} | {} | {:.1} | {} | {} |",
+        t.lifetime.as_secs(),
+        t.pulls,
+        t.requests,
+        t.seconds,
+        t.pulls,
+        t.requests,
+        t.token_requests,
+        t.token_requests as f64 * 1000.0 / t.pulls as f64,
+        t.scopes.iter().map(|s| format!("`{s}`")).collect::<Vec<_>>().join(", "),
+        t.metrics
+    );
+
+    let connectors_cpu = throughput
+        .iter()
+        .filter(|t| t.route == "connectors")
+        .map(|t| t.proxy_cpu_per_gib)
+        .fold(0.0, f64::max);
+    let connectors_memory = r
+        .memories
+        .iter()
+        .find(|m| m.route == "connectors")
+        .map(|m| m.high_water as f64 / MIB)
+        .unwrap_or(f64::NAN);
+    let mut targets = vec![];
+    for clients in [1, 4] {
+        let ratio = rate("connectors", clients) / rate("direct", clients);
+        targets.push((
+            format!("connectors ≥ 80% of direct, {clients} client(s)"),
+            format!("{:.0}%", 100.0 * ratio),
+            ratio >= 0.8,
+        ));
+    }
+    for clients in s.client_counts {
+        let ratio = rate("connectors", clients) / rate("nginx", clients);
+        targets.push((
+            format!("connectors ≥ 2× nginx, {clients} client(s)"),
+            format!("{ratio:.2}×"),
+            ratio >= 2.0,
+        ));
+    }
+    targets.push((
+        "connectors CPU ≤ 0.5 s per GiB (worst client count)".to_owned(),
+        format!("{connectors_cpu:.2} s/GiB"),
+        connectors_cpu <= 0.5,
+    ));
+    targets.push((
+        format!("connectors RSS < 100 MiB at {} streams (VmHWM)", s.memory_streams),
+        format!("{connectors_memory:.1} MiB"),
+        connectors_memory < 100.0,
+    ));
+    targets.push((
+        "1 upstream token request per scope per token lifetime".to_owned(),
+        format!(
+            "{} request(s), {} scope(s), {} lifetime(s) elapsed",
+            t.token_requests,
+            t.scopes.len(),
+            lifetimes
+        ),
+        t.token_requests <= allowed,
+    ));
+    out.push_str("\n## Targets\n\n| target | measured | result |\n|---|---|---|\n");
+    for (target, measured, pass) in targets {
+        let _ = writeln!(out, "| {target} | {measured} | {} |", verdict(pass));
+    }
+    out
+}
+
+/// The first line a program prints about its version.
+fn program_version(name: &str, args: &[&str]) -> String {
+    find_program(name)
+        .ok()
+        .and_then(|p| Command::new(p).args(args).output().ok())
+        .map(|o| {
+            let text = String::from_utf8_lossy(if o.stdout.is_empty() { &o.stderr } else { &o.stdout }).into_owned();
+            text.lines().next().unwrap_or_default().trim().to_owned()
+        })
+        .unwrap_or_else(|| "(unknown version)".to_owned())
+}
