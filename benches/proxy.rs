@@ -194,7 +194,14 @@ async fn run(settings: &Settings) -> anyhow::Result<String> {
     let token_registry = Registry::start(RegistryOptions::token(&token_server)).await?;
     let blob_file = lab.path().join("blob.bin");
     let blob = testing::image::write_random_file(&blob_file, settings.blob_size, 42)?;
-    push_blob(registry.addr(), &basic(USER, PASSWORD), BLOB_REPOSITORY, &blob_file, &blob).await?;
+    push_blob(
+        registry.addr(),
+        &basic(USER, PASSWORD),
+        BLOB_REPOSITORY,
+        &blob_file,
+        &blob,
+    )
+    .await?;
     std::fs::remove_file(&blob_file)?;
     let layout = OciLayout::new(&lab.path().join("layout"))?;
     let small = layout.add_image("v1", &[4096, 64 * 1024], 7)?;
@@ -605,7 +612,11 @@ fn machine_busy_seconds() -> f64 {
     let Some(line) = stat.lines().next() else {
         return 0.0;
     };
-    let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().unwrap_or(0)).collect();
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
     // user nice system idle iowait irq softirq steal (guest is inside user)
     let busy: u64 = fields
         .iter()
@@ -662,7 +673,12 @@ async fn fetch_blob(
     let transfer = async {
         sender.ready().await?;
         let response = sender.send_request(route.request(Method::GET, path, None)).await?;
-        ensure!(response.status() == StatusCode::OK, "{} answered {}", route.name, response.status());
+        ensure!(
+            response.status() == StatusCode::OK,
+            "{} answered {}",
+            route.name,
+            response.status()
+        );
         let declared = response
             .headers()
             .get(CONTENT_LENGTH)
@@ -685,9 +701,12 @@ async fn fetch_blob(
         }
         Ok(size)
     };
-    timeout(TRANSFER_TIMEOUT, transfer)
-        .await
-        .with_context(|| format!("{path} through {}: no complete body within {TRANSFER_TIMEOUT:?}", route.name))?
+    timeout(TRANSFER_TIMEOUT, transfer).await.with_context(|| {
+        format!(
+            "{path} through {}: no complete body within {TRANSFER_TIMEOUT:?}",
+            route.name
+        )
+    })?
 }
 
 /// Pushes `file` as a blob of `repository` straight to the registry: a POST
@@ -963,7 +982,9 @@ async fn token_requests(
     }
     let seconds = started.elapsed().as_secs_f64();
     let log = server.requests_log();
-    let metrics = proxy_token_metrics(route.addr).await.unwrap_or_else(|e| format!("n/a ({e})"));
+    let metrics = proxy_token_metrics(route.addr)
+        .await
+        .unwrap_or_else(|e| format!("n/a ({e})"));
     eprintln!("token service: {} requests for {pulls} pulls", log.len());
     Ok(Tokens {
         pulls,
@@ -1012,19 +1033,17 @@ struct Memory {
     peak_sampled_rss: u64,
     high_water: u64,
     gib_per_second: f64,
-    window: Duration,
 }
 
 /// Starts `streams` concurrent downloads of the blob and samples the
 /// proxy's resident memory every 100 ms for the window (or until all end),
 /// then reads its high-water mark and cuts the streams off.
-async fn memory_under_streams(
-    route: &Route,
-    path: &str,
-    settings: &Settings,
-    pids: &[u32],
-) -> anyhow::Result<Memory> {
-    let resident = |pids: &[u32]| pids.iter().map(|p| memory(*p)).fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
+async fn memory_under_streams(route: &Route, path: &str, settings: &Settings, pids: &[u32]) -> anyhow::Result<Memory> {
+    let resident = |pids: &[u32]| {
+        pids.iter()
+            .map(|p| memory(*p))
+            .fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1))
+    };
     let idle_rss = resident(pids).1;
     let progress = Arc::new(AtomicU64::new(0));
     let receiving = Arc::new(AtomicUsize::new(0));
@@ -1073,7 +1092,6 @@ async fn memory_under_streams(
         peak_sampled_rss,
         high_water,
         gib_per_second: moved as f64 / GIB / elapsed,
-        window: settings.memory_window,
     })
 }
 
@@ -1170,7 +1188,7 @@ fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let middle = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         (sorted[middle - 1] + sorted[middle]) / 2.0
     } else {
         sorted[middle]

@@ -91,6 +91,8 @@ pub async fn serve(
             }
         });
     }
+    // Refuse new connections while in-flight requests drain.
+    drop(listener);
     tracing::info!(grace = ?limits.shutdown_grace, "draining in-flight requests");
     if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
         .await

@@ -29,6 +29,12 @@ pub struct Args {
     /// default.
     #[arg(long, env = "CONNECTORS_INSECURE_UPSTREAM_TLS")]
     insecure_upstream_tls: bool,
+    /// How long a client may take to send a request's headers.
+    #[arg(long, env = "CONNECTORS_HEADER_READ_TIMEOUT_SECONDS", default_value_t = 30)]
+    header_read_timeout_seconds: u64,
+    /// The largest request head accepted, in bytes.
+    #[arg(long, env = "CONNECTORS_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
     /// How long shutdown waits for in-flight transfers.
     #[arg(long, env = "CONNECTORS_SHUTDOWN_GRACE_SECONDS", default_value_t = 300)]
     shutdown_grace_seconds: u64,
@@ -61,8 +67,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, mode = "reverse", "proxy listening");
     let limits = ServerLimits {
+        header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds.max(1)),
+        max_header_bytes: args.max_header_bytes,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
-        ..ServerLimits::default()
     };
     server::serve(
         listener,

@@ -483,38 +483,3 @@ async fn a_slow_token_server_runs_skopeo_into_its_timeout_and_everything_stops_o
         "the token server still listens"
     );
 }
-
-#[tokio::test]
-#[ignore = "writes, pushes and reads back a 1 GiB layer (about 20 s)"]
-async fn a_one_gib_layer_streams_through_push_and_pull() {
-    const GIB: u64 = 1 << 30;
-    let registry = Registry::start(RegistryOptions::anonymous()).await.unwrap();
-    let (_dir, layout) = layout();
-    let started = Instant::now();
-    let image = layout.add_image("big", &[GIB], 7).unwrap();
-    let written = started.elapsed();
-
-    let push = Skopeo::new()
-        .unwrap()
-        .copy(
-            &layout.reference("big"),
-            &registry.docker_reference("lab/big:v1"),
-            &CopyOptions::default().dest(RegistryAccess::plain_http()),
-        )
-        .await
-        .unwrap();
-    let read_started = Instant::now();
-    let served = registry
-        .client()
-        .blob_digest("lab/big", &image.layers[0].digest)
-        .await
-        .unwrap();
-
-    assert_eq!(served.digest, image.layers[0].digest);
-    assert!(served.size > GIB);
-    eprintln!(
-        "1 GiB layer: written in {written:?}, pushed in {:?}, read back in {:?}",
-        push.elapsed,
-        read_started.elapsed()
-    );
-}
