@@ -169,10 +169,11 @@ async fn push_and_pull_through_reverse_proxy_match_the_registry_digest_in_htpass
         .unwrap();
 
     let push = CopyOptions::default().dest(as_caller());
-    skopeo()
+    let pushed = skopeo()
         .copy(&layout.reference("v1"), &lab.reference("lab", "lab/hello:v1"), &push)
         .await
         .unwrap();
+    assert_no_secret(&format!("{}{}", pushed.stdout, pushed.stderr), "skopeo's output");
     // What the registry holds, read directly with the real credential.
     assert_eq!(
         lab.registry.manifest_digest("lab/hello", "v1").await.unwrap(),
@@ -201,6 +202,22 @@ async fn push_and_pull_through_reverse_proxy_match_the_registry_digest_in_htpass
         let pulled = testing::sha256_file(&out.blob_path(&layer.digest)).unwrap();
         assert_eq!(pulled.to_string(), layer.digest);
     }
+
+    // Delete by digest through the proxy (the connector's robot needs delete).
+    let http = Http::default();
+    let (status, _, _) = http
+        .send(
+            Http::client()
+                .delete(lab.url(&format!(
+                    "/v2/namespaces/team/connectors/lab/lab/hello/manifests/{}",
+                    image.manifest.digest
+                )))
+                .basic_auth("x", Some(TEAM_TOKEN)),
+        )
+        .await;
+    assert_eq!(status, 202);
+    assert!(lab.registry.manifest_digest("lab/hello", "v1").await.is_err(), "the manifest is gone");
+    http.assert_clean();
     lab.assert_no_credential_in_logs();
 }
 
@@ -574,5 +591,63 @@ async fn a_one_gib_layer_streams_through_and_an_interrupted_read_resumes_with_ra
         layer.digest,
         "the resumed read is the layer, byte for byte"
     );
+    lab.assert_no_credential_in_logs();
+}
+
+/// Runs podman with private storage (vfs, no systemd), bounded in time.
+async fn podman(root: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let binary = testing::program::find("podman").expect("podman is installed (bash .ci/install)");
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .arg("--root")
+        .arg(root.join("storage"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
+        .args(args)
+        .env("HOME", root)
+        .env("XDG_RUNTIME_DIR", root.join("xdg"))
+        .env("REGISTRY_AUTH_FILE", root.join("auth.json"))
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(180), command.output())
+        .await
+        .expect("podman finished in time")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_pulls_and_pushes_through_the_proxy_as_a_second_client() {
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD)).await.unwrap();
+    let lab = Lab::start_proxy(registry, None, "");
+    let layout = lab.layout();
+    let image = layout.add_image("v1", &[200 * 1024, 50 * 1024], 31).unwrap();
+    skopeo()
+        .copy(&layout.reference("v1"), &lab.reference("lab", "lab/pod:v1"), &CopyOptions::default().dest(as_caller()))
+        .await
+        .unwrap();
+    let root = lab.dir.path().join("podman");
+    std::fs::create_dir_all(root.join("xdg")).unwrap();
+    std::fs::write(root.join("auth.json"), "{}").unwrap();
+    let source = format!("{}/namespaces/team/connectors/lab/lab/pod:v1", lab.addr);
+    let target = format!("{}/namespaces/team/connectors/lab/lab/pod-copy:v2", lab.addr);
+    let creds = format!("ci:{TEAM_TOKEN}");
+    let pulled = podman(&root, &["pull", "--tls-verify=false", "--creds", &creds, &source]).await;
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    let tagged = podman(&root, &["tag", &source, &target]).await;
+    assert!(tagged.status.success(), "{}", String::from_utf8_lossy(&tagged.stderr));
+    let pushed = podman(&root, &["push", "--tls-verify=false", "--creds", &creds, &target]).await;
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    // podman rewrites the manifest on push; its layers are the same blobs.
+    let copy = skopeo()
+        .inspect(&lab.reference("lab", "lab/pod-copy:v2"), &inspecting())
+        .await
+        .unwrap();
+    let layers: Vec<&str> = copy["Layers"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let want: Vec<&str> = image.layers.iter().map(|l| l.digest.as_str()).collect();
+    assert_eq!(layers, want);
+    let direct = lab.registry.manifest_digest("lab/pod-copy", "v2").await.unwrap();
+    assert_eq!(copy["Digest"], direct.as_str());
     lab.assert_no_credential_in_logs();
 }
