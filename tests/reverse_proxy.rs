@@ -471,9 +471,11 @@ async fn a_rejected_cached_token_is_evicted_and_an_expired_one_renewed_mid_push(
 
     // Tokens signed by a key the registry does not trust get cached...
     tokens.set_fault(Some(testing::Fault::ForeignKey));
-    let _ = skopeo()
+    let refused = skopeo()
         .inspect(&lab.reference("lab", "lab/renew:v1"), &inspecting())
         .await;
+    assert!(refused.is_err(), "a token the registry does not trust fails the pull");
+    assert_no_secret(&format!("{refused:?}"), "the error a refused client sees");
     tokens.set_fault(None);
     // ...and the 401 they cause evicts them: the push succeeds.
     skopeo()
