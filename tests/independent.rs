@@ -9,26 +9,7 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
-const STORE: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: default, labels: {connectors.cpaas.io/proxy-inject: "true"}}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: hub, namespace: default}
-spec: {connectorClassName: oci, address: "https://index.docker.io"}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: ghcr, namespace: default}
-spec: {connectorClassName: oci, address: "https://ghcr.io"}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: quay, namespace: default}
-spec: {connectorClassName: oci, address: "https://quay.io"}
-"#;
+const STORE: &str = include_str!("fixtures/fixture-store.yaml");
 
 fn venv_python() -> PathBuf {
     let python = support::root().join("target/ci-venv/bin/python");

@@ -216,7 +216,10 @@ async fn push_and_pull_through_reverse_proxy_match_the_registry_digest_in_htpass
         )
         .await;
     assert_eq!(status, 202);
-    assert!(lab.registry.manifest_digest("lab/hello", "v1").await.is_err(), "the manifest is gone");
+    assert!(
+        lab.registry.manifest_digest("lab/hello", "v1").await.is_err(),
+        "the manifest is gone"
+    );
     http.assert_clean();
     lab.assert_no_credential_in_logs();
 }
@@ -605,7 +608,14 @@ async fn podman(root: &std::path::Path, args: &[&str]) -> std::process::Output {
         .arg(root.join("storage"))
         .arg("--runroot")
         .arg(root.join("run"))
-        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs", "--events-backend", "file"])
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ])
         .args(args)
         .env("HOME", root)
         .env("XDG_RUNTIME_DIR", root.join("xdg"))
@@ -621,12 +631,18 @@ async fn podman(root: &std::path::Path, args: &[&str]) -> std::process::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_pulls_and_pushes_through_the_proxy_as_a_second_client() {
-    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD)).await.unwrap();
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
+        .await
+        .unwrap();
     let lab = Lab::start_proxy(registry, None, "");
     let layout = lab.layout();
     let image = layout.add_image("v1", &[200 * 1024, 50 * 1024], 31).unwrap();
     skopeo()
-        .copy(&layout.reference("v1"), &lab.reference("lab", "lab/pod:v1"), &CopyOptions::default().dest(as_caller()))
+        .copy(
+            &layout.reference("v1"),
+            &lab.reference("lab", "lab/pod:v1"),
+            &CopyOptions::default().dest(as_caller()),
+        )
         .await
         .unwrap();
     let root = lab.dir.path().join("podman");
@@ -646,7 +662,12 @@ async fn podman_pulls_and_pushes_through_the_proxy_as_a_second_client() {
         .inspect(&lab.reference("lab", "lab/pod-copy:v2"), &inspecting())
         .await
         .unwrap();
-    let layers: Vec<&str> = copy["Layers"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let layers: Vec<&str> = copy["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
     let want: Vec<&str> = image.layers.iter().map(|l| l.digest.as_str()).collect();
     assert_eq!(layers, want);
     let direct = lab.registry.manifest_digest("lab/pod-copy", "v2").await.unwrap();

@@ -83,17 +83,6 @@ fn start() -> Webhook {
     }
 }
 
-fn client(ca_pem: &str, addr: SocketAddr) -> reqwest::Client {
-    let roots = certs::root_store_from_pem(ca_pem).unwrap();
-    let tls = certs::client_config(roots, &[b"h2", b"http/1.1"]).unwrap();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .resolve("webhook.test", addr)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
 fn review(uid: &str, operation: &str, sub_resource: Option<&str>, annotations: Value, dry_run: bool) -> Value {
     json!({
         "apiVersion": "admission.k8s.io/v1",
@@ -139,7 +128,7 @@ async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_mutates_pods_over_verified_https_and_rejects_bad_input() {
     let webhook = start();
-    let client = client(webhook.ca.cert_pem(), webhook.addr);
+    let client = support::webhook_client(webhook.ca.cert_pem(), webhook.addr);
     let url = format!("https://webhook.test:{}/mutate", webhook.addr.port());
     let annotated = json!({"connectors.cpaas.io/connector": "harbor"});
 
@@ -283,7 +272,7 @@ async fn the_tls_chain_is_verified_and_a_rotated_certificate_is_served_without_r
 
     // The chain verifies by DNS name and by IP SAN; another CA and another name do not.
     assert!(
-        client(webhook.ca.cert_pem(), webhook.addr)
+        support::webhook_client(webhook.ca.cert_pem(), webhook.addr)
             .get(&url)
             .send()
             .await
@@ -291,7 +280,7 @@ async fn the_tls_chain_is_verified_and_a_rotated_certificate_is_served_without_r
     );
     let by_ip = format!("https://127.0.0.1:{}/healthz", webhook.addr.port());
     assert!(
-        client(webhook.ca.cert_pem(), webhook.addr)
+        support::webhook_client(webhook.ca.cert_pem(), webhook.addr)
             .get(&by_ip)
             .send()
             .await
@@ -299,7 +288,7 @@ async fn the_tls_chain_is_verified_and_a_rotated_certificate_is_served_without_r
     );
     let other_ca = CertificateAuthority::generate("another CA", DAY).unwrap();
     assert!(
-        client(other_ca.cert_pem(), webhook.addr)
+        support::webhook_client(other_ca.cert_pem(), webhook.addr)
             .get(&url)
             .send()
             .await
@@ -317,7 +306,7 @@ async fn the_tls_chain_is_verified_and_a_rotated_certificate_is_served_without_r
 
     // Rotate to a certificate from a new CA: served within a few reload intervals.
     write_certs(&webhook.dir, &other_ca);
-    let rotated = client(other_ca.cert_pem(), webhook.addr);
+    let rotated = support::webhook_client(other_ca.cert_pem(), webhook.addr);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         if rotated.get(&url).send().await.is_ok() {

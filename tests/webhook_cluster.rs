@@ -9,7 +9,6 @@ mod support;
 #[path = "../connector/tests/support/fake_apiserver.rs"]
 mod fake_apiserver;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -24,17 +23,6 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 const WAIT: Duration = Duration::from_secs(10);
 
 const TOKEN: &str = "dummy-token-for-the-fake";
-
-fn client(ca_pem: &str, addr: SocketAddr) -> reqwest::Client {
-    let roots = certs::root_store_from_pem(ca_pem).unwrap();
-    let tls = certs::client_config(roots, &[b"h2", b"http/1.1"]).unwrap();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .resolve("webhook.test", addr)
-        .timeout(WAIT)
-        .build()
-        .unwrap()
-}
 
 fn pod_review(uid: &str, image: &str) -> Value {
     json!({
@@ -135,7 +123,7 @@ async fn cluster_mode_webhook_is_ready_after_the_initial_lists_and_follows_watch
     })
     .await
     .unwrap();
-    let client = client(ca.cert_pem(), addr);
+    let client = support::webhook_client(ca.cert_pem(), addr);
     let base = format!("https://webhook.test:{}", addr.port());
     let readyz_url = format!("{base}/readyz");
     let mutate_url = format!("{base}/mutate");

@@ -225,32 +225,24 @@ impl ReverseProxy {
         })?;
         let address = RegistryAddress::parse(&connector.spec.address)
             .map_err(|e| Failure::bad_gateway(format!("connector {key}: {e}")))?;
+        let secret = |name: &str, what: &str| {
+            self.secrets.secret(&key.namespace, name).ok_or_else(|| {
+                Failure::bad_gateway(format!(
+                    "connector {key}: {what} secret {}/{name} does not exist",
+                    key.namespace
+                ))
+            })
+        };
         let credential = match connector.spec.auth.as_ref().and_then(|a| a.secret_ref.as_ref()) {
             None => None,
-            Some(reference) => {
-                let secret = self.secrets.secret(&key.namespace, &reference.name).ok_or_else(|| {
-                    Failure::bad_gateway(format!(
-                        "connector {key}: secret {}/{} does not exist",
-                        key.namespace, reference.name
-                    ))
-                })?;
-                Some(
-                    credential::from_secret(&secret, address.registry_host())
-                        .map_err(|e| Failure::bad_gateway(format!("connector {key}: {e}")))?,
-                )
-            }
+            Some(reference) => Some(
+                credential::from_secret(&*secret(&reference.name, "credential")?, address.registry_host())
+                    .map_err(|e| Failure::bad_gateway(format!("connector {key}: {e}")))?,
+            ),
         };
         let ca = match &connector.spec.ca_cert_secret_ref {
             None => None,
-            Some(reference) => {
-                let secret = self.secrets.secret(&key.namespace, &reference.name).ok_or_else(|| {
-                    Failure::bad_gateway(format!(
-                        "connector {key}: CA secret {}/{} does not exist",
-                        key.namespace, reference.name
-                    ))
-                })?;
-                Some(ca_bundle(&secret))
-            }
+            Some(reference) => Some(ca_bundle(&*secret(&reference.name, "CA")?)),
         };
         let client = self
             .clients

@@ -1,7 +1,7 @@
 //! `connectors proxy`: the credential-injecting registry proxy.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,21 +46,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let store = Arc::new(
-        FileStore::load(&args.store).with_context(|| format!("failed to load the store {}", args.store.display()))?,
-    );
-    store.spawn_watch(Duration::from_secs(2));
-    let tokens = StaticTokens::load(&args.token_auth_file)
-        .with_context(|| format!("failed to load the token file {}", args.token_auth_file.display()))?;
-    let proxy = Arc::new(ReverseProxy::new(
-        store.clone(),
-        store.clone(),
-        Arc::new(tokens),
-        Arc::new(SameNamespace),
+    let (_, proxy) = standalone_proxy(
+        &args.store,
+        &args.token_auth_file,
         ReverseOptions {
             insecure_upstream_tls: args.insecure_upstream_tls,
         },
-    ));
+    )?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("failed to listen on {}", args.listen))?;
@@ -80,4 +72,26 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     )
     .await
     .context("the proxy server failed")
+}
+
+/// The store (watched for changes) and a reverse proxy over it whose callers
+/// come from a static token file and may use their namespace's connectors.
+pub fn standalone_proxy(
+    store: &Path,
+    token_auth_file: &Path,
+    options: ReverseOptions,
+) -> anyhow::Result<(Arc<FileStore>, Arc<ReverseProxy>)> {
+    let store =
+        Arc::new(FileStore::load(store).with_context(|| format!("failed to load the store {}", store.display()))?);
+    store.spawn_watch(Duration::from_secs(2));
+    let tokens = StaticTokens::load(token_auth_file)
+        .with_context(|| format!("failed to load the token file {}", token_auth_file.display()))?;
+    let proxy = ReverseProxy::new(
+        store.clone(),
+        store.clone(),
+        Arc::new(tokens),
+        Arc::new(SameNamespace),
+        options,
+    );
+    Ok((store, Arc::new(proxy)))
 }

@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use certs::CertificateAuthority;
-use connector::store::FileStore;
-use proxy::caller::{SameNamespace, StaticTokens};
-use proxy::reverse::{ReverseOptions, ReverseProxy};
+use proxy::reverse::ReverseOptions;
 use proxy::server::ServerLimits;
 use webhook::metrics::Metrics;
 use webhook::mutation::InjectionConfig;
@@ -42,13 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let store = Arc::new(
-        FileStore::load(&args.store).with_context(|| format!("failed to load the store {}", args.store.display()))?,
-    );
-    store.spawn_watch(Duration::from_secs(2));
-    let tokens = StaticTokens::load(&args.token_auth_file)
-        .with_context(|| format!("failed to load the token file {}", args.token_auth_file.display()))?;
-
+    let (store, proxy) = super::proxy::standalone_proxy(&args.store, &args.token_auth_file, ReverseOptions::default())?;
     let cert = args.state_dir.join("tls.crt");
     if !cert.exists() {
         let year = Duration::from_secs(365 * 24 * 3600);
@@ -67,18 +59,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let mut config = InjectionConfig::new(proxy_addr.to_string(), "127.0.0.1:3128");
     config.install_namespace = "connectors-system".into();
     let webhook_state = WebhookState {
-        store: store.clone(),
+        store,
         config: Arc::new(config),
         metrics: Arc::new(Metrics::default()),
     };
-    let proxy = Arc::new(ReverseProxy::new(
-        store.clone(),
-        store,
-        Arc::new(tokens),
-        Arc::new(SameNamespace),
-        ReverseOptions::default(),
-    ));
-
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         super::webhook::shutdown_signal().await;

@@ -130,3 +130,16 @@ pub fn run(args: &[&str], stdin: Option<&str>, cwd: &Path) -> (std::process::Exi
 pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// An HTTPS client that trusts only `ca_pem` and resolves `webhook.test` to
+/// `addr`, for the webhook's end-to-end tests.
+pub fn webhook_client(ca_pem: &str, addr: SocketAddr) -> reqwest::Client {
+    let roots = certs::root_store_from_pem(ca_pem).unwrap();
+    let tls = certs::client_config(roots, &[b"h2", b"http/1.1"]).unwrap();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .resolve("webhook.test", addr)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}

@@ -14,28 +14,8 @@ use serde_json::{Value, json};
 use webhook::manifest::pod_template_path;
 use webhook::mutation::{CONTAINER_FIELDS, InjectionConfig, Mode, Outcome, mutate_pod};
 
-/// Connectors for Docker Hub, GHCR and Quay in namespace `default`, which is
-/// opted in; registry.k8s.io, gcr.io, k8s.gcr.io and ECR have none.
-const STORE: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: default, labels: {connectors.cpaas.io/proxy-inject: "true"}}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: hub, namespace: default}
-spec: {connectorClassName: oci, address: "https://index.docker.io"}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: ghcr, namespace: default}
-spec: {connectorClassName: oci, address: "https://ghcr.io"}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: quay, namespace: default}
-spec: {connectorClassName: oci, address: "https://quay.io"}
-"#;
+/// Connectors for Docker Hub, GHCR and Quay in the opted-in `default`.
+const STORE: &str = include_str!("../../tests/fixtures/fixture-store.yaml");
 
 const PULL: &str = "10.96.0.50:443";
 
