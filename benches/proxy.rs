@@ -185,6 +185,8 @@ fn basic(user: &str, password: &str) -> HeaderValue {
 
 async fn run(settings: &Settings) -> anyhow::Result<String> {
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    // NB: read before the run: cargo built the binary just before it started.
+    let revision = revision();
     let binary = connectors_binary();
     let lab = tempfile::tempdir()?;
 
@@ -309,13 +311,14 @@ async fn run(settings: &Settings) -> anyhow::Result<String> {
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     Ok(render(&Rendered {
         settings,
+        revision: &revision,
         binary: &binary,
         blob: &blob,
         transfers: &transfers,
         latencies: &latencies,
         tokens: &tokens,
         memories: &memories,
-        after_phases_rss: main_connectors_memory,
+        main_connectors_memory,
         load: (load_before.trim(), load_after.trim()),
     }))
 }
@@ -598,12 +601,18 @@ fn clock_ticks() -> f64 {
 
 /// User plus system CPU seconds the processes used so far.
 fn cpu_seconds(pids: &[String]) -> f64 {
-    let ticks: u64 = pids
+    let (user, system) = cpu_split(pids);
+    user + system
+}
+
+/// User and system (kernel) CPU seconds the processes used so far.
+fn cpu_split(pids: &[String]) -> (f64, f64) {
+    let (user, system) = pids
         .iter()
         .filter_map(|pid| stat_fields(pid))
-        .map(|f| f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0))
-        .sum();
-    ticks as f64 / clock_ticks()
+        .map(|f| (f.get(11).copied().unwrap_or(0), f.get(12).copied().unwrap_or(0)))
+        .fold((0, 0), |a, t| (a.0 + t.0, a.1 + t.1));
+    (user as f64 / clock_ticks(), system as f64 / clock_ticks())
 }
 
 /// Non-idle CPU seconds of the whole machine so far (/proc/stat).
@@ -775,6 +784,8 @@ struct Transfer {
     seconds: f64,
     bytes: u64,
     proxy_cpu: f64,
+    /// The kernel's part of `proxy_cpu` (socket copies, TCP).
+    proxy_system_cpu: f64,
     registry_cpu: f64,
     client_cpu: f64,
     /// CPU used by everything else on the machine meanwhile.
@@ -811,7 +822,7 @@ async fn measure_transfer(
         });
     }
     let before = (
-        cpu_seconds(&proxy_pids),
+        cpu_split(&proxy_pids),
         cpu_seconds(&registry_pids),
         cpu_seconds(&own_pids),
         machine_busy_seconds(),
@@ -827,7 +838,9 @@ async fn measure_transfer(
         bytes += received;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let proxy_cpu = cpu_seconds(&proxy_pids) - before.0;
+    let proxy_after = cpu_split(&proxy_pids);
+    let proxy_system_cpu = proxy_after.1 - before.0.1;
+    let proxy_cpu = proxy_after.0 + proxy_after.1 - before.0.0 - before.0.1;
     let registry_cpu = cpu_seconds(&registry_pids) - before.1;
     let client_cpu = cpu_seconds(&own_pids) - before.2;
     let busy = machine_busy_seconds() - before.3;
@@ -837,6 +850,7 @@ async fn measure_transfer(
         seconds,
         bytes,
         proxy_cpu,
+        proxy_system_cpu,
         registry_cpu,
         client_cpu,
         other_cpu: (busy - proxy_cpu - registry_cpu - client_cpu).max(0.0),
@@ -858,6 +872,7 @@ struct Latency {
     requests: u64,
     rate: f64,
     histogram: Histogram<u64>,
+    reopened: usize,
 }
 
 /// `requests` manifest GETs with the OCI Accept header, `in_flight` at a
@@ -876,34 +891,32 @@ async fn manifest_latency(
         let (route, path, barrier) = (route.clone(), path.to_owned(), barrier.clone());
         tasks.spawn(async move {
             let mut histogram = Histogram::<u64>::new(3).expect("3 significant digits");
-            let sender = open::<Empty<Bytes>>(route.addr).await;
-            let get = async |sender: &mut SendRequest<Empty<Bytes>>| {
-                sender.ready().await?;
-                let response = sender
-                    .send_request(route.request(Method::GET, &path, Some(MANIFEST_ACCEPT)))
+            let mut connection = KeepAlive::new(route.addr);
+            let mut get = async || {
+                let response = connection
+                    .send(|| route.request(Method::GET, &path, Some(MANIFEST_ACCEPT)))
                     .await?;
                 ensure!(response.status() == StatusCode::OK, "{}", response.status());
                 let body = response.into_body().collect().await?.to_bytes();
                 ensure!(body.len() as u64 == manifest_size, "{} byte manifest", body.len());
                 anyhow::Ok(())
             };
-            let mut sender = match sender {
-                Ok(sender) => sender,
-                Err(error) => {
-                    barrier.wait().await;
-                    return Err(error);
+            // NB: a client that failed still meets the others at the barrier.
+            let warm_up = async {
+                for _ in 0..10 {
+                    timeout(REQUEST_TIMEOUT, get()).await??;
                 }
-            };
-            for _ in 0..10 {
-                timeout(REQUEST_TIMEOUT, get(&mut sender)).await??;
+                anyhow::Ok(())
             }
+            .await;
             barrier.wait().await;
+            warm_up?;
             for _ in 0..per_client {
                 let sent = Instant::now();
-                timeout(REQUEST_TIMEOUT, get(&mut sender)).await??;
+                timeout(REQUEST_TIMEOUT, get()).await??;
                 histogram.record(sent.elapsed().as_micros() as u64)?;
             }
-            anyhow::Ok(histogram)
+            anyhow::Ok((histogram, connection.reopened))
         });
     }
     timeout(REQUEST_TIMEOUT, barrier.wait())
@@ -911,8 +924,11 @@ async fn manifest_latency(
         .context("clients did not warm up")?;
     let started = Instant::now();
     let mut histogram = Histogram::<u64>::new(3)?;
+    let mut reopened = 0;
     while let Some(done) = tasks.join_next().await {
-        histogram.add(done??)?;
+        let (client, client_reopened) = done??;
+        histogram.add(client)?;
+        reopened += client_reopened;
     }
     let rate = histogram.len() as f64 / started.elapsed().as_secs_f64();
     eprintln!(
@@ -926,7 +942,66 @@ async fn manifest_latency(
         requests: histogram.len(),
         rate,
         histogram,
+        reopened,
     })
+}
+
+/// A keep-alive HTTP/1.1 connection that is reopened when the server closes
+/// it, as any registry client does (nginx closes a client connection after
+/// `keepalive_requests`, 1,000 by default).
+struct KeepAlive {
+    addr: SocketAddr,
+    sender: Option<SendRequest<Empty<Bytes>>>,
+    /// How often the server closed the connection and it was reopened.
+    reopened: usize,
+}
+
+impl KeepAlive {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            sender: None,
+            reopened: 0,
+        }
+    }
+
+    /// Sends a body-less (so replayable) request, retrying once on a fresh
+    /// connection when the old one turns out to be closed.
+    async fn send(
+        &mut self,
+        request: impl Fn() -> Request<Empty<Bytes>>,
+    ) -> anyhow::Result<hyper::Response<hyper::body::Incoming>> {
+        let mut last_error = None;
+        for _attempt in 0..2 {
+            let sender = match &mut self.sender {
+                Some(sender) if !sender.is_closed() => sender,
+                stale => {
+                    if stale.is_some() {
+                        self.reopened += 1;
+                    }
+                    stale.insert(open(self.addr).await?)
+                }
+            };
+            let sent = async {
+                sender.ready().await?;
+                sender.send_request(request()).await
+            };
+            match sent.await {
+                Ok(response) => return Ok(response),
+                Err(error) if error.is_closed() || error.is_canceled() || error.is_incomplete_message() => {
+                    last_error = Some(error);
+                    if let Some(sender) = self.sender.take() {
+                        drop(sender);
+                        self.reopened += 1;
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(last_error
+            .map(anyhow::Error::from)
+            .unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+    }
 }
 
 // ---- 3. Upstream token requests ----
@@ -952,7 +1027,7 @@ async fn token_requests(
 ) -> anyhow::Result<Tokens> {
     let lifetime = TokenServerOptions::default().expires_in;
     server.clear_log();
-    let mut sender = open::<Empty<Bytes>>(route.addr).await?;
+    let mut connection = KeepAlive::new(route.addr);
     let blobs: Vec<&str> = std::iter::once(&image.config)
         .chain(&image.layers)
         .map(|b| b.digest.as_str())
@@ -968,9 +1043,8 @@ async fn token_requests(
         );
         for (method, path) in calls {
             let call = async {
-                sender.ready().await?;
                 let accept = (method == Method::GET).then_some(MANIFEST_ACCEPT);
-                let response = sender.send_request(route.request(method, &path, accept)).await?;
+                let response = connection.send(|| route.request(method.clone(), &path, accept)).await?;
                 let status = response.status();
                 response.into_body().collect().await?;
                 ensure!(status == StatusCode::OK, "{path}: {status}");
@@ -1130,13 +1204,14 @@ impl CountingProgress<'_> {
 
 struct Rendered<'a> {
     settings: &'a Settings,
+    revision: &'a str,
     binary: &'a Path,
     blob: &'a Digest,
     transfers: &'a [Transfer],
     latencies: &'a [Latency],
     tokens: &'a Tokens,
     memories: &'a [Memory],
-    after_phases_rss: (u64, u64),
+    main_connectors_memory: (u64, u64),
     load: (&'a str, &'a str),
 }
 
@@ -1148,6 +1223,7 @@ struct Throughput {
     median: f64,
     runs: Vec<f64>,
     proxy_cpu_per_gib: f64,
+    proxy_system_share: f64,
     registry_cpu_per_gib: f64,
     client_cpu_per_gib: f64,
     other_cpu_per_gib: f64,
@@ -1176,6 +1252,7 @@ fn throughputs(transfers: &[Transfer]) -> Vec<Throughput> {
                 median: median(&rates),
                 runs: rates,
                 proxy_cpu_per_gib: per_gib(|t| t.proxy_cpu),
+                proxy_system_share: per_gib(|t| t.proxy_system_cpu) / per_gib(|t| t.proxy_cpu),
                 registry_cpu_per_gib: per_gib(|t| t.registry_cpu),
                 client_cpu_per_gib: per_gib(|t| t.client_cpu),
                 other_cpu_per_gib: per_gib(|t| t.other_cpu),
@@ -1207,13 +1284,14 @@ fn render(r: &Rendered) -> String {
     let _ = writeln!(out, "# Registry proxy benchmark\n");
     let _ = writeln!(
         out,
-        "`cargo bench --bench proxy` on this machine ({cores} cores){}. One run, three paths to the same \
-         registry (CNCF distribution {}, htpasswd, filesystem storage, `log: warn`) and the same blobs: \
-         **direct** with the real Basic credential; **nginx** {} as the credential-injecting reverse proxy of \
+        "`cargo bench --bench proxy` on this machine ({cores} cores){}, at {}. One run, three paths to the same \
+         registry (`{}`, htpasswd, filesystem storage, `log: warn`) and the same blobs: \
+         **direct** with the real Basic credential; **nginx** (`{}`) as the credential-injecting reverse proxy of \
          docs/real-components.md §4 (`worker_processes 1`, `proxy_buffering off`, `proxy_request_buffering off`, \
          `client_max_body_size 0`, `proxy_http_version 1.1`); **connectors** = `{}`. Clients, proxies and \
          registry share the {cores} cores. Load average before: `{}`, after: `{}`.\n",
         if s.quick { " — **quick run**" } else { "" },
+        r.revision,
         program_version("docker-registry", &["--version"]),
         program_version("nginx", &["-v"]),
         r.binary.display(),
@@ -1235,7 +1313,8 @@ fn render(r: &Rendered) -> String {
          connection and downloads all of it, reading and discarding the body and checking the byte count (each \
          path's bytes were also digest-checked once, untimed, beforehand). GiB/s = all bytes / wall time; the \
          median of the runs. CPU = utime + stime from `/proc/<pid>/stat` before and after, per GiB moved \
-         (nginx: master + worker; \"other\" = the rest of the machine's busy time meanwhile).\n",
+         (nginx: master + worker; \"kernel\" = the stime share; \"other\" = the rest of the machine's busy time \
+         meanwhile).\n",
         r.blob.size as f64 / MIB,
         r.blob.digest
     );
@@ -1246,7 +1325,11 @@ fn render(r: &Rendered) -> String {
         let proxy_cpu = if t.route == "direct" {
             "—".to_owned()
         } else {
-            format!("{:.2}", t.proxy_cpu_per_gib)
+            format!(
+                "{:.2} ({:.0}% kernel)",
+                t.proxy_cpu_per_gib,
+                100.0 * t.proxy_system_share
+            )
         };
         let runs: Vec<String> = t.runs.iter().map(|r| format!("{r:.2}")).collect();
         let _ = writeln!(
@@ -1268,22 +1351,26 @@ fn render(r: &Rendered) -> String {
         out,
         "\n## Manifest GET latency\n\nGET `…/{MANIFEST_REPOSITORY}/manifests/v1` with the OCI Accept header; each \
          client on one keep-alive connection, 10 warm-up requests each; {} requests per row. Latency = send to \
-         full body.\n",
+         full body, reconnecting included when the server closed the connection (nginx does after its default \
+         `keepalive_requests 1000`).\n",
         s.manifest_requests
     );
-    out.push_str("| path | in flight | requests | req/s | p50 (ms) | p99 (ms) | max (ms) |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str(
+        "| path | in flight | requests | req/s | p50 (ms) | p99 (ms) | max (ms) | connections reopened |\n|---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
     for l in r.latencies {
         let ms = |q: f64| l.histogram.value_at_quantile(q) as f64 / 1000.0;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
             l.route,
             l.in_flight,
             l.requests,
             l.rate,
             ms(0.5),
             ms(0.99),
-            l.histogram.max() as f64 / 1000.0
+            l.histogram.max() as f64 / 1000.0,
+            l.reopened
         );
     }
 
@@ -1314,8 +1401,8 @@ fn render(r: &Rendered) -> String {
         out,
         "\nFor comparison, the connectors process of the throughput and latency phases (16 streams at most) ended \
          with VmHWM {:.1} MiB, VmRSS {:.1} MiB.",
-        r.after_phases_rss.0 as f64 / MIB,
-        r.after_phases_rss.1 as f64 / MIB
+        r.main_connectors_memory.0 as f64 / MIB,
+        r.main_connectors_memory.1 as f64 / MIB
     );
 
     let t = r.tokens;
@@ -1392,6 +1479,28 @@ fn render(r: &Rendered) -> String {
         let _ = writeln!(out, "| {target} | {measured} | {} |", verdict(pass));
     }
     out
+}
+
+/// The commit the proxy was built from, and whether `proxy/` or `src/` had
+/// uncommitted changes (then the binary holds them).
+fn revision() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        None => "an unknown commit".to_owned(),
+        Some(commit) => match git(&["status", "--porcelain", "--", "proxy", "src"]) {
+            Some(changes) if changes.is_empty() => format!("commit `{commit}` (clean `proxy/` and `src/`)"),
+            _ => format!("commit `{commit}` with uncommitted changes in `proxy/` or `src/`"),
+        },
+    }
 }
 
 /// The first line a program prints about its version.

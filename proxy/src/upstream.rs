@@ -30,6 +30,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// bodies have no overall deadline.
 pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The largest read buffer of an upstream connection.
+pub const UPSTREAM_READ_BUFFER: usize = 256 * 1024;
+
 /// Why an upstream client cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -124,9 +127,13 @@ impl UpstreamClients {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
+        // NB: hyper's adaptive read buffer, capped: it grows for blobs but
+        // stops at 256 KiB (hyper's default cap is ~400 KiB), which bounds
+        // memory per stream without a fixed small buffer's extra reads.
         Ok(Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(64)
+            .http1_max_buf_size(UPSTREAM_READ_BUFFER)
             .build(connector))
     }
 }
