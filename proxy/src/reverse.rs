@@ -328,13 +328,7 @@ impl ReverseProxy {
             }
             // A 401: learn what the registry wants now, drop a rejected
             // token, and retry once when the request can be replayed.
-            let challenges = challenge::parse_challenges(
-                response
-                    .headers()
-                    .get_all(header::WWW_AUTHENTICATE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok()),
-            );
+            let challenges = challenges_of(response.headers());
             if let Some((_, Some((key, token)))) = &authorization {
                 self.tokens.invalidate(key, token).await;
             }
@@ -535,13 +529,7 @@ impl ReverseProxy {
             .map_err(|_| Failure::bad_gateway("invalid upstream URL"))?;
         let response = send(&target.client, ping).await?;
         let auth = if response.status() == StatusCode::UNAUTHORIZED {
-            let challenges = challenge::parse_challenges(
-                response
-                    .headers()
-                    .get_all(header::WWW_AUTHENTICATE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok()),
-            );
+            let challenges = challenges_of(response.headers());
             challenge::preferred(&challenges)
                 .and_then(auth_from_challenge)
                 .unwrap_or(UpstreamAuth::Basic)
@@ -610,6 +598,16 @@ impl ReverseProxy {
             }
         }
     }
+}
+
+/// The challenges of an upstream 401.
+fn challenges_of(headers: &HeaderMap) -> Vec<Challenge> {
+    challenge::parse_challenges(
+        headers
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    )
 }
 
 fn auth_from_challenge(challenge: &Challenge) -> Option<UpstreamAuth> {

@@ -1,7 +1,7 @@
 //! `connectors proxy`: the credential-injecting registry proxy.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,17 +11,24 @@ use proxy::caller::{SameNamespace, StaticTokens};
 use proxy::reverse::{ReverseOptions, ReverseProxy};
 use proxy::server::{self, ServerLimits};
 
+/// Where standalone mode reads connectors and callers.
 #[derive(clap::Args)]
-pub struct Args {
-    /// The store: YAML with the Namespaces, Secrets and Connectors
-    /// (standalone mode); reloaded when it changes.
+pub struct StandaloneArgs {
+    /// The store: YAML with the Namespaces, Secrets and Connectors;
+    /// reloaded when it changes.
     #[arg(long, env = "CONNECTORS_STORE")]
-    store: PathBuf,
+    pub store: PathBuf,
     /// Caller tokens in kube-apiserver's static token file format
     /// (`token,user,uid,"groups"`); a ServiceAccount
     /// `system:serviceaccount:<ns>:<name>` may use its namespace's connectors.
     #[arg(long, env = "CONNECTORS_TOKEN_AUTH_FILE")]
-    token_auth_file: PathBuf,
+    pub token_auth_file: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    standalone: StandaloneArgs,
     /// Address of reverse mode (plain HTTP).
     #[arg(long, env = "CONNECTORS_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -47,8 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 async fn serve(args: Args) -> anyhow::Result<()> {
     let (_, proxy) = standalone_proxy(
-        &args.store,
-        &args.token_auth_file,
+        &args.standalone,
         ReverseOptions {
             insecure_upstream_tls: args.insecure_upstream_tls,
         },
@@ -77,10 +83,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 /// The store (watched for changes) and a reverse proxy over it whose callers
 /// come from a static token file and may use their namespace's connectors.
 pub fn standalone_proxy(
-    store: &Path,
-    token_auth_file: &Path,
+    args: &StandaloneArgs,
     options: ReverseOptions,
 ) -> anyhow::Result<(Arc<FileStore>, Arc<ReverseProxy>)> {
+    let (store, token_auth_file) = (&args.store, &args.token_auth_file);
     let store =
         Arc::new(FileStore::load(store).with_context(|| format!("failed to load the store {}", store.display()))?);
     store.spawn_watch(Duration::from_secs(2));

@@ -17,12 +17,8 @@ use webhook::server::WebhookState;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The store: YAML with the Namespaces, Secrets and Connectors.
-    #[arg(long, env = "CONNECTORS_STORE")]
-    store: PathBuf,
-    /// Caller tokens (kube-apiserver static token file format).
-    #[arg(long, env = "CONNECTORS_TOKEN_AUTH_FILE")]
-    token_auth_file: PathBuf,
+    #[command(flatten)]
+    standalone: super::proxy::StandaloneArgs,
     /// Reverse proxy address (plain HTTP).
     #[arg(long, default_value = "127.0.0.1:8080")]
     proxy_listen: SocketAddr,
@@ -40,7 +36,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let (store, proxy) = super::proxy::standalone_proxy(&args.store, &args.token_auth_file, ReverseOptions::default())?;
+    let (store, proxy) = super::proxy::standalone_proxy(&args.standalone, ReverseOptions::default())?;
     let cert = args.state_dir.join("tls.crt");
     if !cert.exists() {
         let year = Duration::from_secs(365 * 24 * 3600);
