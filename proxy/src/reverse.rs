@@ -560,17 +560,6 @@ impl ReverseProxy {
             UpstreamAuth::Anonymous => Ok(target.credential.as_ref().map(|c| (c.basic_header(), None))),
             UpstreamAuth::Basic => Ok(target.credential.as_ref().map(|c| (c.basic_header(), None))),
             UpstreamAuth::Bearer { realm, service } => {
-                let extensions: Vec<Url> = target
-                    .connector
-                    .spec
-                    .address_extensions
-                    .iter()
-                    .filter_map(|e| Url::parse(&e.value).ok())
-                    .collect();
-                let realm_url = check_realm(realm, &target.base, &extensions).map_err(|e| {
-                    tracing::warn!(connector = %target.key, realm = %realm, error = %e, "refusing a token realm outside the connector's hosts");
-                    Failure::bad_gateway(format!("connector {}: {e}", target.key))
-                })?;
                 let key = TokenKey {
                     realm: realm.clone(),
                     service: service.clone(),
@@ -586,8 +575,11 @@ impl ReverseProxy {
                 };
                 let (token, source) = self
                     .tokens
-                    .get(&key, margin, || {
-                        fetch_token(&target.client, realm_url, service, scopes, target.credential.as_ref())
+                    .get(&key, margin, || async {
+                        // NB: checked only when a credential is about to be
+                        // sent; a cached token came from a realm checked then.
+                        let realm_url = checked_realm(target, realm)?;
+                        fetch_token(&target.client, realm_url, service, scopes, target.credential.as_ref()).await
                     })
                     .await?;
                 match source {
@@ -598,6 +590,21 @@ impl ReverseProxy {
             }
         }
     }
+}
+
+/// The realm as a URL, if it is on the connector's hosts.
+fn checked_realm(target: &Target, realm: &str) -> Result<Url, Failure> {
+    let extensions: Vec<Url> = target
+        .connector
+        .spec
+        .address_extensions
+        .iter()
+        .filter_map(|e| Url::parse(&e.value).ok())
+        .collect();
+    check_realm(realm, &target.base, &extensions).map_err(|e| {
+        tracing::warn!(connector = %target.key, realm = %realm, error = %e, "refusing a token realm outside the connector's hosts");
+        Failure::bad_gateway(format!("connector {}: {e}", target.key))
+    })
 }
 
 /// The challenges of an upstream 401.
