@@ -98,6 +98,22 @@ spec: {{connectorClassName: oci, address: "{address}", auth: {{name: basicAuth, 
         format!("http://{}{path}", self.addr)
     }
 
+    /// `connectors_proxy_zero_copy_relays_total` of the `lab` connector.
+    async fn zero_copy_relays(&self) -> f64 {
+        let metrics = Http::client()
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metric_value(
+            &metrics,
+            "connectors_proxy_zero_copy_relays_total{connector=\"team/lab\"}",
+        )
+    }
+
     fn layout(&self) -> OciLayout {
         OciLayout::new(&self.dir.path().join("layout")).unwrap()
     }
@@ -165,7 +181,7 @@ async fn push_and_pull_through_reverse_proxy_match_the_registry_digest_in_htpass
     let lab = Lab::start_proxy(registry, None, "");
     let layout = lab.layout();
     let image = layout
-        .add_image("v1", &[64 * 1024, 300 * 1024, 1024 * 1024], 7)
+        .add_image("v1", &[64 * 1024, 300 * 1024, 3 * 1024 * 1024], 7)
         .unwrap();
 
     let push = CopyOptions::default().dest(as_caller());
@@ -202,6 +218,8 @@ async fn push_and_pull_through_reverse_proxy_match_the_registry_digest_in_htpass
         let pulled = testing::sha256_file(&out.blob_path(&layer.digest)).unwrap();
         assert_eq!(pulled.to_string(), layer.digest);
     }
+    // The 3 MiB layer came through the kernel relay, the small ones copied.
+    assert_eq!(lab.zero_copy_relays().await, 1.0);
 
     // Delete by digest through the proxy (the connector's robot needs delete).
     let http = Http::default();
@@ -596,7 +614,81 @@ async fn a_one_gib_layer_streams_through_and_an_interrupted_read_resumes_with_ra
         layer.digest,
         "the resumed read is the layer, byte for byte"
     );
+
+    // Both reads were relayed by the kernel (plain-HTTP upstream, HTTP/1
+    // client).
+    assert!(lab.zero_copy_relays().await >= 2.0, "both blob reads were spliced");
     lab.assert_no_credential_in_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spliced_blob_bodies_are_byte_exact_and_the_connection_stays_alive() {
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
+        .await
+        .unwrap();
+    let lab = Lab::start_proxy(registry, None, "");
+    let layout = lab.layout();
+    let image = layout
+        .add_image("two", &[3 * 1024 * 1024, 5 * 1024 * 1024 + 17], 5)
+        .unwrap();
+    let push = CopyOptions::default().dest(as_caller());
+    skopeo()
+        .copy(&layout.reference("two"), &lab.reference("lab", "lab/two:v1"), &push)
+        .await
+        .unwrap();
+    let blob = |digest: &str| lab.url(&format!("/v2/namespaces/team/connectors/lab/lab/two/blobs/{digest}"));
+    let on_disk = |digest: &str| std::fs::read(layout.blob_path(digest)).unwrap();
+
+    // One client connection: whole bodies, a range, a HEAD between them.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .pool_max_idle_per_host(1)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let get = |url: String, range: Option<&str>| {
+        let mut request = client.get(url).basic_auth("x", Some(TEAM_TOKEN));
+        if let Some(range) = range {
+            request = request.header("range", range);
+        }
+        request.send()
+    };
+    let (small, large) = (&image.layers[0], &image.layers[1]);
+    let whole = get(blob(&small.digest), None).await.unwrap();
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.bytes().await.unwrap().as_ref(), on_disk(&small.digest).as_slice());
+    let head = client
+        .head(blob(&large.digest))
+        .basic_auth("x", Some(TEAM_TOKEN))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"].to_str().unwrap(), large.size.to_string());
+    let partial = get(blob(&large.digest), Some("bytes=1000-2200000")).await.unwrap();
+    assert_eq!(partial.status(), 206);
+    assert_eq!(
+        partial.bytes().await.unwrap().as_ref(),
+        &on_disk(&large.digest)[1000..=2_200_000]
+    );
+    let whole = get(blob(&large.digest), None).await.unwrap();
+    assert_eq!(whole.status(), 200);
+    assert_eq!(whole.bytes().await.unwrap().as_ref(), on_disk(&large.digest).as_slice());
+    assert_eq!(
+        lab.zero_copy_relays().await,
+        3.0,
+        "each GET of a large blob was spliced"
+    );
+    lab.assert_no_credential_in_logs();
+}
+
+fn metric_value(exposition: &str, series: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// Runs podman with private storage (vfs, no systemd), bounded in time.

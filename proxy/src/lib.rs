@@ -11,5 +11,6 @@ pub mod realm;
 pub mod reverse;
 pub mod route;
 pub mod server;
+pub mod splice;
 pub mod token;
 pub mod upstream;

@@ -28,9 +28,9 @@ pub struct ByteLabels {
     pub direction: &'static str,
 }
 
-/// Labels of upstream token activity.
+/// Labels of per-connector activity.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TokenLabels {
+pub struct ConnectorLabels {
     pub connector: String,
 }
 
@@ -39,8 +39,10 @@ pub struct Metrics {
     registry: Mutex<Registry>,
     pub requests: Family<RequestLabels, Counter>,
     pub bytes: Family<ByteLabels, Counter>,
-    pub token_fetches: Family<TokenLabels, Counter>,
-    pub token_cache_hits: Family<TokenLabels, Counter>,
+    pub token_fetches: Family<ConnectorLabels, Counter>,
+    pub token_cache_hits: Family<ConnectorLabels, Counter>,
+    /// Blob bodies relayed socket to socket by the kernel.
+    pub zero_copy_relays: Family<ConnectorLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -54,17 +56,23 @@ impl Default for Metrics {
         );
         let bytes = Family::<ByteLabels, Counter>::default();
         registry.register("bytes", "Body bytes relayed, by connector and direction", bytes.clone());
-        let token_fetches = Family::<TokenLabels, Counter>::default();
+        let token_fetches = Family::<ConnectorLabels, Counter>::default();
         registry.register(
             "upstream_token_fetches",
             "Tokens fetched from upstream token services",
             token_fetches.clone(),
         );
-        let token_cache_hits = Family::<TokenLabels, Counter>::default();
+        let token_cache_hits = Family::<ConnectorLabels, Counter>::default();
         registry.register(
             "upstream_token_cache_hits",
             "Upstream tokens reused from the cache",
             token_cache_hits.clone(),
+        );
+        let zero_copy_relays = Family::<ConnectorLabels, Counter>::default();
+        registry.register(
+            "zero_copy_relays",
+            "Blob bodies relayed with splice(2), never copied through the proxy",
+            zero_copy_relays.clone(),
         );
         Self {
             registry: Mutex::new(registry),
@@ -72,6 +80,7 @@ impl Default for Metrics {
             bytes,
             token_fetches,
             token_cache_hits,
+            zero_copy_relays,
         }
     }
 }

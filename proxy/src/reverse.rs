@@ -24,9 +24,10 @@ use url::Url;
 use crate::caller::{Authenticator, Authorizer, Decision, Identity, token_from_authorization};
 use crate::challenge::{self, Challenge, Scheme, Scope};
 use crate::credential::{self, UpstreamCredential};
-use crate::metrics::{ByteLabels, Metrics, RequestLabels, TokenLabels, status_class};
+use crate::metrics::{ByteLabels, ConnectorLabels, Metrics, RequestLabels, status_class};
 use crate::realm::check_realm;
 use crate::route::{self, ConnectorRoute, Endpoint, Route};
+use crate::splice::{self, ClientSocket};
 use crate::token::{self, Source, Token, TokenCache, TokenKey};
 use crate::upstream::{BoxError, ProxyBody, RESPONSE_HEADER_TIMEOUT, UpstreamClient, UpstreamClients};
 
@@ -473,7 +474,28 @@ impl ReverseProxy {
                 direction: "download",
             })
             .clone();
-        let body = count_bytes(response.into_body().map_err(BoxError::from).boxed(), download_counter);
+        let (response, incoming) = response.into_parts();
+        let body = if parts.method == Method::GET {
+            splice::relay_body(
+                &response,
+                incoming,
+                parts.extensions.get::<ClientSocket>(),
+                parts.version,
+                download_counter.clone(),
+            )
+        } else {
+            Err(incoming)
+        };
+        if body.is_ok() {
+            self.metrics
+                .zero_copy_relays
+                .get_or_create(&ConnectorLabels {
+                    connector: target.key.to_string(),
+                })
+                .inc();
+        }
+        let body =
+            body.unwrap_or_else(|incoming| count_bytes(incoming.map_err(BoxError::from).boxed(), download_counter));
         let mut out = Response::new(body);
         *out.status_mut() = status;
         *out.headers_mut() = headers;
@@ -570,7 +592,7 @@ impl ReverseProxy {
                         .map(UpstreamCredential::fingerprint)
                         .unwrap_or(0),
                 };
-                let labels = TokenLabels {
+                let labels = ConnectorLabels {
                     connector: target.key.to_string(),
                 };
                 let (token, source) = self

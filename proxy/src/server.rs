@@ -14,11 +14,12 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::reverse::ReverseProxy;
+use crate::splice::ClientIo;
 use crate::upstream::ProxyBody;
 
 /// Limits of the server side.
@@ -67,8 +68,10 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let (io, socket) = ClientIo::new(stream);
         let (proxy, ready) = (proxy.clone(), ready.clone());
-        let service = service_fn(move |request: Request<Incoming>| {
+        let service = service_fn(move |mut request: Request<Incoming>| {
+            request.extensions_mut().insert(socket.clone());
             let (proxy, ready) = (proxy.clone(), ready.clone());
             async move { Ok::<_, std::convert::Infallible>(dispatch(&proxy, ready.as_ref(), request, peer).await) }
         });
@@ -83,7 +86,7 @@ pub async fn serve(
             .http2()
             .timer(TokioTimer::new())
             .max_header_list_size(limits.max_header_bytes as u32);
-        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let connection = builder.serve_connection(io, service).into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {

@@ -14,6 +14,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::RootCertStore;
 
+use crate::splice::RelayConnector;
+
 /// The error type of proxied bodies.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -21,7 +23,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// A pooled client for one trust configuration.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, ProxyBody>;
+pub type UpstreamClient = Client<HttpsConnector<RelayConnector>, ProxyBody>;
 
 /// How long to wait for a TCP connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -126,7 +128,7 @@ impl UpstreamClients {
             .with_tls_config(config)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(http);
+            .wrap_connector(RelayConnector::new(http));
         // NB: hyper's adaptive read buffer, capped: it grows for blobs but
         // stops at 256 KiB (hyper's default cap is ~400 KiB), which bounds
         // memory per stream without a fixed small buffer's extra reads.
