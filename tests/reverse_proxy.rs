@@ -665,7 +665,10 @@ async fn spliced_blob_bodies_are_byte_exact_and_the_connection_stays_alive() {
         .await
         .unwrap();
     assert_eq!(head.status(), 200);
-    assert_eq!(head.headers()["content-length"].to_str().unwrap(), large.size.to_string());
+    assert_eq!(
+        head.headers()["content-length"].to_str().unwrap(),
+        large.size.to_string()
+    );
     let partial = get(blob(&large.digest), Some("bytes=1000-2200000")).await.unwrap();
     assert_eq!(partial.status(), 206);
     assert_eq!(

@@ -34,6 +34,8 @@ async fn up_rewrites_a_pod_to_the_proxy_and_the_rewritten_image_pulls_through_it
             "127.0.0.1:0",
             "--webhook-listen",
             "127.0.0.1:0",
+            "--forward-listen",
+            "127.0.0.1:0",
             "--state-dir",
             state.to_str().unwrap(),
         ],

@@ -75,6 +75,60 @@ pub fn write_serving_bundle(dir: &Path, ca: &CertificateAuthority, issued: &Issu
     Ok(files)
 }
 
+/// Where [`write_authority`] put each file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityFiles {
+    /// The CA certificate, for clients to trust.
+    pub cert: PathBuf,
+    /// The CA private key, readable by the owner only.
+    pub key: PathBuf,
+    /// The system's roots followed by the CA, for `SSL_CERT_FILE`.
+    pub bundle: PathBuf,
+}
+
+/// Where Debian, Fedora and Alpine keep the system's root certificates.
+pub const SYSTEM_ROOT_FILES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The system's root certificates as PEM, from the first of
+/// [`SYSTEM_ROOT_FILES`] that exists; empty when none does.
+pub fn system_roots_pem() -> String {
+    SYSTEM_ROOT_FILES
+        .iter()
+        .find_map(|path| fs::read_to_string(path).ok())
+        .unwrap_or_default()
+}
+
+/// The system's roots followed by `ca_pem`: a bundle that trusts both.
+pub fn combined_bundle(ca_pem: &str) -> String {
+    let mut roots = system_roots_pem();
+    if !roots.is_empty() && !roots.ends_with('\n') {
+        roots.push('\n');
+    }
+    roots + ca_pem
+}
+
+/// Writes a CA as `<stem>.crt` and `<stem>.key` (mode 0600) into `dir`, and
+/// `<stem>-bundle.crt` with the system's roots and the CA.
+pub fn write_authority(dir: &Path, stem: &str, ca: &CertificateAuthority) -> Result<AuthorityFiles> {
+    fs::create_dir_all(dir).map_err(|source| Error::CreateDirectory {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let files = AuthorityFiles {
+        cert: dir.join(format!("{stem}.crt")),
+        key: dir.join(format!("{stem}.key")),
+        bundle: dir.join(format!("{stem}-bundle.crt")),
+    };
+    replace_file(&files.key, &ca.key_pem(), Visibility::OwnerOnly)?;
+    replace_file(&files.cert, ca.cert_pem(), Visibility::Public)?;
+    replace_file(&files.bundle, &combined_bundle(ca.cert_pem()), Visibility::Public)?;
+    Ok(files)
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Visibility {
     /// Mode 0644: certificates are public.

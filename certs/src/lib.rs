@@ -8,12 +8,14 @@
 
 pub mod authority;
 pub mod bundle;
+pub mod leaf;
 pub mod pem;
 pub mod reload;
 pub mod tls_config;
 
 pub use authority::{CertificateAuthority, IssuedCertificate};
 pub use bundle::{ServingFiles, write_serving_bundle};
+pub use leaf::LeafIssuer;
 pub use pem::{load_certs_pem, load_private_key_pem, root_store_from_pem};
 pub use reload::ReloadingCertResolver;
 pub use tls_config::{client_config, server_config};

@@ -269,14 +269,24 @@ pub fn token_from_authorization(value: &str) -> Option<String> {
     let token = if scheme.eq_ignore_ascii_case("bearer") {
         credentials.to_owned()
     } else if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = BASE64.decode(credentials).ok()?;
-        let decoded = String::from_utf8(decoded).ok()?;
-        let (_, password) = decoded.split_once(':')?;
-        password.to_owned()
+        basic_credentials(value)?.1
     } else {
         return None;
     };
     (!token.is_empty() && !token.chars().any(char::is_control)).then_some(token)
+}
+
+/// `(username, password)` of `Basic base64(username:password)`; the password
+/// is everything after the first `:`. None if absent or malformed.
+pub fn basic_credentials(value: &str) -> Option<(String, String)> {
+    let (scheme, credentials) = value.trim_matches([' ', '\t']).split_once([' ', '\t'])?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = BASE64.decode(credentials.trim_matches([' ', '\t'])).ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (username, password) = decoded.split_once(':')?;
+    Some((username.to_owned(), password.to_owned()))
 }
 
 /// Splits one CSV line (RFC 4180 quoting: `"a,b"`, `""` for a quote).

@@ -6,8 +6,10 @@
 pub mod caller;
 pub mod challenge;
 pub mod credential;
+pub mod forward;
 pub mod metrics;
 pub mod realm;
+pub mod resolve;
 pub mod reverse;
 pub mod route;
 pub mod server;

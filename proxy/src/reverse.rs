@@ -26,6 +26,7 @@ use crate::challenge::{self, Challenge, Scheme, Scope};
 use crate::credential::{self, UpstreamCredential};
 use crate::metrics::{ByteLabels, ConnectorLabels, Metrics, RequestLabels, status_class};
 use crate::realm::check_realm;
+use crate::resolve::Pins;
 use crate::route::{self, ConnectorRoute, Endpoint, Route};
 use crate::splice::{self, ClientSocket};
 use crate::token::{self, Source, Token, TokenCache, TokenKey};
@@ -48,6 +49,8 @@ pub struct ReverseOptions {
     /// Skip upstream TLS verification for every connector. Off by default;
     /// only for registries with certificates nobody can verify.
     pub insecure_upstream_tls: bool,
+    /// Hosts dialed at fixed addresses (`--resolve`).
+    pub pins: Pins,
 }
 
 /// How an upstream wants to be authenticated, learned from its `/v2/`.
@@ -56,6 +59,24 @@ enum UpstreamAuth {
     Anonymous,
     Basic,
     Bearer { realm: String, service: String },
+}
+
+/// How a client reached the pipeline: through the `/v2/namespaces/...`
+/// prefix, or through the forward proxy at the registry's own address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Reverse,
+    Forward,
+}
+
+impl Mode {
+    /// The `mode` metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Reverse => "reverse",
+            Mode::Forward => "forward",
+        }
+    }
 }
 
 /// The reverse proxy.
@@ -102,6 +123,8 @@ struct Target {
     registry_host: String,
     credential: Option<UpstreamCredential>,
     client: UpstreamClient,
+    /// How the client addresses the registry.
+    mode: Mode,
 }
 
 impl ReverseProxy {
@@ -118,7 +141,7 @@ impl ReverseProxy {
             authenticator,
             authorizer,
             tokens: TokenCache::default(),
-            clients: UpstreamClients::new(),
+            clients: UpstreamClients::new(options.pins.clone()),
             upstream_auth: Mutex::new(HashMap::new()),
             options,
             metrics: Arc::new(Metrics::default()),
@@ -133,7 +156,62 @@ impl ReverseProxy {
     {
         let request = request.map(|b| b.map_err(Into::into).boxed());
         let mut connector_label = String::new();
-        let response = match self.route(request, &mut connector_label).await {
+        let result = self.route(request, &mut connector_label).await;
+        self.answer(result, connector_label, Mode::Reverse)
+    }
+
+    /// Answers one request that reached the forward proxy for `key`'s
+    /// registry, from a caller authenticated on the tunnel. The path is the
+    /// registry's own (`/v2/<repository>/...`), and so are the URLs in the
+    /// response.
+    pub async fn handle_forwarded<B>(
+        &self,
+        identity: &Identity,
+        key: &ConnectorKey,
+        request: Request<B>,
+    ) -> Response<ProxyBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let request = request.map(|b| b.map_err(Into::into).boxed());
+        let result = self.route_forwarded(identity, key, request).await;
+        self.answer(result, key.to_string(), Mode::Forward)
+    }
+
+    async fn route_forwarded(
+        &self,
+        identity: &Identity,
+        key: &ConnectorKey,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        let route = route::parse_origin_route(request.uri().path(), key)
+            .map_err(|e| Failure::new(StatusCode::NOT_FOUND, e.oci_code(), e.to_string()))?;
+        match route {
+            // NB: the tunnel is authenticated; a challenge here would only
+            // make clients look for credentials they do not have.
+            Route::Base => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"))),
+            Route::Catalog => Ok(json_response(
+                StatusCode::OK,
+                Bytes::from_static(br#"{"repositories":[]}"#),
+            )),
+            Route::Connector(route) => {
+                // Authorized per request, so a revocation ends a long tunnel's use.
+                self.authorize(identity, key).await?;
+                let target = self.target(key, Mode::Forward)?;
+                tracing::debug!(connector = %key, caller = %identity.username, method = %request.method(), "proxying (forward)");
+                self.forward(&target, &route, request).await
+            }
+        }
+    }
+
+    fn answer(
+        &self,
+        result: Result<Response<ProxyBody>, Failure>,
+        connector_label: String,
+        mode: Mode,
+    ) -> Response<ProxyBody> {
+        let response = match result {
             Ok(response) => response,
             Err(failure) => {
                 if failure.status.is_server_error() {
@@ -146,7 +224,7 @@ impl ReverseProxy {
             .requests
             .get_or_create(&RequestLabels {
                 connector: connector_label,
-                mode: "reverse",
+                mode: mode.label(),
                 status: status_class(response.status().as_u16()),
             })
             .inc();
@@ -174,7 +252,7 @@ impl ReverseProxy {
             Route::Connector(route) => {
                 let identity = self.authenticate(request.headers()).await?;
                 self.authorize(&identity, &route.key).await?;
-                let target = self.target(&route.key)?;
+                let target = self.target(&route.key, Mode::Reverse)?;
                 *label = route.key.to_string();
                 tracing::debug!(connector = %route.key, caller = %identity.username, method = %request.method(), "proxying");
                 self.forward(&target, &route, request).await
@@ -216,7 +294,7 @@ impl ReverseProxy {
         }
     }
 
-    fn target(&self, key: &ConnectorKey) -> Result<Target, Failure> {
+    fn target(&self, key: &ConnectorKey, mode: Mode) -> Result<Target, Failure> {
         let connector = self.connectors.connector(key).ok_or_else(|| {
             Failure::new(
                 StatusCode::NOT_FOUND,
@@ -259,6 +337,7 @@ impl ReverseProxy {
             connector,
             credential,
             client,
+            mode,
         })
     }
 
@@ -357,6 +436,7 @@ impl ReverseProxy {
         mut response: Response<hyper::body::Incoming>,
         scopes: &BTreeSet<String>,
     ) -> Result<Response<ProxyBody>, Failure> {
+        let mode = target.mode;
         let mut response_url = request_url.clone();
         let follow = matches!(parts.method, Method::GET | Method::HEAD) && matches!(route.endpoint, Endpoint::Blob(_));
         let mut hops = 0;
@@ -429,7 +509,11 @@ impl ReverseProxy {
             ));
         }
         let mut headers = downstream_headers(response.headers());
-        if let Some(location) = response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()) {
+        // NB: a forward-mode client talks to the registry's origin itself,
+        // so its URLs stay as they are.
+        if mode == Mode::Reverse
+            && let Some(location) = response.headers().get(header::LOCATION).and_then(|v| v.to_str().ok())
+        {
             match route::rewrite_location(location, &response_url, &target.base, &target.key) {
                 Some(mapped) => {
                     headers.insert(
@@ -446,18 +530,8 @@ impl ReverseProxy {
                 }
             }
         }
-        headers.remove(header::LINK);
-        for link in response
-            .headers()
-            .get_all(header::LINK)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-        {
-            if let Some(mapped) = route::rewrite_link(link, &response_url, &target.base, &target.key)
-                && let Ok(v) = HeaderValue::from_str(&mapped)
-            {
-                headers.append(header::LINK, v);
-            }
+        if mode == Mode::Reverse {
+            self.rewrite_links(&mut headers, response.headers(), &response_url, target);
         }
         if let Endpoint::Blob(digest) = &route.endpoint
             && status.is_success()
@@ -500,6 +574,19 @@ impl ReverseProxy {
         *out.status_mut() = status;
         *out.headers_mut() = headers;
         Ok(out)
+    }
+
+    /// `Link` headers (pagination) mapped into the proxy's URL space; links
+    /// that cannot be mapped are dropped.
+    fn rewrite_links(&self, headers: &mut HeaderMap, upstream: &HeaderMap, response_url: &Url, target: &Target) {
+        headers.remove(header::LINK);
+        for link in upstream.get_all(header::LINK).iter().filter_map(|v| v.to_str().ok()) {
+            if let Some(mapped) = route::rewrite_link(link, response_url, &target.base, &target.key)
+                && let Ok(v) = HeaderValue::from_str(&mapped)
+            {
+                headers.append(header::LINK, v);
+            }
+        }
     }
 
     /// Re-sends a body-less request to the registry (for a fresh redirect).

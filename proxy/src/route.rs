@@ -189,6 +189,32 @@ pub fn parse_route(raw_path: &str) -> Result<Route> {
         return Err(RouteError::InvalidConnectorName(name.clone()));
     }
 
+    connector_route(ConnectorKey::new(namespace.clone(), name.clone()), tail, trailing_slash)
+}
+
+/// Parses an origin-form path as a client of the registry itself sends it
+/// (`/v2/<repository>/<endpoint>`), for the connector `key` that the forward
+/// proxy chose by host. Same decoding and validation as [`parse_route`].
+pub fn parse_origin_route(raw_path: &str, key: &ConnectorKey) -> Result<Route> {
+    if raw_path == "/v2" || raw_path == "/v2/" {
+        return Ok(Route::Base);
+    }
+    let Some(rest) = raw_path.strip_prefix("/v2/") else {
+        return Err(RouteError::NotFound);
+    };
+    check_raw_path(raw_path)?;
+    if rest == "_catalog" {
+        return Ok(Route::Catalog);
+    }
+    let (rest, trailing_slash) = match rest.strip_suffix('/') {
+        Some(without) => (without, true),
+        None => (rest, false),
+    };
+    let segments = rest.split('/').map(decode_segment).collect::<Result<Vec<_>>>()?;
+    connector_route(key.clone(), &segments, trailing_slash)
+}
+
+fn connector_route(key: ConnectorKey, tail: &[String], trailing_slash: bool) -> Result<Route> {
     let (repository, endpoint) = split_endpoint(tail, trailing_slash)?;
     if repository.is_empty() {
         return Err(RouteError::NotFound);
@@ -198,7 +224,7 @@ pub fn parse_route(raw_path: &str) -> Result<Route> {
         return Err(RouteError::InvalidRepository(repository));
     }
     Ok(Route::Connector(ConnectorRoute {
-        key: ConnectorKey::new(namespace.clone(), name.clone()),
+        key,
         repository,
         endpoint,
     }))

@@ -35,6 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use crate::resolve::Pins;
 use crate::upstream::{BoxError, ProxyBody};
 
 /// A relay that makes no progress for this long is abandoned.
@@ -265,15 +266,17 @@ impl Connection for UpstreamIo {
     }
 }
 
-/// An [`HttpConnector`] whose plain-HTTP connections can be relayed from.
+/// An [`HttpConnector`] whose plain-HTTP connections can be relayed from,
+/// dialing pinned hosts at their pinned address.
 #[derive(Clone)]
 pub struct RelayConnector {
     http: HttpConnector,
+    pins: Arc<Pins>,
 }
 
 impl RelayConnector {
-    pub fn new(http: HttpConnector) -> Self {
-        Self { http }
+    pub fn new(http: HttpConnector, pins: Arc<Pins>) -> Self {
+        Self { http, pins }
     }
 }
 
@@ -288,7 +291,18 @@ impl Service<hyper::Uri> for RelayConnector {
 
     fn call(&mut self, uri: hyper::Uri) -> Self::Future {
         let offer = uri.scheme() == Some(&hyper::http::uri::Scheme::HTTP);
-        let connecting = self.http.call(uri);
+        let port = uri.port_u16().unwrap_or(if offer { 80 } else { 443 });
+        // NB: only the dial changes; TLS still verifies the name in `uri`.
+        let dial = match uri.host().and_then(|host| self.pins.lookup(host, port)) {
+            Some(pinned) => hyper::Uri::builder()
+                .scheme(uri.scheme_str().unwrap_or("http"))
+                .authority(pinned.to_string())
+                .path_and_query("/")
+                .build()
+                .unwrap_or(uri),
+            None => uri,
+        };
+        let connecting = self.http.call(dial);
         Box::pin(async move {
             let stream = connecting.await?.into_inner();
             Ok(TokioIo::new(UpstreamIo {

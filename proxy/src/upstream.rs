@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::RootCertStore;
 
+use crate::resolve::Pins;
 use crate::splice::RelayConnector;
 
 /// The error type of proxied bodies.
@@ -53,18 +54,20 @@ struct TrustKey {
 /// Clients by trust configuration, built once and shared.
 pub struct UpstreamClients {
     roots: Arc<RootCertStore>,
+    pins: Arc<Pins>,
     clients: Mutex<HashMap<TrustKey, UpstreamClient>>,
 }
 
 impl Default for UpstreamClients {
     fn default() -> Self {
-        Self::new()
+        Self::new(Pins::default())
     }
 }
 
 impl UpstreamClients {
-    /// Trusts the Mozilla (webpki) roots and the system's roots.
-    pub fn new() -> Self {
+    /// Trusts the Mozilla (webpki) roots and the system's roots; dials
+    /// pinned hosts at their pinned addresses.
+    pub fn new(pins: Pins) -> Self {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let native = rustls_native_certs::load_native_certs();
@@ -72,6 +75,7 @@ impl UpstreamClients {
         tracing::debug!(added, "system root certificates loaded");
         Self {
             roots: Arc::new(roots),
+            pins: Arc::new(pins),
             clients: Mutex::new(HashMap::new()),
         }
     }
@@ -128,7 +132,7 @@ impl UpstreamClients {
             .with_tls_config(config)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(RelayConnector::new(http));
+            .wrap_connector(RelayConnector::new(http, self.pins.clone()));
         // NB: hyper's adaptive read buffer, capped: it grows for blobs but
         // stops at 256 KiB (hyper's default cap is ~400 KiB), which bounds
         // memory per stream without a fixed small buffer's extra reads.

@@ -3,13 +3,11 @@
 //! token file, certificates generated into a state directory. No cluster.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use certs::CertificateAuthority;
-use proxy::reverse::ReverseOptions;
 use proxy::server::ServerLimits;
 use webhook::metrics::Metrics;
 use webhook::mutation::InjectionConfig;
@@ -25,10 +23,14 @@ pub struct Args {
     /// Webhook address (HTTPS).
     #[arg(long, default_value = "127.0.0.1:8443")]
     webhook_listen: SocketAddr,
-    /// Where generated certificates are kept.
-    #[arg(long, env = "CONNECTORS_STATE_DIR", default_value = "target/connectors-up")]
-    state_dir: PathBuf,
+    /// Forward mode, on 127.0.0.1:3128 unless `--forward-listen` says
+    /// otherwise; generated certificates are kept in `--state-dir`.
+    #[command(flatten)]
+    forward: super::proxy::ForwardArgs,
 }
+
+/// Forward mode's address when `up` is not told one.
+const DEFAULT_FORWARD_LISTEN: &str = "127.0.0.1:3128";
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -36,15 +38,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let (store, proxy) = super::proxy::standalone_proxy(&args.standalone, ReverseOptions::default())?;
-    let cert = args.state_dir.join("tls.crt");
+    let mut forward_args = args.forward.clone();
+    forward_args.forward_listen = forward_args
+        .forward_listen
+        .or_else(|| DEFAULT_FORWARD_LISTEN.parse().ok());
+    let state_dir = forward_args.state_dir.clone();
+    let standalone = super::proxy::Standalone::start(&args.standalone, forward_args.reverse_options())?;
+    let (store, proxy) = (standalone.store.clone(), standalone.reverse.clone());
+    let cert = state_dir.join("tls.crt");
     if !cert.exists() {
         let year = Duration::from_secs(365 * 24 * 3600);
         let ca = CertificateAuthority::generate("connectors standalone CA", year)?;
         let issued = ca.issue_serving(&["localhost".into()], &[args.webhook_listen.ip()], year)?;
-        certs::write_serving_bundle(&args.state_dir, &ca, &issued)?;
+        certs::write_serving_bundle(&state_dir, &ca, &issued)?;
     }
-    let resolver = certs::ReloadingCertResolver::load(cert, args.state_dir.join("tls.key"))
+    let resolver = certs::ReloadingCertResolver::load(cert, state_dir.join("tls.key"))
         .context("failed to load the standalone certificate")?;
     let tls = certs::server_config(resolver, &[b"h2", b"http/1.1"])?;
 
@@ -68,7 +76,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         let _ = rx.wait_for(|stopped| *stopped).await;
     };
     tracing::info!(addr = %proxy_addr, mode = "reverse", "proxy listening");
-    let ca = args.state_dir.join("ca.crt");
+    let ca = state_dir.join("ca.crt");
     let webhook = webhook::server::serve_tls(
         args.webhook_listen,
         webhook::server::router(webhook_state),
@@ -77,6 +85,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         Duration::from_secs(10),
         move |addr| tracing::info!(%addr, ca = %ca.display(), "webhook listening"),
     );
+    let forward = standalone.serve_forward(&forward_args, ServerLimits::default(), until_stopped(stopped.clone()));
     let proxy = proxy::server::serve(
         listener,
         proxy,
@@ -84,7 +93,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         ServerLimits::default(),
         until_stopped(stopped),
     );
-    let (webhook, proxy) = tokio::join!(webhook, proxy);
+    let (webhook, proxy, forward) = tokio::join!(webhook, proxy, forward);
     webhook.context("the webhook failed")?;
+    forward?;
     proxy.context("the proxy failed")
 }

@@ -1,0 +1,210 @@
+//! Leaf certificates for TLS interception: one short-lived ECDSA P-256
+//! certificate per host, minted by the proxy's CA on first use and cached
+//! (bounded) until shortly before it expires. Each comes with the full chain.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use rustls::sign::CertifiedKey;
+
+use crate::authority::{self, CertificateAuthority};
+use crate::pem;
+
+/// How long a minted leaf is valid.
+pub const LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
+
+/// A cached leaf is replaced once less than this is left.
+pub const LEAF_RENEW_BEFORE: Duration = Duration::from_secs(3600);
+
+/// How many hosts' leaves are kept.
+pub const LEAF_CACHE_CAPACITY: usize = 1024;
+
+/// Why a leaf cannot be minted.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to issue a leaf certificate for {host}: {source}")]
+    Issue {
+        host: String,
+        #[source]
+        source: authority::Error,
+    },
+    #[error("failed to load the leaf certificate for {host}: {message}")]
+    Load { host: String, message: String },
+}
+
+/// Result of leaf minting.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+struct Cached {
+    key: Arc<CertifiedKey>,
+    not_after: SystemTime,
+    last_used: u64,
+}
+
+/// Mints and caches leaf certificates.
+pub struct LeafIssuer {
+    ca: Arc<CertificateAuthority>,
+    valid_for: Duration,
+    capacity: usize,
+    cache: Mutex<LeafCache>,
+}
+
+#[derive(Default)]
+struct LeafCache {
+    entries: HashMap<String, Cached>,
+    clock: u64,
+    minted: u64,
+}
+
+impl LeafIssuer {
+    pub fn new(ca: Arc<CertificateAuthority>) -> Self {
+        Self::with_limits(ca, LEAF_VALIDITY, LEAF_CACHE_CAPACITY)
+    }
+
+    pub fn with_limits(ca: Arc<CertificateAuthority>, valid_for: Duration, capacity: usize) -> Self {
+        Self {
+            ca,
+            valid_for,
+            capacity: capacity.max(1),
+            cache: Mutex::new(LeafCache::default()),
+        }
+    }
+
+    /// The CA the leaves chain to.
+    pub fn authority(&self) -> &CertificateAuthority {
+        &self.ca
+    }
+
+    /// How many leaves were minted so far (cache misses).
+    pub fn minted(&self) -> u64 {
+        self.lock().minted
+    }
+
+    /// The leaf for `host` (a DNS name or an IP address, lower-cased by the
+    /// caller): from the cache, or minted now.
+    pub fn certified_key(&self, host: &str) -> Result<Arc<CertifiedKey>> {
+        let now = SystemTime::now();
+        {
+            let mut cache = self.lock();
+            cache.clock += 1;
+            let clock = cache.clock;
+            if let Some(entry) = cache.entries.get_mut(host)
+                && entry.not_after > now + LEAF_RENEW_BEFORE.min(self.valid_for / 2)
+            {
+                entry.last_used = clock;
+                return Ok(entry.key.clone());
+            }
+        }
+        // NB: minted outside the lock; two first handshakes for one host may
+        // both mint, and the later one is kept. Cheaper than serialising all.
+        let (key, not_after) = self.mint(host)?;
+        let mut cache = self.lock();
+        cache.minted += 1;
+        if cache.entries.len() >= self.capacity && !cache.entries.contains_key(host) {
+            // Expired entries first, then the least recently used.
+            cache.entries.retain(|_, entry| entry.not_after > now);
+            if cache.entries.len() >= self.capacity
+                && let Some(oldest) = cache
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, entry)| entry.last_used)
+                    .map(|(host, _)| host.clone())
+            {
+                cache.entries.remove(&oldest);
+            }
+        }
+        let last_used = cache.clock;
+        cache.entries.insert(
+            host.to_owned(),
+            Cached {
+                key: key.clone(),
+                not_after,
+                last_used,
+            },
+        );
+        Ok(key)
+    }
+
+    fn mint(&self, host: &str) -> Result<(Arc<CertifiedKey>, SystemTime)> {
+        let (names, ips) = match host.parse::<IpAddr>() {
+            Ok(ip) => (Vec::new(), vec![ip]),
+            Err(_) => (vec![host.to_owned()], Vec::new()),
+        };
+        let issued = self
+            .ca
+            .issue_serving(&names, &ips, self.valid_for)
+            .map_err(|source| Error::Issue {
+                host: host.to_owned(),
+                source,
+            })?;
+        let load = |message: String| Error::Load {
+            host: host.to_owned(),
+            message,
+        };
+        let chain = pem::load_certs_pem(&issued.cert_pem).map_err(|e| load(e.to_string()))?;
+        let key = pem::load_private_key_pem(&issued.key_pem).map_err(|e| load(e.to_string()))?;
+        let signing = crate::tls_config::crypto_provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| load(e.to_string()))?;
+        Ok((Arc::new(CertifiedKey::new(chain, signing)), issued.not_after))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LeafCache> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn issuer(capacity: usize) -> LeafIssuer {
+        let ca = CertificateAuthority::generate("leaf test CA", Duration::from_secs(3600 * 48)).unwrap();
+        LeafIssuer::with_limits(Arc::new(ca), LEAF_VALIDITY, capacity)
+    }
+
+    #[test]
+    fn leaves_are_cached_per_host_and_carry_the_chain() {
+        let issuer = issuer(8);
+        let first = issuer.certified_key("registry.test").unwrap();
+        let again = issuer.certified_key("registry.test").unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(issuer.minted(), 1);
+        assert_eq!(first.cert.len(), 2, "leaf and CA");
+        assert_eq!(&first.cert[1], issuer.authority().cert_der());
+        let ip = issuer.certified_key("127.0.0.2").unwrap();
+        let parsed = authority::parse_certificate(&ip.cert[0]).unwrap();
+        let sans = parsed.subject_alternative_name().unwrap().unwrap();
+        assert!(
+            format!("{:?}", sans.value).contains("IPAddress([127, 0, 0, 2])"),
+            "{:?}",
+            sans.value
+        );
+        assert_eq!(issuer.minted(), 2);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_and_evicts_the_least_recently_used() {
+        let issuer = issuer(2);
+        issuer.certified_key("a.test").unwrap();
+        issuer.certified_key("b.test").unwrap();
+        issuer.certified_key("a.test").unwrap();
+        issuer.certified_key("c.test").unwrap();
+        assert_eq!(issuer.lock().entries.len(), 2);
+        assert!(issuer.lock().entries.contains_key("a.test"));
+        assert!(!issuer.lock().entries.contains_key("b.test"));
+    }
+
+    #[test]
+    fn short_lived_leaves_are_reused_until_half_their_life() {
+        let ca = CertificateAuthority::generate("leaf test CA", Duration::from_secs(3600 * 48)).unwrap();
+        // Valid for 10 minutes: always inside the renewal window.
+        let issuer = LeafIssuer::with_limits(Arc::new(ca), Duration::from_secs(600), 4);
+        issuer.certified_key("a.test").unwrap();
+        issuer.certified_key("a.test").unwrap();
+        assert_eq!(issuer.minted(), 1, "half the validity is still left");
+    }
+}

@@ -1,0 +1,297 @@
+//! `connectors proxy --forward-listen` as the `HTTPS_PROXY` of unchanged
+//! clients: real skopeo and curl reach a TLS registry (Debian
+//! `docker-registry`) by the name `registry.test`, which only the proxy's
+//! `--resolve` knows, with no credential of their own, trusting only the
+//! interception CA; digests equal end to end. Refusals: no proxy
+//! credential, a wrong token, another namespace's connector, a host that is
+//! no connector's, a metadata address, a TLS client naming another host.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use support::Process;
+use testing::{CopyOptions, InspectOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, TestTls};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const USER: &str = "robot$lab+forward";
+const PASSWORD: &str = "Fw-Pa55-never-leaks-31d7";
+const TEAM_TOKEN: &str = "team-forward-token-5b2e";
+const OTHER_TOKEN: &str = "other-forward-token-90ac";
+
+/// A TLS registry named `registry.test`, and the proxy in front of it.
+struct Lab {
+    registry: Registry,
+    proxy: Process,
+    forward: SocketAddr,
+    dir: tempfile::TempDir,
+    /// Holds the interception CA as `ca.crt`, for `--cert-dir`.
+    trust_dir: PathBuf,
+    _tls: TestTls,
+}
+
+impl Lab {
+    async fn start(extra_args: &[&str]) -> Self {
+        let tls = TestTls::for_loopback().unwrap();
+        let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD).tls(&tls))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let port = registry.port();
+        let ca = tls.ca_pem().replace('\n', "\n    ");
+        let store = format!(
+            r#"
+apiVersion: v1
+kind: Secret
+metadata: {{name: robot, namespace: team}}
+type: kubernetes.io/basic-auth
+stringData: {{username: "{USER}", password: "{PASSWORD}"}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: registry-ca, namespace: team}}
+stringData:
+  ca.crt: |
+    {ca}
+---
+apiVersion: connectors.alauda.io/v1alpha1
+kind: Connector
+metadata: {{name: lab, namespace: team}}
+spec:
+  connectorClassName: oci
+  address: "https://registry.test:{port}"
+  auth: {{name: basicAuth, secretRef: {{name: robot}}}}
+  caCertSecretRef: {{name: registry-ca}}
+"#
+        );
+        std::fs::write(dir.path().join("store.yaml"), store).unwrap();
+        std::fs::write(
+            dir.path().join("tokens.csv"),
+            format!(
+                "{TEAM_TOKEN},system:serviceaccount:team:builder,uid-1\n{OTHER_TOKEN},system:serviceaccount:other:builder,uid-2\n"
+            ),
+        )
+        .unwrap();
+        let state = dir.path().join("state");
+        let resolve = format!("registry.test:{port}:127.0.0.1");
+        let mut args = vec![
+            "proxy",
+            "--store",
+            dir.path().join("store.yaml").to_str().unwrap(),
+            "--token-auth-file",
+            dir.path().join("tokens.csv").to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--forward-listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--resolve",
+            &resolve,
+            "--verbose",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
+        args.extend(extra_args.iter().map(|a| (*a).to_owned()));
+        let args = args.iter().map(String::as_str).collect::<Vec<_>>();
+        let (proxy, forward) = Process::start(&args, "forward proxy listening");
+        let trust_dir = dir.path().join("trust");
+        std::fs::create_dir_all(&trust_dir).unwrap();
+        std::fs::copy(state.join("proxy-ca.crt"), trust_dir.join("ca.crt")).unwrap();
+        Lab {
+            registry,
+            proxy,
+            forward,
+            dir,
+            trust_dir,
+            _tls: tls,
+        }
+    }
+
+    fn reference(&self, repository_and_tag: &str) -> String {
+        format!("docker://registry.test:{}/{repository_and_tag}", self.registry.port())
+    }
+
+    /// `http://<connectors>:<token>@127.0.0.1:PORT`, as the webhook injects it.
+    fn proxy_url(&self, connectors: &str, token: &str) -> String {
+        format!("http://{}:{token}@{}", connectors.replace('/', "%2F"), self.forward)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn assert_no_credential_in_logs(&self) {
+        assert_no_secret(&self.proxy.log_text(), "proxy logs");
+    }
+}
+
+fn assert_no_secret(text: &str, what: &str) {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
+    assert!(!text.contains(PASSWORD), "the registry password appears in {what}");
+    assert!(!text.contains(&basic), "the Basic credential appears in {what}");
+}
+
+fn skopeo() -> Skopeo {
+    Skopeo::new()
+        .expect("skopeo is installed (bash .ci/install)")
+        .with_timeout(Duration::from_secs(180))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_and_curl_work_through_https_proxy_with_no_credential_of_their_own() {
+    let lab = Lab::start(&[]).await;
+    let layout = OciLayout::new(&lab.dir.path().join("layout")).unwrap();
+    let image = layout.add_image("v1", &[32 * 1024, 2 * 1024 * 1024], 11).unwrap();
+    let proxy = lab.proxy_url("team/lab", TEAM_TOKEN);
+    // No --creds: the proxy injects the robot's credential; only the
+    // interception CA is trusted.
+    let access = RegistryAccess::https(&lab.trust_dir);
+    let push = CopyOptions::default().dest(access.clone()).env("HTTPS_PROXY", &proxy);
+    let pushed = skopeo()
+        .copy(&layout.reference("v1"), &lab.reference("lab/forward:v1"), &push)
+        .await
+        .unwrap();
+    assert_no_secret(&format!("{}{}", pushed.stdout, pushed.stderr), "skopeo's output");
+    assert_eq!(
+        lab.registry.manifest_digest("lab/forward", "v1").await.unwrap(),
+        image.manifest.digest,
+        "the registry holds what was pushed"
+    );
+
+    let inspect = InspectOptions::from(access.clone()).env("HTTPS_PROXY", &proxy);
+    let inspected = skopeo()
+        .inspect(&lab.reference("lab/forward:v1"), &inspect)
+        .await
+        .unwrap();
+    assert_eq!(inspected["Digest"], image.manifest.digest.as_str());
+
+    let out = OciLayout::new(&lab.dir.path().join("pulled")).unwrap();
+    let pull = CopyOptions::default().src(access).env("HTTPS_PROXY", &proxy);
+    skopeo()
+        .copy(&lab.reference("lab/forward:v1"), &out.reference("v1"), &pull)
+        .await
+        .unwrap();
+    for layer in &image.layers {
+        let pulled = testing::sha256_file(&out.blob_path(&layer.digest)).unwrap();
+        assert_eq!(pulled.to_string(), layer.digest);
+    }
+
+    // curl as a second client, trusting the combined bundle of the state dir.
+    let bundle = lab.state_dir().join("proxy-ca-bundle.crt");
+    let output = tokio::process::Command::new("curl")
+        .args(["-sS", "-D", "-", "-o", "/dev/null", "--max-time", "60"])
+        .arg("--proxy")
+        .arg(&proxy)
+        .arg("--cacert")
+        .arg(&bundle)
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .arg(format!(
+            "https://registry.test:{}/v2/lab/forward/manifests/v1",
+            lab.registry.port()
+        ))
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .output()
+        .await
+        .unwrap();
+    let headers = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    assert!(
+        output.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(headers.contains(" 200"), "{headers}");
+    assert!(
+        headers.contains(&format!("docker-content-digest: {}", image.manifest.digest)),
+        "{headers}"
+    );
+    assert_no_secret(&headers, "curl's response headers");
+    lab.assert_no_credential_in_logs();
+}
+
+/// Sends a CONNECT and returns the status line and headers.
+async fn connect(forward: SocketAddr, target: &str, proxy_authorization: Option<&str>) -> (TcpStream, String) {
+    let mut stream = TcpStream::connect(forward).await.unwrap();
+    let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some(value) = proxy_authorization {
+        request.push_str(&format!("Proxy-Authorization: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 16 * 1024 {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    (stream, String::from_utf8_lossy(&head).into_owned())
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_and_hosts_the_proxy_must_not_serve_are_refused() {
+    let lab = Lab::start(&["--forward-tunnel-host", "169.254.169.254"]).await;
+    let registry = format!("registry.test:{}", lab.registry.port());
+    let before = lab.registry.access_log_lines("/v2/").len();
+
+    let (_, head) = connect(lab.forward, &registry, None).await;
+    assert!(head.starts_with("HTTP/1.1 407"), "{head}");
+    assert!(
+        head.contains("proxy-authenticate: Basic realm=\"connectors\""),
+        "{head}"
+    );
+
+    let (_, head) = connect(lab.forward, &registry, Some(&basic("team%2Flab", "not-a-token"))).await;
+    assert!(head.starts_with("HTTP/1.1 407"), "a wrong token: {head}");
+
+    let (_, head) = connect(lab.forward, &registry, Some(&basic("team%2Flab", OTHER_TOKEN))).await;
+    assert!(
+        head.starts_with("HTTP/1.1 403"),
+        "another namespace's connector: {head}"
+    );
+
+    let (_, head) = connect(lab.forward, "example.org:443", Some(&basic("team%2Flab", TEAM_TOKEN))).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "a host of no connector: {head}");
+
+    let (_, head) = connect(lab.forward, "169.254.169.254:80", Some(&basic("", TEAM_TOKEN))).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "a metadata address: {head}");
+
+    // Intercepted, but the TLS client names another host than its CONNECT.
+    let (stream, head) = connect(lab.forward, &registry, Some(&basic("team%2Flab", TEAM_TOKEN))).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let roots =
+        certs::root_store_from_pem(&std::fs::read_to_string(lab.state_dir().join("proxy-ca.crt")).unwrap()).unwrap();
+    let config = certs::client_config(roots, &[b"http/1.1"]).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let other = rustls::pki_types::ServerName::try_from("other.test").unwrap();
+    assert!(
+        connector.connect(other, stream).await.is_err(),
+        "no leaf for a name the CONNECT did not ask for"
+    );
+
+    assert_eq!(
+        lab.registry.access_log_lines("/v2/").len(),
+        before,
+        "no refused caller caused an upstream request"
+    );
+    lab.assert_no_credential_in_logs();
+}
