@@ -297,7 +297,10 @@ mod tests {
 
     const TOKEN: &str = "eyJhbGciOi.secret-token.sig";
 
-    fn request(attributes: &[(&str, &str)]) -> NodePublishVolumeRequest {
+    /// Volume attributes to set (an empty value removes the key).
+    type Attributes<'a> = &'a [(&'a str, &'a str)];
+
+    fn request(attributes: Attributes) -> NodePublishVolumeRequest {
         let mut context: HashMap<String, String> = [
             (EPHEMERAL, "true"),
             (POD_NAME, "app-0"),
@@ -334,7 +337,7 @@ mod tests {
 
     #[test]
     fn connector_attributes_resolve_relative_names_in_the_pod_namespace() {
-        let cases: &[(&[(&str, &str)], &[&str])] = &[
+        let cases: &[(Attributes, &[&str])] = &[
             (&[("connectors", "harbor")], &["team/harbor"]),
             (&[("connectors", "harbor, ops/hub,harbor")], &["team/harbor", "ops/hub"]),
             (&[("connector.name", "harbor")], &["team/harbor"]),
@@ -355,7 +358,7 @@ mod tests {
 
     #[test]
     fn invalid_requests_name_what_to_fix_and_never_the_token() {
-        let cases: &[(&[(&str, &str)], &str)] = &[
+        let cases: &[(Attributes, &str)] = &[
             (&[], "no connector named"),
             (&[("connectors", "a"), ("connector.name", "b")], "not both"),
             (
