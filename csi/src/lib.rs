@@ -6,9 +6,11 @@
 //!
 //! `request` validates what kubelet sends, `access` decides which connectors
 //! the pod may use, `render` turns that into file contents, `target` writes
-//! them atomically, and `server` is the gRPC shell around them.
+//! them atomically, and `server` is the gRPC shell around them (`client`
+//! dials it).
 
 pub mod access;
+pub mod client;
 pub mod render;
 pub mod request;
 pub mod server;

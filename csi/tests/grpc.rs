@@ -91,7 +91,9 @@ impl Driver {
             .await
             .expect("the plugin listens within 10s")
             .unwrap();
-        let channel = connect(socket).await;
+        let channel = csi::client::connect_unix(socket, Duration::from_secs(20))
+            .await
+            .unwrap();
         Driver {
             dir,
             proxy_ca_pem,
@@ -129,25 +131,6 @@ impl Driver {
             .expect("unpublish answers within 20s")
             .map(|_| ())
     }
-}
-
-async fn connect(socket: PathBuf) -> Channel {
-    // NB: the URI is required by the API but never dialled; every connection
-    // goes through the unix socket.
-    tonic::transport::Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(20))
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .unwrap()
 }
 
 /// A NodePublishVolume request as kubelet sends it for the webhook's inline
