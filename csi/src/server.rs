@@ -205,17 +205,24 @@ impl Node for NodeService {
         })?;
         let files = render::render(&plugin.config, &request.pod, &routes, &request.token, &request.files);
         let target = request.target_path.clone();
-        plugin
+        let changed = plugin
             .with_filesystem(move || target::write_volume(&target, &files))
             .await?;
-        tracing::info!(
-            volume_id = %request.volume_id,
-            pod = %format_args!("{}/{}", request.pod.namespace, request.pod.name),
-            connectors = %format_connector_list(&request.connectors),
-            target = %request.target_path.display(),
-            token_expires = request.token_expiration.as_deref().unwrap_or("unknown"),
-            "volume published"
-        );
+        let pod = format!("{}/{}", request.pod.namespace, request.pod.name);
+        let connectors = format_connector_list(&request.connectors);
+        let expires = request.token_expiration.as_deref().unwrap_or("unknown");
+        if changed {
+            tracing::info!(
+                volume_id = %request.volume_id,
+                %pod,
+                %connectors,
+                target = %request.target_path.display(),
+                token_expires = expires,
+                "volume published"
+            );
+        } else {
+            tracing::debug!(volume_id = %request.volume_id, %pod, "volume unchanged");
+        }
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
 

@@ -52,8 +52,14 @@ fn at<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Tar
 }
 
 /// Writes `files` into `target` (created if missing), replacing whatever an
-/// earlier publication wrote there as one atomic switch.
-pub fn write_volume(target: &Path, files: &[VolumeFile]) -> Result<()> {
+/// earlier publication wrote there as one atomic switch. Returns false, and
+/// writes nothing, when the current publication already holds exactly these
+/// files: kubelet republishes every minute or so, and the token changes far
+/// less often.
+pub fn write_volume(target: &Path, files: &[VolumeFile]) -> Result<bool> {
+    if is_current(target, files) {
+        return Ok(false);
+    }
     fs::create_dir_all(target).map_err(at("create", target))?;
     fs::set_permissions(target, fs::Permissions::from_mode(0o755)).map_err(at("set permissions on", target))?;
 
@@ -99,7 +105,30 @@ pub fn write_volume(target: &Path, files: &[VolumeFile]) -> Result<()> {
             fs::remove_file(&path).map_err(at("remove", &path))?;
         }
     }
-    sync_dir(target)
+    sync_dir(target)?;
+    Ok(true)
+}
+
+/// True when `target` shows exactly `files` (content and mode, each through
+/// its link into `..data`) and nothing else of ours.
+fn is_current(target: &Path, files: &[VolumeFile]) -> bool {
+    let Ok(entries) = fs::read_dir(target) else {
+        return false;
+    };
+    let mut links = 0;
+    for entry in entries {
+        let Ok(entry) = entry else { return false };
+        if is_link_into_data(&entry.path()) {
+            links += 1;
+        }
+    }
+    links == files.len()
+        && files.iter().all(|file| {
+            let path = target.join(file.name.as_str());
+            fs::read_link(&path).is_ok_and(|to| to == Path::new(DATA_LINK).join(file.name.as_str()))
+                && fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o7777 == file.mode)
+                && fs::read(&path).is_ok_and(|contents| contents == file.contents)
+        })
 }
 
 /// Removes everything [`write_volume`] made under `target`, then `target`
@@ -242,9 +271,15 @@ mod tests {
     fn republishing_swaps_every_file_and_leaves_one_publication() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("pods/x/mount");
-        write_volume(&target, &files("one")).unwrap();
+        assert!(write_volume(&target, &files("one")).unwrap());
         assert_eq!(fs::read_to_string(target.join("context.token")).unwrap(), "one");
-        write_volume(&target, &files("two")).unwrap();
+        let first = entries(&target);
+        assert!(
+            !write_volume(&target, &files("one")).unwrap(),
+            "an unchanged republish writes nothing"
+        );
+        assert_eq!(entries(&target), first);
+        assert!(write_volume(&target, &files("two")).unwrap());
         assert_eq!(fs::read_to_string(target.join("context.token")).unwrap(), "two");
         let names = entries(&target);
         assert_eq!(

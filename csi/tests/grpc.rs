@@ -335,6 +335,15 @@ async fn republish_with_a_new_token_refreshes_every_file() {
         .unwrap();
     let before: Vec<String> = FileName::ALL.iter().map(|&n| read(&target, n)).collect();
 
+    // kubelet republishes every minute or so; with the same token nothing
+    // is rewritten.
+    let publication = std::fs::read_link(target.join("..data")).unwrap();
+    driver
+        .publish(publish_request(&target, FIRST_TOKEN, &[]))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_link(target.join("..data")).unwrap(), publication);
+
     // kubelet republishes (requiresRepublish) with a fresh token.
     driver
         .publish(publish_request(&target, SECOND_TOKEN, &[]))
@@ -371,6 +380,7 @@ async fn republish_with_a_new_token_refreshes_every_file() {
         .filter(|n| n.starts_with(".."))
         .collect();
     assert_eq!(hidden.len(), 2, "one publication and its link: {hidden:?}");
+    assert_ne!(std::fs::read_link(target.join("..data")).unwrap(), publication);
 }
 
 #[tokio::test]
