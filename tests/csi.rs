@@ -142,6 +142,16 @@ spec: {{connectorClassName: oci, address: "{}", auth: {{name: basicAuth, secretR
     let auth_file = target.join("config.json");
     let auth_file = auth_file.to_str().unwrap();
 
+    // A malformed token attribute is refused, and logged without the token.
+    let mut malformed = publish_request(&dir.path().join("elsewhere"), POD_TOKEN);
+    malformed.volume_context.insert(
+        "csi.storage.k8s.io/serviceAccount.tokens".into(),
+        format!(r#"{{"connectors-proxy":"{POD_TOKEN}"}}"#),
+    );
+    let refused = node.node_publish_volume(malformed).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(!refused.message().contains(POD_TOKEN));
+
     // Push and pull as the pod: the auth file is the only credential.
     let reference = format!("docker://{proxy_addr}/namespaces/team/connectors/lab/csi/app:v1");
     let layout = OciLayout::new(&dir.path().join("layout")).unwrap();

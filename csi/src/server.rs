@@ -294,6 +294,8 @@ fn unimplemented(rpc: &str) -> Status {
 }
 
 fn invalid(error: RequestError) -> Status {
+    // NB: no RequestError carries the token, so it can be logged and returned.
+    tracing::warn!(%error, "invalid request");
     Status::invalid_argument(error.to_string())
 }
 
