@@ -2,6 +2,7 @@
 
 mod certs;
 mod crd;
+mod csi;
 mod mutate;
 mod proxy;
 mod up;
@@ -44,6 +45,8 @@ pub enum Command {
     Crd,
     /// Generate a CA and a serving certificate for local use.
     Certs(certs::Args),
+    /// Serve the CSI node plugin that renders per-pod client configuration.
+    Csi(csi::Args),
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -54,6 +57,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Mutate(args) => mutate::run(args),
         Command::Crd => crd::run(),
         Command::Certs(args) => certs::run(args),
+        Command::Csi(args) => csi::run(args),
     }
 }
 
@@ -104,6 +108,10 @@ pub struct InjectionArgs {
     /// The proxy CA certificate (PEM), delivered to every container.
     #[arg(long, env = "CONNECTORS_PROXY_CA")]
     pub proxy_ca: Option<std::path::PathBuf>,
+    /// Where the CSI volume with client configuration is mounted in
+    /// containers; the injected environment and the volume's files point there.
+    #[arg(long, env = "CONNECTORS_CONFIG_MOUNT_PATH", default_value = "/var/run/connectors")]
+    pub config_mount_path: String,
 }
 
 impl InjectionArgs {
@@ -111,6 +119,7 @@ impl InjectionArgs {
         use anyhow::Context;
         let mut config = InjectionConfig::new(&self.pull_address, &self.forward_proxy);
         config.install_namespace = self.install_namespace.clone();
+        config.config_mount_path = self.config_mount_path.clone();
         config.no_proxy = default_no_proxy(&self.cluster_domain, self.api_server.as_deref(), &self.no_proxy_cidrs);
         if let Some(path) = &self.proxy_ca {
             let pem = std::fs::read_to_string(path)

@@ -38,6 +38,30 @@ pub const CA_VOLUME: &str = "connectors-ca";
 /// CSI volume attribute listing the pod's connectors as `ns/name,...`.
 pub const CSI_ATTRIBUTE_CONNECTORS: &str = "connectors";
 
+/// CSI volume attribute naming one connector (instead of
+/// [`CSI_ATTRIBUTE_CONNECTORS`]), in the pod's namespace unless
+/// [`CSI_ATTRIBUTE_CONNECTOR_NAMESPACE`] says otherwise.
+pub const CSI_ATTRIBUTE_CONNECTOR_NAME: &str = "connector.name";
+pub const CSI_ATTRIBUTE_CONNECTOR_NAMESPACE: &str = "connector.namespace";
+
+/// CSI volume attribute choosing which files the volume holds
+/// (comma-separated file names; all of them when absent).
+pub const CSI_ATTRIBUTE_CONFIGURATION_NAMES: &str = "configuration.names";
+
+/// The audience of the ServiceAccount tokens the proxy accepts, and the key
+/// of the token kubelet hands the CSI driver (CSIDriver `tokenRequests`).
+pub const PROXY_TOKEN_AUDIENCE: &str = "connectors-proxy";
+
+/// The files of the CSI volume, as the webhook's environment names them.
+pub const CSI_FILE_ENV: &str = ".env";
+pub const CSI_FILE_HTTP_PROXY: &str = "http.proxy";
+pub const CSI_FILE_HTTPS_PROXY: &str = "https.proxy";
+pub const CSI_FILE_DOCKER_CONFIG: &str = "config.json";
+pub const CSI_FILE_BUILDKITD: &str = "buildkitd.toml";
+pub const CSI_FILE_CA: &str = "ca.crt";
+pub const CSI_FILE_CA_BUNDLE: &str = "ca-bundle.crt";
+pub const CSI_FILE_TOKEN: &str = "context.token";
+
 /// Namespaces that are never selected, whatever their labels say.
 pub const KUBE_SYSTEM_NAMESPACE: &str = "kube-system";
 

@@ -32,6 +32,29 @@ impl Process {
     /// As [`Process::start`], with extra environment variables (such as
     /// `KUBECONFIG`) for the process.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> (Self, SocketAddr) {
+        let (mut process, ready) = Self::spawn(args, env, ready_message);
+        let addr = ready["fields"]["addr"]
+            .as_str()
+            .and_then(|a| a.parse::<SocketAddr>().ok());
+        match addr {
+            Some(addr) => (process, addr),
+            None => {
+                let _ = process.child.kill();
+                panic!("the ready line has no address: {ready}");
+            }
+        }
+    }
+
+    /// Starts `connectors <args>` with JSON logs and waits (bounded) until a
+    /// log line with message `ready_message` appears, for servers with no
+    /// TCP address (the CSI plugin's unix socket).
+    pub fn start_until(args: &[&str], ready_message: &str) -> Self {
+        Self::spawn(args, &[], ready_message).0
+    }
+
+    /// Starts the process and returns it with the first log line whose
+    /// message is `ready_message` (waiting at most 20 s).
+    fn spawn(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> (Self, serde_json::Value) {
         let mut child = Command::new(binary())
             .args(args)
             .envs(env.iter().copied())
@@ -51,22 +74,20 @@ impl Process {
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                     if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
                         && entry["fields"]["message"] == ready_message.as_str()
-                        && let Some(addr) = entry["fields"]["addr"].as_str()
                     {
-                        let _ = tx.send(addr.parse::<SocketAddr>().unwrap());
+                        let _ = tx.send(entry);
                     }
                     logs.lock().unwrap().push(line);
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(addr) => addr,
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(ready) => (Self { child, logs }, ready),
             Err(_) => {
                 let _ = child.kill();
                 panic!("connectors did not become ready: {:?}", logs.lock().unwrap());
             }
-        };
-        (Self { child, logs }, addr)
+        }
     }
 
     /// Waits (bounded) for the process to exit and returns its status.

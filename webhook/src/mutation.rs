@@ -265,6 +265,53 @@ pub fn forward_proxy_url(forward_proxy: &str, connectors: &[ConnectorKey]) -> St
     format!("http://{user}@{forward_proxy}")
 }
 
+/// As [`forward_proxy_url`], with the caller's token as the password (both
+/// percent-encoded), e.g. `http://team%2Fharbor:<token>@host:3128`: what the
+/// CSI volume hands a pod that should authenticate by token.
+pub fn forward_proxy_url_with_password(forward_proxy: &str, connectors: &[ConnectorKey], password: &str) -> String {
+    let connectors = format_connector_list(connectors);
+    let user = utf8_percent_encode(&connectors, USERINFO);
+    let password = utf8_percent_encode(password, USERINFO);
+    format!("http://{user}:{password}@{forward_proxy}")
+}
+
+/// The environment every selected container gets, in order: the proxy
+/// variables (when `proxy_url` is given; hostNetwork pods get none), the
+/// trust bundle variables and the registry auth file variables, all pointing
+/// into the configuration volume. The CSI driver writes the same list into
+/// the volume's `.env`.
+pub fn container_env(config: &InjectionConfig, proxy_url: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut env: Vec<(&'static str, String)> = Vec::new();
+    if let Some(proxy) = proxy_url {
+        let no_proxy = config.no_proxy.join(",");
+        env.extend([
+            ("HTTP_PROXY", proxy.to_owned()),
+            ("http_proxy", proxy.to_owned()),
+            ("HTTPS_PROXY", proxy.to_owned()),
+            ("https_proxy", proxy.to_owned()),
+            ("NO_PROXY", no_proxy.clone()),
+            ("no_proxy", no_proxy),
+        ]);
+    }
+    let bundle = format!("{}/{}", config.config_mount_path, keys::CSI_FILE_CA_BUNDLE);
+    let extra_ca = if config.proxy_ca_pem.is_some() {
+        format!("{}/{}", config.ca_mount_path, keys::CSI_FILE_CA)
+    } else {
+        format!("{}/{}", config.config_mount_path, keys::CSI_FILE_CA)
+    };
+    env.extend([
+        ("SSL_CERT_FILE", bundle.clone()),
+        ("REQUESTS_CA_BUNDLE", bundle),
+        ("NODE_EXTRA_CA_CERTS", extra_ca),
+        ("DOCKER_CONFIG", config.config_mount_path.clone()),
+        (
+            "REGISTRY_AUTH_FILE",
+            format!("{}/{}", config.config_mount_path, keys::CSI_FILE_DOCKER_CONFIG),
+        ),
+    ]);
+    env
+}
+
 /// Builds the patch operations for one pod.
 struct PodPatch<'a> {
     pod: &'a Value,
@@ -291,37 +338,10 @@ impl<'a> PodPatch<'a> {
     ) -> Self {
         let host_network = spec.get("hostNetwork").and_then(Value::as_bool).unwrap_or(false);
         let keys: Vec<ConnectorKey> = routes.iter().map(|r| r.key.clone()).collect();
-        let mut env: Vec<(&'static str, String)> = Vec::new();
         // NB: hostNetwork pods share the node's address, so the proxy cannot
         // tell them apart by source IP; they get no proxy environment.
-        if !host_network {
-            let proxy = forward_proxy_url(&config.forward_proxy, &keys);
-            let no_proxy = config.no_proxy.join(",");
-            env.extend([
-                ("HTTP_PROXY", proxy.clone()),
-                ("http_proxy", proxy.clone()),
-                ("HTTPS_PROXY", proxy.clone()),
-                ("https_proxy", proxy),
-                ("NO_PROXY", no_proxy.clone()),
-                ("no_proxy", no_proxy),
-            ]);
-        }
-        let bundle = format!("{}/ca-bundle.crt", config.config_mount_path);
-        let extra_ca = if config.proxy_ca_pem.is_some() {
-            format!("{}/ca.crt", config.ca_mount_path)
-        } else {
-            format!("{}/ca.crt", config.config_mount_path)
-        };
-        env.extend([
-            ("SSL_CERT_FILE", bundle.clone()),
-            ("REQUESTS_CA_BUNDLE", bundle),
-            ("NODE_EXTRA_CA_CERTS", extra_ca),
-            ("DOCKER_CONFIG", config.config_mount_path.clone()),
-            (
-                "REGISTRY_AUTH_FILE",
-                format!("{}/config.json", config.config_mount_path),
-            ),
-        ]);
+        let proxy = (!host_network).then(|| forward_proxy_url(&config.forward_proxy, &keys));
+        let env = container_env(config, proxy.as_deref());
         let env = env
             .into_iter()
             .map(|(name, value)| (name, json!({"name": name, "value": value})))

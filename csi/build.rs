@@ -1,0 +1,12 @@
+//! Compiles `proto/csi.proto` into the gRPC types and services with protox
+//! (pure Rust, so no `protoc` is needed on the build machine).
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/csi.proto");
+    let descriptors = protox::compile(["proto/csi.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! The CSI node plugin `connectors-csi`: kubelet asks it to publish an inline
+//! ephemeral volume for a pod, and it writes the registry client
+//! configuration that pod needs to go through the connectors proxy with its
+//! own ServiceAccount token (proxy URLs, docker auth, buildkitd config, the
+//! proxy CA and a combined trust bundle).
+//!
+//! `request` validates what kubelet sends, `access` decides which connectors
+//! the pod may use, `render` turns that into file contents, `target` writes
+//! them atomically, and `server` is the gRPC shell around them (`client`
+//! dials it).
+
+pub mod access;
+pub mod client;
+pub mod render;
+pub mod request;
+pub mod server;
+pub mod target;
+pub mod trust;
+
+/// The CSI v1 messages and the Identity and Node services, generated from
+/// `proto/csi.proto`.
+#[allow(clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("csi.v1");
+}
+
+pub use render::{FileName, RenderConfig};
+pub use server::{Plugin, serve_unix, socket_path};

@@ -1,0 +1,310 @@
+//! The gRPC shell: the CSI Identity and Node services on a unix socket.
+//! Handlers only translate between gRPC and [`request`](crate::request),
+//! [`access`](crate::access), [`render`](crate::render) and
+//! [`target`](crate::target); every other RPC answers `Unimplemented`.
+
+use std::future::Future;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use connector::keys;
+use connector::selection::format_connector_list;
+use connector::store::ConnectorStore;
+use proxy::caller::Authorizer;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Code, Request, Response, Status};
+
+use crate::access::{self, AccessError};
+use crate::proto::identity_server::{Identity, IdentityServer};
+use crate::proto::node_server::{Node, NodeServer};
+use crate::proto::*;
+use crate::render::{self, RenderConfig};
+use crate::request::{PublishRequest, RequestError, UnpublishRequest};
+use crate::target::{self, TargetError};
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("endpoint {0:?} is not unix:///absolute/path")]
+    Endpoint(String),
+    #[error("{} exists and is not a socket; refusing to replace it", path.display())]
+    NotASocket { path: PathBuf },
+    #[error("failed to prepare the socket {}: {source}", path.display())]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// The socket path of a CSI endpoint: `unix:///csi/csi.sock`, `unix:/csi/csi.sock`
+/// or a bare absolute path.
+pub fn socket_path(endpoint: &str) -> Result<PathBuf, ServeError> {
+    let path = endpoint
+        .strip_prefix("unix://")
+        .or_else(|| endpoint.strip_prefix("unix:"))
+        .unwrap_or(endpoint);
+    let path = Path::new(path);
+    if path.is_absolute() && path.file_name().is_some() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(ServeError::Endpoint(endpoint.to_owned()))
+    }
+}
+
+/// Everything the services need; cheap to clone.
+#[derive(Clone)]
+pub struct Plugin {
+    store: Arc<dyn ConnectorStore>,
+    authorizer: Arc<dyn Authorizer>,
+    config: Arc<RenderConfig>,
+    node_id: String,
+    // NB: publications of one target must not interleave (kubelet may
+    // republish while an unpublish is pending); the writes are short, so
+    // one lock for the node is enough.
+    filesystem: Arc<Mutex<()>>,
+}
+
+impl Plugin {
+    pub fn new(
+        store: Arc<dyn ConnectorStore>,
+        authorizer: Arc<dyn Authorizer>,
+        config: RenderConfig,
+        node_id: impl Into<String>,
+    ) -> Self {
+        Self {
+            store,
+            authorizer,
+            config: Arc::new(config),
+            node_id: node_id.into(),
+            filesystem: Arc::new(Mutex::new(())),
+        }
+    }
+
+    /// Runs a filesystem change off the async threads, one at a time.
+    async fn with_filesystem<T: Send + 'static>(
+        &self,
+        change: impl FnOnce() -> Result<T, TargetError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let lock = self.filesystem.clone();
+        tokio::task::spawn_blocking(move || {
+            let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+            change()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the volume writer failed: {e}")))?
+        .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// Serves both services on the unix socket at `socket` until `shutdown`
+/// completes. A socket left by an earlier run is replaced; the socket is
+/// removed on the way out. `on_listening` is called once it accepts.
+pub async fn serve_unix(
+    socket: &Path,
+    plugin: Plugin,
+    shutdown: impl Future<Output = ()> + Send,
+    on_listening: impl FnOnce(&Path),
+) -> Result<(), ServeError> {
+    let socket_error = |source| ServeError::Socket {
+        path: socket.to_owned(),
+        source,
+    };
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(socket).map_err(socket_error)?,
+        Ok(_) => {
+            return Err(ServeError::NotASocket {
+                path: socket.to_owned(),
+            });
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(socket_error(error)),
+    }
+    if let Some(parent) = socket.parent() {
+        std::fs::create_dir_all(parent).map_err(socket_error)?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket).map_err(socket_error)?;
+    on_listening(socket);
+    let served = tonic::transport::Server::builder()
+        .add_service(IdentityServer::new(IdentityService {
+            store: plugin.store.clone(),
+        }))
+        .add_service(NodeServer::new(NodeService { plugin }))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(socket);
+    Ok(served?)
+}
+
+/// The Identity service: who the plugin is and whether it is ready.
+pub struct IdentityService {
+    store: Arc<dyn ConnectorStore>,
+}
+
+#[tonic::async_trait]
+impl Identity for IdentityService {
+    async fn get_plugin_info(
+        &self,
+        _: Request<GetPluginInfoRequest>,
+    ) -> Result<Response<GetPluginInfoResponse>, Status> {
+        Ok(Response::new(GetPluginInfoResponse {
+            name: keys::CSI_DRIVER.to_owned(),
+            vendor_version: env!("CARGO_PKG_VERSION").to_owned(),
+            manifest: Default::default(),
+        }))
+    }
+
+    /// None: a node-only plugin for inline ephemeral volumes has no
+    /// controller service and no topology.
+    async fn get_plugin_capabilities(
+        &self,
+        _: Request<GetPluginCapabilitiesRequest>,
+    ) -> Result<Response<GetPluginCapabilitiesResponse>, Status> {
+        Ok(Response::new(GetPluginCapabilitiesResponse { capabilities: vec![] }))
+    }
+
+    /// Ready once the connector store holds a complete view.
+    async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
+        Ok(Response::new(ProbeResponse {
+            ready: Some(self.store.has_synced()),
+        }))
+    }
+}
+
+/// The Node service: publishing and unpublishing volumes.
+pub struct NodeService {
+    plugin: Plugin,
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let request = PublishRequest::parse(request.get_ref()).map_err(invalid)?;
+        let plugin = &self.plugin;
+        let routes = access::authorize_connectors(
+            plugin.store.as_ref(),
+            plugin.authorizer.as_ref(),
+            &request.pod,
+            &request.connectors,
+        )
+        .await
+        .map_err(|error| {
+            tracing::warn!(
+                volume_id = %request.volume_id,
+                pod = %format_args!("{}/{}", request.pod.namespace, request.pod.name),
+                %error,
+                "volume refused"
+            );
+            denied(error)
+        })?;
+        let files = render::render(&plugin.config, &request.pod, &routes, &request.token, &request.files);
+        let target = request.target_path.clone();
+        let changed = plugin
+            .with_filesystem(move || target::write_volume(&target, &files))
+            .await?;
+        let pod = format!("{}/{}", request.pod.namespace, request.pod.name);
+        let connectors = format_connector_list(&request.connectors);
+        let expires = request.token_expiration.as_deref().unwrap_or("unknown");
+        if changed {
+            tracing::info!(
+                volume_id = %request.volume_id,
+                %pod,
+                %connectors,
+                target = %request.target_path.display(),
+                token_expires = expires,
+                "volume published"
+            );
+        } else {
+            tracing::debug!(volume_id = %request.volume_id, %pod, "volume unchanged");
+        }
+        Ok(Response::new(NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let request = UnpublishRequest::parse(request.get_ref()).map_err(invalid)?;
+        let target = request.target_path.clone();
+        let removed = self
+            .plugin
+            .with_filesystem(move || target::remove_volume(&target))
+            .await?;
+        tracing::info!(
+            volume_id = %request.volume_id,
+            target = %request.target_path.display(),
+            removed,
+            "volume unpublished"
+        );
+        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<NodeGetCapabilitiesResponse>, Status> {
+        Ok(Response::new(NodeGetCapabilitiesResponse { capabilities: vec![] }))
+    }
+
+    async fn node_get_info(&self, _: Request<NodeGetInfoRequest>) -> Result<Response<NodeGetInfoResponse>, Status> {
+        Ok(Response::new(NodeGetInfoResponse {
+            node_id: self.plugin.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+
+    async fn node_stage_volume(
+        &self,
+        _: Request<NodeStageVolumeRequest>,
+    ) -> Result<Response<NodeStageVolumeResponse>, Status> {
+        Err(unimplemented("NodeStageVolume"))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        _: Request<NodeUnstageVolumeRequest>,
+    ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
+        Err(unimplemented("NodeUnstageVolume"))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        _: Request<NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
+        Err(unimplemented("NodeGetVolumeStats"))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        _: Request<NodeExpandVolumeRequest>,
+    ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
+        Err(unimplemented("NodeExpandVolume"))
+    }
+}
+
+fn unimplemented(rpc: &str) -> Status {
+    Status::unimplemented(format!("{rpc} is not supported by {}", keys::CSI_DRIVER))
+}
+
+fn invalid(error: RequestError) -> Status {
+    // NB: no RequestError carries the token, so it can be logged and returned.
+    tracing::warn!(%error, "invalid request");
+    Status::invalid_argument(error.to_string())
+}
+
+fn denied(error: AccessError) -> Status {
+    let code = match &error {
+        AccessError::Denied { .. } => Code::PermissionDenied,
+        AccessError::NotFound(_) => Code::NotFound,
+        AccessError::Address { .. } => Code::FailedPrecondition,
+        AccessError::Undecided { .. } => Code::Unavailable,
+    };
+    Status::new(code, error.to_string())
+}
