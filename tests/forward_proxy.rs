@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use base64::Engine;
 use support::Process;
-use testing::{CopyOptions, InspectOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, TestTls};
+use testing::{
+    CopyOptions, InspectOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, TestTls, TokenServer,
+    TokenServerOptions,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -36,11 +39,16 @@ struct Lab {
 }
 
 impl Lab {
+    /// An htpasswd registry.
     async fn start(extra_args: &[&str]) -> Self {
         let tls = TestTls::for_loopback().unwrap();
         let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD).tls(&tls))
             .await
             .unwrap();
+        Self::start_with(registry, tls, extra_args).await
+    }
+
+    async fn start_with(registry: Registry, tls: TestTls, extra_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = registry.port();
         let ca = tls.ca_pem().replace('\n', "\n    ");
@@ -213,6 +221,50 @@ async fn skopeo_and_curl_work_through_https_proxy_with_no_credential_of_their_ow
         "{headers}"
     );
     assert_no_secret(&headers, "curl's response headers");
+    lab.assert_no_credential_in_logs();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_auth_registry_is_reached_through_the_tunnel_with_one_token_per_scope() {
+    // As Harbor: the token service on the registry's own host, over HTTPS.
+    let tls = TestTls::for_loopback().unwrap();
+    let tokens = TokenServer::start(
+        TokenServerOptions::with_user(USER, PASSWORD)
+            .https(&tls, "registry.test")
+            .unwrap(),
+    )
+    .unwrap();
+    let registry = Registry::start(RegistryOptions::token(&tokens).tls(&tls))
+        .await
+        .unwrap();
+    let token_pin = format!("registry.test:{}:127.0.0.1", tokens.addr().port());
+    let lab = Lab::start_with(registry, tls, &["--resolve", &token_pin]).await;
+    let layout = OciLayout::new(&lab.dir.path().join("layout")).unwrap();
+    let image = layout.add_image("v1", &[16 * 1024, 48 * 1024], 12).unwrap();
+    let proxy = lab.proxy_url("team/lab", TEAM_TOKEN);
+    let access = RegistryAccess::https(&lab.trust_dir);
+    let push = CopyOptions::default().dest(access.clone()).env("HTTPS_PROXY", &proxy);
+    skopeo()
+        .copy(&layout.reference("v1"), &lab.reference("lab/tokened:v1"), &push)
+        .await
+        .unwrap();
+    let out = OciLayout::new(&lab.dir.path().join("pulled")).unwrap();
+    let pull = CopyOptions::default().src(access).env("HTTPS_PROXY", &proxy);
+    skopeo()
+        .copy(&lab.reference("lab/tokened:v1"), &out.reference("v1"), &pull)
+        .await
+        .unwrap();
+    for layer in &image.layers {
+        let pulled = testing::sha256_file(&out.blob_path(&layer.digest)).unwrap();
+        assert_eq!(pulled.to_string(), layer.digest);
+    }
+    let asked = tokens.requests_log();
+    assert!(!asked.is_empty(), "the proxy exchanged the credential for tokens");
+    assert!(
+        asked.iter().all(|r| r.user.as_deref() == Some(USER)),
+        "only the connector's robot asks for tokens: {asked:?}"
+    );
+    assert!(asked.len() <= 3, "tokens are cached per scope: {asked:?}");
     lab.assert_no_credential_in_logs();
 }
 

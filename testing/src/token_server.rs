@@ -94,6 +94,10 @@ pub struct TokenServerOptions {
     pub oauth2_post: bool,
     /// The loopback address to listen on.
     pub ip: IpAddr,
+    /// Serve HTTPS with this configuration, naming this host in the realm
+    /// (`https://<host>:<port>/token`), as Harbor serves its token service
+    /// on the registry's own host.
+    pub tls: Option<(Arc<rustls::ServerConfig>, String)>,
 }
 
 impl Default for TokenServerOptions {
@@ -107,11 +111,30 @@ impl Default for TokenServerOptions {
             key_id: KeyId::X5c,
             oauth2_post: false,
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            tls: None,
         }
     }
 }
 
 impl TokenServerOptions {
+    /// Serves HTTPS with `tls`'s serving certificate, the realm naming
+    /// `host` (which the certificate must cover).
+    pub fn https(mut self, tls: &crate::TestTls, host: &str) -> Result<Self> {
+        let resolver =
+            certs::ReloadingCertResolver::load(tls.files.cert.clone(), tls.files.key.clone()).map_err(|e| {
+                Error::Io {
+                    action: "load the token server's certificate",
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?;
+        let config = certs::server_config(resolver, &[b"http/1.1"]).map_err(|e| Error::Io {
+            action: "configure the token server's TLS",
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        self.tls = Some((Arc::new(config), host.to_owned()));
+        Ok(self)
+    }
+
     /// The defaults with a single account `user`/`password`.
     pub fn with_user(user: &str, password: &str) -> Self {
         Self {
@@ -232,16 +255,21 @@ impl TokenServer {
             .build()
             .map_err(io_error("build the token server's runtime"))?;
         let serving = Arc::clone(&shared);
+        let realm = match &options.tls {
+            Some((_, host)) => format!("https://{host}:{}/token", addr.port()),
+            None => format!("http://{addr}/token"),
+        };
+        let tls = options.tls.map(|(config, _)| config);
         let thread = std::thread::Builder::new()
             .name(format!("token-server-{}", addr.port()))
             .spawn(move || {
-                runtime.block_on(serve(listener, serving, stopped));
+                runtime.block_on(serve(listener, serving, tls, stopped));
                 runtime.shutdown_timeout(Duration::from_secs(1));
             })
             .map_err(io_error("spawn the token server thread"))?;
         Ok(Self {
             addr,
-            realm: format!("http://{addr}/token"),
+            realm,
             bundle_path,
             shared,
             shutdown: Some(shutdown),
@@ -255,7 +283,7 @@ impl TokenServer {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT/token`, the registry's `realm`.
+    /// `http://127.0.0.1:PORT/token` (or the HTTPS realm), the registry's `realm`.
     pub fn realm(&self) -> &str {
         &self.realm
     }
@@ -342,7 +370,12 @@ impl Drop for TokenServer {
     }
 }
 
-async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, mut stopped: oneshot::Receiver<()>) {
+async fn serve(
+    listener: std::net::TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    mut stopped: oneshot::Receiver<()>,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -363,14 +396,31 @@ async fn serve(listener: std::net::TcpListener, shared: Arc<Shared>, mut stopped
             },
         };
         let shared = Arc::clone(&shared);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let shared = Arc::clone(&shared);
                 async move { Ok::<_, Infallible>(shared.answer(request).await) }
             });
-            let _ = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                None => {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
+                Some(config) => {
+                    let accepted = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        tokio_rustls::TlsAcceptor::from(config).accept(stream),
+                    )
+                    .await;
+                    if let Ok(Ok(stream)) = accepted {
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
+                }
+            }
         });
     }
 }
