@@ -1,0 +1,157 @@
+//! What the benchmarks share: finding programs and ports, CPU and memory
+//! readings from /proc, medians, and the revision a result comes from.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::Context;
+
+pub fn find_program(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| format!("{name} is not installed: run `bash .ci/install`"))
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+// ---- /proc readings ----
+
+/// The fields of /proc/<pid>/stat after the command name: index 0 is the
+/// state (field 3), 1 the parent pid, 11 and 12 utime and stime.
+pub fn stat_fields(pid: &str) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    Some(after_name.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
+}
+
+pub fn process_name(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|name| name.trim().to_owned())
+}
+
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| stat_fields(&pid.to_string()).is_some_and(|f| f.get(1) == Some(&u64::from(parent))))
+        .collect()
+}
+
+/// Clock ticks per second of /proc times (`getconf CLK_TCK`, 100 on Linux).
+pub fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// User plus system CPU seconds the processes used so far.
+pub fn cpu_seconds(pids: &[String]) -> f64 {
+    let (user, system) = cpu_split(pids);
+    user + system
+}
+
+/// User and system (kernel) CPU seconds the processes used so far.
+pub fn cpu_split(pids: &[String]) -> (f64, f64) {
+    let (user, system) = pids
+        .iter()
+        .filter_map(|pid| stat_fields(pid))
+        .map(|f| (f.get(11).copied().unwrap_or(0), f.get(12).copied().unwrap_or(0)))
+        .fold((0, 0), |a, t| (a.0 + t.0, a.1 + t.1));
+    (user as f64 / clock_ticks(), system as f64 / clock_ticks())
+}
+
+/// Non-idle CPU seconds of the whole machine so far (/proc/stat).
+pub fn machine_busy_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().next() else {
+        return 0.0;
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest is inside user)
+    let busy: u64 = fields
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy as f64 / clock_ticks()
+}
+
+/// (VmHWM, VmRSS) in bytes.
+pub fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len().is_multiple_of(2) {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    }
+}
+
+/// The commit a result comes from, and whether `proxy/` and `src/` were clean.
+pub fn revision() -> String {
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .arg("-C")
+            .arg(env!("CARGO_MANIFEST_DIR"))
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        None => "an unknown commit".to_owned(),
+        Some(commit) => match git(&["status", "--porcelain", "--", "proxy", "src"]) {
+            Some(changes) if changes.is_empty() => format!("commit `{commit}` (clean `proxy/` and `src/`)"),
+            _ => format!("commit `{commit}` with uncommitted changes in `proxy/` or `src/`"),
+        },
+    }
+}
+
+/// The first line a program prints about its version.
+pub fn program_version(name: &str, args: &[&str]) -> String {
+    find_program(name)
+        .ok()
+        .and_then(|p| Command::new(p).args(args).output().ok())
+        .map(|o| {
+            let text = String::from_utf8_lossy(if o.stdout.is_empty() { &o.stderr } else { &o.stdout }).into_owned();
+            text.lines().next().unwrap_or_default().trim().to_owned()
+        })
+        .unwrap_or_else(|| "(unknown version)".to_owned())
+}
