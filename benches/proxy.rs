@@ -549,7 +549,6 @@ impl Drop for Nginx {
     }
 }
 
-/// `name` on `PATH`, or in the sbin directories a non-root `PATH` may lack.
 // ---- HTTP client: one HTTP/1.1 connection per client, bodies discarded ----
 
 async fn open<B>(addr: SocketAddr) -> anyhow::Result<SendRequest<B>>

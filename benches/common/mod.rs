@@ -7,6 +7,7 @@ use std::process::Command;
 
 use anyhow::Context;
 
+/// `name` on `PATH`, or in the sbin directories a non-root `PATH` may lack.
 pub fn find_program(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
