@@ -268,6 +268,56 @@ async fn a_token_auth_registry_is_reached_through_the_tunnel_with_one_token_per_
     lab.assert_no_credential_in_logs();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn podman_pulls_and_pushes_through_https_proxy_as_a_second_client() {
+    let lab = Lab::start(&[]).await;
+    let layout = OciLayout::new(&lab.dir.path().join("layout")).unwrap();
+    let image = layout.add_image("v1", &[120 * 1024, 40 * 1024], 21).unwrap();
+    let proxy = lab.proxy_url("team/lab", TEAM_TOKEN);
+    let push = CopyOptions::default()
+        .dest(RegistryAccess::https(&lab.trust_dir))
+        .env("HTTPS_PROXY", &proxy);
+    skopeo()
+        .copy(&layout.reference("v1"), &lab.reference("lab/pod:v1"), &push)
+        .await
+        .unwrap();
+    let root = lab.dir.path().join("podman");
+    std::fs::create_dir_all(root.join("xdg")).unwrap();
+    std::fs::write(root.join("auth.json"), "{}").unwrap();
+    let port = lab.registry.port();
+    let (source, target) = (
+        format!("registry.test:{port}/lab/pod:v1"),
+        format!("registry.test:{port}/lab/pod-copy:v2"),
+    );
+    let cert_dir = lab.trust_dir.to_str().unwrap();
+    let env = [("HTTPS_PROXY", proxy.as_str())];
+    let pulled = support::podman(&root, &env, &["pull", "--cert-dir", cert_dir, &source]).await;
+    assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
+    let tagged = support::podman(&root, &env, &["tag", &source, &target]).await;
+    assert!(tagged.status.success(), "{}", String::from_utf8_lossy(&tagged.stderr));
+    let pushed = support::podman(&root, &env, &["push", "--cert-dir", cert_dir, &target]).await;
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    // podman stores layers uncompressed and may compress them anew on push:
+    // the uncompressed layers (diff IDs) are what must be equal.
+    let client = lab.registry.client();
+    let copy = client.manifest("lab/pod-copy", "v2").await.unwrap();
+    let copy: serde_json::Value = serde_json::from_slice(&copy.bytes).unwrap();
+    let config = client
+        .blob("lab/pod-copy", copy["config"]["digest"].as_str().unwrap())
+        .await
+        .unwrap();
+    let config: serde_json::Value = serde_json::from_slice(&config).unwrap();
+    let diff_ids: Vec<&str> = config["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap())
+        .collect();
+    assert_eq!(diff_ids, image.diff_ids.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_no_secret(&String::from_utf8_lossy(&pulled.stderr), "podman's output");
+    lab.assert_no_credential_in_logs();
+}
+
 /// Sends a CONNECT and returns the status line and headers.
 async fn connect(forward: SocketAddr, target: &str, proxy_authorization: Option<&str>) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(forward).await.unwrap();

@@ -694,36 +694,6 @@ fn metric_value(exposition: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Runs podman with private storage (vfs, no systemd), bounded in time.
-async fn podman(root: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let binary = testing::program::find("podman").expect("podman is installed (bash .ci/install)");
-    let mut command = tokio::process::Command::new(binary);
-    command
-        .arg("--root")
-        .arg(root.join("storage"))
-        .arg("--runroot")
-        .arg(root.join("run"))
-        .args([
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-        ])
-        .args(args)
-        .env("HOME", root)
-        .env("XDG_RUNTIME_DIR", root.join("xdg"))
-        .env("REGISTRY_AUTH_FILE", root.join("auth.json"))
-        .env_remove("HTTPS_PROXY")
-        .env_remove("HTTP_PROXY")
-        .kill_on_drop(true);
-    tokio::time::timeout(Duration::from_secs(180), command.output())
-        .await
-        .expect("podman finished in time")
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn podman_pulls_and_pushes_through_the_proxy_as_a_second_client() {
     let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
@@ -746,11 +716,11 @@ async fn podman_pulls_and_pushes_through_the_proxy_as_a_second_client() {
     let source = format!("{}/namespaces/team/connectors/lab/lab/pod:v1", lab.addr);
     let target = format!("{}/namespaces/team/connectors/lab/lab/pod-copy:v2", lab.addr);
     let creds = format!("ci:{TEAM_TOKEN}");
-    let pulled = podman(&root, &["pull", "--tls-verify=false", "--creds", &creds, &source]).await;
+    let pulled = support::podman(&root, &[], &["pull", "--tls-verify=false", "--creds", &creds, &source]).await;
     assert!(pulled.status.success(), "{}", String::from_utf8_lossy(&pulled.stderr));
-    let tagged = podman(&root, &["tag", &source, &target]).await;
+    let tagged = support::podman(&root, &[], &["tag", &source, &target]).await;
     assert!(tagged.status.success(), "{}", String::from_utf8_lossy(&tagged.stderr));
-    let pushed = podman(&root, &["push", "--tls-verify=false", "--creds", &creds, &target]).await;
+    let pushed = support::podman(&root, &[], &["push", "--tls-verify=false", "--creds", &creds, &target]).await;
     assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
     // podman rewrites the manifest on push; its layers are the same blobs.
     let copy = skopeo()

@@ -164,3 +164,35 @@ pub fn webhook_client(ca_pem: &str, addr: SocketAddr) -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// Runs podman with private storage (vfs, no systemd) and no proxy settings
+/// but `env`'s, bounded in time.
+pub async fn podman(root: &Path, env: &[(&str, &str)], args: &[&str]) -> std::process::Output {
+    let binary = testing::program::find("podman").expect("podman is installed (bash .ci/install)");
+    let mut command = tokio::process::Command::new(binary);
+    command
+        .arg("--root")
+        .arg(root.join("storage"))
+        .arg("--runroot")
+        .arg(root.join("run"))
+        .args([
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ])
+        .args(args)
+        .env("HOME", root)
+        .env("XDG_RUNTIME_DIR", root.join("xdg"))
+        .env("REGISTRY_AUTH_FILE", root.join("auth.json"))
+        .env_remove("HTTPS_PROXY")
+        .env_remove("HTTP_PROXY")
+        .envs(env.iter().copied())
+        .kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(180), command.output())
+        .await
+        .expect("podman finished in time")
+        .unwrap()
+}
