@@ -121,5 +121,42 @@ async fn up_rewrites_a_pod_to_the_proxy_and_the_rewritten_image_pulls_through_it
         registry.manifest_digest("demo/app", "v1").await.unwrap(),
         image.manifest.digest
     );
+
+    // Forward mode, absolute-form through HTTP_PROXY, as the README shows:
+    // the registry's own URL, the credential injected by the proxy.
+    let forward_addr = up
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|l| l["fields"]["message"] == "forward proxy listening")
+        .and_then(|l| l["fields"]["addr"].as_str().map(str::to_owned))
+        .expect("the forward proxy address is logged");
+    let curl = |proxy: String| {
+        let url = format!("{}/v2/demo/app/tags/list", registry.url());
+        async move {
+            let output = tokio::process::Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "20",
+                    "-w",
+                    "\n%{http_code}",
+                    "--proxy",
+                    &proxy,
+                    &url,
+                ])
+                .env_remove("NO_PROXY")
+                .env_remove("no_proxy")
+                .output()
+                .await
+                .unwrap();
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        }
+    };
+    let listed = curl(format!("http://team-a%2Flocal:dev-team-a-token@{forward_addr}")).await;
+    assert!(listed.ends_with("\n200"), "{listed}");
+    assert!(listed.contains(r#""tags":["v1"]"#), "{listed}");
+    let refused = curl(format!("http://{forward_addr}")).await;
+    assert!(refused.ends_with("\n407"), "no proxy credential: {refused}");
     assert!(!up.log_text().contains("local-registry-secret"));
 }
