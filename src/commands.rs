@@ -51,14 +51,22 @@ pub enum Command {
 
 pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Webhook(args) => webhook::run(args),
-        Command::Up(args) => up::run(args),
-        Command::Proxy(args) => proxy::run(args),
+        Command::Webhook(args) => block_on(webhook::serve(args)),
+        Command::Up(args) => block_on(up::serve(args)),
+        Command::Proxy(args) => block_on(proxy::serve(args)),
         Command::Mutate(args) => mutate::run(args),
         Command::Crd => crd::run(),
         Command::Certs(args) => certs::run(args),
-        Command::Csi(args) => csi::run(args),
+        Command::Csi(args) => block_on(csi::serve(args)),
     }
+}
+
+/// Runs a server subcommand on a multi-threaded runtime.
+fn block_on(serve: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve)
 }
 
 pub fn init_logging(format: LogFormat, verbose: bool) {

@@ -104,11 +104,19 @@ pub fn system_roots_pem() -> String {
 
 /// The system's roots followed by `ca_pem`: a bundle that trusts both.
 pub fn combined_bundle(ca_pem: &str) -> String {
-    let mut roots = system_roots_pem();
-    if !roots.is_empty() && !roots.ends_with('\n') {
-        roots.push('\n');
+    join_pem(&system_roots_pem(), ca_pem)
+}
+
+/// `roots_pem` then `ca_pem`, each ending in a newline.
+pub fn join_pem(roots_pem: &str, ca_pem: &str) -> String {
+    let mut out = String::with_capacity(roots_pem.len() + ca_pem.len() + 2);
+    for part in [roots_pem, ca_pem] {
+        out.push_str(part);
+        if !part.is_empty() && !part.ends_with('\n') {
+            out.push('\n');
+        }
     }
-    roots + ca_pem
+    out
 }
 
 /// Writes a CA as `<stem>.crt` and `<stem>.key` (mode 0600) into `dir`, and

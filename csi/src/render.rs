@@ -255,9 +255,7 @@ fn toml_string(value: &str) -> String {
 }
 
 fn ca_bundle(config: &RenderConfig) -> String {
-    let mut out = with_final_newline(&config.system_roots_pem);
-    out.push_str(&with_final_newline(&config.proxy_ca_pem));
-    out
+    certs::bundle::join_pem(&config.system_roots_pem, &config.proxy_ca_pem)
 }
 
 fn with_final_newline(text: &str) -> String {

@@ -6,7 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 /// Debian's (and Ubuntu's, Alpine's) bundle of the system roots.
-pub const DEFAULT_SYSTEM_ROOTS: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub const DEFAULT_SYSTEM_ROOTS: &str = certs::bundle::SYSTEM_ROOT_FILES[0];
 
 /// Why the certificates could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -542,19 +542,7 @@ pub async fn serve(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let tracker = tokio_util::task::TaskTracker::new();
     let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = crate::server::accept(&listener, shutdown.as_mut()).await {
         let (proxy, service_limits) = (proxy.clone(), limits.clone());
         let service = service_fn(move |request: Request<Incoming>| {
             let (proxy, limits) = (proxy.clone(), service_limits.clone());

@@ -95,22 +95,23 @@ impl AsyncRead for ClientIo {
     }
 }
 
+impl ClientIo {
+    /// Takes up to `len` bytes as already spliced, if a relay left some.
+    fn swallow(&self, len: usize) -> Option<usize> {
+        let mut state = self.state();
+        (state.swallow > 0).then(|| {
+            let n = len.min(usize::try_from(state.swallow).unwrap_or(usize::MAX));
+            state.swallow -= n as u64;
+            n
+        })
+    }
+}
+
 impl AsyncWrite for ClientIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        {
-            let mut state = self.state();
-            if state.swallow > 0 {
-                let n = buf.len().min(usize::try_from(state.swallow).unwrap_or(usize::MAX));
-                state.swallow -= n as u64;
-                return Poll::Ready(Ok(n));
-            }
-        }
-        loop {
-            std::task::ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
+        match self.swallow(buf.len()) {
+            Some(n) => Poll::Ready(Ok(n)),
+            None => poll_write_shared(&self.stream, cx, buf),
         }
     }
 
@@ -119,21 +120,9 @@ impl AsyncWrite for ClientIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        {
-            let mut state = self.state();
-            if state.swallow > 0 {
-                let total: usize = bufs.iter().map(|b| b.len()).sum();
-                let n = total.min(usize::try_from(state.swallow).unwrap_or(usize::MAX));
-                state.swallow -= n as u64;
-                return Poll::Ready(Ok(n));
-            }
-        }
-        loop {
-            std::task::ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
+        match self.swallow(bufs.iter().map(|b| b.len()).sum()) {
+            Some(n) => Poll::Ready(Ok(n)),
+            None => poll_write_vectored_shared(&self.stream, cx, bufs),
         }
     }
 
@@ -153,23 +142,38 @@ impl AsyncWrite for ClientIo {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.stream.as_ref().shutdown_write())
+        Poll::Ready(shutdown_write(&self.stream))
     }
 }
 
-trait ShutdownWrite {
-    fn shutdown_write(&self) -> io::Result<()>;
+fn shutdown_write(stream: &TcpStream) -> io::Result<()> {
+    match rustix::net::shutdown(stream, rustix::net::Shutdown::Write) {
+        Err(e) if e != rustix::io::Errno::NOTCONN => Err(e.into()),
+        _ => Ok(()),
+    }
 }
 
-impl ShutdownWrite for TcpStream {
-    fn shutdown_write(&self) -> io::Result<()> {
-        rustix::net::shutdown(self, rustix::net::Shutdown::Write).or_else(|e| {
-            if e == rustix::io::Errno::NOTCONN {
-                Ok(())
-            } else {
-                Err(e.into())
-            }
-        })
+fn poll_write_shared(stream: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    loop {
+        std::task::ready!(stream.poll_write_ready(cx))?;
+        match stream.try_write(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return Poll::Ready(result),
+        }
+    }
+}
+
+fn poll_write_vectored_shared(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    bufs: &[io::IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    loop {
+        std::task::ready!(stream.poll_write_ready(cx))?;
+        match stream.try_write_vectored(bufs) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            result => return Poll::Ready(result),
+        }
     }
 }
 
@@ -216,13 +220,7 @@ impl AsyncRead for UpstreamIo {
 
 impl AsyncWrite for UpstreamIo {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        loop {
-            std::task::ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        poll_write_shared(&self.stream, cx, buf)
     }
 
     fn poll_write_vectored(
@@ -230,13 +228,7 @@ impl AsyncWrite for UpstreamIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        loop {
-            std::task::ready!(self.stream.poll_write_ready(cx))?;
-            match self.stream.try_write_vectored(bufs) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                result => return Poll::Ready(result),
-            }
-        }
+        poll_write_vectored_shared(&self.stream, cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -248,7 +240,7 @@ impl AsyncWrite for UpstreamIo {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(self.stream.as_ref().shutdown_write())
+        Poll::Ready(shutdown_write(&self.stream))
     }
 }
 

@@ -41,12 +41,7 @@ pub struct Args {
     injection: InjectionArgs,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(args))
-}
-
-async fn serve(args: Args) -> anyhow::Result<()> {
+pub async fn serve(args: Args) -> anyhow::Result<()> {
     let socket = csi::socket_path(&args.endpoint)?;
     let proxy_ca = args
         .injection

@@ -131,12 +131,7 @@ pub struct Args {
     shutdown_grace_seconds: u64,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(args))
-}
-
-async fn serve(args: Args) -> anyhow::Result<()> {
+pub async fn serve(args: Args) -> anyhow::Result<()> {
     let standalone = Standalone::start(&args.standalone, args.forward.reverse_options())?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

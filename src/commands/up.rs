@@ -32,12 +32,7 @@ pub struct Args {
 /// Forward mode's address when `up` is not told one.
 const DEFAULT_FORWARD_LISTEN: &str = "127.0.0.1:3128";
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(args))
-}
-
-async fn serve(args: Args) -> anyhow::Result<()> {
+pub async fn serve(args: Args) -> anyhow::Result<()> {
     let mut forward_args = args.forward.clone();
     forward_args.forward_listen = forward_args
         .forward_listen

@@ -37,12 +37,7 @@ pub struct Args {
     injection: InjectionArgs,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve(args))
-}
-
-async fn serve(args: Args) -> anyhow::Result<()> {
+pub async fn serve(args: Args) -> anyhow::Result<()> {
     let config = Arc::new(args.injection.config()?);
     let store: Arc<dyn ConnectorStore> = match &args.store {
         Some(path) => {
