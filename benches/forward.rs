@@ -13,7 +13,6 @@
 //! Needs `bash .ci/install` plus `apt-get install squid-openssl`.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -31,7 +30,7 @@ use hyper::header::{AUTHORIZATION, HOST, HeaderValue};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use testing::{CopyOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, TestTls};
+use testing::{CopyOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, StoreYaml, TestTls};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -120,7 +119,7 @@ async fn run(settings: &Settings) -> anyhow::Result<String> {
         .context("push the blob")?;
     std::fs::remove_dir_all(lab.path().join("layout"))?;
 
-    let connectors = Connectors::start(lab.path(), &registry, &tls)?;
+    let (connectors, connectors_state) = start_connectors(lab.path(), &registry, &tls)?;
     let squid = Squid::start(&lab.path().join("squid"), &registry, &tls)?;
     let basic = |user: &str, password: &str| {
         format!(
@@ -145,11 +144,15 @@ async fn run(settings: &Settings) -> anyhow::Result<String> {
             name: "connectors",
             proxy: Some((connectors.addr, Some(basic("team%2Flab", CALLER_TOKEN)))),
             authorization: None,
-            pids: vec![connectors.child.id()],
+            pids: vec![connectors.pid()],
         },
     ];
     let mut roots = rustls::RootCertStore::empty();
-    for pem in [tls.ca_pem().to_owned(), connectors.ca_pem()?, squid.ca_pem.clone()] {
+    for pem in [
+        tls.ca_pem().to_owned(),
+        std::fs::read_to_string(connectors_state.join("proxy-ca.crt"))?,
+        squid.ca_pem.clone(),
+    ] {
         roots.add_parsable_certificates(certs::load_certs_pem(&pem)?);
     }
     let client_tls = Arc::new(certs::client_config(roots, &[b"http/1.1"])?);
@@ -395,103 +398,47 @@ async fn transfer(
     })
 }
 
-/// `connectors proxy --forward-listen` as a child process, killed on drop.
-struct Connectors {
-    child: Child,
-    addr: SocketAddr,
-    state: PathBuf,
-}
-
-impl Connectors {
-    fn start(dir: &Path, registry: &Registry, tls: &TestTls) -> anyhow::Result<Self> {
-        let ca = tls.ca_pem().replace('\n', "\n    ");
-        let store = format!(
-            r#"apiVersion: v1
-kind: Secret
-metadata: {{name: robot, namespace: team}}
-type: kubernetes.io/basic-auth
-stringData: {{username: "{USER}", password: "{PASSWORD}"}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: registry-ca, namespace: team}}
-stringData:
-  ca.crt: |
-    {ca}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {{name: lab, namespace: team}}
-spec:
-  connectorClassName: oci
-  address: "https://{REGISTRY_NAME}:{}"
-  auth: {{name: basicAuth, secretRef: {{name: robot}}}}
-  caCertSecretRef: {{name: registry-ca}}
-"#,
-            registry.port()
-        );
-        std::fs::write(dir.join("store.yaml"), store)?;
-        std::fs::write(
-            dir.join("tokens.csv"),
-            format!("{CALLER_TOKEN},system:serviceaccount:team:bench,uid-1\n"),
-        )?;
-        let state = dir.join("connectors-state");
-        let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/connectors");
-        ensure!(binary.is_file(), "build it first: cargo build --release");
-        let mut command = Command::new(binary);
-        command
-            .arg("proxy")
-            .arg("--store")
-            .arg(dir.join("store.yaml"))
-            .arg("--token-auth-file")
-            .arg(dir.join("tokens.csv"))
-            .arg("--state-dir")
-            .arg(&state)
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--forward-listen",
-                "127.0.0.1:0",
-                "--log-format",
-                "json",
-            ])
-            .arg("--resolve")
-            .arg(format!("{REGISTRY_NAME}:{}:{}", registry.port(), registry.addr().ip()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("CONNECTORS_") {
-                command.env_remove(name);
-            }
-        }
-        let mut child = command.spawn().context("start connectors proxy")?;
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
-                    && entry["fields"]["message"] == "forward proxy listening"
-                    && let Some(addr) = entry["fields"]["addr"].as_str().and_then(|a| a.parse().ok())
-                {
-                    let _ = tx.send(addr);
-                }
-            }
-        });
-        let addr = rx.recv_timeout(START_TIMEOUT).context("connectors did not start")?;
-        Ok(Self { child, addr, state })
-    }
-
-    fn ca_pem(&self) -> anyhow::Result<String> {
-        Ok(std::fs::read_to_string(self.state.join("proxy-ca.crt"))?)
-    }
-}
-
-impl Drop for Connectors {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `connectors proxy --forward-listen` for the registry, and where it keeps
+/// its generated CA.
+fn start_connectors(dir: &Path, registry: &Registry, tls: &TestTls) -> anyhow::Result<(Connectors, PathBuf)> {
+    let store = StoreYaml::new("team")
+        .basic_auth("robot", USER, PASSWORD)
+        .ca("registry-ca", tls.ca_pem())
+        .connector(
+            "lab",
+            &format!("https://{REGISTRY_NAME}:{}", registry.port()),
+            "robot",
+            Some("registry-ca"),
+        )
+        .build();
+    let (store_path, tokens, state) = (
+        dir.join("store.yaml"),
+        dir.join("tokens.csv"),
+        dir.join("connectors-state"),
+    );
+    std::fs::write(&store_path, store)?;
+    std::fs::write(
+        &tokens,
+        format!("{CALLER_TOKEN},system:serviceaccount:team:bench,uid-1\n"),
+    )?;
+    let resolve = format!("{REGISTRY_NAME}:{}:{}", registry.port(), registry.addr().ip());
+    let args = [
+        "proxy".as_ref(),
+        "--store".as_ref(),
+        store_path.as_os_str(),
+        "--token-auth-file".as_ref(),
+        tokens.as_os_str(),
+        "--state-dir".as_ref(),
+        state.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--forward-listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--resolve".as_ref(),
+        resolve.as_ref(),
+    ];
+    let connectors = Connectors::start(&connectors_binary(), &args, "forward proxy listening")?;
+    Ok((connectors, state))
 }
 
 /// squid-openssl with ssl_bump, injecting the credential, killed on drop.

@@ -11,12 +11,12 @@
 //! `bash .ci/install` (docker-registry, skopeo, htpasswd, nginx).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -33,8 +33,8 @@ use hyper_util::rt::TokioIo;
 use testing::client::MANIFEST_ACCEPT;
 use testing::digest::Sha256;
 use testing::{
-    CopyOptions, Digest, ImageDigests, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, TokenServer,
-    TokenServerOptions,
+    CopyOptions, Digest, ImageDigests, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, StoreYaml,
+    TokenServer, TokenServerOptions,
 };
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -226,7 +226,7 @@ async fn run(settings: &Settings) -> anyhow::Result<String> {
     // The proxies.
     let store = write_proxy_config(lab.path(), &registry, &token_registry)?;
     let nginx = Nginx::start(&lab.path().join("nginx"), registry.addr())?;
-    let connectors = ConnectorsProxy::start(&binary, &store)?;
+    let connectors = start_connectors(&binary, &store)?;
     let routes = [
         Route::direct(registry.addr()),
         Route::nginx(nginx.addr),
@@ -307,7 +307,7 @@ async fn run(settings: &Settings) -> anyhow::Result<String> {
         memories.push(memory_under_streams(&route, &blob_path(&route), settings, &nginx.pids()).await?);
     }
     {
-        let connectors = ConnectorsProxy::start(&binary, &store)?;
+        let connectors = start_connectors(&binary, &store)?;
         let route = Route::connectors(connectors.addr, CONNECTOR);
         memories.push(memory_under_streams(&route, &blob_path(&route), settings, &[connectors.pid()]).await?);
     }
@@ -327,40 +327,13 @@ async fn run(settings: &Settings) -> anyhow::Result<String> {
     }))
 }
 
-/// The release `connectors` binary cargo built for this bench.
-fn connectors_binary() -> PathBuf {
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_connectors"));
-    if !binary.components().any(|c| c.as_os_str() == "release") {
-        eprintln!(
-            "warning: {} is not a release build; run `cargo bench --bench proxy`",
-            binary.display()
-        );
-    }
-    binary
-}
-
 /// The store (a Secret and two Connectors) and the static caller tokens.
 fn write_proxy_config(dir: &Path, registry: &Registry, token_registry: &Registry) -> anyhow::Result<ProxyConfig> {
-    let store = format!(
-        r#"apiVersion: v1
-kind: Secret
-metadata: {{name: robot, namespace: {NAMESPACE}}}
-type: kubernetes.io/basic-auth
-stringData: {{username: "{USER}", password: "{PASSWORD}"}}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {{name: {CONNECTOR}, namespace: {NAMESPACE}}}
-spec: {{connectorClassName: oci, address: "{}", auth: {{name: basicAuth, secretRef: {{name: robot}}}}}}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {{name: {TOKEN_CONNECTOR}, namespace: {NAMESPACE}}}
-spec: {{connectorClassName: oci, address: "{}", auth: {{name: basicAuth, secretRef: {{name: robot}}}}}}
-"#,
-        registry.url(),
-        token_registry.url()
-    );
+    let store = StoreYaml::new(NAMESPACE)
+        .basic_auth("robot", USER, PASSWORD)
+        .connector(CONNECTOR, &registry.url(), "robot", None)
+        .connector(TOKEN_CONNECTOR, &token_registry.url(), "robot", None)
+        .build();
     let config = ProxyConfig {
         store: dir.join("store.yaml"),
         tokens: dir.join("tokens.csv"),
@@ -378,77 +351,18 @@ struct ProxyConfig {
     tokens: PathBuf,
 }
 
-/// `connectors proxy` as a child process, killed and reaped on drop.
-struct ConnectorsProxy {
-    child: Child,
-    addr: SocketAddr,
-    _logs: Arc<Mutex<Vec<String>>>,
-}
-
-impl ConnectorsProxy {
-    /// Starts the proxy on a free loopback port and waits (bounded) for its
-    /// JSON "proxy listening" line.
-    fn start(binary: &Path, config: &ProxyConfig) -> anyhow::Result<Self> {
-        let mut command = Command::new(binary);
-        command
-            .arg("proxy")
-            .arg("--store")
-            .arg(&config.store)
-            .arg("--token-auth-file")
-            .arg(&config.tokens)
-            .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // NB: every flag has a CONNECTORS_* variable; the bench sets its own.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("CONNECTORS_") {
-                command.env_remove(name);
-            }
-        }
-        let mut child = command.spawn().context("start connectors proxy")?;
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
-                        && entry["fields"]["message"] == "proxy listening"
-                        && let Some(addr) = entry["fields"]["addr"].as_str().and_then(|a| a.parse().ok())
-                    {
-                        let _ = tx.send(addr);
-                    }
-                    logs.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-                }
-            });
-        }
-        let mut proxy = Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            _logs: logs.clone(),
-        };
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => proxy.addr = addr,
-            Err(_) => bail!(
-                "connectors proxy did not listen within {START_TIMEOUT:?}: {:?}",
-                logs.lock().unwrap_or_else(|e| e.into_inner())
-            ),
-        }
-        Ok(proxy)
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for ConnectorsProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `connectors proxy` in reverse mode on a free loopback port.
+fn start_connectors(binary: &Path, config: &ProxyConfig) -> anyhow::Result<Connectors> {
+    let args = [
+        "proxy".as_ref(),
+        "--store".as_ref(),
+        config.store.as_os_str(),
+        "--token-auth-file".as_ref(),
+        config.tokens.as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+    ];
+    Connectors::start(binary, &args, "proxy listening")
 }
 
 /// nginx as the reference credential-injecting reverse proxy: the config of

@@ -14,7 +14,7 @@ use csi::proto::node_client::NodeClient;
 use csi::proto::volume_capability::{AccessMode, AccessType, MountVolume};
 use csi::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability};
 use support::Process;
-use testing::{CopyOptions, InspectOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo};
+use testing::{CopyOptions, InspectOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, StoreYaml};
 
 const USER: &str = "robot$csi+ci";
 const PASSWORD: &str = "csi-registry-password-5d2e";
@@ -63,21 +63,10 @@ async fn skopeo_pushes_and_pulls_through_the_proxy_with_only_the_volume_auth_fil
     let store = dir.path().join("store.yaml");
     std::fs::write(
         &store,
-        format!(
-            r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: robot, namespace: team}}
-type: kubernetes.io/basic-auth
-stringData: {{username: "{USER}", password: "{PASSWORD}"}}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {{name: lab, namespace: team}}
-spec: {{connectorClassName: oci, address: "{}", auth: {{name: basicAuth, secretRef: {{name: robot}}}}}}
-"#,
-            registry.url()
-        ),
+        StoreYaml::new("team")
+            .basic_auth("robot", USER, PASSWORD)
+            .connector("lab", &registry.url(), "robot", None)
+            .build(),
     )
     .unwrap();
     // Only the first token is a known caller; the second stands for a token

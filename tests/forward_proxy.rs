@@ -16,8 +16,8 @@ use std::time::Duration;
 use base64::Engine;
 use support::Process;
 use testing::{
-    CopyOptions, InspectOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, TestTls, TokenServer,
-    TokenServerOptions,
+    CopyOptions, InspectOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, StoreYaml, TestTls,
+    TokenServer, TokenServerOptions,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -51,32 +51,16 @@ impl Lab {
     async fn start_with(registry: Registry, tls: TestTls, extra_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = registry.port();
-        let ca = tls.ca_pem().replace('\n', "\n    ");
-        let store = format!(
-            r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: robot, namespace: team}}
-type: kubernetes.io/basic-auth
-stringData: {{username: "{USER}", password: "{PASSWORD}"}}
----
-apiVersion: v1
-kind: Secret
-metadata: {{name: registry-ca, namespace: team}}
-stringData:
-  ca.crt: |
-    {ca}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {{name: lab, namespace: team}}
-spec:
-  connectorClassName: oci
-  address: "https://registry.test:{port}"
-  auth: {{name: basicAuth, secretRef: {{name: robot}}}}
-  caCertSecretRef: {{name: registry-ca}}
-"#
-        );
+        let store = StoreYaml::new("team")
+            .basic_auth("robot", USER, PASSWORD)
+            .ca("registry-ca", tls.ca_pem())
+            .connector(
+                "lab",
+                &format!("https://registry.test:{port}"),
+                "robot",
+                Some("registry-ca"),
+            )
+            .build();
         std::fs::write(dir.path().join("store.yaml"), store).unwrap();
         std::fs::write(
             dir.path().join("tokens.csv"),
@@ -141,9 +125,7 @@ spec:
 }
 
 fn assert_no_secret(text: &str, what: &str) {
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
-    assert!(!text.contains(PASSWORD), "the registry password appears in {what}");
-    assert!(!text.contains(&basic), "the Basic credential appears in {what}");
+    support::assert_no_credential(text, what, USER, PASSWORD);
 }
 
 fn skopeo() -> Skopeo {

@@ -10,11 +10,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use serde_json::Value;
 use support::Process;
 use testing::{
-    CopyOptions, InspectOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, TokenServer,
+    CopyOptions, InspectOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, StoreYaml, TokenServer,
     TokenServerOptions,
 };
 
@@ -33,28 +32,14 @@ struct Lab {
 
 impl Lab {
     /// `connector_address` defaults to the registry's URL.
-    fn start_proxy(registry: Registry, connector_address: Option<&str>, extra_store: &str) -> Self {
+    fn start_proxy(registry: Registry, connector_address: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let address = connector_address.map(str::to_owned).unwrap_or_else(|| registry.url());
-        let store = format!(
-            r#"
-apiVersion: v1
-kind: Secret
-metadata: {{name: robot, namespace: team}}
-type: kubernetes.io/basic-auth
-stringData: {{username: "{USER}", password: "{PASSWORD}"}}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {{name: lab, namespace: team}}
-spec: {{connectorClassName: oci, address: "{address}", auth: {{name: basicAuth, secretRef: {{name: robot}}}}}}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {{name: lab2, namespace: team}}
-spec: {{connectorClassName: oci, address: "{address}", auth: {{name: basicAuth, secretRef: {{name: robot}}}}}}
-{extra_store}"#
-        );
+        let store = StoreYaml::new("team")
+            .basic_auth("robot", USER, PASSWORD)
+            .connector("lab", &address, "robot", None)
+            .connector("lab2", &address, "robot", None)
+            .build();
         std::fs::write(dir.path().join("store.yaml"), store).unwrap();
         std::fs::write(
             dir.path().join("tokens.csv"),
@@ -125,9 +110,7 @@ spec: {{connectorClassName: oci, address: "{address}", auth: {{name: basicAuth, 
 }
 
 fn assert_no_secret(text: &str, what: &str) {
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"));
-    assert!(!text.contains(PASSWORD), "the registry password appears in {what}");
-    assert!(!text.contains(&basic), "the Basic credential appears in {what}");
+    support::assert_no_credential(text, what, USER, PASSWORD);
 }
 
 fn as_caller() -> RegistryAccess {
@@ -178,7 +161,7 @@ async fn push_and_pull_through_reverse_proxy_match_the_registry_digest_in_htpass
     let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
         .await
         .unwrap();
-    let lab = Lab::start_proxy(registry, None, "");
+    let lab = Lab::start_proxy(registry, None);
     let layout = lab.layout();
     let image = layout
         .add_image("v1", &[64 * 1024, 300 * 1024, 3 * 1024 * 1024], 7)
@@ -246,7 +229,7 @@ async fn push_and_pull_through_reverse_proxy_match_the_registry_digest_in_htpass
 async fn token_auth_registry_multi_arch_index_and_one_token_per_scope() {
     let tokens = TokenServer::start(TokenServerOptions::with_user(USER, PASSWORD)).unwrap();
     let registry = Registry::start(RegistryOptions::token(&tokens)).await.unwrap();
-    let lab = Lab::start_proxy(registry, None, "");
+    let lab = Lab::start_proxy(registry, None);
     let layout = lab.layout();
     let index = layout
         .add_index(
@@ -299,7 +282,7 @@ async fn chunked_upload_and_mounts_within_and_across_connectors() {
     let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
         .await
         .unwrap();
-    let lab = Lab::start_proxy(registry, None, "");
+    let lab = Lab::start_proxy(registry, None);
     let http = Http::default();
     let client = Http::client();
     let blob = testing::image::random_bytes(3 * 1024 * 1024 + 17, 5);
@@ -416,7 +399,7 @@ async fn unauthenticated_wrong_token_and_wrong_namespace_callers_are_rejected_wi
     let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
         .await
         .unwrap();
-    let lab = Lab::start_proxy(registry, None, "");
+    let lab = Lab::start_proxy(registry, None);
     let http = Http::default();
     let client = Http::client();
     let path = "/v2/namespaces/team/connectors/lab/lab/hello/manifests/v1";
@@ -485,7 +468,7 @@ async fn unauthenticated_wrong_token_and_wrong_namespace_callers_are_rejected_wi
 async fn a_rejected_cached_token_is_evicted_and_an_expired_one_renewed_mid_push() {
     let tokens = TokenServer::start(TokenServerOptions::with_user(USER, PASSWORD)).unwrap();
     let registry = Registry::start(RegistryOptions::token(&tokens)).await.unwrap();
-    let lab = Lab::start_proxy(registry, None, "");
+    let lab = Lab::start_proxy(registry, None);
     let layout = lab.layout();
     let image = layout.add_image("v1", &[256 * 1024, 512 * 1024], 21).unwrap();
     let push = CopyOptions::default().dest(as_caller());
@@ -536,7 +519,7 @@ async fn a_realm_outside_the_connector_hosts_gets_no_credential() {
         .await
         .unwrap();
     let address = registry.url();
-    let lab = Lab::start_proxy(registry, Some(&address), "");
+    let lab = Lab::start_proxy(registry, Some(&address));
     let http = Http::default();
     let (status, _, body) = http
         .send(
@@ -562,7 +545,7 @@ async fn a_one_gib_layer_streams_through_and_an_interrupted_read_resumes_with_ra
     let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
         .await
         .unwrap();
-    let lab = Lab::start_proxy(registry, None, "");
+    let lab = Lab::start_proxy(registry, None);
     let layout = lab.layout();
     let image = layout.add_image("big", &[GIB], 99).unwrap();
     let layer = &image.layers[0];
@@ -626,7 +609,7 @@ async fn spliced_blob_bodies_are_byte_exact_and_the_connection_stays_alive() {
     let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
         .await
         .unwrap();
-    let lab = Lab::start_proxy(registry, None, "");
+    let lab = Lab::start_proxy(registry, None);
     let layout = lab.layout();
     let image = layout
         .add_image("two", &[3 * 1024 * 1024, 5 * 1024 * 1024 + 17], 5)
@@ -699,7 +682,7 @@ async fn podman_pulls_and_pushes_through_the_proxy_as_a_second_client() {
     let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
         .await
         .unwrap();
-    let lab = Lab::start_proxy(registry, None, "");
+    let lab = Lab::start_proxy(registry, None);
     let layout = lab.layout();
     let image = layout.add_image("v1", &[200 * 1024, 50 * 1024], 31).unwrap();
     skopeo()

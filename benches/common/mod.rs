@@ -1,11 +1,101 @@
 //! What the benchmarks share: finding programs and ports, CPU and memory
 //! readings from /proc, medians, and the revision a result comes from.
 
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+
+/// How long the binary may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The release `connectors` binary cargo built for this bench.
+pub fn connectors_binary() -> PathBuf {
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_connectors"));
+    if !binary.components().any(|c| c.as_os_str() == "release") {
+        eprintln!(
+            "warning: {} is not a release build; run it with `cargo bench`",
+            binary.display()
+        );
+    }
+    binary
+}
+
+/// The `connectors` binary as a child process with JSON logs, killed and
+/// reaped on drop.
+pub struct Connectors {
+    child: Child,
+    /// The `addr` of the log line the start waited for.
+    pub addr: SocketAddr,
+    _logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl Connectors {
+    /// Runs `binary args --log-format json` (no `CONNECTORS_*` variables
+    /// inherited) and waits (bounded) for the log line `ready_message`.
+    pub fn start(binary: &Path, args: &[&OsStr], ready_message: &'static str) -> anyhow::Result<Self> {
+        let mut command = Command::new(binary);
+        command
+            .args(args)
+            .args(["--log-format", "json"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // NB: every flag has a CONNECTORS_* variable; the bench sets its own.
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("CONNECTORS_") {
+                command.env_remove(name);
+            }
+        }
+        let mut child = command.spawn().context("start connectors")?;
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
+                        && entry["fields"]["message"] == ready_message
+                        && let Some(addr) = entry["fields"]["addr"].as_str().and_then(|a| a.parse().ok())
+                    {
+                        let _ = tx.send(addr);
+                    }
+                    logs.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            });
+        }
+        let mut connectors = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            _logs: logs.clone(),
+        };
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => connectors.addr = addr,
+            Err(_) => bail!(
+                "connectors did not log {ready_message:?} within {START_TIMEOUT:?}: {:?}",
+                logs.lock().unwrap_or_else(|e| e.into_inner())
+            ),
+        }
+        Ok(connectors)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Connectors {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// `name` on `PATH`, or in the sbin directories a non-root `PATH` may lack.
 pub fn find_program(name: &str) -> anyhow::Result<PathBuf> {

@@ -27,6 +27,7 @@ pub mod image;
 pub mod program;
 pub mod registry;
 pub mod skopeo;
+pub mod store;
 pub mod tls;
 pub mod token_server;
 
@@ -35,5 +36,6 @@ pub use digest::{Digest, sha256_bytes, sha256_file};
 pub use image::{Blob, ImageDigests, IndexDigests, OciLayout};
 pub use registry::{Registry, RegistryAuth, RegistryOptions, TokenAuth};
 pub use skopeo::{CopyOptions, InspectOptions, RegistryAccess, Skopeo};
+pub use store::StoreYaml;
 pub use tls::TestTls;
 pub use token_server::{Fault, Grant, GrantRule, TokenServer, TokenServerOptions};

@@ -196,3 +196,11 @@ pub async fn podman(root: &Path, env: &[(&str, &str)], args: &[&str]) -> std::pr
         .expect("podman finished in time")
         .unwrap()
 }
+
+/// Fails if `text` holds the registry password or its Basic credential.
+pub fn assert_no_credential(text: &str, what: &str, user: &str, password: &str) {
+    use base64::Engine as _;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    assert!(!text.contains(password), "the registry password appears in {what}");
+    assert!(!text.contains(&basic), "the Basic credential appears in {what}");
+}
