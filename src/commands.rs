@@ -1,6 +1,7 @@
 //! The subcommands and the flags they share.
 
 mod certs;
+mod controller;
 mod crd;
 mod csi;
 mod mutate;
@@ -47,6 +48,8 @@ pub enum Command {
     Certs(certs::Args),
     /// Serve the CSI node plugin that renders per-pod client configuration.
     Csi(csi::Args),
+    /// Run the leader-elected controller: Connector status and certificates.
+    Controller(controller::Args),
 }
 
 pub fn run(command: Command) -> anyhow::Result<()> {
@@ -58,6 +61,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Crd => crd::run(),
         Command::Certs(args) => certs::run(args),
         Command::Csi(args) => block_on(csi::serve(args)),
+        Command::Controller(args) => block_on(controller::serve(args)),
     }
 }
 

@@ -6,16 +6,13 @@
 
 mod support;
 
-#[path = "../connector/tests/support/fake_apiserver.rs"]
-mod fake_apiserver;
-
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use certs::CertificateAuthority;
-use fake_apiserver::{CONNECTORS, FakeApiServer, NAMESPACES};
 use serde_json::{Value, json};
 use support::Process;
+use testing::apiserver::{CONNECTORS, FakeApiServer, NAMESPACES};
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -129,7 +126,7 @@ async fn cluster_mode_webhook_is_ready_after_the_initial_lists_and_follows_watch
     let mutate_url = format!("{base}/mutate");
 
     // Not ready while the API server holds the initial lists.
-    let listed = |path: &'static str| move |r: &fake_apiserver::RecordedRequest| r.path == path && !r.is_watch();
+    let listed = |path: &'static str| move |r: &testing::apiserver::RecordedRequest| r.path == path && !r.is_watch();
     assert!(
         api.wait_for_request(WAIT, listed("/apis/connectors.alauda.io/v1alpha1/connectors"))
             .await,

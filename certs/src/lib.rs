@@ -8,6 +8,7 @@
 
 pub mod authority;
 pub mod bundle;
+pub mod inspect;
 pub mod leaf;
 pub mod pem;
 pub mod reload;
@@ -15,6 +16,7 @@ pub mod tls_config;
 
 pub use authority::{CertificateAuthority, IssuedCertificate};
 pub use bundle::{ServingFiles, write_serving_bundle};
+pub use inspect::{CertificateSummary, verify_serving_chain};
 pub use leaf::LeafIssuer;
 pub use pem::{load_certs_pem, load_private_key_pem, root_store_from_pem};
 pub use reload::ReloadingCertResolver;

@@ -13,6 +13,11 @@ pub const PROXY_INJECT: &str = "connectors.cpaas.io/proxy-inject";
 /// connectors it injected. Its presence makes a second pass a no-op.
 pub const INJECTED_ANNOTATION: &str = "connectors.cpaas.io/injected";
 
+/// Pod label the webhook sets (`"true"`) beside [`INJECTED_ANNOTATION`],
+/// so the proxy can watch injected pods only (a label selector; annotations
+/// cannot be selected).
+pub const INJECTED_LABEL: &str = "connectors.cpaas.io/injected";
+
 /// Pod annotation recording the images the webhook rewrote, as a JSON object
 /// keyed by `<field>/<container name>` (e.g. `containers/app`).
 pub const ORIGINAL_IMAGES_ANNOTATION: &str = "connectors.cpaas.io/original-images";

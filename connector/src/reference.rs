@@ -203,8 +203,10 @@ impl Reference {
     }
 
     /// Like [`with_location`](Self::with_location), but checks that `domain` is a registry
-    /// domain, `path_prefix` a valid (possibly empty) repository path and that the new name
-    /// fits in [`NAME_TOTAL_LENGTH_MAX`].
+    /// domain, `path_prefix` a valid (possibly empty) repository path, that the new name
+    /// fits in [`NAME_TOTAL_LENGTH_MAX`] and that the result reads back as itself: a domain
+    /// parsing would not split off (`proxy`, not `proxy:80` or `localhost`) or would
+    /// normalise (`index.docker.io`; `docker.io` before a single component) is refused.
     pub fn try_with_location(&self, domain: &str, path_prefix: &str) -> Result<Reference> {
         if !is_domain(domain) {
             return Err(ReferenceError::InvalidDomain);
@@ -219,6 +221,9 @@ impl Reference {
         let relocated = self.with_location(domain, prefix);
         if relocated.domain.len() + 1 + relocated.path.len() > NAME_TOTAL_LENGTH_MAX {
             return Err(ReferenceError::NameTooLong);
+        }
+        if Reference::parse(&relocated.to_string()).as_ref() != Ok(&relocated) {
+            return Err(ReferenceError::InvalidDomain);
         }
         Ok(relocated)
     }

@@ -11,7 +11,7 @@ pub mod file;
 pub mod kube;
 
 pub use file::FileStore;
-pub use kube::KubeStore;
+pub use kube::{KubeSecretStore, KubeStore};
 
 /// The labels and annotations of a namespace: all that selection needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

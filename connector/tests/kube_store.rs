@@ -3,16 +3,13 @@
 //! events without relisting, reads namespaces as metadata only, never asks
 //! for Secrets, and recovers from failures and expired watches.
 
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
-
 use std::time::{Duration, Instant};
 
 use connector::ConnectorKey;
 use connector::keys::{CONNECTOR_ANNOTATION, PROXY_INJECT};
-use connector::store::{ConnectorStore, KubeStore};
-use fake_apiserver::{CONNECTORS, FakeApiServer, NAMESPACES, RecordedRequest};
+use connector::store::{ConnectorStore, KubeSecretStore, KubeStore, SecretStore};
 use serde_json::{Value, json};
+use testing::apiserver::{CONNECTORS, FakeApiServer, NAMESPACES, RecordedRequest, SECRETS};
 
 /// The longest any test waits for one thing to happen.
 const WAIT: Duration = Duration::from_secs(10);
@@ -339,4 +336,85 @@ async fn a_watch_from_an_expired_resource_version_relists_and_forgets_deleted_co
     .await;
     assert_eq!(count(&api, is_list_of(CONNECTORS_PATH)), 2, "{:#?}", api.requests());
     assert!(store.has_synced());
+}
+
+fn basic_auth_secret(namespace: &str, name: &str, password: &str) -> Value {
+    use base64::Engine;
+    let encode = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    json!({
+        "metadata": {"name": name, "namespace": namespace},
+        "type": "kubernetes.io/basic-auth",
+        "data": {"username": encode("robot$ci"), "password": encode(password)},
+    })
+}
+
+fn password(secrets: &KubeSecretStore, namespace: &str, name: &str) -> Option<String> {
+    let secret = secrets.secret(namespace, name)?;
+    let bytes = secret.data.as_ref()?.get("password")?.0.clone();
+    Some(String::from_utf8(bytes).unwrap())
+}
+
+#[tokio::test]
+async fn the_secret_store_watches_exactly_the_referenced_secrets_and_follows_their_changes() {
+    let api = FakeApiServer::start(&[CONNECTORS, NAMESPACES, SECRETS]).await;
+    api.apply(NAMESPACES, namespace("team", json!({}), json!({})));
+    api.apply(SECRETS, basic_auth_secret("team", "robot", "first"));
+    api.apply(SECRETS, basic_auth_secret("team", "other", "unrelated"));
+    api.apply(CONNECTORS, connector("team", "harbor", "https://harbor.test"));
+    let store = KubeStore::spawn(api.client());
+    let secrets = KubeSecretStore::spawn(api.client(), &store);
+
+    eventually("the referenced secret arrives", || {
+        password(&secrets, "team", "robot").as_deref() == Some("first")
+    })
+    .await;
+    // A changed credential takes effect from the watch event.
+    api.apply(SECRETS, basic_auth_secret("team", "robot", "second"));
+    eventually("the new password arrives", || {
+        password(&secrets, "team", "robot").as_deref() == Some("second")
+    })
+    .await;
+    assert_eq!(
+        password(&secrets, "team", "other"),
+        None,
+        "an unreferenced secret is never read"
+    );
+
+    // A new reference starts a watch; dropping it stops the watch and forgets the secret.
+    let mut second = connector("team", "second", "https://second.test");
+    second["spec"]["auth"]["secretRef"]["name"] = json!("other");
+    api.apply(CONNECTORS, second);
+    eventually("the newly referenced secret arrives", || {
+        password(&secrets, "team", "other").as_deref() == Some("unrelated")
+    })
+    .await;
+    api.delete(CONNECTORS, Some("team"), "second");
+    eventually("the unreferenced secret is forgotten", || {
+        password(&secrets, "team", "other").is_none()
+    })
+    .await;
+
+    // A deleted secret is gone.
+    api.delete(SECRETS, Some("team"), "robot");
+    eventually("the deleted secret is gone", || {
+        password(&secrets, "team", "robot").is_none()
+    })
+    .await;
+
+    let secret_requests: Vec<RecordedRequest> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/secrets"))
+        .collect();
+    assert!(!secret_requests.is_empty());
+    for request in &secret_requests {
+        assert!(
+            request.path == "/api/v1/namespaces/team/secrets"
+                && matches!(
+                    request.param("fieldSelector").as_deref(),
+                    Some("metadata.name=robot" | "metadata.name=other")
+                ),
+            "every secret request names one referenced secret: {request}"
+        );
+    }
 }

@@ -239,6 +239,14 @@ fn cases() -> Vec<Case> {
             Some(&format!("foo:{long_hex}")),
         )
         .differs("the oracle caps the encoded digest at 1024 characters; distribution has no cap"),
+        valid(
+            format!("x@{}:{}", "s".repeat(256), "0".repeat(32)),
+            hub,
+            "library/x",
+            None,
+            Some(&format!("{}:{}", "s".repeat(256), "0".repeat(32))),
+        )
+        .differs("the oracle caps the digest algorithm at 255 characters (found by fuzz/); distribution has no cap"),
         // Invalid: empty and malformed structure.
         invalid("", Empty),
         invalid(":tag", InvalidPath),
@@ -299,6 +307,10 @@ fn cases() -> Vec<Case> {
         // The first '/' ends the would-be domain "x:a", whatever follows.
         invalid("x:a/b", InvalidDomain),
         invalid(format!("x:{tag129}"), InvalidTag),
+        invalid(format!("a/b:{tag129}"), InvalidTag).differs(
+            "the oracle lets a tag after a `/` exceed 128 characters (found by fuzz/); distribution's \
+             grammar caps tags at 128",
+        ),
         // Digests.
         invalid("x@", InvalidDigest),
         invalid("x:tag@", InvalidDigest),
@@ -684,6 +696,23 @@ fn try_with_location_rejects_bad_domains_prefixes_and_long_names() {
         original.try_with_location("proxy", &"p".repeat(240)),
         Err(ReferenceError::NameTooLong),
     );
+}
+
+/// Found by `fuzz/` (target `reference`): `try_with_location` returned references whose
+/// `Display` parsed back as another image.
+#[test]
+fn try_with_location_refuses_results_that_read_back_as_another_image() {
+    let ghcr = Reference::parse("ghcr.io/a").unwrap();
+    // `docker.io/a` reads back as `docker.io/library/a`.
+    assert_eq!(ghcr.try_with_location("docker.io", ""), Err(ReferenceError::InvalidDomain));
+    // `index.docker.io/c/a` reads back as `docker.io/c/a`.
+    assert_eq!(ghcr.try_with_location("index.docker.io", "c"), Err(ReferenceError::InvalidDomain));
+    // `proxy/c/a` reads back as the Docker Hub repository `proxy/c/a`.
+    assert_eq!(ghcr.try_with_location("proxy", "c"), Err(ReferenceError::InvalidDomain));
+    for (domain, prefix) in [("docker.io", "c"), ("localhost", ""), ("proxy:80", ""), ("Proxy", "c")] {
+        let moved = ghcr.try_with_location(domain, prefix).unwrap();
+        assert_eq!(Reference::parse(&moved.to_string()), Ok(moved));
+    }
 }
 
 #[test]

@@ -47,14 +47,7 @@ pub type Result<T, E = AccessError> = std::result::Result<T, E>;
 /// The identity Kubernetes gives the pod's ServiceAccount, as a
 /// SubjectAccessReview would name it.
 pub fn service_account_identity(pod: &PodInfo) -> Identity {
-    Identity {
-        username: format!("system:serviceaccount:{}:{}", pod.namespace, pod.service_account),
-        uid: String::new(),
-        groups: vec![
-            "system:serviceaccounts".to_owned(),
-            format!("system:serviceaccounts:{}", pod.namespace),
-        ],
-    }
+    Identity::of_service_account(&pod.namespace, &pod.service_account)
 }
 
 /// Checks every connector in order and returns their routes; the first one

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::fmt;
 use std::future::Future;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
@@ -102,6 +103,46 @@ pub enum Decision {
 pub trait Authorizer: Send + Sync + 'static {
     /// `Err` only when the decision could not be made; callers treat it as a denial.
     fn authorize<'a>(&'a self, identity: &'a Identity, connector: &'a ConnectorKey) -> BoxFuture<'a, Result<Decision>>;
+}
+
+/// Identities proven by where a request comes from, for callers that carry
+/// no token (cluster mode): an unchanged Job whose pod the webhook injected,
+/// and kubelet pulling a rewritten image for a pod on its node.
+pub trait PeerIdentities: Send + Sync + 'static {
+    /// The ServiceAccount identity of the running, webhook-injected pod
+    /// whose IP is `ip`. `None` for hostNetwork pods, for unknown addresses
+    /// and for an IP that two pods claim.
+    fn pod(&self, ip: IpAddr) -> Option<Identity>;
+
+    /// The node whose address `ip` is.
+    fn node(&self, ip: IpAddr) -> Option<String>;
+
+    /// The ServiceAccounts of the injected pods bound to `node` that
+    /// reference `repository` of connector `key` in one of their images.
+    /// Waits briefly when there are none yet, since a pod reaches the
+    /// proxy's informer a moment after kubelet starts pulling for it.
+    fn pods_pulling<'a>(
+        &'a self,
+        node: &'a str,
+        key: &'a ConnectorKey,
+        repository: &'a str,
+    ) -> BoxFuture<'a, Vec<Identity>>;
+}
+
+impl Identity {
+    /// The identity Kubernetes gives ServiceAccount `namespace/name`, with
+    /// its groups.
+    pub fn of_service_account(namespace: &str, name: &str) -> Self {
+        Self {
+            username: format!("system:serviceaccount:{namespace}:{name}"),
+            uid: String::new(),
+            groups: vec![
+                "system:serviceaccounts".to_owned(),
+                format!("system:serviceaccounts:{namespace}"),
+                "system:authenticated".to_owned(),
+            ],
+        }
+    }
 }
 
 /// kube-apiserver's static token file: CSV lines `token,user,uid,"group1,group2"`

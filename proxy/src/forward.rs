@@ -74,7 +74,9 @@ impl std::str::FromStr for TunnelHost {
 }
 
 impl TunnelHost {
-    fn matches(&self, host: &str, port: u16) -> bool {
+    /// Whether a tunnel to `host` (lowercase, IPv6 without brackets) and
+    /// `port` is allowed by this entry.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
         if self.port.is_some_and(|p| p != port) {
             return false;
         }
@@ -162,7 +164,7 @@ impl ForwardProxy {
         let result = if request.method() == Method::CONNECT {
             self.connect(request, peer, limits).await
         } else if request.uri().scheme().is_some() {
-            self.absolute(request).await
+            self.absolute(request, peer).await
         } else {
             Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
@@ -181,19 +183,9 @@ impl ForwardProxy {
         peer: SocketAddr,
         limits: ServerLimits,
     ) -> Result<Response<ProxyBody>, Refusal> {
-        let authority = request
-            .uri()
-            .authority()
+        let (host, port) = connect_target(request.uri())
             .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "CONNECT needs host:port"))?;
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        let port = authority
-            .port_u16()
-            .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "CONNECT needs host:port"))?;
-        let (identity, keys) = self.caller(request.headers()).await?;
+        let (identity, keys) = self.caller(request.headers(), peer).await?;
         let plan = self.plan(&host, port, "https", &identity, &keys).await?;
         tracing::debug!(%peer, caller = %identity.username, %host, port, ?plan, "CONNECT");
         let this = self.clone();
@@ -276,7 +268,7 @@ impl ForwardProxy {
 
     /// An absolute-form request (`GET http://host/v2/...`) for a plain-HTTP
     /// connector registry.
-    async fn absolute(&self, request: Request<Incoming>) -> Result<Response<ProxyBody>, Refusal> {
+    async fn absolute(&self, request: Request<Incoming>, peer: SocketAddr) -> Result<Response<ProxyBody>, Refusal> {
         let uri = request.uri().clone();
         if uri.scheme_str() != Some("http") {
             return Err(Refusal::new(
@@ -284,14 +276,9 @@ impl ForwardProxy {
                 "only http:// URLs are forwarded in absolute form; use CONNECT for https",
             ));
         }
-        let host = uri
-            .host()
-            .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "the URL has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
-        let port = uri.port_u16().unwrap_or(80);
-        let (identity, keys) = self.caller(request.headers()).await?;
+        let (host, port) =
+            absolute_target(&uri).ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "the URL has no host"))?;
+        let (identity, keys) = self.caller(request.headers(), peer).await?;
         let Plan::Intercept(key) = self.plan(&host, port, "http", &identity, &keys).await? else {
             return Err(Refusal::new(
                 StatusCode::FORBIDDEN,
@@ -313,17 +300,35 @@ impl ForwardProxy {
             .await)
     }
 
-    /// The caller and the connectors it names, from `Proxy-Authorization`.
-    async fn caller(&self, headers: &hyper::HeaderMap) -> Result<(Identity, Vec<ConnectorKey>), Refusal> {
+    /// The caller and the connectors it names, from `Proxy-Authorization`;
+    /// without one, in cluster mode, the injected pod at the source address
+    /// with its namespace's connectors.
+    async fn caller(
+        &self,
+        headers: &hyper::HeaderMap,
+        peer: SocketAddr,
+    ) -> Result<(Identity, Vec<ConnectorKey>), Refusal> {
         let required = |message: &str| Refusal::new(StatusCode::PROXY_AUTHENTICATION_REQUIRED, message);
-        let (username, token) = headers
-            .get(header::PROXY_AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        let missing = || {
+            required(
+                "proxy authentication required: the connector list as the username, a ServiceAccount token as the password",
+            )
+        };
+        let Some(value) = headers.get(header::PROXY_AUTHORIZATION) else {
+            let identity = self
+                .pipeline
+                .peer_identities()
+                .and_then(|peers| peers.pod(peer.ip().to_canonical()))
+                .ok_or_else(missing)?;
+            let keys = self.namespace_connectors(identity.service_account().map(|(ns, _)| ns).unwrap_or_default());
+            return Ok((identity, keys));
+        };
+        let (username, token) = value
+            .to_str()
+            .ok()
             .and_then(basic_credentials)
             .filter(|(_, token)| !token.is_empty())
-            .ok_or_else(|| {
-                required("proxy authentication required: the connector list as the username, a ServiceAccount token as the password")
-            })?;
+            .ok_or_else(missing)?;
         let identity = match self.authenticator.authenticate(&token).await {
             Ok(Some(identity)) => identity,
             Ok(None) => return Err(required("the proxy token is not valid")),
@@ -338,17 +343,21 @@ impl ForwardProxy {
         let list = percent_encoding::percent_decode_str(&username).decode_utf8_lossy();
         let keys = if list.trim().is_empty() {
             // No list: every connector of the caller's own namespace.
-            let namespace = namespace.as_deref().unwrap_or_default();
-            self.connectors
-                .connectors_in(namespace)
-                .iter()
-                .filter_map(|c| c.metadata.name.clone().map(|name| ConnectorKey::new(namespace, name)))
-                .collect()
+            self.namespace_connectors(namespace.as_deref().unwrap_or_default())
         } else {
             parse_connector_list(&list, namespace.as_deref().unwrap_or_default())
                 .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("the proxy username: {e}")))?
         };
         Ok((identity, keys))
+    }
+
+    /// Every connector of `namespace`.
+    fn namespace_connectors(&self, namespace: &str) -> Vec<ConnectorKey> {
+        self.connectors
+            .connectors_in(namespace)
+            .iter()
+            .filter_map(|c| c.metadata.name.clone().map(|name| ConnectorKey::new(namespace, name)))
+            .collect()
     }
 
     /// Intercept for the first named connector at `host:port` that the
@@ -422,6 +431,24 @@ impl ForwardProxy {
         }
         Ok(addresses)
     }
+}
+
+/// The lowercase host (IPv6 without brackets) and port a CONNECT names in
+/// its authority-form target; None without a host or a port.
+pub fn connect_target(uri: &Uri) -> Option<(String, u16)> {
+    let authority = uri.authority()?;
+    let port = authority.port_u16()?;
+    Some((bare_host(authority.host()), port))
+}
+
+/// The lowercase host (IPv6 without brackets) and port, 80 by default, of an
+/// absolute-form `http://` request target; None without a host.
+pub fn absolute_target(uri: &Uri) -> Option<(String, u16)> {
+    Some((bare_host(uri.host()?), uri.port_u16().unwrap_or(80)))
+}
+
+fn bare_host(host: &str) -> String {
+    host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
 }
 
 /// Whether a connector at `address` (or one of its extensions) is the

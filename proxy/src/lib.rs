@@ -5,6 +5,7 @@
 
 pub mod caller;
 pub mod challenge;
+pub mod cluster;
 pub mod credential;
 pub mod forward;
 pub mod metrics;

@@ -21,7 +21,7 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use url::Url;
 
-use crate::caller::{Authenticator, Authorizer, Decision, Identity, token_from_authorization};
+use crate::caller::{Authenticator, Authorizer, Decision, Identity, PeerIdentities, token_from_authorization};
 use crate::challenge::{self, Challenge, Scheme, Scope};
 use crate::credential::{self, UpstreamCredential};
 use crate::metrics::{ByteLabels, ConnectorLabels, Metrics, RequestLabels, status_class};
@@ -31,6 +31,20 @@ use crate::route::{self, ConnectorRoute, Endpoint, Route};
 use crate::splice::{self, ClientSocket};
 use crate::token::{self, Source, Token, TokenCache, TokenKey};
 use crate::upstream::{BoxError, ProxyBody, RESPONSE_HEADER_TIMEOUT, UpstreamClient, UpstreamClients};
+
+/// The client's socket address, set by the server as a request extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
+/// Who a request comes from.
+enum Caller {
+    /// A caller that sent a token.
+    Token(Identity),
+    /// An injected pod, by its source address.
+    Pod(Identity),
+    /// A node (kubelet pulling for its pods), by its source address.
+    Node(String),
+}
 
 /// The realm the proxy names in its own challenge.
 pub const PROXY_REALM: &str = "connectors";
@@ -85,6 +99,7 @@ pub struct ReverseProxy {
     secrets: Arc<dyn SecretStore>,
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
+    peers: Option<Arc<dyn PeerIdentities>>,
     tokens: TokenCache,
     clients: UpstreamClients,
     upstream_auth: Mutex<HashMap<String, UpstreamAuth>>,
@@ -140,6 +155,7 @@ impl ReverseProxy {
             secrets,
             authenticator,
             authorizer,
+            peers: None,
             tokens: TokenCache::default(),
             clients: UpstreamClients::new(options.pins.clone()),
             upstream_auth: Mutex::new(HashMap::new()),
@@ -148,7 +164,21 @@ impl ReverseProxy {
         }
     }
 
-    /// Answers one request under `/v2`.
+    /// Also accepts callers without a token by their source address: pods
+    /// the webhook injected, and nodes pulling for their pods (cluster mode).
+    pub fn with_peer_identities(mut self, peers: Arc<dyn PeerIdentities>) -> Self {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// The identities proven by source addresses, when configured.
+    pub fn peer_identities(&self) -> Option<&Arc<dyn PeerIdentities>> {
+        self.peers.as_ref()
+    }
+
+    /// Answers one request under `/v2`. A [`PeerAddr`] extension, when the
+    /// server sets one, lets callers without a token be identified by their
+    /// source address.
     pub async fn handle<B>(&self, request: Request<B>) -> Response<ProxyBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
@@ -236,11 +266,11 @@ impl ReverseProxy {
             .map_err(|e| Failure::new(StatusCode::NOT_FOUND, e.oci_code(), e.to_string()))?;
         match route {
             Route::Base => {
-                self.authenticate(request.headers()).await?;
+                self.caller(&request).await?;
                 Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}")))
             }
             Route::Catalog => {
-                self.authenticate(request.headers()).await?;
+                self.caller(&request).await?;
                 // NB: a catalog across connectors would disclose repositories
                 // of registries the caller may not use; each connector's
                 // repositories are reached through its own prefix.
@@ -250,24 +280,83 @@ impl ReverseProxy {
                 ))
             }
             Route::Connector(route) => {
-                let identity = self.authenticate(request.headers()).await?;
-                self.authorize(&identity, &route.key).await?;
+                let caller = match self.caller(&request).await? {
+                    Caller::Token(identity) | Caller::Pod(identity) => {
+                        self.authorize(&identity, &route.key).await?;
+                        identity.username
+                    }
+                    Caller::Node(node) => {
+                        self.authorize_node(&node, &route, request.method()).await?;
+                        format!("system:node:{node}")
+                    }
+                };
                 let target = self.target(&route.key, Mode::Reverse)?;
                 *label = route.key.to_string();
-                tracing::debug!(connector = %route.key, caller = %identity.username, method = %request.method(), "proxying");
+                tracing::debug!(connector = %route.key, %caller, method = %request.method(), "proxying");
                 self.forward(&target, &route, request).await
             }
         }
     }
 
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Failure> {
+    /// Who is asking: the token's identity when the request carries one
+    /// (a token that fails is never overridden by the address); otherwise,
+    /// in cluster mode, the injected pod or the node at the source address.
+    async fn caller(&self, request: &Request<ProxyBody>) -> Result<Caller, Failure> {
         let unauthorized = |message: &str| Failure::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message);
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(token_from_authorization)
-            .ok_or_else(|| unauthorized("authentication required: send a ServiceAccount token as the password"))?;
-        match self.authenticator.authenticate(&token).await {
+        if let Some(value) = request.headers().get(header::AUTHORIZATION) {
+            let token = value
+                .to_str()
+                .ok()
+                .and_then(token_from_authorization)
+                .ok_or_else(|| unauthorized("the Authorization header carries no usable token"))?;
+            return self.authenticate(&token).await.map(Caller::Token);
+        }
+        if let (Some(peers), Some(PeerAddr(peer))) = (&self.peers, request.extensions().get::<PeerAddr>()) {
+            let ip = peer.ip().to_canonical();
+            if let Some(identity) = peers.pod(ip) {
+                return Ok(Caller::Pod(identity));
+            }
+            if let Some(node) = peers.node(ip) {
+                return Ok(Caller::Node(node));
+            }
+        }
+        Err(unauthorized(
+            "authentication required: send a ServiceAccount token as the password",
+        ))
+    }
+
+    /// The node rule: a node may read a connector's repository only while
+    /// a pod bound to it references that repository and the pod's
+    /// ServiceAccount may use the connector.
+    async fn authorize_node(&self, node: &str, route: &ConnectorRoute, method: &Method) -> Result<(), Failure> {
+        let denied = |why: String| Failure::new(StatusCode::FORBIDDEN, "DENIED", format!("node {node}: {why}"));
+        let pull = matches!(method, &Method::GET | &Method::HEAD)
+            && matches!(route.endpoint, Endpoint::Manifest(_) | Endpoint::Blob(_));
+        if !pull {
+            return Err(denied("nodes may only pull manifests and blobs".to_owned()));
+        }
+        let Some(peers) = &self.peers else {
+            return Err(denied("node pulls are not enabled".to_owned()));
+        };
+        let pods = peers.pods_pulling(node, &route.key, &route.repository).await;
+        for identity in &pods {
+            if self.authorize(identity, &route.key).await.is_ok() {
+                return Ok(());
+            }
+        }
+        Err(denied(if pods.is_empty() {
+            format!("no pod bound to the node references {}/{}", route.key, route.repository)
+        } else {
+            format!(
+                "no pod referencing {}/{} on the node may use the connector",
+                route.key, route.repository
+            )
+        }))
+    }
+
+    async fn authenticate(&self, token: &str) -> Result<Identity, Failure> {
+        let unauthorized = |message: &str| Failure::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message);
+        match self.authenticator.authenticate(token).await {
             Ok(Some(identity)) => Ok(identity),
             Ok(None) => Err(unauthorized("the token is not valid")),
             Err(error) => Err(Failure::new(

@@ -19,7 +19,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::reverse::ReverseProxy;
-use crate::splice::ClientIo;
+use crate::splice::{ClientIo, ClientSocket};
 use crate::upstream::ProxyBody;
 
 /// Limits of the server side.
@@ -52,13 +52,99 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    serve_with(listener, proxy, ready, limits, None, shutdown).await
+}
+
+/// [`serve`] over TLS (`tls` offers `http/1.1`, and `h2` if wanted). Blob
+/// bodies are copied rather than spliced: their bytes must be encrypted.
+pub async fn serve_tls(
+    listener: TcpListener,
+    proxy: Arc<ReverseProxy>,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    limits: ServerLimits,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    serve_with(listener, proxy, ready, limits, Some(tls), shutdown).await
+}
+
+/// How long a client may take to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn serve_with(
+    listener: TcpListener,
+    proxy: Arc<ReverseProxy>,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    limits: ServerLimits,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let mut shutdown = std::pin::pin!(shutdown);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     while let Some((stream, peer)) = accept(&listener, shutdown.as_mut()).await {
-        let (io, socket) = ClientIo::new(stream);
-        let (proxy, ready) = (proxy.clone(), ready.clone());
+        let (proxy, ready, limits, graceful) = (proxy.clone(), ready.clone(), limits.clone(), graceful.clone());
+        let Some(acceptor) = acceptor.clone() else {
+            let (io, socket) = ClientIo::new(stream);
+            serve_connection(io, Some(socket), peer, proxy, ready, &limits, &graceful);
+            continue;
+        };
+        // NB: the handshake runs in the connection's task, so a slow client
+        // never holds up accepting others.
+        tokio::spawn(async move {
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    serve_connection(io, None, peer, proxy, ready, &limits, &graceful);
+                }
+                Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+    // Refuse new connections while in-flight requests drain.
+    drop(listener);
+    tracing::info!(grace = ?limits.shutdown_grace, "draining in-flight requests");
+    // NB: handshakes in flight hold the tracker for at most their timeout.
+    let mut graceful = graceful;
+    let deadline = tokio::time::Instant::now() + TLS_HANDSHAKE_TIMEOUT + Duration::from_secs(1);
+    let graceful = loop {
+        match Arc::try_unwrap(graceful) {
+            Ok(graceful) => break graceful,
+            Err(shared) if tokio::time::Instant::now() < deadline => {
+                graceful = shared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(_) => return Ok(()),
+        }
+    };
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period over; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// Serves one accepted connection in its own task, watched by `graceful`.
+fn serve_connection<I>(
+    io: I,
+    socket: Option<ClientSocket>,
+    peer: SocketAddr,
+    proxy: Arc<ReverseProxy>,
+    ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    limits: &ServerLimits,
+    graceful: &hyper_util::server::graceful::GracefulShutdown,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    {
         let service = service_fn(move |mut request: Request<Incoming>| {
-            request.extensions_mut().insert(socket.clone());
+            if let Some(socket) = &socket {
+                request.extensions_mut().insert(socket.clone());
+            }
+            request.extensions_mut().insert(crate::reverse::PeerAddr(peer));
             let (proxy, ready) = (proxy.clone(), ready.clone());
             async move { Ok::<_, std::convert::Infallible>(dispatch(&proxy, ready.as_ref(), request, peer).await) }
         });
@@ -81,16 +167,6 @@ pub async fn serve(
             }
         });
     }
-    // Refuse new connections while in-flight requests drain.
-    drop(listener);
-    tracing::info!(grace = ?limits.shutdown_grace, "draining in-flight requests");
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace period over; closing remaining connections");
-    }
-    Ok(())
 }
 
 /// The next connection (with `TCP_NODELAY`), or None once `shutdown`

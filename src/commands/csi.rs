@@ -1,17 +1,20 @@
 //! `connectors csi`: the CSI node plugin (a DaemonSet beside kubelet) that
 //! renders per-pod registry client configuration into inline ephemeral
-//! volumes. Standalone: connectors come from a store file, and a pod may use
-//! its own namespace's connectors.
+//! volumes. Standalone (`--store`): connectors come from a store file, and a
+//! pod may use its own namespace's connectors. Cluster mode: connectors are
+//! watched through the API server, and SubjectAccessReview decides whether
+//! the pod's ServiceAccount may use each connector its volume names.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use connector::store::{ConnectorStore, FileStore};
+use connector::store::{ConnectorStore, FileStore, KubeStore};
 use csi::RenderConfig;
 use csi::trust::{DEFAULT_SYSTEM_ROOTS, load_proxy_ca, load_system_roots};
-use proxy::caller::SameNamespace;
+use proxy::caller::{Authorizer, SameNamespace};
+use proxy::cluster::{AccessCheck, SubjectAccessReviews};
 
 use super::InjectionArgs;
 
@@ -27,8 +30,14 @@ pub struct Args {
     node_id: String,
     /// The store: YAML with the Namespaces and Connectors; reloaded when it
     /// changes.
+    /// Standalone mode: the store file. Without it connectors are watched
+    /// through the API server.
     #[arg(long, env = "CONNECTORS_STORE")]
-    store: PathBuf,
+    store: Option<PathBuf>,
+    /// Cluster mode: what SubjectAccessReview checks, as the proxy's
+    /// `--authorization` (`proxy-subresource` or `get`).
+    #[arg(long, env = "CONNECTORS_AUTHORIZATION", default_value = "proxy-subresource", value_parser = super::proxy::parse_access_check)]
+    authorization: AccessCheck,
     /// The system root certificates (PEM bundle) that ca-bundle.crt joins
     /// with the proxy CA; when missing, the platform's trust store is used.
     #[arg(long, env = "CONNECTORS_SYSTEM_ROOTS", default_value = DEFAULT_SYSTEM_ROOTS)]
@@ -61,12 +70,24 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         system_roots_pem,
         pull_plain_http: args.pull_plain_http,
     };
-    let store = Arc::new(
-        FileStore::load(&args.store).with_context(|| format!("failed to load the store {}", args.store.display()))?,
-    );
-    store.spawn_watch(Duration::from_secs(2));
-    let store: Arc<dyn ConnectorStore> = store;
-    let plugin = csi::Plugin::new(store, Arc::new(SameNamespace), config, &args.node_id);
+    let (store, authorizer): (Arc<dyn ConnectorStore>, Arc<dyn Authorizer>) = match &args.store {
+        Some(path) => {
+            let store = Arc::new(
+                FileStore::load(path).with_context(|| format!("failed to load the store {}", path.display()))?,
+            );
+            store.spawn_watch(Duration::from_secs(2));
+            (store, Arc::new(SameNamespace))
+        }
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .context("no --store given and no Kubernetes configuration found")?;
+            // NB: one decision per mount; a short cache only absorbs bursts.
+            let authorizer = SubjectAccessReviews::new(client.clone(), args.authorization, Duration::from_secs(5));
+            (Arc::new(KubeStore::spawn(client)), Arc::new(authorizer))
+        }
+    };
+    let plugin = csi::Plugin::new(store, authorizer, config, &args.node_id);
     csi::serve_unix(
         &socket,
         plugin,

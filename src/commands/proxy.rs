@@ -1,4 +1,11 @@
 //! `connectors proxy`: the credential-injecting registry proxy.
+//!
+//! Standalone (`--store` and `--token-auth-file`): connectors from a file,
+//! callers from a static token file. Cluster mode (neither): connectors,
+//! their Secrets, namespaces, injected pods and nodes watched through the
+//! API server; callers proven by TokenReview, by the source address of an
+//! injected pod, or as a node pulling for its pods; access decided by
+//! SubjectAccessReview.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,8 +14,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use certs::CertificateAuthority;
-use connector::store::FileStore;
-use proxy::caller::{SameNamespace, StaticTokens};
+use connector::store::{ConnectorStore, FileStore, KubeSecretStore, KubeStore};
+use proxy::caller::{Authenticator, Authorizer, SameNamespace, StaticTokens};
+use proxy::cluster::{AccessCheck, PodIdentities, SubjectAccessReviews, TokenReviewOptions, TokenReviews};
 use proxy::forward::{self, ForwardOptions, ForwardProxy, TunnelHost};
 use proxy::resolve::{Pin, Pins};
 use proxy::reverse::{ReverseOptions, ReverseProxy};
@@ -113,11 +121,30 @@ const CA_VALIDITY: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Standalone mode: the store YAML (Namespaces, Secrets, Connectors),
+    /// reloaded when it changes. Without it (and without
+    /// `--token-auth-file`) the proxy runs in cluster mode.
+    #[arg(long, env = "CONNECTORS_STORE", requires = "token_auth_file")]
+    store: Option<PathBuf>,
+    /// Standalone mode: caller tokens in kube-apiserver's static token file
+    /// format (`token,user,uid,"groups"`).
+    #[arg(long, env = "CONNECTORS_TOKEN_AUTH_FILE", requires = "store")]
+    token_auth_file: Option<PathBuf>,
     #[command(flatten)]
-    standalone: StandaloneArgs,
+    cluster: ClusterArgs,
     /// Address of reverse mode (plain HTTP).
     #[arg(long, env = "CONNECTORS_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
+    /// Address of reverse mode over HTTPS (for container runtimes on
+    /// nodes); off when absent. Needs `--tls-cert` and `--tls-key`.
+    #[arg(long, env = "CONNECTORS_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
+    tls_listen: Option<SocketAddr>,
+    /// Serving certificate chain (PEM) of `--tls-listen`; reloaded when it changes.
+    #[arg(long, env = "CONNECTORS_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Serving key (PEM) of `--tls-listen`.
+    #[arg(long, env = "CONNECTORS_TLS_KEY")]
+    tls_key: Option<PathBuf>,
     #[command(flatten)]
     forward: ForwardArgs,
     /// How long a client may take to send a request's headers.
@@ -131,8 +158,52 @@ pub struct Args {
     shutdown_grace_seconds: u64,
 }
 
+/// Cluster mode's identity and authorization settings.
+#[derive(clap::Args)]
+pub struct ClusterArgs {
+    /// What SubjectAccessReview checks: `proxy-subresource` (`get` on
+    /// `connectors/proxy`, granted only by roles made for using connectors)
+    /// or `get` (`get` on the Connector, as earlier releases check).
+    #[arg(long, env = "CONNECTORS_AUTHORIZATION", default_value = "proxy-subresource", value_parser = parse_access_check)]
+    authorization: AccessCheck,
+    /// How long an authorization decision is reused: a revoked role stops
+    /// working within this time.
+    #[arg(long, env = "CONNECTORS_AUTHORIZATION_CACHE_SECONDS", default_value_t = 5)]
+    authorization_cache_seconds: u64,
+    /// The audience callers' ServiceAccount tokens must carry.
+    #[arg(long, env = "CONNECTORS_TOKEN_AUDIENCE", default_value = connector::keys::PROXY_TOKEN_AUDIENCE)]
+    token_audience: String,
+    /// The longest a valid token's review is reused.
+    #[arg(long, env = "CONNECTORS_TOKEN_CACHE_SECONDS", default_value_t = 120)]
+    token_cache_seconds: u64,
+    /// How long a node's pull waits for its pod to reach the proxy's cache.
+    #[arg(long, env = "CONNECTORS_NODE_PULL_WAIT_MILLISECONDS", default_value_t = 2000)]
+    node_pull_wait_milliseconds: u64,
+    /// Accept callers without a token by source address: injected pods, and
+    /// nodes pulling for their pods.
+    #[arg(long, env = "CONNECTORS_PEER_IDENTITIES", default_value_t = true, action = clap::ArgAction::Set)]
+    peer_identities: bool,
+}
+
+pub fn parse_access_check(value: &str) -> Result<AccessCheck, String> {
+    match value {
+        "proxy-subresource" => Ok(AccessCheck::ProxySubresource),
+        "get" => Ok(AccessCheck::Get),
+        other => Err(format!("`{other}` is not `proxy-subresource` or `get`")),
+    }
+}
+
 pub async fn serve(args: Args) -> anyhow::Result<()> {
-    let standalone = Standalone::start(&args.standalone, args.forward.reverse_options())?;
+    let pipeline = match (&args.store, &args.token_auth_file) {
+        (Some(store), Some(token_auth_file)) => {
+            let standalone = StandaloneArgs {
+                store: store.clone(),
+                token_auth_file: token_auth_file.clone(),
+            };
+            Standalone::start(&standalone, args.forward.reverse_options())?.pipeline()
+        }
+        _ => Pipeline::cluster(&args.cluster, args.forward.reverse_options()).await?,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("failed to listen on {}", args.listen))?;
@@ -148,17 +219,49 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         super::webhook::shutdown_signal().await;
         let _ = stop.send(true);
     });
-    let forward = standalone.serve_forward(&args.forward, limits.clone(), until_stopped(stopped.clone()));
+    let forward = pipeline.serve_forward(&args.forward, limits.clone(), until_stopped(stopped.clone()));
+    let tls = serve_reverse_tls(&args, &pipeline, limits.clone(), until_stopped(stopped.clone()));
     let reverse = server::serve(
         listener,
-        standalone.reverse.clone(),
-        Arc::new(|| true),
+        pipeline.reverse.clone(),
+        pipeline.ready.clone(),
         limits,
         until_stopped(stopped),
     );
-    let (forward, reverse) = tokio::join!(forward, reverse);
+    let (forward, tls, reverse) = tokio::join!(forward, tls, reverse);
     forward?;
+    tls?;
     reverse.context("the proxy server failed")
+}
+
+/// Serves reverse mode over HTTPS when `--tls-listen` is given.
+async fn serve_reverse_tls(
+    args: &Args,
+    pipeline: &Pipeline,
+    limits: ServerLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let (Some(address), Some(cert), Some(key)) = (args.tls_listen, &args.tls_cert, &args.tls_key) else {
+        return Ok(());
+    };
+    let resolver = certs::ReloadingCertResolver::load(cert.clone(), key.clone())
+        .context("failed to load the proxy's serving certificate")?;
+    resolver.spawn_watch(Duration::from_secs(5));
+    let tls = Arc::new(certs::server_config(resolver, &[b"h2", b"http/1.1"])?);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("failed to listen on {address}"))?;
+    tracing::info!(addr = %listener.local_addr()?, mode = "reverse-tls", "proxy https listening");
+    server::serve_tls(
+        listener,
+        pipeline.reverse.clone(),
+        pipeline.ready.clone(),
+        limits,
+        tls,
+        shutdown,
+    )
+    .await
+    .context("the proxy's HTTPS server failed")
 }
 
 /// Resolves once the watch says stop.
@@ -175,7 +278,105 @@ pub struct Standalone {
     pub reverse: Arc<ReverseProxy>,
 }
 
+/// The request pipeline and what forward mode shares with it.
+pub struct Pipeline {
+    pub connectors: Arc<dyn ConnectorStore>,
+    pub authenticator: Arc<dyn Authenticator>,
+    pub authorizer: Arc<dyn Authorizer>,
+    pub reverse: Arc<ReverseProxy>,
+    /// Readiness: the caches hold a complete view.
+    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl Pipeline {
+    /// Cluster mode: everything from the API server.
+    async fn cluster(args: &ClusterArgs, options: ReverseOptions) -> anyhow::Result<Self> {
+        let client = kube::Client::try_default()
+            .await
+            .context("no --store given and no Kubernetes configuration found")?;
+        let store = KubeStore::spawn(client.clone());
+        let secrets = Arc::new(KubeSecretStore::spawn(client.clone(), &store));
+        let store = Arc::new(store);
+        let authenticator: Arc<dyn Authenticator> = Arc::new(TokenReviews::new(
+            client.clone(),
+            TokenReviewOptions {
+                audience: args.token_audience.clone(),
+                max_ttl: Duration::from_secs(args.token_cache_seconds),
+                ..TokenReviewOptions::default()
+            },
+        ));
+        let authorizer: Arc<dyn Authorizer> = Arc::new(SubjectAccessReviews::new(
+            client.clone(),
+            args.authorization,
+            Duration::from_secs(args.authorization_cache_seconds),
+        ));
+        let mut reverse = ReverseProxy::new(
+            store.clone(),
+            secrets,
+            authenticator.clone(),
+            authorizer.clone(),
+            options,
+        );
+        let ready: Arc<dyn Fn() -> bool + Send + Sync> = if args.peer_identities {
+            let peers = PodIdentities::spawn(client, Duration::from_millis(args.node_pull_wait_milliseconds));
+            reverse = reverse.with_peer_identities(Arc::new(peers.clone()));
+            let store = store.clone();
+            Arc::new(move || store.has_synced() && peers.has_synced())
+        } else {
+            let store = store.clone();
+            Arc::new(move || store.has_synced())
+        };
+        tracing::info!(authorization = ?args.authorization, peer_identities = args.peer_identities, "cluster mode");
+        Ok(Self {
+            connectors: store,
+            authenticator,
+            authorizer,
+            reverse: Arc::new(reverse),
+            ready,
+        })
+    }
+
+    /// Serves forward mode when `--forward-listen` is given.
+    pub async fn serve_forward(
+        &self,
+        args: &ForwardArgs,
+        limits: ServerLimits,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let Some(address) = args.forward_listen else {
+            return Ok(());
+        };
+        let leaves = Arc::new(certs::LeafIssuer::new(args.authority()?));
+        let forward = Arc::new(ForwardProxy::new(
+            self.reverse.clone(),
+            self.connectors.clone(),
+            self.authenticator.clone(),
+            self.authorizer.clone(),
+            leaves,
+            args.forward_options(),
+        ));
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("failed to listen on {address}"))?;
+        tracing::info!(addr = %listener.local_addr()?, mode = "forward", "forward proxy listening");
+        forward::serve(listener, forward, limits, shutdown)
+            .await
+            .context("the forward proxy failed")
+    }
+}
+
 impl Standalone {
+    /// The pipeline over the standalone parts.
+    pub fn pipeline(&self) -> Pipeline {
+        Pipeline {
+            connectors: self.store.clone(),
+            authenticator: self.tokens.clone(),
+            authorizer: Arc::new(SameNamespace),
+            reverse: self.reverse.clone(),
+            ready: Arc::new(|| true),
+        }
+    }
+
     pub fn start(args: &StandaloneArgs, options: ReverseOptions) -> anyhow::Result<Self> {
         let (store, token_auth_file) = (&args.store, &args.token_auth_file);
         let store =
@@ -193,33 +394,5 @@ impl Standalone {
             options,
         ));
         Ok(Self { store, tokens, reverse })
-    }
-
-    /// Serves forward mode when `--forward-listen` is given.
-    pub async fn serve_forward(
-        &self,
-        args: &ForwardArgs,
-        limits: ServerLimits,
-        shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> anyhow::Result<()> {
-        let Some(address) = args.forward_listen else {
-            return Ok(());
-        };
-        let leaves = Arc::new(certs::LeafIssuer::new(args.authority()?));
-        let forward = Arc::new(ForwardProxy::new(
-            self.reverse.clone(),
-            self.store.clone(),
-            self.tokens.clone(),
-            Arc::new(SameNamespace),
-            leaves,
-            args.forward_options(),
-        ));
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| format!("failed to listen on {address}"))?;
-        tracing::info!(addr = %listener.local_addr()?, mode = "forward", "forward proxy listening");
-        forward::serve(listener, forward, limits, shutdown)
-            .await
-            .context("the forward proxy failed")
     }
 }

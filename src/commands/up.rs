@@ -80,7 +80,8 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         Duration::from_secs(10),
         move |addr| tracing::info!(%addr, ca = %ca.display(), "webhook listening"),
     );
-    let forward = standalone.serve_forward(&forward_args, ServerLimits::default(), until_stopped(stopped.clone()));
+    let pipeline = standalone.pipeline();
+    let forward = pipeline.serve_forward(&forward_args, ServerLimits::default(), until_stopped(stopped.clone()));
     let proxy = proxy::server::serve(
         listener,
         proxy,

@@ -21,6 +21,7 @@
 //! # }
 //! ```
 
+pub mod apiserver;
 pub mod client;
 pub mod digest;
 pub mod image;

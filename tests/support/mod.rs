@@ -52,6 +52,11 @@ impl Process {
         Self::spawn(args, &[], ready_message).0
     }
 
+    /// As [`Process::start_until`], with extra environment variables.
+    pub fn start_until_with_env(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> Self {
+        Self::spawn(args, env, ready_message).0
+    }
+
     /// Starts the process and returns it with the first log line whose
     /// message is `ready_message` (waiting at most 20 s).
     fn spawn(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> (Self, serde_json::Value) {

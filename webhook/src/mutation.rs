@@ -147,6 +147,15 @@ pub enum MutationError {
         #[source]
         source: ReferenceError,
     },
+    #[error("{field}[{name}]: image {image:?} cannot be pulled through the proxy as {rewritten:?}: {source}")]
+    UnrewritableImage {
+        field: &'static str,
+        name: String,
+        image: String,
+        rewritten: String,
+        #[source]
+        source: ReferenceError,
+    },
 }
 
 pub type Result<T, E = MutationError> = std::result::Result<T, E>;
@@ -203,6 +212,7 @@ pub fn mutate_pod(
     if mode == Mode::Create {
         builder.volumes();
         builder.annotations();
+        builder.label();
     }
     let images_rewritten = builder.images_rewritten;
     let patch = builder.finish();
@@ -405,7 +415,18 @@ impl<'a> PodPatch<'a> {
             return Ok(());
         };
         let prefix = format!("namespaces/{}/connectors/{}", route.key.namespace, route.key.name);
-        let rewritten = reference.with_location(&self.config.pull_address, &prefix).to_string();
+        // NB: checked, so a name made too long by the prefix is denied now
+        // rather than by the next pass, which could not parse it.
+        let rewritten = reference
+            .try_with_location(&self.config.pull_address, &prefix)
+            .map_err(|source| MutationError::UnrewritableImage {
+                field,
+                name: name.to_owned(),
+                image: image.to_owned(),
+                rewritten: reference.with_location(&self.config.pull_address, &prefix).to_string(),
+                source,
+            })?
+            .to_string();
         self.ops.push(replace(
             pointer(base.iter().map(String::as_str).chain(["image"])),
             json!(rewritten),
@@ -545,6 +566,29 @@ impl<'a> PodPatch<'a> {
             } else {
                 self.ops.push(add(path, json!(value)));
             }
+        }
+    }
+
+    /// The [`keys::INJECTED_LABEL`], which lets the proxy watch injected
+    /// pods only.
+    fn label(&mut self) {
+        let labels = self.pod.pointer("/metadata/labels");
+        if labels.and_then(|l| l.get(keys::INJECTED_LABEL)).and_then(Value::as_str) == Some("true") {
+            return;
+        }
+        if labels.is_some_and(Value::is_object) {
+            let path = pointer(["metadata", "labels", keys::INJECTED_LABEL]);
+            let exists = labels.is_some_and(|l| l.get(keys::INJECTED_LABEL).is_some());
+            self.ops.push(if exists {
+                replace(path, json!("true"))
+            } else {
+                add(path, json!("true"))
+            });
+        } else {
+            self.ops.push(add(
+                pointer(["metadata", "labels"]),
+                json!({keys::INJECTED_LABEL: "true"}),
+            ));
         }
     }
 

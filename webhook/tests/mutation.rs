@@ -200,6 +200,10 @@ fn annotated_pod_gets_images_rewritten_and_everything_injected() {
     let annotations = &patched["metadata"]["annotations"];
     assert_eq!(annotations["connectors.cpaas.io/injected"], "team/harbor");
     assert_eq!(
+        patched["metadata"]["labels"]["connectors.cpaas.io/injected"], "true",
+        "the label lets the proxy watch injected pods only"
+    );
+    assert_eq!(
         annotations["connectors.cpaas.io/proxy-ca"],
         config().proxy_ca_pem.unwrap()
     );
@@ -543,6 +547,12 @@ fn annotation_keys_are_escaped_and_missing_maps_are_created_whole() {
             .any(|op| op["path"] == "/metadata/annotations" && op["op"] == "add")
     );
     assert!(
+        ops.as_array().unwrap().iter().any(|op| op["path"] == "/metadata/labels"
+            && op["op"] == "add"
+            && op["value"]["connectors.cpaas.io/injected"] == "true"),
+        "{ops}"
+    );
+    assert!(
         ops.as_array()
             .unwrap()
             .iter()
@@ -560,6 +570,22 @@ fn annotation_keys_are_escaped_and_missing_maps_are_created_whole() {
             .unwrap()
             .iter()
             .any(|op| op["path"] == "/metadata/annotations/connectors.cpaas.io~1injected"),
+        "{ops}"
+    );
+
+    let with_labels = json!({"metadata": {"name": "p", "labels": {"app": "x"}}, "spec": {"containers": [{"name": "a", "image": "x"}]}});
+    let outcome = mutate_pod(&with_labels, "opted", Mode::Create, &store(), &config()).unwrap();
+    let Outcome::Patched { patch, .. } = outcome else {
+        panic!("{outcome:?}")
+    };
+    let ops = serde_json::to_value(&patch).unwrap();
+    assert!(
+        ops.as_array()
+            .unwrap()
+            .iter()
+            .any(|op| op["path"] == "/metadata/labels/connectors.cpaas.io~1injected"
+                && op["op"] == "add"
+                && op["value"] == "true"),
         "{ops}"
     );
 }
@@ -592,4 +618,32 @@ fn the_first_selected_connector_for_a_host_wins() {
         patched["spec"]["containers"][0]["image"],
         "proxy.example.com:8443/namespaces/team/connectors/harbor2/a/b"
     );
+}
+
+/// Found by `fuzz/` (target `admission`): a 255-character image became longer
+/// than the reference grammar allows once moved under the proxy path, so the
+/// next pass (reinvocation, re-admission) denied the pod it had admitted.
+#[test]
+fn an_image_too_long_for_the_proxy_path_is_denied_on_the_first_pass() {
+    let fits = format!("harbor.example.com/{}", "x".repeat(255 - 19 - 60));
+    let too_long = format!("harbor.example.com/{}", "x".repeat(255 - 19));
+    assert_eq!(too_long.len(), 255);
+    let annotations = json!({"connectors.cpaas.io/connector": "harbor"});
+
+    let (patched, outcome) = apply(&pod(annotations.clone(), json!({"containers": [{"name": "a", "image": fits}]})), "team", Mode::Create);
+    assert!(matches!(outcome, Outcome::Patched { .. }));
+    let again = mutate_pod(&patched, "team", Mode::Create, &store(), &config()).unwrap();
+    assert!(matches!(again, Outcome::Unchanged { .. }), "{again:?}");
+
+    let input = pod(annotations, json!({"containers": [{"name": "a", "image": too_long}]}));
+    let error = mutate_pod(&input, "team", Mode::Create, &store(), &config()).unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            MutationError::UnrewritableImage { field: "containers", name, source: connector::reference::ReferenceError::NameTooLong, .. }
+                if name == "a"
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("cannot be pulled through the proxy"), "{error}");
 }

@@ -1,18 +1,20 @@
-//! A store filled by watching the API server: reflectors over Connectors (all
-//! namespaces) and Namespace metadata. Admission reads the reflector caches
-//! and never waits on the network.
+//! Stores filled by watching the API server: reflectors over Connectors (all
+//! namespaces) and Namespace metadata, and (for the proxy) one watch per
+//! Secret a Connector references. Reads answer from memory and never wait
+//! on the network.
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
-use super::{ConnectorStore, NamespaceMeta};
+use super::{ConnectorStore, NamespaceMeta, SecretStore};
 use crate::{Connector, ConnectorKey};
 
 /// A [`ConnectorStore`] backed by reflectors.
@@ -21,6 +23,8 @@ pub struct KubeStore {
     connectors: Store<Connector>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     synced: Arc<AtomicBool>,
+    /// Bumped on every Connector event, for [`KubeSecretStore`].
+    connector_changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl KubeStore {
@@ -33,10 +37,12 @@ impl KubeStore {
         let (namespaces, namespace_writer) = reflector::store();
 
         let connector_api: Api<Connector> = Api::all(client.clone());
+        let (changed, connector_changes) = tokio::sync::watch::channel(0_u64);
         let connector_stream = reflector::reflector(
             connector_writer,
             watcher(connector_api, watcher::Config::default()).default_backoff(),
-        );
+        )
+        .inspect(move |_| changed.send_modify(|n| *n += 1));
         tokio::spawn(drain("connectors", connector_stream));
 
         // NB: an Api over PartialObjectMeta makes metadata-only requests.
@@ -61,7 +67,125 @@ impl KubeStore {
             connectors,
             namespaces,
             synced,
+            connector_changes,
         }
+    }
+
+    /// The Secrets the connectors reference (`spec.auth.secretRef` and
+    /// `spec.caCertSecretRef`), as (namespace, name).
+    pub fn referenced_secrets(&self) -> BTreeSet<(String, String)> {
+        self.connectors
+            .state()
+            .iter()
+            .flat_map(|c| referenced_secrets(c))
+            .collect()
+    }
+}
+
+/// The Secrets `connector` references, as (namespace, name).
+pub fn referenced_secrets(connector: &Connector) -> Vec<(String, String)> {
+    let namespace = connector.metadata.namespace.clone().unwrap_or_default();
+    let auth = connector.spec.auth.as_ref().and_then(|a| a.secret_ref.as_ref());
+    auth.into_iter()
+        .chain(connector.spec.ca_cert_secret_ref.as_ref())
+        .map(|r| (namespace.clone(), r.name.clone()))
+        .collect()
+}
+
+/// A [`SecretStore`] that watches exactly the Secrets the connectors of a
+/// [`KubeStore`] reference: one watch per Secret, selected by
+/// `metadata.name`, started when a Connector first names it and stopped
+/// when none does any more. Other Secrets never reach the process, and a
+/// changed credential takes effect with the watch event, without a restart.
+#[derive(Clone)]
+pub struct KubeSecretStore {
+    secrets: Arc<RwLock<SecretMap>>,
+}
+
+/// Secrets by (namespace, name).
+type SecretMap = HashMap<(String, String), Arc<Secret>>;
+
+impl KubeSecretStore {
+    /// Starts following `connectors`' references on the current tokio runtime.
+    pub fn spawn(client: Client, connectors: &KubeStore) -> Self {
+        let secrets = Arc::new(RwLock::new(HashMap::new()));
+        let store = Self { secrets };
+        tokio::spawn(store.clone().follow(client, connectors.clone()));
+        store
+    }
+
+    async fn follow(self, client: Client, connectors: KubeStore) {
+        let mut changes = connectors.connector_changes.clone();
+        let mut watches: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            let wanted = connectors.referenced_secrets();
+            watches.retain(|key, task| {
+                let keep = wanted.contains(key);
+                if !keep {
+                    task.abort();
+                    self.write().remove(key);
+                    tracing::debug!(namespace = %key.0, secret = %key.1, "no connector references the secret any more; watch stopped");
+                }
+                keep
+            });
+            for key in wanted {
+                if let std::collections::hash_map::Entry::Vacant(entry) = watches.entry(key) {
+                    let key = entry.key().clone();
+                    entry.insert(tokio::spawn(self.clone().watch_one(client.clone(), key)));
+                }
+            }
+            if changes.changed().await.is_err() {
+                break;
+            }
+        }
+        for task in watches.into_values() {
+            task.abort();
+        }
+    }
+
+    async fn watch_one(self, client: Client, key: (String, String)) {
+        let (namespace, name) = &key;
+        let api: Api<Secret> = Api::namespaced(client, namespace);
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let stream = watcher(api, config).default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        let mut listed = false;
+        while let Some(event) = stream.next().await {
+            match event {
+                Ok(watcher::Event::Apply(secret)) => {
+                    self.write().insert(key.clone(), Arc::new(secret));
+                }
+                Ok(watcher::Event::InitApply(secret)) => {
+                    listed = true;
+                    self.write().insert(key.clone(), Arc::new(secret));
+                }
+                Ok(watcher::Event::Delete(_)) => {
+                    self.write().remove(&key);
+                }
+                Ok(watcher::Event::Init) => listed = false,
+                // NB: a relist without the Secret means it was deleted while
+                // the watch was down.
+                Ok(watcher::Event::InitDone) => {
+                    if !listed {
+                        self.write().remove(&key);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %namespace, secret = %name, "secret watch failed; retrying with backoff");
+                }
+            }
+        }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SecretMap> {
+        self.secrets.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl SecretStore for KubeSecretStore {
+    fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        let secrets = self.secrets.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        secrets.get(&(namespace.to_owned(), name.to_owned())).cloned()
     }
 }
 

@@ -19,13 +19,15 @@
 //! - GET of one object, and `Status` objects for every error (404, 405, 406,
 //!   injected 5xx).
 //!
+//! - POST, PUT, PATCH (merge, JSON and apply patches) and DELETE on
+//!   objects and on the `status` subresource, with `409 AlreadyExists` and
+//!   `409 Conflict` for stale resourceVersions (see `writes`).
+//!
 //! Tests change objects with [`FakeApiServer::apply`] and
 //! [`FakeApiServer::delete`]: each change takes the next resourceVersion (one
 //! counter for all kinds, as etcd's revision) and is streamed to open
 //! watches. Every request is recorded (and its request line printed) so tests
 //! can assert what a client asked for.
-
-#![allow(dead_code)] // each test crate uses a different part of it
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
@@ -40,6 +42,8 @@ use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
+
+mod writes;
 
 /// A kind of object the fake serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,6 +81,60 @@ pub const SECRETS: ResourceType = ResourceType {
     kind: "Secret",
     plural: "secrets",
     namespaced: true,
+};
+
+/// Core `v1` Pods.
+pub const PODS: ResourceType = ResourceType {
+    group: "",
+    version: "v1",
+    kind: "Pod",
+    plural: "pods",
+    namespaced: true,
+};
+
+/// Core `v1` Nodes.
+pub const NODES: ResourceType = ResourceType {
+    group: "",
+    version: "v1",
+    kind: "Node",
+    plural: "nodes",
+    namespaced: false,
+};
+
+/// Core `v1` ConfigMaps.
+pub const CONFIG_MAPS: ResourceType = ResourceType {
+    group: "",
+    version: "v1",
+    kind: "ConfigMap",
+    plural: "configmaps",
+    namespaced: true,
+};
+
+/// `coordination.k8s.io/v1` Leases (leader election).
+pub const LEASES: ResourceType = ResourceType {
+    group: "coordination.k8s.io",
+    version: "v1",
+    kind: "Lease",
+    plural: "leases",
+    namespaced: true,
+};
+
+/// `events.k8s.io/v1` Events.
+pub const EVENTS: ResourceType = ResourceType {
+    group: "events.k8s.io",
+    version: "v1",
+    kind: "Event",
+    plural: "events",
+    namespaced: true,
+};
+
+/// `admissionregistration.k8s.io/v1` MutatingWebhookConfigurations.
+pub const MUTATING_WEBHOOK_CONFIGURATIONS: ResourceType = ResourceType {
+    group: "admissionregistration.k8s.io",
+    version: "v1",
+    kind: "MutatingWebhookConfiguration",
+    plural: "mutatingwebhookconfigurations",
+    namespaced: false,
 };
 
 impl ResourceType {
@@ -180,6 +238,42 @@ struct ApiState {
     resource_version: u64,
     collections: HashMap<ResourceType, Collection>,
     requests: Vec<RecordedRequest>,
+    /// Answers to review POSTs (TokenReview, SubjectAccessReview), by path.
+    reviewers: HashMap<&'static str, Reviewer>,
+}
+
+/// Computes a review's `status` from the review the client posted.
+pub type Reviewer = Arc<dyn Fn(&Value) -> Value + Send + Sync>;
+
+/// The review APIs the fake answers through a [`Reviewer`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Review {
+    /// `authentication.k8s.io/v1` TokenReview.
+    Token,
+    /// `authorization.k8s.io/v1` SubjectAccessReview.
+    SubjectAccess,
+}
+
+impl Review {
+    fn path(self) -> &'static str {
+        match self {
+            Self::Token => "/apis/authentication.k8s.io/v1/tokenreviews",
+            Self::SubjectAccess => "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        }
+    }
+
+    fn api_version_and_kind(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Token => ("authentication.k8s.io/v1", "TokenReview"),
+            Self::SubjectAccess => ("authorization.k8s.io/v1", "SubjectAccessReview"),
+        }
+    }
+
+    fn from_path(path: &str) -> Option<Self> {
+        [Self::Token, Self::SubjectAccess]
+            .into_iter()
+            .find(|r| r.path() == path)
+    }
 }
 
 #[derive(Default)]
@@ -220,6 +314,9 @@ struct Change {
     /// The object after the change (for a delete: the last state, at the
     /// delete's resourceVersion); empty for bookmarks.
     object: Value,
+    /// The object before a modification, so selector watches can tell an
+    /// object that stopped or started matching.
+    previous: Option<Value>,
 }
 
 impl FakeApiServer {
@@ -240,6 +337,7 @@ impl FakeApiServer {
                 resource_version: 1,
                 collections: resources.iter().map(|r| (*r, Collection::default())).collect(),
                 requests: Vec::new(),
+                reviewers: HashMap::new(),
             }),
             gates,
         });
@@ -287,72 +385,37 @@ impl FakeApiServer {
     /// resourceVersion. Open watches see `ADDED` or `MODIFIED`. Returns the
     /// new resourceVersion.
     pub fn apply(&self, resource: ResourceType, object: Value) -> u64 {
-        let mut state = self.state();
-        state.resource_version += 1;
-        let resource_version = state.resource_version;
-        let collection = state.collection(resource);
-        let key = object_key(resource, &object);
-        let previous = collection.objects.get(&key).cloned();
-        let mut object = object;
-        object["apiVersion"] = json!(resource.api_version());
-        object["kind"] = json!(resource.kind);
-        let metadata = &mut object["metadata"];
-        metadata["resourceVersion"] = json!(resource_version.to_string());
-        let previous_metadata = previous.as_ref().map(|p| &p["metadata"]);
-        metadata["uid"] = previous_metadata
-            .map(|m| m["uid"].clone())
-            .unwrap_or_else(|| json!(format!("00000000-0000-4000-8000-{resource_version:012x}")));
-        if metadata.get("creationTimestamp").is_none() {
-            metadata["creationTimestamp"] = previous_metadata
-                .map(|m| m["creationTimestamp"].clone())
-                .unwrap_or_else(|| json!("2025-01-01T00:00:00Z"));
-        }
-        if !resource.group.is_empty() {
-            // NB: custom resources count spec changes in metadata.generation.
-            let generation = match &previous {
-                None => 1,
-                Some(previous) => {
-                    let generation = previous["metadata"]["generation"].as_i64().unwrap_or(1);
-                    if previous.get("spec") == object.get("spec") {
-                        generation
-                    } else {
-                        generation + 1
-                    }
-                }
-            };
-            object["metadata"]["generation"] = json!(generation);
-        }
-        collection.objects.insert(key, object.clone());
-        let change_type = if previous.is_some() {
-            ChangeType::Modified
-        } else {
-            ChangeType::Added
-        };
-        collection.record(Change {
-            change_type,
-            resource_version,
-            object,
-        });
-        resource_version
+        let stored = self.state().store(resource, object);
+        stored["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("a stored object has a resourceVersion")
     }
 
     /// Deletes an object; open watches see `DELETED` with its last state at
     /// the delete's resourceVersion. Returns that resourceVersion, or `None`
     /// when there was no such object.
     pub fn delete(&self, resource: ResourceType, namespace: Option<&str>, name: &str) -> Option<u64> {
-        let mut state = self.state();
-        let resource_version = state.resource_version + 1;
-        let collection = state.collection(resource);
-        let key = (namespace.unwrap_or_default().to_owned(), name.to_owned());
-        let mut object = collection.objects.remove(&key)?;
-        object["metadata"]["resourceVersion"] = json!(resource_version.to_string());
-        collection.record(Change {
-            change_type: ChangeType::Deleted,
-            resource_version,
-            object,
-        });
-        state.resource_version = resource_version;
-        Some(resource_version)
+        let last = self.state().remove(resource, namespace.unwrap_or_default(), name)?;
+        last["metadata"]["resourceVersion"]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Answers `review` POSTs with the status `reviewer` computes from the
+    /// posted object (its `spec`), as the API server's authenticator and
+    /// authorizer do. Without a reviewer such POSTs get a 404 Status.
+    pub fn set_reviewer(&self, review: Review, reviewer: impl Fn(&Value) -> Value + Send + Sync + 'static) {
+        self.state().reviewers.insert(review.path(), Arc::new(reviewer));
+    }
+
+    /// How many `review` POSTs the fake received.
+    pub fn review_count(&self, review: Review) -> usize {
+        self.state()
+            .requests
+            .iter()
+            .filter(|r| r.method == "POST" && r.path == review.path())
+            .count()
     }
 
     /// Sends a `BOOKMARK` at the current resourceVersion to every open watch.
@@ -364,6 +427,7 @@ impl FakeApiServer {
                 change_type: ChangeType::Bookmark,
                 resource_version,
                 object: Value::Null,
+                previous: None,
             });
         }
     }
@@ -666,6 +730,16 @@ async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response 
     };
     eprintln!("fake API server: {recorded}");
     let params = query_params(&recorded.query);
+    if request.method() == Method::POST
+        && let Some(review) = Review::from_path(request.uri().path())
+    {
+        shared.state().requests.push(recorded);
+        return serve_review(&shared, review, request).await;
+    }
+    if request.method() != Method::GET {
+        shared.state().requests.push(recorded);
+        return writes::serve_write(&shared, request).await;
+    }
     let target = {
         let mut state = shared.state();
         state.requests.push(recorded);
@@ -679,28 +753,16 @@ async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response 
             Some(json!({"causes": [{"reason": "UnexpectedServerResponse", "message": "404 page not found"}]})),
         );
     };
-    if request.method() != Method::GET {
-        return status_response(
-            405,
-            "MethodNotAllowed",
-            format!("the fake API server only serves GET, not {}", request.method()),
-            None,
-        );
-    }
-    if params.contains_key("labelSelector") || params.contains_key("fieldSelector") {
-        return status_response(
-            400,
-            "BadRequest",
-            "the fake API server does not implement selectors".to_owned(),
-            None,
-        );
-    }
+    let selector = match Selector::from_params(&params) {
+        Ok(selector) => selector,
+        Err(message) => return status_response(400, "BadRequest", message, None),
+    };
     match target {
         Target::Collection { resource, namespace } if params.get("watch").map(String::as_str) == Some("true") => {
-            serve_watch(&shared, resource, namespace, &params, request.headers()).await
+            serve_watch(&shared, resource, namespace, selector, &params, request.headers()).await
         }
         Target::Collection { resource, namespace } => {
-            serve_list(&shared, resource, namespace, &params, request.headers()).await
+            serve_list(&shared, resource, namespace, &selector, &params, request.headers()).await
         }
         Target::Object {
             resource,
@@ -758,6 +820,7 @@ async fn serve_list(
     shared: &Shared,
     resource: ResourceType,
     namespace: Option<String>,
+    selector: &Selector,
     params: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Response {
@@ -774,7 +837,7 @@ async fn serve_list(
     let matching: Vec<&Value> = collection
         .objects
         .iter()
-        .filter(|(key, _)| in_namespace(key, namespace.as_deref()))
+        .filter(|(key, object)| in_namespace(key, namespace.as_deref()) && selector.matches(object))
         .map(|(_, object)| object)
         .collect();
     // NB: a continue token pins the snapshot's resourceVersion; the fake
@@ -844,6 +907,7 @@ async fn serve_watch(
     shared: &Shared,
     resource: ResourceType,
     namespace: Option<String>,
+    selector: Selector,
     params: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Response {
@@ -867,16 +931,24 @@ async fn serve_watch(
     let mut initial = VecDeque::new();
     if from.is_empty() || from == "0" || send_initial_events {
         // "Start at most recent" (or "any"): synthetic ADDEDs for the current state.
-        initial.extend(collection.objects.values().map(|object| Change {
-            change_type: ChangeType::Added,
-            resource_version: current,
-            object: object.clone(),
-        }));
+        initial.extend(
+            collection
+                .objects
+                .values()
+                .filter(|o| selector.matches(o))
+                .map(|object| Change {
+                    change_type: ChangeType::Added,
+                    resource_version: current,
+                    object: object.clone(),
+                    previous: None,
+                }),
+        );
         if send_initial_events {
             initial.push_back(Change {
                 change_type: ChangeType::Bookmark,
                 resource_version: current,
                 object: json!({"metadata": {"annotations": {"k8s.io/initial-events-end": "true"}}}),
+                previous: None,
             });
         }
     } else {
@@ -922,6 +994,7 @@ async fn serve_watch(
     let stream = WatchStream {
         resource,
         namespace,
+        selector,
         representation,
         initial,
         live,
@@ -946,6 +1019,7 @@ fn watch_response(representation: Representation, body: Body) -> Response {
 struct WatchStream {
     resource: ResourceType,
     namespace: Option<String>,
+    selector: Selector,
     representation: Representation,
     initial: VecDeque<Change>,
     live: mpsc::UnboundedReceiver<Change>,
@@ -992,7 +1066,25 @@ impl WatchStream {
             if !in_namespace(&key, self.namespace.as_deref()) {
                 return None;
             }
-            represent(&change.object, self.representation)
+            // NB: as the watch cache does, an object that starts matching
+            // the selector is ADDED and one that stops matching is DELETED
+            // (in its last matching state, at the new resourceVersion).
+            let now = self.selector.matches(&change.object);
+            let before = change.previous.as_ref().map(|p| self.selector.matches(p));
+            let (change_type, object) = match (change.change_type, before, now) {
+                (ChangeType::Modified, Some(false), true) => (ChangeType::Added, change.object.clone()),
+                (ChangeType::Modified, Some(true), false) => {
+                    let mut last = change.previous.clone().unwrap_or_default();
+                    last["metadata"]["resourceVersion"] = json!(change.resource_version.to_string());
+                    (ChangeType::Deleted, last)
+                }
+                (_, _, true) => (change.change_type, change.object.clone()),
+                (_, _, false) => return None,
+            };
+            let event = json!({"type": change_type.wire_name(), "object": represent(&object, self.representation)});
+            let mut line = serde_json::to_vec(&event).expect("JSON serialises");
+            line.push(b'\n');
+            return Some(Bytes::from(line));
         };
         let event = json!({"type": change.change_type.wire_name(), "object": object});
         let mut line = serde_json::to_vec(&event).expect("JSON serialises");
@@ -1041,4 +1133,166 @@ fn form_decode(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// A list or watch's `labelSelector` and `fieldSelector`, as the API server
+/// parses them: label requirements `k=v`, `k==v`, `k!=v`, `k`, `!k`,
+/// `k in (a,b)`, `k notin (a,b)`; field requirements `path=v`, `path==v`,
+/// `path!=v` over the object's JSON (e.g. `metadata.name`, `spec.nodeName`,
+/// `status.podIP`).
+#[derive(Clone, Debug, Default)]
+struct Selector {
+    labels: Vec<LabelRequirement>,
+    fields: Vec<(String, bool, String)>,
+}
+
+#[derive(Clone, Debug)]
+enum LabelRequirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    Absent(String),
+    In(String, Vec<String>),
+    NotIn(String, Vec<String>),
+}
+
+impl Selector {
+    fn from_params(params: &HashMap<String, String>) -> Result<Self, String> {
+        let mut selector = Self::default();
+        if let Some(text) = params.get("labelSelector") {
+            for requirement in split_requirements(text) {
+                selector.labels.push(LabelRequirement::parse(requirement)?);
+            }
+        }
+        if let Some(text) = params.get("fieldSelector") {
+            for requirement in split_requirements(text) {
+                let (path, equal, value) = if let Some((path, value)) = requirement.split_once("!=") {
+                    (path, false, value)
+                } else if let Some((path, value)) = requirement.split_once("==") {
+                    (path, true, value)
+                } else if let Some((path, value)) = requirement.split_once('=') {
+                    (path, true, value)
+                } else {
+                    return Err(format!("invalid field selector: '{requirement}'"));
+                };
+                selector
+                    .fields
+                    .push((path.trim().to_owned(), equal, value.trim().to_owned()));
+            }
+        }
+        Ok(selector)
+    }
+
+    fn matches(&self, object: &Value) -> bool {
+        let labels = &object["metadata"]["labels"];
+        let label = |key: &str| labels.get(key).and_then(Value::as_str);
+        let labels_match = self.labels.iter().all(|requirement| match requirement {
+            LabelRequirement::Equals(k, v) => label(k) == Some(v.as_str()),
+            LabelRequirement::NotEquals(k, v) => label(k) != Some(v.as_str()),
+            LabelRequirement::Exists(k) => label(k).is_some(),
+            LabelRequirement::Absent(k) => label(k).is_none(),
+            LabelRequirement::In(k, values) => label(k).is_some_and(|l| values.iter().any(|v| v == l)),
+            LabelRequirement::NotIn(k, values) => label(k).is_none_or(|l| values.iter().all(|v| v != l)),
+        });
+        labels_match
+            && self.fields.iter().all(|(path, equal, value)| {
+                let pointer = format!("/{}", path.replace('.', "/"));
+                let actual = object.pointer(&pointer).and_then(Value::as_str).unwrap_or_default();
+                (actual == value) == *equal
+            })
+    }
+}
+
+impl LabelRequirement {
+    fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let invalid = || format!("unable to parse requirement: '{text}'");
+        if let Some(key) = text.strip_prefix('!') {
+            return Ok(Self::Absent(key.trim().to_owned()));
+        }
+        if let Some((key, value)) = text.split_once("!=") {
+            return Ok(Self::NotEquals(key.trim().to_owned(), value.trim().to_owned()));
+        }
+        if let Some((key, value)) = text.split_once("==").or_else(|| text.split_once('=')) {
+            return Ok(Self::Equals(key.trim().to_owned(), value.trim().to_owned()));
+        }
+        for (operator, negated) in [(" notin ", true), (" in ", false)] {
+            if let Some((key, values)) = text.split_once(operator) {
+                let values = values
+                    .trim()
+                    .strip_prefix('(')
+                    .and_then(|v| v.strip_suffix(')'))
+                    .ok_or_else(invalid)?;
+                let values = values.split(',').map(|v| v.trim().to_owned()).collect();
+                let key = key.trim().to_owned();
+                return Ok(if negated {
+                    Self::NotIn(key, values)
+                } else {
+                    Self::In(key, values)
+                });
+            }
+        }
+        if text.is_empty() || text.contains(char::is_whitespace) {
+            return Err(invalid());
+        }
+        Ok(Self::Exists(text.to_owned()))
+    }
+}
+
+/// Splits a selector at the commas outside parentheses.
+fn split_requirements(text: &str) -> Vec<&str> {
+    let (mut parts, mut depth, mut start) = (Vec::new(), 0_u32, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts.into_iter().filter(|p| !p.trim().is_empty()).collect()
+}
+
+/// A review POST: 201 with the posted object and the reviewer's `status`.
+async fn serve_review(shared: &Shared, review: Review, request: Request) -> Response {
+    let reviewer = shared.state().reviewers.get(review.path()).cloned();
+    let Some(reviewer) = reviewer else {
+        return status_response(
+            404,
+            "NotFound",
+            "the server could not find the requested resource".to_owned(),
+            None,
+        );
+    };
+    let body = match axum::body::to_bytes(request.into_body(), 1 << 20).await {
+        Ok(body) => body,
+        Err(error) => return status_response(400, "BadRequest", format!("cannot read the body: {error}"), None),
+    };
+    let mut object: Value = match serde_json::from_slice(&body) {
+        Ok(object) => object,
+        Err(error) => {
+            return status_response(
+                400,
+                "BadRequest",
+                format!("couldn't get version/kind; json parse error: {error}"),
+                None,
+            );
+        }
+    };
+    let (api_version, kind) = review.api_version_and_kind();
+    if object["kind"] != kind || object["apiVersion"] != api_version {
+        return status_response(
+            400,
+            "BadRequest",
+            format!("the body is not a {api_version} {kind}"),
+            None,
+        );
+    }
+    object["status"] = reviewer(&object);
+    object["metadata"] = json!({"creationTimestamp": null});
+    json_response(StatusCode::CREATED, "application/json", &object)
 }

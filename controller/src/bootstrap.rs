@@ -1,0 +1,618 @@
+//! Certificate bootstrap in the install namespace, shared by all replicas:
+//! the proxy's interception CA and serving certificate, the webhook's CA and
+//! serving certificate, ConfigMaps with the proxy CA for components that
+//! trust it, and the MutatingWebhookConfiguration's `caBundle`.
+//!
+//! Objects are created only when absent (on 409 the other replica's are
+//! re-read and used), and replaced with a resourceVersion-checked update
+//! when unusable or when less than a third of their validity is left. Only
+//! the leader writes.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use certs::{CertificateAuthority, CertificateSummary};
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use tokio::sync::{Notify, watch};
+
+use crate::metrics::{Metrics, ObjectLabels};
+
+/// The proxy's interception CA (type `kubernetes.io/tls`: `tls.crt`,
+/// `tls.key`, `ca.crt`).
+pub const PROXY_CA_SECRET: &str = "connectors-proxy-ca";
+/// The proxy CA certificate only (`ca.crt`), in the install and CSI namespaces.
+pub const PROXY_CA_CONFIG_MAP: &str = "connectors-proxy-ca";
+/// The proxy's HTTPS serving certificate (`tls.crt`, `tls.key`, `ca.crt`).
+pub const PROXY_TLS_SECRET: &str = "connectors-proxy-tls";
+/// The webhook's own CA (`tls.crt`, `tls.key`, `ca.crt`).
+pub const WEBHOOK_CA_SECRET: &str = "connectors-webhook-ca";
+/// The webhook's serving certificate (`tls.crt`, `tls.key`, `ca.crt`).
+pub const WEBHOOK_TLS_SECRET: &str = "connectors-webhook-tls";
+
+pub const CA_CERT_KEY: &str = "ca.crt";
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+
+/// CA validity: five years.
+pub const CA_VALIDITY: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
+/// Serving certificate validity: one year.
+pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "connectors-controller");
+const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "connectors");
+
+/// Why a bootstrap pass stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not the leader any more")]
+    NotLeader,
+    #[error("failed to {action} {kind} {namespace}/{name}: {source}")]
+    Api {
+        action: &'static str,
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("failed to create a certificate for {name}: {source}")]
+    Certificate {
+        name: String,
+        #[source]
+        source: certs::authority::Error,
+    },
+    #[error("{kind} {namespace}/{name} kept changing while being written")]
+    Contended {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+    },
+}
+
+/// Where the certificates go and which names they carry.
+#[derive(Debug, Clone)]
+pub struct BootstrapSettings {
+    pub namespace: String,
+    pub csi_namespace: String,
+    pub proxy_service: String,
+    /// `host[:port]` of the reverse proxy as nodes reach it; its host is a SAN.
+    pub pull_address: Option<String>,
+    pub cluster_domain: String,
+    pub webhook_service: String,
+    pub webhook_configuration: String,
+    /// How often everything is re-checked (rotation).
+    pub check_interval: Duration,
+}
+
+impl BootstrapSettings {
+    /// The proxy certificate's DNS and IP SANs.
+    pub fn proxy_names(&self) -> (Vec<String>, Vec<IpAddr>) {
+        let (mut dns, mut ips) = (
+            service_names(&self.proxy_service, &self.namespace, &self.cluster_domain),
+            Vec::new(),
+        );
+        if let Some(host) = self.pull_address.as_deref().and_then(address_host) {
+            match host.parse::<IpAddr>() {
+                Ok(ip) => ips.push(ip),
+                Err(_) if !dns.contains(&host) => dns.push(host),
+                Err(_) => {}
+            }
+        }
+        (dns, ips)
+    }
+
+    /// The webhook certificate's DNS SANs.
+    pub fn webhook_names(&self) -> Vec<String> {
+        service_names(&self.webhook_service, &self.namespace, &self.cluster_domain)
+    }
+}
+
+/// `svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.<domain>`.
+fn service_names(service: &str, namespace: &str, cluster_domain: &str) -> Vec<String> {
+    vec![
+        service.to_owned(),
+        format!("{service}.{namespace}"),
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.{}", cluster_domain.trim_matches('.')),
+    ]
+}
+
+/// The host of `host[:port]`, `[v6]:port` or a bare IPv6 address.
+fn address_host(address: &str) -> Option<String> {
+    let address = address.trim();
+    let address = address.split_once("://").map_or(address, |(_, rest)| rest);
+    let address = address.split('/').next().unwrap_or_default();
+    let host = if let Some(rest) = address.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else if address.parse::<IpAddr>().is_ok() {
+        address
+    } else {
+        address.rsplit_once(':').map_or(address, |(host, _)| host)
+    };
+    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+}
+
+/// Keeps the certificates while this replica leads.
+pub struct Bootstrap {
+    client: kube::Client,
+    settings: BootstrapSettings,
+    leader: watch::Receiver<bool>,
+    proxy_ca: watch::Sender<Option<String>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Bootstrap {
+    pub fn new(
+        client: kube::Client,
+        settings: BootstrapSettings,
+        leader: watch::Receiver<bool>,
+        proxy_ca: watch::Sender<Option<String>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            client,
+            settings,
+            leader,
+            proxy_ca,
+            metrics,
+        }
+    }
+
+    /// Checks everything when leadership is gained, every check interval,
+    /// and when the MutatingWebhookConfiguration changes; until `shutdown`.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        let changed = Arc::new(Notify::new());
+        let watch_configuration = watch_webhook_configuration(
+            Api::all(self.client.clone()),
+            self.settings.webhook_configuration.clone(),
+            changed.clone(),
+        );
+        let mut leader = self.leader.clone();
+        let work = async {
+            let mut failures = 0u32;
+            loop {
+                let mut wait = self.settings.check_interval;
+                if *leader.borrow_and_update() {
+                    match self.reconcile().await {
+                        Ok(()) => failures = 0,
+                        Err(Error::NotLeader) => {}
+                        Err(error) => {
+                            failures += 1;
+                            wait = (Duration::from_secs(1) * 2u32.saturating_pow(failures.min(10))).min(wait);
+                            tracing::warn!(%error, retry_in = ?wait, "certificate bootstrap failed");
+                        }
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = changed.notified() => {}
+                    result = leader.changed() => if result.is_err() { return; },
+                }
+            }
+        };
+        tokio::select! {
+            () = shutdown => {}
+            () = work => {}
+            () = watch_configuration => {}
+        }
+    }
+
+    fn ensure_leader(&self) -> Result<(), Error> {
+        if *self.leader.borrow() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
+    }
+
+    /// One pass over every object.
+    pub async fn reconcile(&self) -> Result<(), Error> {
+        let proxy_ca = self.ensure_ca(PROXY_CA_SECRET, "connectors proxy CA").await?;
+        self.proxy_ca
+            .send_if_modified(|current| replace_if_different(current, proxy_ca.cert_pem()));
+        self.ensure_ca_config_map(&self.settings.namespace, proxy_ca.cert_pem())
+            .await?;
+        if self.settings.csi_namespace != self.settings.namespace
+            && let Err(error) = self
+                .ensure_ca_config_map(&self.settings.csi_namespace, proxy_ca.cert_pem())
+                .await
+        {
+            // NB: the CSI namespace may not exist yet; the next pass retries.
+            tracing::warn!(%error, "failed to publish the proxy CA to the CSI namespace");
+        }
+        let (dns, ips) = self.settings.proxy_names();
+        self.ensure_leaf(PROXY_TLS_SECRET, &proxy_ca, &dns, &ips).await?;
+        let webhook_ca = self.ensure_ca(WEBHOOK_CA_SECRET, "connectors webhook CA").await?;
+        self.ensure_leaf(WEBHOOK_TLS_SECRET, &webhook_ca, &self.settings.webhook_names(), &[])
+            .await?;
+        self.sync_ca_bundle(webhook_ca.cert_pem()).await
+    }
+
+    fn secrets(&self) -> Api<Secret> {
+        Api::namespaced(self.client.clone(), &self.settings.namespace)
+    }
+
+    fn api_error(
+        &self,
+        action: &'static str,
+        kind: &'static str,
+        namespace: &str,
+        name: &str,
+    ) -> impl FnOnce(kube::Error) -> Error {
+        let (namespace, name) = (namespace.to_owned(), name.to_owned());
+        move |source| Error::Api {
+            action,
+            kind,
+            namespace,
+            name,
+            source: Box::new(source),
+        }
+    }
+
+    /// Writes `data` as Secret `name`: created when `existing` is None, else
+    /// replaced at its resourceVersion. Ok(false) on a 409 (re-read and retry).
+    async fn write_secret(
+        &self,
+        name: &str,
+        existing: Option<Secret>,
+        data: BTreeMap<String, String>,
+    ) -> Result<bool, Error> {
+        self.ensure_leader()?;
+        let api = self.secrets();
+        let data = data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect();
+        let result = match existing {
+            None => {
+                let secret = Secret {
+                    metadata: managed_metadata(name),
+                    type_: Some("kubernetes.io/tls".to_owned()),
+                    data: Some(data),
+                    ..Secret::default()
+                };
+                api.create(&PostParams::default(), &secret).await
+            }
+            Some(mut secret) => {
+                secret.data = Some(data);
+                secret.string_data = None;
+                api.replace(name, &PostParams::default(), &secret).await
+            }
+        };
+        match result {
+            Ok(_) => {
+                self.metrics
+                    .certificate_writes
+                    .get_or_create(&ObjectLabels { name: name.to_owned() })
+                    .inc();
+                tracing::info!(secret = %name, namespace = %self.settings.namespace, "wrote certificate Secret");
+                Ok(true)
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(source) => Err(self.api_error("write", "Secret", &self.settings.namespace, name)(
+                source,
+            )),
+        }
+    }
+
+    /// The CA in Secret `name`, generated (or rotated) when needed.
+    async fn ensure_ca(&self, name: &str, common_name: &str) -> Result<CertificateAuthority, Error> {
+        for _ in 0..3 {
+            let existing = self.secrets().get_opt(name).await.map_err(self.api_error(
+                "read",
+                "Secret",
+                &self.settings.namespace,
+                name,
+            ))?;
+            if let Some(secret) = &existing {
+                match load_ca(secret) {
+                    Ok(ca) => return Ok(ca),
+                    Err(why) => tracing::info!(secret = %name, %why, "replacing the CA"),
+                }
+            }
+            let ca = CertificateAuthority::generate(common_name, CA_VALIDITY).map_err(|source| Error::Certificate {
+                name: name.to_owned(),
+                source,
+            })?;
+            let data = BTreeMap::from([
+                (TLS_CERT_KEY.to_owned(), ca.cert_pem().to_owned()),
+                (TLS_KEY_KEY.to_owned(), ca.key_pem()),
+                (CA_CERT_KEY.to_owned(), ca.cert_pem().to_owned()),
+            ]);
+            if self.write_secret(name, existing, data).await? {
+                return Ok(ca);
+            }
+        }
+        Err(Error::Contended {
+            kind: "Secret",
+            namespace: self.settings.namespace.clone(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// A serving certificate from `ca` for the names, in Secret `name`.
+    async fn ensure_leaf(
+        &self,
+        name: &str,
+        ca: &CertificateAuthority,
+        dns: &[String],
+        ips: &[IpAddr],
+    ) -> Result<(), Error> {
+        for _ in 0..3 {
+            let existing = self.secrets().get_opt(name).await.map_err(self.api_error(
+                "read",
+                "Secret",
+                &self.settings.namespace,
+                name,
+            ))?;
+            if let Some(secret) = &existing {
+                match check_leaf(secret, ca, dns, ips) {
+                    Ok(()) => return Ok(()),
+                    Err(why) => tracing::info!(secret = %name, %why, "issuing a new serving certificate"),
+                }
+            }
+            let issued = ca
+                .issue_serving(dns, ips, LEAF_VALIDITY)
+                .map_err(|source| Error::Certificate {
+                    name: name.to_owned(),
+                    source,
+                })?;
+            let data = BTreeMap::from([
+                (TLS_CERT_KEY.to_owned(), issued.cert_pem),
+                (TLS_KEY_KEY.to_owned(), issued.key_pem),
+                (CA_CERT_KEY.to_owned(), ca.cert_pem().to_owned()),
+            ]);
+            if self.write_secret(name, existing, data).await? {
+                return Ok(());
+            }
+        }
+        Err(Error::Contended {
+            kind: "Secret",
+            namespace: self.settings.namespace.clone(),
+            name: name.to_owned(),
+        })
+    }
+
+    async fn ensure_ca_config_map(&self, namespace: &str, ca_pem: &str) -> Result<(), Error> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        let name = PROXY_CA_CONFIG_MAP;
+        for _ in 0..3 {
+            let existing = api
+                .get_opt(name)
+                .await
+                .map_err(self.api_error("read", "ConfigMap", namespace, name))?;
+            let data = BTreeMap::from([(CA_CERT_KEY.to_owned(), ca_pem.to_owned())]);
+            if existing.as_ref().and_then(|c| c.data.as_ref()) == Some(&data) {
+                return Ok(());
+            }
+            self.ensure_leader()?;
+            let result = match existing {
+                None => {
+                    let mut metadata = managed_metadata(name);
+                    metadata.namespace = Some(namespace.to_owned());
+                    let config_map = ConfigMap {
+                        metadata,
+                        data: Some(data),
+                        ..ConfigMap::default()
+                    };
+                    api.create(&PostParams::default(), &config_map).await
+                }
+                Some(mut config_map) => {
+                    config_map.data = Some(data);
+                    api.replace(name, &PostParams::default(), &config_map).await
+                }
+            };
+            match result {
+                Ok(_) => {
+                    self.metrics
+                        .certificate_writes
+                        .get_or_create(&ObjectLabels { name: name.to_owned() })
+                        .inc();
+                    tracing::info!(configmap = %name, %namespace, "wrote the proxy CA ConfigMap");
+                    return Ok(());
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => continue,
+                Err(source) => return Err(self.api_error("write", "ConfigMap", namespace, name)(source)),
+            }
+        }
+        Err(Error::Contended {
+            kind: "ConfigMap",
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Sets every webhook's `clientConfig.caBundle` to the webhook CA, with
+    /// a JSON patch guarded by the resourceVersion, only where it differs.
+    async fn sync_ca_bundle(&self, ca_pem: &str) -> Result<(), Error> {
+        let name = &self.settings.webhook_configuration;
+        let api: Api<MutatingWebhookConfiguration> = Api::all(self.client.clone());
+        let Some(configuration) =
+            api.get_opt(name)
+                .await
+                .map_err(self.api_error("read", "MutatingWebhookConfiguration", "", name))?
+        else {
+            tracing::debug!(configuration = %name, "no MutatingWebhookConfiguration to patch yet");
+            return Ok(());
+        };
+        let Some(patch) = ca_bundle_patch(&configuration, ca_pem) else {
+            return Ok(());
+        };
+        self.ensure_leader()?;
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Json::<()>(patch))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(configuration = %name, "patched the webhook caBundle");
+                Ok(())
+            }
+            // NB: the resourceVersion test failed: the next pass re-reads it.
+            Err(kube::Error::Api(status)) if matches!(status.code, 409 | 422) => Ok(()),
+            Err(source) => Err(self.api_error("patch", "MutatingWebhookConfiguration", "", name)(
+                source,
+            )),
+        }
+    }
+}
+
+fn replace_if_different(current: &mut Option<String>, pem: &str) -> bool {
+    if current.as_deref() == Some(pem) {
+        return false;
+    }
+    *current = Some(pem.to_owned());
+    true
+}
+
+fn managed_metadata(name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        labels: Some(
+            [MANAGED_BY, PART_OF]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        ),
+        ..ObjectMeta::default()
+    }
+}
+
+fn secret_text(secret: &Secret, key: &str) -> Option<String> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+}
+
+/// The CA in `secret`, if it is usable and not due for renewal.
+fn load_ca(secret: &Secret) -> Result<CertificateAuthority, String> {
+    let cert = secret_text(secret, TLS_CERT_KEY).ok_or("it has no tls.crt")?;
+    let key = secret_text(secret, TLS_KEY_KEY).ok_or("it has no tls.key")?;
+    let ca = CertificateAuthority::from_pem(&cert, &key).map_err(|e| e.to_string())?;
+    let summary = CertificateSummary::from_pem(&cert).map_err(|e| e.to_string())?;
+    if summary.due_for_renewal(SystemTime::now()) {
+        return Err("less than a third of its validity is left".to_owned());
+    }
+    Ok(ca)
+}
+
+/// Ok when `secret` holds a serving certificate from `ca` for exactly these
+/// names with more than a third of its validity left.
+fn check_leaf(secret: &Secret, ca: &CertificateAuthority, dns: &[String], ips: &[IpAddr]) -> Result<(), String> {
+    let cert = secret_text(secret, TLS_CERT_KEY).ok_or("it has no tls.crt")?;
+    let key = secret_text(secret, TLS_KEY_KEY).ok_or("it has no tls.key")?;
+    certs::load_private_key_pem(&key).map_err(|e| e.to_string())?;
+    if secret_text(secret, CA_CERT_KEY).as_deref() != Some(ca.cert_pem()) {
+        return Err("its ca.crt is not the current CA".to_owned());
+    }
+    let summary = CertificateSummary::from_pem(&cert).map_err(|e| e.to_string())?;
+    if summary.due_for_renewal(SystemTime::now()) {
+        return Err("less than a third of its validity is left".to_owned());
+    }
+    if summary.dns_names != dns || summary.ip_addresses != ips {
+        return Err(format!(
+            "its names {:?} {:?} are not {dns:?} {ips:?}",
+            summary.dns_names, summary.ip_addresses
+        ));
+    }
+    let first = dns
+        .first()
+        .cloned()
+        .or_else(|| ips.first().map(IpAddr::to_string))
+        .unwrap_or_default();
+    certs::verify_serving_chain(&cert, ca.cert_pem(), &first).map_err(|e| e.to_string())
+}
+
+/// The JSON patch that sets every webhook's caBundle to `ca_pem`, guarded by
+/// the resourceVersion; None when all already match.
+pub fn ca_bundle_patch(configuration: &MutatingWebhookConfiguration, ca_pem: &str) -> Option<json_patch::Patch> {
+    let webhooks = configuration.webhooks.as_deref().unwrap_or_default();
+    let mut operations = Vec::new();
+    for (index, webhook) in webhooks.iter().enumerate() {
+        if webhook.client_config.ca_bundle.as_ref().map(|b| b.0.as_slice()) == Some(ca_pem.as_bytes()) {
+            continue;
+        }
+        operations.push(serde_json::json!({
+            "op": "add",
+            "path": format!("/webhooks/{index}/clientConfig/caBundle"),
+            "value": ByteString(ca_pem.as_bytes().to_vec()),
+        }));
+    }
+    if operations.is_empty() {
+        return None;
+    }
+    let guard = serde_json::json!({
+        "op": "test",
+        "path": "/metadata/resourceVersion",
+        "value": configuration.metadata.resource_version,
+    });
+    operations.insert(0, guard);
+    serde_json::from_value(serde_json::Value::Array(operations)).ok()
+}
+
+/// Notifies `changed` whenever the named configuration changes.
+async fn watch_webhook_configuration(api: Api<MutatingWebhookConfiguration>, name: String, changed: Arc<Notify>) {
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = std::pin::pin!(watcher::watcher(api, config));
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone) => changed.notify_one(),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%error, "watching the MutatingWebhookConfiguration failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pull_address_hosts_lose_their_port() {
+        let cases = [
+            ("registry.example.com:443", Some("registry.example.com")),
+            ("10.0.0.5:30500", Some("10.0.0.5")),
+            ("[fd00::5]:30500", Some("fd00::5")),
+            ("fd00::5", Some("fd00::5")),
+            ("Proxy.Example.com", Some("proxy.example.com")),
+            ("", None),
+        ];
+        for (address, host) in cases {
+            assert_eq!(address_host(address).as_deref(), host, "{address}");
+        }
+    }
+
+    #[test]
+    fn proxy_names_cover_the_service_and_the_pull_address() {
+        let settings = BootstrapSettings {
+            namespace: "connectors-system".into(),
+            csi_namespace: "connectors-csi".into(),
+            proxy_service: "connectors-proxy".into(),
+            pull_address: Some("10.1.2.3:30443".into()),
+            cluster_domain: "cluster.local".into(),
+            webhook_service: "connectors-webhook".into(),
+            webhook_configuration: "connectors".into(),
+            check_interval: Duration::from_secs(600),
+        };
+        let (dns, ips) = settings.proxy_names();
+        assert_eq!(
+            dns,
+            [
+                "connectors-proxy",
+                "connectors-proxy.connectors-system",
+                "connectors-proxy.connectors-system.svc",
+                "connectors-proxy.connectors-system.svc.cluster.local",
+            ]
+        );
+        assert_eq!(ips, ["10.1.2.3".parse::<IpAddr>().unwrap()]);
+    }
+}

@@ -1,0 +1,247 @@
+//! Connector status from probe results: the four conditions with their
+//! transition times, the proxy address, and whether a write is due. Pure
+//! functions of (previous status, probe report, time).
+
+use std::time::Duration;
+
+use connector::crd::{Condition, ConnectorStatus, HttpAddress, ProxyStatus};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::probe::{Check, ProbeReport, Verdict};
+
+pub const SECRET_READY: &str = "SecretReady";
+pub const LIVENESS_READY: &str = "LivenessReady";
+pub const AUTH_READY: &str = "AuthReady";
+pub const READY: &str = "Ready";
+
+/// Conditions in the order they are written.
+pub const CONDITION_TYPES: [&str; 4] = [SECRET_READY, LIVENESS_READY, AUTH_READY, READY];
+
+/// The address workloads use for a connector: `<proxy_url>/namespaces/<ns>/connectors/<name>`.
+pub fn proxy_address(proxy_url: &str, namespace: &str, name: &str) -> String {
+    format!(
+        "{}/namespaces/{namespace}/connectors/{name}",
+        proxy_url.trim_end_matches('/')
+    )
+}
+
+/// Now as conditions record it: RFC 3339 in UTC, whole seconds.
+pub fn now_timestamp() -> String {
+    format_time(Timestamp::now())
+}
+
+fn format_time(time: Timestamp) -> String {
+    let seconds = Timestamp::from_second(time.as_second()).unwrap_or(time);
+    seconds.to_string()
+}
+
+/// The status after a probe: each condition keeps its
+/// `lastTransitionTime` unless its status changed; every condition gets
+/// `lastProbeTime = now`.
+pub fn next_status(
+    previous: Option<&ConnectorStatus>,
+    report: &ProbeReport,
+    generation: Option<i64>,
+    http_address: HttpAddress,
+    now: &str,
+) -> ConnectorStatus {
+    let ready = aggregate(report);
+    let checks = [
+        (SECRET_READY, &report.secret),
+        (LIVENESS_READY, &report.liveness),
+        (AUTH_READY, &report.auth),
+        (READY, &ready),
+    ];
+    let conditions = checks
+        .into_iter()
+        .map(|(type_, check)| {
+            let old = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
+            let status = check.verdict.as_str();
+            let last_transition_time = match old {
+                Some(old) if old.status == status && old.last_transition_time.is_some() => {
+                    old.last_transition_time.clone()
+                }
+                _ => Some(now.to_owned()),
+            };
+            Condition {
+                type_: type_.to_owned(),
+                status: status.to_owned(),
+                reason: Some(check.reason.to_owned()),
+                message: Some(check.message.clone()),
+                last_transition_time,
+                last_probe_time: Some(now.to_owned()),
+                observed_generation: generation,
+            }
+        })
+        .collect();
+    ConnectorStatus {
+        observed_generation: generation,
+        conditions,
+        proxy: Some(ProxyStatus {
+            http_address: Some(http_address),
+        }),
+    }
+}
+
+/// `Ready`: True when all three checks are; otherwise the first failing
+/// (then the first unknown) check's reason and message.
+fn aggregate(report: &ProbeReport) -> Check {
+    let checks = [&report.secret, &report.liveness, &report.auth];
+    let first = |verdict| checks.iter().find(|c| c.verdict == verdict);
+    match first(Verdict::False).or_else(|| first(Verdict::Unknown)) {
+        None => Check {
+            verdict: Verdict::True,
+            reason: "Ready",
+            message: "the credential is valid and the registry accepts it".to_owned(),
+        },
+        Some(check) => Check {
+            verdict: check.verdict,
+            reason: check.reason,
+            message: check.message.clone(),
+        },
+    }
+}
+
+/// Whether `next` must be written over `current`: something other than the
+/// probe times changed, or the recorded probe is older than `refresh`.
+pub fn needs_write(current: Option<&ConnectorStatus>, next: &ConnectorStatus, refresh: Duration) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    if without_probe_times(current) != without_probe_times(next) {
+        return true;
+    }
+    let recorded = current
+        .conditions
+        .iter()
+        .filter_map(|c| c.last_probe_time.as_deref())
+        .filter_map(|t| t.parse::<Timestamp>().ok())
+        .min();
+    match recorded {
+        None => true,
+        Some(recorded) => {
+            let age = Timestamp::now().duration_since(recorded);
+            age.as_secs_f64() >= refresh.as_secs_f64()
+        }
+    }
+}
+
+fn without_probe_times(status: &ConnectorStatus) -> ConnectorStatus {
+    let mut status = status.clone();
+    for condition in &mut status.conditions {
+        condition.last_probe_time = None;
+    }
+    status
+}
+
+/// The conditions of `next` whose status differs from `previous` (or that
+/// are new), for events.
+pub fn transitions<'a>(previous: Option<&ConnectorStatus>, next: &'a ConnectorStatus) -> Vec<&'a Condition> {
+    next.conditions
+        .iter()
+        .filter(|condition| {
+            let old = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == condition.type_));
+            old.is_none_or(|old| old.status != condition.status)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(verdict: Verdict, reason: &'static str) -> Check {
+        Check {
+            verdict,
+            reason,
+            message: format!("{reason} message"),
+        }
+    }
+
+    fn report(auth: Verdict) -> ProbeReport {
+        ProbeReport {
+            secret: check(Verdict::True, "SecretValid"),
+            liveness: check(Verdict::True, "Alive"),
+            auth: check(
+                auth,
+                if auth == Verdict::True {
+                    "Authenticated"
+                } else {
+                    "Unauthorized"
+                },
+            ),
+        }
+    }
+
+    fn address() -> HttpAddress {
+        HttpAddress {
+            url: proxy_address("http://proxy/", "team", "harbor"),
+            ca_certs: None,
+            audience: Some("connectors-proxy".into()),
+        }
+    }
+
+    #[test]
+    fn transition_times_change_only_with_the_status() {
+        let first = next_status(None, &report(Verdict::True), Some(1), address(), "2025-01-01T00:00:00Z");
+        assert_eq!(first.conditions.len(), 4);
+        assert_eq!(first.conditions[3].status, "True");
+        let second = next_status(
+            Some(&first),
+            &report(Verdict::True),
+            Some(1),
+            address(),
+            "2025-01-01T00:05:00Z",
+        );
+        assert!(
+            second
+                .conditions
+                .iter()
+                .all(|c| c.last_transition_time.as_deref() == Some("2025-01-01T00:00:00Z")
+                    && c.last_probe_time.as_deref() == Some("2025-01-01T00:05:00Z"))
+        );
+        assert!(transitions(Some(&first), &second).is_empty());
+        let third = next_status(
+            Some(&second),
+            &report(Verdict::False),
+            Some(1),
+            address(),
+            "2025-01-01T00:10:00Z",
+        );
+        let changed: Vec<_> = transitions(Some(&second), &third)
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(changed, [AUTH_READY, READY]);
+        let ready = &third.conditions[3];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_deref()),
+            ("False", Some("Unauthorized"))
+        );
+        assert_eq!(ready.last_transition_time.as_deref(), Some("2025-01-01T00:10:00Z"));
+        assert_eq!(
+            third.conditions[0].last_transition_time.as_deref(),
+            Some("2025-01-01T00:00:00Z")
+        );
+    }
+
+    #[test]
+    fn only_changes_or_stale_probe_times_are_written() {
+        let now = now_timestamp();
+        let current = next_status(None, &report(Verdict::True), Some(1), address(), &now);
+        let same = next_status(Some(&current), &report(Verdict::True), Some(1), address(), &now);
+        assert!(!needs_write(Some(&current), &same, Duration::from_secs(300)));
+        assert!(needs_write(Some(&current), &same, Duration::ZERO));
+        let newer_generation = next_status(Some(&current), &report(Verdict::True), Some(2), address(), &now);
+        assert!(needs_write(Some(&current), &newer_generation, Duration::from_secs(300)));
+        assert!(needs_write(None, &same, Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn addresses_use_the_path_form_of_the_reverse_proxy() {
+        assert_eq!(
+            proxy_address("http://connectors-proxy.connectors-system.svc/", "team-a", "harbor"),
+            "http://connectors-proxy.connectors-system.svc/namespaces/team-a/connectors/harbor"
+        );
+    }
+}

@@ -1,0 +1,508 @@
+//! Probes of a connector's registry: is its Secret usable, is the registry
+//! alive (`GET /v2/` answers 200 or 401), and does the credential really
+//! authenticate (the `/v2/` challenge followed through a token exchange or a
+//! Basic retry, plus Harbor's `/api/v2.0/users/current`).
+//!
+//! NB: results carry reasons and messages for status conditions and events,
+//! which anyone who may read the Connector sees: they never hold the
+//! password, a Basic header or a token. Upstream bodies are never quoted.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use connector::Connector;
+use connector::address::RegistryAddress;
+use http_body_util::{BodyExt, Empty};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use k8s_openapi::api::core::v1::Secret;
+use proxy::challenge::{self, Scheme};
+use proxy::credential::{self, UpstreamCredential};
+use proxy::upstream::{BoxError, ProxyBody, UpstreamClient, UpstreamClients};
+use url::Url;
+
+/// The largest upstream body a probe reads (token answers are small).
+const MAX_BODY: usize = 64 * 1024;
+
+/// A condition's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    True,
+    False,
+    Unknown,
+}
+
+impl Verdict {
+    /// `True`, `False` or `Unknown`, as conditions spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+/// The outcome of one check: a verdict, a CamelCase reason and a message
+/// without secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub verdict: Verdict,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Check {
+    fn new(verdict: Verdict, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            verdict,
+            reason,
+            message: message.into(),
+        }
+    }
+
+    fn ok(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Verdict::True, reason, message)
+    }
+
+    fn failed(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Verdict::False, reason, message)
+    }
+
+    fn unknown(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Verdict::Unknown, reason, message)
+    }
+}
+
+/// What the three probes found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeReport {
+    pub secret: Check,
+    pub liveness: Check,
+    pub auth: Check,
+}
+
+impl ProbeReport {
+    /// True when every check passed.
+    pub fn healthy(&self) -> bool {
+        [&self.secret, &self.liveness, &self.auth]
+            .iter()
+            .all(|check| check.verdict == Verdict::True)
+    }
+}
+
+/// A Secret the connector names, as read from the API server.
+#[derive(Debug, Clone)]
+pub enum SecretLookup {
+    /// The connector names none.
+    NotReferenced,
+    /// It names this Secret, which does not exist.
+    Missing(String),
+    Found(Box<Secret>),
+}
+
+/// Runs probes with shared upstream clients and one timeout per request.
+pub struct Prober {
+    clients: UpstreamClients,
+    timeout: Duration,
+}
+
+/// An upstream answer: status, headers and a bounded body.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Prober {
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            clients: UpstreamClients::default(),
+            timeout,
+        }
+    }
+
+    /// Probes `connector` with its credential and CA Secrets.
+    pub async fn probe(&self, connector: &Connector, credential: &SecretLookup, ca: &SecretLookup) -> ProbeReport {
+        let address = match RegistryAddress::parse(&connector.spec.address) {
+            Ok(address) => address,
+            Err(error) => {
+                let secret = check_secret(credential, ca, None).0;
+                return ProbeReport {
+                    secret,
+                    liveness: Check::failed("InvalidAddress", error.to_string()),
+                    auth: Check::unknown("RegistryNotReady", "the registry address is not usable"),
+                };
+            }
+        };
+        let (secret, credential, ca_pem) = check_secret(credential, ca, Some(&address));
+        let client = match self.clients.client(ca_pem.as_deref(), false) {
+            Ok(client) => client,
+            Err(error) => {
+                return ProbeReport {
+                    secret: Check::failed("CACertInvalid", error.to_string()),
+                    liveness: Check::unknown("SecretNotReady", "the connector's CA certificates are not usable"),
+                    auth: Check::unknown("SecretNotReady", "the connector's CA certificates are not usable"),
+                };
+            }
+        };
+        let mut base = address.url().clone();
+        let trimmed = base.path().trim_end_matches('/').to_owned();
+        base.set_path(&trimmed);
+        let ping = format!("{}/v2/", base.as_str().trim_end_matches('/'));
+        let anonymous = match self.get(&client, &ping, None).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                return ProbeReport {
+                    secret,
+                    liveness: Check::failed("Unreachable", format!("GET {ping} failed: {error}")),
+                    auth: Check::unknown("RegistryNotReady", "the registry is not reachable"),
+                };
+            }
+        };
+        let liveness = match anonymous.status {
+            StatusCode::OK | StatusCode::UNAUTHORIZED => {
+                Check::ok("Alive", format!("GET {ping} answered {}", anonymous.status))
+            }
+            other => {
+                return ProbeReport {
+                    secret,
+                    liveness: Check::failed("UnexpectedStatus", format!("GET {ping} answered {other}")),
+                    auth: Check::unknown("RegistryNotReady", "the registry is not answering as a registry"),
+                };
+            }
+        };
+        let auth = if secret.verdict != Verdict::True {
+            Check::unknown("SecretNotReady", "the credential Secret is not usable")
+        } else {
+            let context = AuthContext {
+                client: &client,
+                connector,
+                base: &base,
+                ping: &ping,
+                credential: credential.as_ref(),
+            };
+            self.check_auth(&context, &anonymous).await
+        };
+        ProbeReport { secret, liveness, auth }
+    }
+
+    async fn check_auth(&self, cx: &AuthContext<'_>, anonymous: &Answer) -> Check {
+        let Some(credential) = cx.credential else {
+            return if anonymous.status == StatusCode::OK {
+                Check::ok("Anonymous", "the registry allows anonymous access")
+            } else {
+                Check::failed(
+                    "CredentialRequired",
+                    "the registry asks for credentials and the connector has none",
+                )
+            };
+        };
+        let registry_check = if anonymous.status == StatusCode::OK {
+            // NB: an open registry ignores credentials; nothing to exchange.
+            Check::ok(
+                "Authenticated",
+                "the registry allows access; the credential was not challenged",
+            )
+        } else {
+            let challenges = challenge::parse_challenges(
+                anonymous
+                    .headers
+                    .get_all(header::WWW_AUTHENTICATE)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok()),
+            );
+            match challenge::preferred(&challenges) {
+                Some(c) if c.scheme == Scheme::Bearer => match c.realm() {
+                    Some(realm) => self.bearer_exchange(cx, credential, realm, c.service()).await,
+                    None => Check::failed("TokenExchangeFailed", "the registry's Bearer challenge names no realm"),
+                },
+                Some(c) if c.scheme == Scheme::Basic => self.basic_retry(cx, credential).await,
+                Some(c) => Check::failed(
+                    "UnsupportedChallenge",
+                    format!(
+                        "the registry asks for the {} scheme; Basic and Bearer are supported",
+                        c.scheme
+                    ),
+                ),
+                None => Check::failed("UnsupportedChallenge", "the registry answered 401 without a challenge"),
+            }
+        };
+        if registry_check.verdict != Verdict::True || cx.connector.spec.connector_class_name != "harbor" {
+            return registry_check;
+        }
+        self.harbor_current_user(cx, credential).await
+    }
+
+    /// GET the realm with Basic, expect a token, then `/v2/` with it.
+    async fn bearer_exchange(
+        &self,
+        cx: &AuthContext<'_>,
+        credential: &UpstreamCredential,
+        realm: &str,
+        service: Option<&str>,
+    ) -> Check {
+        let extensions: Vec<Url> = cx
+            .connector
+            .spec
+            .address_extensions
+            .iter()
+            .filter_map(|e| Url::parse(&e.value).ok())
+            .collect();
+        // NB: the credential only goes to a realm the proxy would use too.
+        let mut realm_url = match proxy::realm::check_realm(realm, cx.base, &extensions) {
+            Ok(url) => url,
+            Err(error) => return Check::failed("RealmRefused", error.to_string()),
+        };
+        if let Some(service) = service.filter(|s| !s.is_empty()) {
+            realm_url.query_pairs_mut().append_pair("service", service);
+        }
+        let realm_host = realm_url.host_str().unwrap_or_default().to_owned();
+        let answer = match self
+            .get(cx.client, realm_url.as_str(), Some(&credential.basic_header()))
+            .await
+        {
+            Ok(answer) => answer,
+            Err(error) => {
+                return Check::failed(
+                    "TokenExchangeFailed",
+                    format!("the token service on {realm_host} failed: {error}"),
+                );
+            }
+        };
+        match answer.status {
+            StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Check::failed(
+                    "Unauthorized",
+                    format!(
+                        "the token service on {realm_host} refused the credential of user {:?} ({})",
+                        credential.username(),
+                        answer.status
+                    ),
+                );
+            }
+            other => {
+                return Check::failed(
+                    "TokenExchangeFailed",
+                    format!("the token service on {realm_host} answered {other}"),
+                );
+            }
+        }
+        let token = match proxy::token::parse_token_response(&answer.body, Instant::now()) {
+            Ok(token) => token,
+            Err(error) => {
+                return Check::failed(
+                    "TokenExchangeFailed",
+                    format!("the token service on {realm_host}: {error}"),
+                );
+            }
+        };
+        match self.get(cx.client, cx.ping, Some(&token.bearer_header())).await {
+            Ok(answer) if answer.status == StatusCode::OK => Check::ok(
+                "Authenticated",
+                format!(
+                    "user {:?} got a token from {realm_host} that the registry accepts",
+                    credential.username()
+                ),
+            ),
+            Ok(answer) => Check::failed(
+                "TokenRejected",
+                format!("the registry answered {} to the token from {realm_host}", answer.status),
+            ),
+            Err(error) => Check::failed("Unreachable", format!("GET {} failed: {error}", cx.ping)),
+        }
+    }
+
+    /// `/v2/` again with Basic credentials, expecting 200.
+    async fn basic_retry(&self, cx: &AuthContext<'_>, credential: &UpstreamCredential) -> Check {
+        match self.get(cx.client, cx.ping, Some(&credential.basic_header())).await {
+            Ok(answer) if answer.status == StatusCode::OK => Check::ok(
+                "Authenticated",
+                format!(
+                    "the registry accepts the credential of user {:?}",
+                    credential.username()
+                ),
+            ),
+            Ok(answer) if matches!(answer.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Check::failed(
+                "Unauthorized",
+                format!(
+                    "the registry refused the credential of user {:?} ({})",
+                    credential.username(),
+                    answer.status
+                ),
+            ),
+            Ok(answer) => Check::failed(
+                "UnexpectedStatus",
+                format!("GET {} with the credential answered {}", cx.ping, answer.status),
+            ),
+            Err(error) => Check::failed("Unreachable", format!("GET {} failed: {error}", cx.ping)),
+        }
+    }
+
+    /// Harbor: `GET /api/v2.0/users/current` with Basic must answer 200.
+    async fn harbor_current_user(&self, cx: &AuthContext<'_>, credential: &UpstreamCredential) -> Check {
+        let url = format!("{}/api/v2.0/users/current", cx.base.as_str().trim_end_matches('/'));
+        match self.get(cx.client, &url, Some(&credential.basic_header())).await {
+            Ok(answer) if answer.status == StatusCode::OK => Check::ok(
+                "Authenticated",
+                format!(
+                    "Harbor accepts the credential of user {:?} for its registry and its API",
+                    credential.username()
+                ),
+            ),
+            Ok(answer) if matches!(answer.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Check::failed(
+                "Unauthorized",
+                format!(
+                    "Harbor's API refused the credential of user {:?} ({})",
+                    credential.username(),
+                    answer.status
+                ),
+            ),
+            Ok(answer) => Check::failed("UnexpectedStatus", format!("GET {url} answered {}", answer.status)),
+            Err(error) => Check::failed("Unreachable", format!("GET {url} failed: {error}")),
+        }
+    }
+
+    /// One GET with a deadline over the headers and the (bounded) body.
+    /// Redirects are not followed.
+    async fn get(&self, client: &UpstreamClient, url: &str, authorization: Option<&str>) -> Result<Answer, String> {
+        let mut request = Request::builder().method(Method::GET).uri(url);
+        if let (Some(headers), Some(value)) = (request.headers_mut(), authorization) {
+            let mut value = HeaderValue::from_str(value).map_err(|_| "the credential is not a valid header value")?;
+            value.set_sensitive(true);
+            headers.insert(header::AUTHORIZATION, value);
+        }
+        let body: ProxyBody = Empty::<Bytes>::new()
+            .map_err(|never: Infallible| -> BoxError { match never {} })
+            .boxed();
+        let request = request.body(body).map_err(|_| format!("{url} is not a valid URL"))?;
+        let exchange = async {
+            let response = client.request(request).await.map_err(|e| error_chain(&e))?;
+            let (parts, body) = response.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the answer failed: {e}"))?
+                .to_bytes();
+            Ok(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| format!("no answer within {}s", self.timeout.as_secs_f64()))?
+    }
+}
+
+struct AuthContext<'a> {
+    client: &'a UpstreamClient,
+    connector: &'a Connector,
+    base: &'a Url,
+    ping: &'a str,
+    credential: Option<&'a UpstreamCredential>,
+}
+
+/// The `SecretReady` check, the credential and the CA bundle.
+fn check_secret(
+    credential: &SecretLookup,
+    ca: &SecretLookup,
+    address: Option<&RegistryAddress>,
+) -> (Check, Option<UpstreamCredential>, Option<String>) {
+    let ca_pem = match ca {
+        SecretLookup::NotReferenced => None,
+        SecretLookup::Missing(name) => {
+            return (
+                Check::failed("CACertSecretNotFound", format!("the CA Secret {name:?} does not exist")),
+                None,
+                None,
+            );
+        }
+        SecretLookup::Found(secret) => {
+            let pem = ca_bundle(secret);
+            if certs::load_certs_pem(&pem).is_err() {
+                return (
+                    Check::failed(
+                        "CACertInvalid",
+                        format!(
+                            "the CA Secret {:?} holds no PEM certificate",
+                            secret.metadata.name.as_deref().unwrap_or_default()
+                        ),
+                    ),
+                    None,
+                    None,
+                );
+            }
+            Some(pem)
+        }
+    };
+    match credential {
+        SecretLookup::NotReferenced => (
+            Check::ok("SecretOptional", "the connector names no credential Secret"),
+            None,
+            ca_pem,
+        ),
+        SecretLookup::Missing(name) => (
+            Check::failed("SecretNotFound", format!("the Secret {name:?} does not exist")),
+            None,
+            ca_pem,
+        ),
+        SecretLookup::Found(secret) => {
+            let host = address.map(RegistryAddress::registry_host).unwrap_or_default();
+            match credential::from_secret(secret, host) {
+                Ok(credential) => (
+                    Check::ok(
+                        "SecretValid",
+                        format!(
+                            "the Secret {:?} holds a credential for user {:?}",
+                            secret.metadata.name.as_deref().unwrap_or_default(),
+                            credential.username()
+                        ),
+                    ),
+                    Some(credential),
+                    ca_pem,
+                ),
+                Err(error) => (Check::failed("SecretInvalid", error.to_string()), None, ca_pem),
+            }
+        }
+    }
+}
+
+/// The PEM certificates of a CA Secret: keys ending in `.crt` or `.pem`, or
+/// values with a PEM header (as the proxy reads them).
+fn ca_bundle(secret: &Secret) -> String {
+    let mut pem = String::new();
+    let mut add = |key: &str, value: &str| {
+        if key.ends_with(".crt") || key.ends_with(".pem") || value.contains("-----BEGIN CERTIFICATE-----") {
+            pem.push_str(value.trim());
+            pem.push('\n');
+        }
+    };
+    for (key, value) in secret.string_data.iter().flatten() {
+        add(key, value);
+    }
+    for (key, value) in secret.data.iter().flatten() {
+        add(key, &String::from_utf8_lossy(&value.0));
+    }
+    pem
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut parts: BTreeSet<String> = BTreeSet::new();
+    let mut text = error.to_string();
+    parts.insert(text.clone());
+    let mut source = error.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if parts.insert(part.clone()) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}

@@ -1,0 +1,370 @@
+//! The Connector status reconciler: kube-runtime's `Controller` over
+//! Connectors, re-triggered by the Secrets they reference. Each reconcile
+//! probes only when due (the probe interval, or a backoff after failure) or
+//! when the connector's generation, its Secrets or the proxy CA changed, and
+//! patches `status` only when something changed. Only the leader probes and
+//! writes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use connector::Connector;
+use connector::crd::HttpAddress;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::conditions;
+use crate::metrics::{Metrics, ProbeLabels};
+use crate::probe::{Prober, SecretLookup};
+
+/// The field manager and event reporter name.
+pub const CONTROLLER_NAME: &str = "connectors-controller";
+
+/// Why a reconcile failed (it is retried after the initial backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("failed to read Secret {namespace}/{name}: {source}")]
+    ReadSecret {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("failed to patch the status of connector {namespace}/{name}: {source}")]
+    PatchStatus {
+        namespace: String,
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+/// How the status reconciler behaves.
+#[derive(Debug, Clone)]
+pub struct StatusSettings {
+    /// The proxy's base URL; addresses are `<proxy_url>/namespaces/<ns>/connectors/<name>`.
+    pub proxy_url: String,
+    /// Re-probe healthy connectors this often.
+    pub probe_interval: Duration,
+    /// The first retry after a failed probe; doubled up to the interval.
+    pub initial_backoff: Duration,
+    /// Concurrent reconciles.
+    pub concurrency: u16,
+}
+
+/// What decides whether a connector must be probed again before it is due.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fingerprint {
+    generation: Option<i64>,
+    credential_version: Option<String>,
+    ca_version: Option<String>,
+    proxy_ca: Option<String>,
+}
+
+struct Schedule {
+    fingerprint: Fingerprint,
+    due: Instant,
+    failures: u32,
+}
+
+struct Context {
+    client: kube::Client,
+    settings: StatusSettings,
+    prober: Prober,
+    leader: watch::Receiver<bool>,
+    proxy_ca: watch::Receiver<Option<String>>,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    schedules: Mutex<HashMap<String, Schedule>>,
+}
+
+/// Runs the reconciler until `shutdown` resolves.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    client: kube::Client,
+    settings: StatusSettings,
+    prober: Prober,
+    identity: &str,
+    leader: watch::Receiver<bool>,
+    proxy_ca: watch::Receiver<Option<String>>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let connectors: Api<Connector> = Api::all(client.clone());
+    let secrets: Api<Secret> = Api::all(client.clone());
+    let controller = Controller::new(connectors, watcher::Config::default())
+        .with_config(ControllerConfig::default().concurrency(settings.concurrency.max(1)));
+    let store = controller.store();
+    let readiness = {
+        let store = store.clone();
+        async move {
+            if store.wait_until_ready().await.is_ok() {
+                ready.store(true, Ordering::Release);
+                tracing::info!("the connector cache has synced");
+            }
+        }
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: CONTROLLER_NAME.to_owned(),
+            instance: Some(identity.to_owned()),
+        },
+    );
+    let context = Arc::new(Context {
+        client,
+        settings,
+        prober,
+        leader: leader.clone(),
+        proxy_ca: proxy_ca.clone(),
+        recorder,
+        metrics,
+        schedules: Mutex::new(HashMap::new()),
+    });
+    let mapper_store = store.clone();
+    let run = controller
+        .watches(secrets, watcher::Config::default(), move |secret: Secret| {
+            connectors_referencing(&mapper_store, &secret)
+        })
+        .reconcile_all_on(everything_again(leader, proxy_ca, context.clone()))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "connector reconcile did not complete");
+            }
+        });
+    futures::join!(readiness, run);
+}
+
+/// Connectors in the Secret's namespace that name it.
+fn connectors_referencing(store: &Store<Connector>, secret: &Secret) -> Vec<ObjectRef<Connector>> {
+    let namespace = secret.namespace().unwrap_or_default();
+    let name = secret.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|c| {
+            let credential = c.spec.auth.as_ref().and_then(|a| a.secret_ref.as_ref());
+            let ca = c.spec.ca_cert_secret_ref.as_ref();
+            credential.is_some_and(|r| r.name == name) || ca.is_some_and(|r| r.name == name)
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// A trigger each time this replica becomes the leader or the proxy CA
+/// changes; forgets every schedule so that all connectors are probed.
+fn everything_again(
+    leader: watch::Receiver<bool>,
+    proxy_ca: watch::Receiver<Option<String>>,
+    context: Arc<Context>,
+) -> impl futures::Stream<Item = ()> + Send + 'static {
+    futures::stream::unfold(
+        (leader, proxy_ca, context),
+        |(mut leader, mut proxy_ca, context)| async move {
+            loop {
+                tokio::select! {
+                    changed = leader.changed() => {
+                        changed.ok()?;
+                        if !*leader.borrow_and_update() {
+                            continue;
+                        }
+                    }
+                    changed = proxy_ca.changed() => {
+                        changed.ok()?;
+                        proxy_ca.borrow_and_update();
+                    }
+                }
+                context.schedules.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                return Some(((), (leader, proxy_ca, context)));
+            }
+        },
+    )
+}
+
+fn error_policy(_connector: Arc<Connector>, error: &Error, context: Arc<Context>) -> Action {
+    tracing::warn!(%error, "connector reconcile failed");
+    Action::requeue(context.settings.initial_backoff)
+}
+
+async fn read_secret(client: &kube::Client, namespace: &str, name: Option<&str>) -> Result<SecretLookup, Error> {
+    let Some(name) = name else {
+        return Ok(SecretLookup::NotReferenced);
+    };
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    match api.get_opt(name).await {
+        Ok(Some(secret)) => Ok(SecretLookup::Found(Box::new(secret))),
+        Ok(None) => Ok(SecretLookup::Missing(name.to_owned())),
+        Err(source) => Err(Error::ReadSecret {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source,
+        }),
+    }
+}
+
+fn version(lookup: &SecretLookup) -> Option<String> {
+    match lookup {
+        SecretLookup::NotReferenced => None,
+        SecretLookup::Missing(_) => Some("missing".to_owned()),
+        SecretLookup::Found(secret) => secret.metadata.resource_version.clone(),
+    }
+}
+
+async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<Action, Error> {
+    if !*context.leader.borrow() {
+        return Ok(Action::await_change());
+    }
+    let namespace = connector.namespace().unwrap_or_default();
+    let name = connector.name_any();
+    let key = format!("{namespace}/{name}");
+    let credential_name = connector
+        .spec
+        .auth
+        .as_ref()
+        .and_then(|a| a.secret_ref.as_ref())
+        .map(|r| r.name.as_str());
+    let ca_name = connector.spec.ca_cert_secret_ref.as_ref().map(|r| r.name.as_str());
+    let credential = read_secret(&context.client, &namespace, credential_name).await?;
+    let ca = read_secret(&context.client, &namespace, ca_name).await?;
+    let proxy_ca = context.proxy_ca.borrow().clone();
+    let fingerprint = Fingerprint {
+        generation: connector.metadata.generation,
+        credential_version: version(&credential),
+        ca_version: version(&ca),
+        proxy_ca: proxy_ca.clone(),
+    };
+    let previous_failures = {
+        let schedules = context.schedules.lock().unwrap_or_else(|e| e.into_inner());
+        match schedules.get(&key) {
+            Some(schedule) if schedule.fingerprint == fingerprint && Instant::now() < schedule.due => {
+                return Ok(Action::requeue(schedule.due - Instant::now()));
+            }
+            Some(schedule) => schedule.failures,
+            None => 0,
+        }
+    };
+
+    let report = context.prober.probe(&connector, &credential, &ca).await;
+    let healthy = report.healthy();
+    let result = if healthy { "success" } else { "failure" };
+    context.metrics.probes.get_or_create(&ProbeLabels { result }).inc();
+    let address = HttpAddress {
+        url: conditions::proxy_address(&context.settings.proxy_url, &namespace, &name),
+        ca_certs: proxy_ca,
+        audience: Some(connector::keys::PROXY_TOKEN_AUDIENCE.to_owned()),
+    };
+    let now = conditions::now_timestamp();
+    let current = connector.status.as_ref();
+    let next = conditions::next_status(current, &report, connector.metadata.generation, address, &now);
+
+    // NB: leadership may have been lost while probing.
+    if !*context.leader.borrow() {
+        return Ok(Action::await_change());
+    }
+    if conditions::needs_write(current, &next, context.settings.probe_interval) {
+        let api: Api<Connector> = Api::namespaced(context.client.clone(), &namespace);
+        let patch = serde_json::json!({ "status": next });
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(|source| Error::PatchStatus {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                source,
+            })?;
+        context.metrics.status_writes.inc();
+        publish_transitions(&context, &connector, current, &next).await;
+    }
+
+    let failures = if healthy {
+        0
+    } else {
+        previous_failures.saturating_add(1)
+    };
+    let delay = next_probe_delay(&context.settings, failures);
+    if !healthy {
+        tracing::info!(connector = %key, reason = ?next.conditions.last().and_then(|c| c.reason.as_deref()), retry_in = ?delay, "connector is not ready");
+    }
+    context.schedules.lock().unwrap_or_else(|e| e.into_inner()).insert(
+        key,
+        Schedule {
+            fingerprint,
+            due: Instant::now() + delay,
+            failures,
+        },
+    );
+    Ok(Action::requeue(delay))
+}
+
+/// The interval when healthy; after `failures` failed probes in a row,
+/// `initial_backoff * 2^(failures-1)`, capped at the interval.
+fn next_probe_delay(settings: &StatusSettings, failures: u32) -> Duration {
+    if failures == 0 {
+        return settings.probe_interval;
+    }
+    let factor = 2u32.saturating_pow(failures.saturating_sub(1).min(20));
+    settings
+        .initial_backoff
+        .saturating_mul(factor)
+        .min(settings.probe_interval)
+}
+
+async fn publish_transitions(
+    context: &Context,
+    connector: &Connector,
+    previous: Option<&connector::crd::ConnectorStatus>,
+    next: &connector::crd::ConnectorStatus,
+) {
+    let reference = connector.object_ref(&());
+    for condition in conditions::transitions(previous, next) {
+        let event = Event {
+            type_: if condition.status == "True" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: condition.reason.clone().unwrap_or_else(|| condition.type_.clone()),
+            note: Some(format!(
+                "{} is {}: {}",
+                condition.type_,
+                condition.status,
+                condition.message.as_deref().unwrap_or_default()
+            )),
+            action: "Probe".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = context.recorder.publish(&event, &reference).await {
+            tracing::warn!(%error, "failed to publish an event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_probes_back_off_exponentially_up_to_the_interval() {
+        let settings = StatusSettings {
+            proxy_url: String::new(),
+            probe_interval: Duration::from_secs(300),
+            initial_backoff: Duration::from_secs(10),
+            concurrency: 1,
+        };
+        let delays: Vec<u64> = (0..8).map(|f| next_probe_delay(&settings, f).as_secs()).collect();
+        assert_eq!(delays, [300, 10, 20, 40, 80, 160, 300, 300]);
+    }
+}

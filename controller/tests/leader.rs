@@ -1,0 +1,149 @@
+//! Leader election: only the Lease holder writes; a follower takes over
+//! once a crashed leader's lease expires, or at once after a clean release.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use testing::apiserver::{CONNECTORS, FakeApiServer, SECRETS};
+use testing::{Registry, RegistryOptions};
+
+const TEAM: &str = "team-a";
+
+/// Writes (anything but GET) that `identity` sent to status, events,
+/// secrets or configmaps.
+fn writes_by(api: &FakeApiServer, identity: &str) -> Vec<String> {
+    let bearer = format!("Bearer {identity}");
+    api.requests()
+        .iter()
+        .filter(|r| r.method != "GET" && r.authorization.as_deref() == Some(bearer.as_str()))
+        .filter(|r| !r.path.contains("/leases"))
+        .map(ToString::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_and_a_follower_takes_over_after_the_lease_expires() {
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
+        .await
+        .unwrap();
+    let api = api_server().await;
+    api.apply(SECRETS, stored_basic_auth_secret(TEAM, "robot", USER, PASSWORD));
+    api.apply(
+        CONNECTORS,
+        connector(TEAM, "registry", "oci", &registry.url(), Some("robot")),
+    );
+    let client = client_as(&api, "test").await;
+    let leader = start(&api, settings("controller-a")).await;
+    eventually("controller-a leads", WAIT, || async {
+        (lease_holder(&client).await.as_deref() == Some("controller-a")).then_some(())
+    })
+    .await;
+    let follower = start(&api, settings("controller-b")).await;
+    wait_condition(&client, TEAM, "registry", "Ready", "True", "Ready").await;
+    // The follower's cache syncs and it stays ready while following.
+    eventually("the follower is ready", WAIT, || async {
+        let url = format!("http://{}/readyz", follower.health);
+        (http_status(&url).await == Some(200)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!writes_by(&api, "controller-a").is_empty(), "the leader wrote");
+    assert_eq!(
+        writes_by(&api, "controller-b"),
+        Vec::<String>::new(),
+        "the follower wrote nothing"
+    );
+    let metrics = http_text(&format!("http://{}/metrics", follower.health)).await;
+    assert!(metrics.contains("connectors_controller_leader 0"), "{metrics}");
+
+    // The leader crashes: the follower waits for the 2 s lease to expire.
+    leader.crash();
+    let crashed_at = tokio::time::Instant::now();
+    eventually("controller-b takes over", Duration::from_secs(10), || async {
+        (lease_holder(&client).await.as_deref() == Some("controller-b")).then_some(())
+    })
+    .await;
+    assert!(
+        crashed_at.elapsed() >= Duration::from_millis(1500),
+        "took over after {:?}, before the lease could expire",
+        crashed_at.elapsed()
+    );
+    // The new leader does the work: a broken Secret shows in the status.
+    api.apply(
+        SECRETS,
+        stored_basic_auth_secret(TEAM, "robot", USER, "rotated-elsewhere"),
+    );
+    wait_condition(&client, TEAM, "registry", "AuthReady", "False", "Unauthorized").await;
+    eventually("controller-b writes status", WAIT, || async {
+        writes_by(&api, "controller-b")
+            .iter()
+            .any(|w| w.starts_with("PATCH") && w.contains("/connectors/registry/status"))
+            .then_some(())
+    })
+    .await;
+    let metrics = http_text(&format!("http://{}/metrics", follower.health)).await;
+    assert!(metrics.contains("connectors_controller_leader 1"), "{metrics}");
+    follower.stop().await;
+    assert_eq!(lease_holder(&client).await, None, "released on shutdown");
+}
+
+#[tokio::test]
+async fn a_cleanly_stopped_leader_hands_over_at_once() {
+    let api = api_server().await;
+    let client = client_as(&api, "test").await;
+    let leader = start(&api, settings("controller-a")).await;
+    eventually("controller-a leads", WAIT, || async {
+        (lease_holder(&client).await.as_deref() == Some("controller-a")).then_some(())
+    })
+    .await;
+    let follower = start(&api, settings("controller-b")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(lease_holder(&client).await.as_deref(), Some("controller-a"));
+    let healthz = http_status(&format!("http://{}/healthz", follower.health)).await;
+    assert_eq!(healthz, Some(200));
+
+    leader.stop().await;
+    let stopped_at = tokio::time::Instant::now();
+    eventually("controller-b takes over", Duration::from_secs(10), || async {
+        (lease_holder(&client).await.as_deref() == Some("controller-b")).then_some(())
+    })
+    .await;
+    assert!(
+        stopped_at.elapsed() < Duration::from_millis(1500),
+        "a released lease is taken without waiting for expiry ({:?})",
+        stopped_at.elapsed()
+    );
+    follower.stop().await;
+}
+
+async fn http_status(url: &str) -> Option<u16> {
+    let (status, _) = http_get(url).await?;
+    Some(status)
+}
+
+async fn http_text(url: &str) -> String {
+    http_get(url).await.map(|(_, body)| body).unwrap_or_default()
+}
+
+/// A plain HTTP/1.1 GET over a fresh connection, bounded in time.
+async fn http_get(url: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}")))?;
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Some((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok()?
+}

@@ -1,0 +1,524 @@
+//! Cluster mode's identities, from the Kubernetes API:
+//!
+//! - [`TokenReviews`]: ServiceAccount tokens (audience `connectors-proxy`)
+//!   checked by TokenReview, cached until shortly before the token expires.
+//! - [`SubjectAccessReviews`]: may this identity use this connector? Asked
+//!   by SubjectAccessReview, cached for seconds so that revoking RBAC
+//!   revokes access within seconds.
+//! - [`PodIdentities`]: source addresses of the pods the webhook injected,
+//!   and of nodes pulling for their pods, from informers.
+//!
+//! Both caches are bounded and keyed so that no token is kept in memory:
+//! TokenReview results by the token's SHA-256.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use connector::ConnectorKey;
+use connector::keys::{INJECTED_LABEL, PROXY_TOKEN_AUDIENCE};
+use connector::reference::Reference;
+use futures::StreamExt;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::PostParams;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+
+use crate::caller::{Authenticator, Authorizer, BoxFuture, CallerError, Decision, Identity, PeerIdentities, Result};
+
+/// A bounded map of answers that expire.
+struct ExpiringCache<K, V> {
+    entries: Mutex<HashMap<K, (V, Instant)>>,
+    capacity: usize,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> ExpiringCache<K, V> {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(key)
+            .filter(|(_, expires)| *expires > Instant::now())
+            .map(|(value, _)| value.clone())
+    }
+
+    fn insert(&self, key: K, value: V, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= self.capacity && !entries.contains_key(&key) {
+            let now = Instant::now();
+            entries.retain(|_, (_, expires)| *expires > now);
+            if entries.len() >= self.capacity {
+                // NB: still full of live answers: drop the ones closest to
+                // expiry (a quarter), so a burst costs reviews, not memory.
+                let mut by_expiry: Vec<(K, Instant)> = entries.iter().map(|(k, (_, e))| (k.clone(), *e)).collect();
+                by_expiry.sort_by_key(|(_, expires)| *expires);
+                for (key, _) in by_expiry.into_iter().take(self.capacity.div_ceil(4)) {
+                    entries.remove(&key);
+                }
+            }
+        }
+        entries.insert(key, (value, Instant::now() + ttl));
+    }
+
+    fn len(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// How long TokenReview answers are kept.
+#[derive(Debug, Clone)]
+pub struct TokenReviewOptions {
+    /// The audience tokens must carry.
+    pub audience: String,
+    /// A valid token's answer is dropped this long before the token expires.
+    pub expiry_margin: Duration,
+    /// The longest a valid token's answer is kept (a deleted pod or
+    /// ServiceAccount invalidates its tokens; this bounds how long the proxy
+    /// keeps accepting one).
+    pub max_ttl: Duration,
+    /// How long an invalid token's answer is kept.
+    pub negative_ttl: Duration,
+    /// The most answers kept.
+    pub capacity: usize,
+}
+
+impl Default for TokenReviewOptions {
+    fn default() -> Self {
+        Self {
+            audience: PROXY_TOKEN_AUDIENCE.to_owned(),
+            expiry_margin: Duration::from_secs(30),
+            max_ttl: Duration::from_secs(120),
+            negative_ttl: Duration::from_secs(10),
+            capacity: 10_000,
+        }
+    }
+}
+
+/// An [`Authenticator`] that asks the API server (TokenReview).
+pub struct TokenReviews {
+    api: Api<TokenReview>,
+    options: TokenReviewOptions,
+    cache: ExpiringCache<[u8; 32], Option<Identity>>,
+}
+
+impl TokenReviews {
+    pub fn new(client: Client, options: TokenReviewOptions) -> Self {
+        Self {
+            api: Api::all(client),
+            cache: ExpiringCache::new(options.capacity),
+            options,
+        }
+    }
+
+    /// How many answers are cached.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    async fn review(&self, token: &str) -> Result<Option<Identity>> {
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: Some(vec![self.options.audience.clone()]),
+            },
+            ..TokenReview::default()
+        };
+        let answer = self
+            .api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| CallerError::Backend(Box::new(e)))?;
+        let Some(status) = answer.status else {
+            return Ok(None);
+        };
+        let audience_ok = status
+            .audiences
+            .as_ref()
+            .is_some_and(|audiences| audiences.contains(&self.options.audience));
+        if status.authenticated != Some(true) || !audience_ok {
+            return Ok(None);
+        }
+        let Some(user) = status.user else {
+            return Ok(None);
+        };
+        let Some(username) = user.username.filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        Ok(Some(Identity {
+            username,
+            uid: user.uid.unwrap_or_default(),
+            groups: user.groups.unwrap_or_default(),
+        }))
+    }
+
+    /// How long a valid token's answer may be kept: until `expiry_margin`
+    /// before the JWT's `exp` (read, not trusted: the API server verified
+    /// the token), at most `max_ttl`.
+    fn ttl(&self, token: &str) -> Duration {
+        let Some(expires) = jwt_expiry(token) else {
+            return self.options.max_ttl.min(Duration::from_secs(60));
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        expires
+            .saturating_sub(now)
+            .saturating_sub(self.options.expiry_margin)
+            .min(self.options.max_ttl)
+    }
+}
+
+impl Authenticator for TokenReviews {
+    fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Identity>>> {
+        Box::pin(async move {
+            let key = token_digest(token);
+            if let Some(answer) = self.cache.get(&key) {
+                return Ok(answer);
+            }
+            let answer = self.review(token).await?;
+            let ttl = match &answer {
+                Some(_) => self.ttl(token),
+                None => self.options.negative_ttl,
+            };
+            self.cache.insert(key, answer.clone(), ttl);
+            Ok(answer)
+        })
+    }
+}
+
+fn token_digest(token: &str) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+    let mut key = [0; 32];
+    key.copy_from_slice(digest.as_ref());
+    key
+}
+
+/// The `exp` claim of a JWT (seconds since the epoch), if it is one.
+fn jwt_expiry(token: &str) -> Option<Duration> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims["exp"].as_u64().map(Duration::from_secs)
+}
+
+/// What a SubjectAccessReview asks about a connector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessCheck {
+    /// `get` on subresource `connectors/proxy`: only roles made for using
+    /// connectors grant it (the default).
+    ProxySubresource,
+    /// `get` on the Connector itself, as earlier connector releases check;
+    /// any role that can read Connectors can then use their credentials.
+    Get,
+}
+
+/// An [`Authorizer`] that asks the API server (SubjectAccessReview).
+pub struct SubjectAccessReviews {
+    api: Api<SubjectAccessReview>,
+    check: AccessCheck,
+    ttl: Duration,
+    cache: ExpiringCache<(String, String, Vec<String>, ConnectorKey), Decision>,
+}
+
+impl SubjectAccessReviews {
+    /// `ttl` bounds how long a revoked permission keeps working.
+    pub fn new(client: Client, check: AccessCheck, ttl: Duration) -> Self {
+        Self {
+            api: Api::all(client),
+            check,
+            ttl,
+            cache: ExpiringCache::new(10_000),
+        }
+    }
+
+    async fn review(&self, identity: &Identity, connector: &ConnectorKey) -> Result<Decision> {
+        let subresource = match self.check {
+            AccessCheck::ProxySubresource => Some("proxy".to_owned()),
+            AccessCheck::Get => None,
+        };
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(identity.username.clone()),
+                uid: Some(identity.uid.clone()).filter(|u| !u.is_empty()),
+                groups: Some(identity.groups.clone()),
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(<connector::Connector as kube::Resource>::group(&()).into_owned()),
+                    resource: Some("connectors".to_owned()),
+                    subresource,
+                    verb: Some("get".to_owned()),
+                    namespace: Some(connector.namespace.clone()),
+                    name: Some(connector.name.clone()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let answer = self
+            .api
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(|e| CallerError::Backend(Box::new(e)))?;
+        let allowed = answer.status.is_some_and(|s| s.allowed && s.denied != Some(true));
+        Ok(if allowed { Decision::Allow } else { Decision::Deny })
+    }
+}
+
+impl Authorizer for SubjectAccessReviews {
+    fn authorize<'a>(&'a self, identity: &'a Identity, connector: &'a ConnectorKey) -> BoxFuture<'a, Result<Decision>> {
+        Box::pin(async move {
+            let key = (
+                identity.username.clone(),
+                identity.uid.clone(),
+                identity.groups.clone(),
+                connector.clone(),
+            );
+            if let Some(decision) = self.cache.get(&key) {
+                return Ok(decision);
+            }
+            let decision = self.review(identity, connector).await?;
+            self.cache.insert(key, decision, self.ttl);
+            Ok(decision)
+        })
+    }
+}
+
+/// Source-address identities from informers: pods carrying the webhook's
+/// [`INJECTED_LABEL`] (only those are watched) and nodes.
+#[derive(Clone)]
+pub struct PodIdentities {
+    pods: Store<Pod>,
+    nodes: Store<Node>,
+    index: Arc<RwLock<Option<Arc<Index>>>>,
+    synced: Arc<AtomicBool>,
+    /// How long a node pull waits for its pod to reach the informer.
+    lag: Duration,
+}
+
+/// Lookups derived from the informers' caches, rebuilt after changes.
+#[derive(Default)]
+struct Index {
+    /// Pod identity by IP; `None` when two pods claim the IP.
+    pods_by_ip: HashMap<IpAddr, Option<Identity>>,
+    node_by_ip: HashMap<IpAddr, String>,
+}
+
+impl PodIdentities {
+    /// Starts the informers on the current tokio runtime.
+    pub fn spawn(client: Client, lag: Duration) -> Self {
+        let (pods, pod_writer) = reflector::store();
+        let (nodes, node_writer) = reflector::store();
+        let index = Arc::new(RwLock::new(None));
+        let pod_config = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true"));
+        let pod_stream = reflector::reflector(
+            pod_writer,
+            watcher(Api::<Pod>::all(client.clone()), pod_config).default_backoff(),
+        );
+        let node_stream = reflector::reflector(
+            node_writer,
+            watcher(Api::<Node>::all(client), watcher::Config::default()).default_backoff(),
+        );
+        tokio::spawn(invalidate_on_events("pods", pod_stream, index.clone()));
+        tokio::spawn(invalidate_on_events("nodes", node_stream, index.clone()));
+        let synced = Arc::new(AtomicBool::new(false));
+        {
+            let (pods, nodes, synced) = (pods.clone(), nodes.clone(), synced.clone());
+            tokio::spawn(async move {
+                if pods.wait_until_ready().await.is_ok() && nodes.wait_until_ready().await.is_ok() {
+                    synced.store(true, Ordering::Release);
+                    tracing::info!("pod and node caches synced");
+                }
+            });
+        }
+        Self {
+            pods,
+            nodes,
+            index,
+            synced,
+            lag,
+        }
+    }
+
+    /// True once the first lists of pods and nodes have arrived.
+    pub fn has_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    fn index(&self) -> Arc<Index> {
+        if let Some(index) = self.index.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            return index.clone();
+        }
+        let index = Arc::new(self.build_index());
+        *self.index.write().unwrap_or_else(|p| p.into_inner()) = Some(index.clone());
+        index
+    }
+
+    fn build_index(&self) -> Index {
+        let mut index = Index::default();
+        for pod in self.pods.state() {
+            let Some(spec) = &pod.spec else { continue };
+            if spec.host_network == Some(true) {
+                continue;
+            }
+            let Some(status) = &pod.status else { continue };
+            if status.phase.as_deref() != Some("Running") {
+                continue;
+            }
+            let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+            let service_account = spec.service_account_name.as_deref().unwrap_or("default");
+            let identity = Identity::of_service_account(namespace, service_account);
+            let ips = status
+                .pod_ips
+                .iter()
+                .flatten()
+                .map(|p| p.ip.as_str())
+                .chain(status.pod_ip.as_deref());
+            let mut seen = Vec::new();
+            for ip in ips.filter_map(|ip| ip.parse::<IpAddr>().ok()) {
+                if seen.contains(&ip) {
+                    continue;
+                }
+                seen.push(ip);
+                index
+                    .pods_by_ip
+                    .entry(ip)
+                    .and_modify(|claimed| *claimed = None)
+                    .or_insert_with(|| Some(identity.clone()));
+            }
+        }
+        for node in self.nodes.state() {
+            let Some(name) = node.metadata.name.clone() else {
+                continue;
+            };
+            let addresses = node.status.iter().flat_map(|s| s.addresses.iter().flatten());
+            for address in addresses.filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP") {
+                if let Ok(ip) = address.address.parse::<IpAddr>() {
+                    index.node_by_ip.insert(ip, name.clone());
+                }
+            }
+        }
+        // NB: an address that is a node's is never a pod's identity
+        // (hostNetwork pods share it).
+        index.pods_by_ip.retain(|ip, _| !index.node_by_ip.contains_key(ip));
+        index
+    }
+
+    /// The ServiceAccounts of the injected pods on `node` referencing the
+    /// repository, right now.
+    fn referencing(&self, node: &str, key: &ConnectorKey, repository: &str) -> Vec<Identity> {
+        let wanted = format!("namespaces/{}/connectors/{}/{}", key.namespace, key.name, repository);
+        let mut found: Vec<Identity> = Vec::new();
+        for pod in self.pods.state() {
+            let Some(spec) = &pod.spec else { continue };
+            if spec.node_name.as_deref() != Some(node) {
+                continue;
+            }
+            let images = spec
+                .containers
+                .iter()
+                .map(|c| c.image.as_deref())
+                .chain(spec.init_containers.iter().flatten().map(|c| c.image.as_deref()))
+                .chain(spec.ephemeral_containers.iter().flatten().map(|c| c.image.as_deref()));
+            let references = images
+                .flatten()
+                .filter_map(|image| Reference::parse(image).ok())
+                .any(|reference| reference.path() == wanted);
+            if references {
+                let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+                let identity =
+                    Identity::of_service_account(namespace, spec.service_account_name.as_deref().unwrap_or("default"));
+                if !found.contains(&identity) {
+                    found.push(identity);
+                }
+            }
+        }
+        found
+    }
+}
+
+async fn invalidate_on_events<S, T>(what: &'static str, stream: S, index: Arc<RwLock<Option<Arc<Index>>>>)
+where
+    S: futures::Stream<Item = std::result::Result<T, watcher::Error>>,
+{
+    let mut stream = std::pin::pin!(stream);
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(_) => *index.write().unwrap_or_else(|p| p.into_inner()) = None,
+            Err(error) => tracing::warn!(%error, watched = what, "watch failed; retrying with backoff"),
+        }
+    }
+}
+
+impl PeerIdentities for PodIdentities {
+    fn pod(&self, ip: IpAddr) -> Option<Identity> {
+        self.index().pods_by_ip.get(&ip).cloned().flatten()
+    }
+
+    fn node(&self, ip: IpAddr) -> Option<String> {
+        self.index().node_by_ip.get(&ip).cloned()
+    }
+
+    fn pods_pulling<'a>(
+        &'a self,
+        node: &'a str,
+        key: &'a ConnectorKey,
+        repository: &'a str,
+    ) -> BoxFuture<'a, Vec<Identity>> {
+        Box::pin(async move {
+            let deadline = Instant::now() + self.lag;
+            loop {
+                let found = self.referencing(node, key, repository);
+                if !found.is_empty() || Instant::now() >= deadline {
+                    return found;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiring_caches_stay_bounded_and_forget_expired_answers() {
+        let cache = ExpiringCache::new(8);
+        for i in 0..100 {
+            cache.insert(i, i, Duration::from_secs(60));
+            assert!(cache.len() <= 8);
+        }
+        assert_eq!(cache.get(&99), Some(99));
+        cache.insert(1000, 1, Duration::ZERO);
+        assert_eq!(cache.get(&1000), None, "a zero lifetime is not cached");
+    }
+
+    #[test]
+    fn jwt_expiry_reads_the_exp_claim_of_a_jwt_only() {
+        let encode = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let jwt = format!(
+            "{}.{}.sig",
+            encode(r#"{"alg":"RS256"}"#),
+            encode(r#"{"exp":1900000000}"#)
+        );
+        assert_eq!(jwt_expiry(&jwt), Some(Duration::from_secs(1_900_000_000)));
+        assert_eq!(jwt_expiry("opaque-token"), None);
+        assert_eq!(jwt_expiry("a.b.c"), None);
+    }
+}

@@ -1,0 +1,566 @@
+//! `connectors proxy` in cluster mode: no store file, a kubeconfig pointing
+//! at a fake API server that answers list/watch, TokenReview and
+//! SubjectAccessReview with the real API's JSON, in front of the real
+//! registry (Debian `docker-registry`, htpasswd). Every identity kind is
+//! tried allowed and denied: ServiceAccount tokens, the source address of an
+//! injected pod (curl bound to a loopback address), and a node pulling for
+//! its pods. Revocation and credential changes take effect without a
+//! restart, and the registry password appears in no response or log line.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use support::Process;
+use testing::apiserver::{CONNECTORS, FakeApiServer, NAMESPACES, NODES, PODS, Review, SECRETS};
+use testing::{CopyOptions, InspectOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, TestTls};
+
+const USER: &str = "robot$lab+ci";
+const PASSWORD: &str = "Pa55-cluster-never-leaks-7d21";
+const BUILDER_TOKEN: &str = "builder-token-5c1d";
+const WRONG_AUDIENCE_TOKEN: &str = "wrong-audience-token-0b7e";
+const BUILDER: &str = "system:serviceaccount:team:builder";
+
+/// The longest any step waits for something to happen.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// Source addresses the test binds its clients to.
+const POD_IP: &str = "127.0.0.2";
+const HOST_NETWORK_IP: &str = "127.0.0.3";
+const CLAIMED_TWICE_IP: &str = "127.0.0.4";
+const NODE_IP: &str = "127.0.0.5";
+const OTHER_NAMESPACE_POD_IP: &str = "127.0.0.6";
+
+fn namespace(name: &str) -> Value {
+    json!({
+        "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    })
+}
+
+fn secret(password: &str) -> Value {
+    let encode = |v: &str| base64::engine::general_purpose::STANDARD.encode(v);
+    json!({
+        "metadata": {"name": "robot", "namespace": "team"},
+        "type": "kubernetes.io/basic-auth",
+        "data": {"username": encode(USER), "password": encode(password)},
+    })
+}
+
+/// An injected pod as the API server stores it once it runs.
+fn pod(namespace: &str, name: &str, ip: &str, image: &str, host_network: bool) -> Value {
+    json!({
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"connectors.cpaas.io/injected": "true", "job-name": name},
+            "annotations": {"connectors.cpaas.io/injected": "team/harbor"},
+        },
+        "spec": {
+            "serviceAccountName": if namespace == "team" { "builder" } else { "default" },
+            "nodeName": "node-a",
+            "hostNetwork": host_network,
+            "containers": [{"name": "app", "image": image}],
+        },
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": NODE_IP},
+    })
+}
+
+/// The fake's TokenReview: `BUILDER_TOKEN` is team/builder's token for the
+/// proxy's audience; `WRONG_AUDIENCE_TOKEN` is valid for the API server only.
+fn review_token(review: &Value) -> Value {
+    let token = review["spec"]["token"].as_str().unwrap_or_default();
+    let audiences: Vec<&str> = review["spec"]["audiences"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    match token {
+        BUILDER_TOKEN if audiences.contains(&"connectors-proxy") => json!({
+            "authenticated": true,
+            "user": {
+                "username": BUILDER,
+                "uid": "6f0c2f4e-1111-4c55-9d1e-000000000001",
+                "groups": ["system:serviceaccounts", "system:serviceaccounts:team", "system:authenticated"],
+                "extra": {"authentication.kubernetes.io/pod-name": ["job-1"]},
+            },
+            "audiences": ["connectors-proxy"],
+        }),
+        // NB: the API server answers a token for another audience with
+        // authenticated=false and an error.
+        WRONG_AUDIENCE_TOKEN => json!({
+            "authenticated": false,
+            "user": {},
+            "error": "[invalid bearer token, token audiences [\"https://kubernetes.default.svc\"] is invalid for the target audiences [\"connectors-proxy\"]]",
+        }),
+        _ => json!({"authenticated": false, "user": {}, "error": "invalid bearer token"}),
+    }
+}
+
+/// A running lab: the fake API server, the registry, the proxy.
+struct Lab {
+    api: FakeApiServer,
+    registry: Registry,
+    proxy: Process,
+    addr: SocketAddr,
+    tls_addr: SocketAddr,
+    forward_addr: SocketAddr,
+    tls: TestTls,
+    /// Whether RBAC lets team/builder use team/harbor.
+    builder_allowed: Arc<AtomicBool>,
+    dir: tempfile::TempDir,
+    digest: String,
+}
+
+impl Lab {
+    async fn start() -> Self {
+        let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+
+        // The image every pull below fetches, pushed with the real credential.
+        let layout = OciLayout::new(&dir.path().join("layout")).unwrap();
+        let image = layout.add_image("v1", &[64 * 1024, 2 * 1024 * 1024], 3).unwrap();
+        let push = CopyOptions::default().dest(RegistryAccess::plain_http().creds(USER, PASSWORD));
+        for repository in ["lab/hello:v1", "lab/late:v1"] {
+            skopeo()
+                .copy(&layout.reference("v1"), &registry.docker_reference(repository), &push)
+                .await
+                .unwrap();
+        }
+
+        let api = FakeApiServer::start(&[CONNECTORS, NAMESPACES, SECRETS, PODS, NODES]).await;
+        api.apply(NAMESPACES, namespace("team"));
+        api.apply(NAMESPACES, namespace("other"));
+        api.apply(SECRETS, secret(PASSWORD));
+        api.apply(
+            CONNECTORS,
+            json!({
+                "metadata": {"name": "harbor", "namespace": "team"},
+                "spec": {
+                    "connectorClassName": "oci",
+                    "address": registry.url(),
+                    "auth": {"name": "basicAuth", "secretRef": {"name": "robot"}},
+                },
+            }),
+        );
+        api.apply(
+            NODES,
+            json!({
+                "metadata": {"name": "node-a", "labels": {"kubernetes.io/hostname": "node-a"}},
+                "status": {"addresses": [
+                    {"type": "InternalIP", "address": NODE_IP},
+                    {"type": "Hostname", "address": "node-a"},
+                ]},
+            }),
+        );
+        let image_ref = "proxy.test/namespaces/team/connectors/harbor/lab/hello:v1";
+        api.apply(PODS, pod("team", "job-1", POD_IP, image_ref, false));
+        api.apply(PODS, pod("team", "host-net", HOST_NETWORK_IP, image_ref, true));
+        api.apply(PODS, pod("team", "dup-a", CLAIMED_TWICE_IP, image_ref, false));
+        api.apply(PODS, pod("team", "dup-b", CLAIMED_TWICE_IP, image_ref, false));
+        api.apply(PODS, pod("other", "intruder", OTHER_NAMESPACE_POD_IP, image_ref, false));
+        api.set_reviewer(Review::Token, review_token);
+        let builder_allowed = Arc::new(AtomicBool::new(true));
+        {
+            let allowed = builder_allowed.clone();
+            api.set_reviewer(Review::SubjectAccess, move |review| {
+                let spec = &review["spec"];
+                let attributes = &spec["resourceAttributes"];
+                let asks_for_proxy = attributes
+                    == &json!({
+                        "group": "connectors.alauda.io",
+                        "resource": "connectors",
+                        "subresource": "proxy",
+                        "verb": "get",
+                        "namespace": "team",
+                        "name": "harbor",
+                    });
+                if spec["user"] == BUILDER && asks_for_proxy && allowed.load(Ordering::SeqCst) {
+                    json!({"allowed": true, "reason": "RBAC: allowed by RoleBinding \"use-harbor/team\""})
+                } else {
+                    json!({"allowed": false})
+                }
+            });
+        }
+
+        let tls = TestTls::for_loopback().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, api.kubeconfig("proxy-sa-token")).unwrap();
+        let tls_addr = free_address();
+        let forward_addr = free_address();
+        let forward_listen = forward_addr.to_string();
+        let state_dir = dir.path().join("state");
+        let (cert, key) = (tls.files.cert.clone(), tls.files.key.clone());
+        let tls_listen = tls_addr.to_string();
+        let (proxy, addr) = tokio::task::spawn_blocking(move || {
+            Process::start_with_env(
+                &[
+                    "proxy",
+                    "--listen",
+                    "127.0.0.1:0",
+                    "--tls-listen",
+                    &tls_listen,
+                    "--tls-cert",
+                    cert.to_str().unwrap(),
+                    "--tls-key",
+                    key.to_str().unwrap(),
+                    "--forward-listen",
+                    &forward_listen,
+                    "--state-dir",
+                    state_dir.to_str().unwrap(),
+                    "--authorization-cache-seconds",
+                    "1",
+                    "--node-pull-wait-milliseconds",
+                    "3000",
+                    "--verbose",
+                ],
+                &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+                "proxy listening",
+            )
+        })
+        .await
+        .unwrap();
+        let lab = Self {
+            api,
+            registry,
+            proxy,
+            addr,
+            tls_addr,
+            forward_addr,
+            tls,
+            builder_allowed,
+            dir,
+            digest: image.manifest.digest.to_string(),
+        };
+        lab.wait_ready().await;
+        lab
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let (status, _) = self
+                .curl(&["-s", "-o", "/dev/null", "-w", "%{http_code}"], "/readyz")
+                .await;
+            if status == "200" {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the proxy's caches never synced");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn manifest_path(&self, repository: &str) -> String {
+        format!("/v2/namespaces/team/connectors/harbor/{repository}/manifests/v1")
+    }
+
+    /// Runs curl against the reverse proxy; returns (stdout, stderr).
+    async fn curl(&self, args: &[&str], path: &str) -> (String, String) {
+        let url = format!("http://{}{path}", self.addr);
+        curl(args, &url).await
+    }
+
+    /// GETs a manifest path, optionally from `source` and with `token`;
+    /// returns the status and the `Docker-Content-Digest` header.
+    async fn get(&self, source: Option<&str>, token: Option<&str>, path: &str) -> (u16, String) {
+        let mut args = vec![
+            "-s",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ];
+        if let Some(source) = source {
+            args.extend(["--interface", source]);
+        }
+        let user;
+        if let Some(token) = token {
+            user = format!("caller:{token}");
+            args.extend(["-u", &user]);
+        }
+        let (head, _) = self.curl(&args, path).await;
+        status_and_digest(&head)
+    }
+
+    fn assert_no_credential_anywhere(&self, seen: &str) {
+        support::assert_no_credential(seen, "responses", USER, PASSWORD);
+        support::assert_no_credential(&self.proxy.log_text(), "the proxy's logs", USER, PASSWORD);
+    }
+}
+
+fn skopeo() -> Skopeo {
+    Skopeo::new().expect("skopeo is installed (bash .ci/install)")
+}
+
+fn free_address() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+async fn curl(args: &[&str], url: &str) -> (String, String) {
+    let output = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("curl")
+            .args(["--max-time", "10"])
+            .args(args)
+            .arg(url)
+            .output(),
+    )
+    .await
+    .expect("curl finished in time")
+    .expect("curl is installed (bash .ci/install)");
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// The status code and `Docker-Content-Digest` of a response head.
+fn status_and_digest(head: &str) -> (u16, String) {
+    let status = head
+        .lines()
+        .next()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let digest = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("docker-content-digest")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, digest)
+}
+
+/// Polls `check` until it holds, for at most [`WAIT`].
+async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens_are_reviewed_once_and_authorized_by_subject_access_review() {
+    let lab = &Lab::start().await;
+    let hello = &lab.manifest_path("lab/hello");
+    let mut seen = String::new();
+
+    // skopeo with only the ServiceAccount token pulls the image whole.
+    let access = RegistryAccess::plain_http().creds("caller", BUILDER_TOKEN);
+    let reference = format!("docker://{}/namespaces/team/connectors/harbor/lab/hello:v1", lab.addr);
+    let inspected = skopeo()
+        .inspect(&reference, &InspectOptions::from(access.clone()))
+        .await
+        .unwrap();
+    assert_eq!(inspected["Digest"], lab.digest.as_str());
+    let out = OciLayout::new(&lab.dir.path().join("pulled")).unwrap();
+    let pulled = skopeo()
+        .copy(&reference, &out.reference("v1"), &CopyOptions::default().src(access))
+        .await
+        .unwrap();
+    seen.push_str(&pulled.stdout);
+    seen.push_str(&pulled.stderr);
+    for layer in inspected["Layers"].as_array().unwrap() {
+        let digest = layer.as_str().unwrap();
+        assert_eq!(
+            testing::sha256_file(&out.blob_path(digest)).unwrap().to_string(),
+            digest
+        );
+    }
+
+    // Many requests, one TokenReview: the answer is cached for the token.
+    for _ in 0..5 {
+        assert_eq!(
+            lab.get(None, Some(BUILDER_TOKEN), hello).await,
+            (200, lab.digest.clone())
+        );
+    }
+    assert_eq!(lab.api.review_count(Review::Token), 1, "one TokenReview for one token");
+
+    // Invalid tokens and tokens for another audience are 401s; no token and
+    // no known source address is a 401 with the proxy's challenge.
+    assert_eq!(lab.get(None, Some("not-a-token"), hello).await.0, 401);
+    assert_eq!(lab.get(None, Some(WRONG_AUDIENCE_TOKEN), hello).await.0, 401);
+    let (head, _) = lab.curl(&["-s", "-o", "/dev/null", "-D", "-"], hello).await;
+    assert_eq!(status_and_digest(&head).0, 401);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: basic realm=\"connectors\""),
+        "{head}"
+    );
+    seen.push_str(&head);
+
+    // Revoking the RoleBinding revokes access within the cache time (1 s),
+    // and granting it again restores it: no restart, no token denylist.
+    lab.builder_allowed.store(false, Ordering::SeqCst);
+    eventually("the revocation takes effect", || async move {
+        lab.get(None, Some(BUILDER_TOKEN), hello).await.0 == 403
+    })
+    .await;
+    lab.builder_allowed.store(true, Ordering::SeqCst);
+    eventually("the grant takes effect", || async move {
+        lab.get(None, Some(BUILDER_TOKEN), hello).await.0 == 200
+    })
+    .await;
+
+    // A changed credential Secret takes effect from the watch, without a restart.
+    lab.api.apply(SECRETS, secret("a-rotated-but-wrong-password"));
+    eventually("the wrong password is in use", || async move {
+        lab.get(None, Some(BUILDER_TOKEN), hello).await.0 != 200
+    })
+    .await;
+    lab.api.apply(SECRETS, secret(PASSWORD));
+    eventually("the right password is back", || async move {
+        lab.get(None, Some(BUILDER_TOKEN), hello).await.0 == 200
+    })
+    .await;
+
+    // Reverse mode over HTTPS, for container runtimes on nodes.
+    let ca = lab.dir.path().join("proxy-ca.crt");
+    std::fs::write(&ca, lab.tls.ca_pem()).unwrap();
+    let url = format!("https://{}{hello}", lab.tls_addr);
+    let user = format!("caller:{BUILDER_TOKEN}");
+    let (head, stderr) = curl(
+        &[
+            "-s",
+            "-D",
+            "-",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-u",
+            &user,
+        ],
+        &url,
+    )
+    .await;
+    assert_eq!(status_and_digest(&head), (200, lab.digest.clone()), "{head}{stderr}");
+
+    lab.assert_no_credential_anywhere(&seen);
+    // Every SubjectAccessReview asked about the proxy subresource of the
+    // named connector, for the reviewed user.
+    assert!(lab.api.review_count(Review::SubjectAccess) >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_pods_and_nodes_are_identified_by_source_address_and_nothing_else() {
+    let lab = &Lab::start().await;
+    let hello = &lab.manifest_path("lab/hello");
+
+    // The injected, running pod of team/builder: no token needed.
+    assert_eq!(lab.get(Some(POD_IP), None, hello).await, (200, lab.digest.clone()));
+    // A hostNetwork pod shares the node's address: never an identity.
+    assert_eq!(lab.get(Some(HOST_NETWORK_IP), None, hello).await.0, 401);
+    // An address two pods claim identifies neither.
+    assert_eq!(lab.get(Some(CLAIMED_TWICE_IP), None, hello).await.0, 401);
+    // A pod of another namespace is identified, and RBAC refuses it.
+    assert_eq!(lab.get(Some(OTHER_NAMESPACE_POD_IP), None, hello).await.0, 403);
+    // A token that fails is never overridden by a good source address.
+    assert_eq!(lab.get(Some(POD_IP), Some("not-a-token"), hello).await.0, 401);
+
+    // Forward mode, absolute form to the plain-HTTP registry: the injected
+    // pod needs no proxy credential either; an unknown address gets a 407.
+    let direct = format!("{}/v2/lab/hello/manifests/v1", lab.registry.url());
+    let forward = format!("http://{}", lab.forward_addr);
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+    let (head, _) = curl(
+        &[
+            "-s",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-H",
+            accept,
+            "-x",
+            &forward,
+            "--interface",
+            POD_IP,
+        ],
+        &direct,
+    )
+    .await;
+    assert_eq!(status_and_digest(&head), (200, lab.digest.clone()), "{head}");
+    let (head, _) = curl(
+        &["-s", "-o", "/dev/null", "-D", "-", "-H", accept, "-x", &forward],
+        &direct,
+    )
+    .await;
+    assert_eq!(status_and_digest(&head).0, 407, "{head}");
+
+    // Nodes pull through reverse mode. A node may pull what its pods reference...
+    assert_eq!(lab.get(Some(NODE_IP), None, hello).await, (200, lab.digest.clone()));
+    let config_blob = {
+        let manifest = lab.registry.client().manifest("lab/hello", "v1").await.unwrap();
+        let manifest: Value = serde_json::from_slice(&manifest.bytes).unwrap();
+        manifest["config"]["digest"].as_str().unwrap().to_owned()
+    };
+    let blob = format!("/v2/namespaces/team/connectors/harbor/lab/hello/blobs/{config_blob}");
+    let (head, _) = lab
+        .curl(&["-s", "-o", "/dev/null", "-D", "-", "--interface", NODE_IP], &blob)
+        .await;
+    assert_eq!(status_and_digest(&head).0, 200, "{head}");
+    // ...and nothing else: not another repository, not an upload.
+    let (status, _) = lab.get(Some(NODE_IP), None, &lab.manifest_path("lab/other")).await;
+    assert_eq!(status, 403);
+    let (head, _) = lab
+        .curl(
+            &["-s", "-o", "/dev/null", "-D", "-", "--interface", NODE_IP, "-X", "POST"],
+            "/v2/namespaces/team/connectors/harbor/lab/hello/blobs/uploads/",
+        )
+        .await;
+    assert_eq!(status_and_digest(&head).0, 403, "{head}");
+
+    // A pull that starts before its pod reaches the proxy's informer waits
+    // for it (briefly) instead of failing.
+    let late = lab.manifest_path("lab/late");
+    let request = lab.get(Some(NODE_IP), None, &late);
+    let create_pod = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        lab.api.apply(
+            PODS,
+            pod(
+                "team",
+                "late",
+                "127.0.0.7",
+                "proxy.test/namespaces/team/connectors/harbor/lab/late:v1",
+                false,
+            ),
+        );
+    };
+    let ((status, digest), ()) = tokio::join!(request, create_pod);
+    assert_eq!((status, digest), (200, lab.digest.clone()));
+
+    // Once the pod is gone, so is the node's right to pull for it; a pod
+    // deleted also stops identifying its address.
+    lab.api.delete(PODS, Some("team"), "late");
+    lab.api.delete(PODS, Some("team"), "job-1");
+    eventually("the deleted pods stop counting", || async move {
+        lab.get(Some(POD_IP), None, hello).await.0 == 401
+    })
+    .await;
+    // NB: job-1 was the only pod referencing lab/hello besides the ones that
+    // cannot identify (their addresses are refused, but they are bound to
+    // the node and reference the image, so the node may still pull it).
+    assert_eq!(lab.get(Some(NODE_IP), None, &late).await.0, 403);
+
+    lab.assert_no_credential_anywhere("");
+}
