@@ -14,6 +14,13 @@ pub struct ConnectorKey {
 }
 
 impl ConnectorKey {
+    /// `namespaces/<ns>/connectors/<name>`: where the connector lives in the
+    /// proxy's URL space (after `/v2/` in reverse mode, as a path prefix of
+    /// rewritten images and mirrors).
+    pub fn proxy_path(&self) -> String {
+        format!("namespaces/{}/connectors/{}", self.namespace, self.name)
+    }
+
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
         Self {
             namespace: namespace.into(),

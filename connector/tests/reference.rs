@@ -704,9 +704,15 @@ fn try_with_location_rejects_bad_domains_prefixes_and_long_names() {
 fn try_with_location_refuses_results_that_read_back_as_another_image() {
     let ghcr = Reference::parse("ghcr.io/a").unwrap();
     // `docker.io/a` reads back as `docker.io/library/a`.
-    assert_eq!(ghcr.try_with_location("docker.io", ""), Err(ReferenceError::InvalidDomain));
+    assert_eq!(
+        ghcr.try_with_location("docker.io", ""),
+        Err(ReferenceError::InvalidDomain)
+    );
     // `index.docker.io/c/a` reads back as `docker.io/c/a`.
-    assert_eq!(ghcr.try_with_location("index.docker.io", "c"), Err(ReferenceError::InvalidDomain));
+    assert_eq!(
+        ghcr.try_with_location("index.docker.io", "c"),
+        Err(ReferenceError::InvalidDomain)
+    );
     // `proxy/c/a` reads back as the Docker Hub repository `proxy/c/a`.
     assert_eq!(ghcr.try_with_location("proxy", "c"), Err(ReferenceError::InvalidDomain));
     for (domain, prefix) in [("docker.io", "c"), ("localhost", ""), ("proxy:80", ""), ("Proxy", "c")] {

@@ -19,10 +19,8 @@ pub const CONDITION_TYPES: [&str; 4] = [SECRET_READY, LIVENESS_READY, AUTH_READY
 
 /// The address workloads use for a connector: `<proxy_url>/namespaces/<ns>/connectors/<name>`.
 pub fn proxy_address(proxy_url: &str, namespace: &str, name: &str) -> String {
-    format!(
-        "{}/namespaces/{namespace}/connectors/{name}",
-        proxy_url.trim_end_matches('/')
-    )
+    let key = connector::ConnectorKey::new(namespace, name);
+    format!("{}/{}", proxy_url.trim_end_matches('/'), key.proxy_path())
 }
 
 /// Now as conditions record it: RFC 3339 in UTC, whole seconds.

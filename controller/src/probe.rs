@@ -423,7 +423,7 @@ fn check_secret(
             );
         }
         SecretLookup::Found(secret) => {
-            let pem = ca_bundle(secret);
+            let pem = proxy::credential::ca_bundle(secret);
             if certs::load_certs_pem(&pem).is_err() {
                 return (
                     Check::failed(
@@ -470,25 +470,6 @@ fn check_secret(
             }
         }
     }
-}
-
-/// The PEM certificates of a CA Secret: keys ending in `.crt` or `.pem`, or
-/// values with a PEM header (as the proxy reads them).
-fn ca_bundle(secret: &Secret) -> String {
-    let mut pem = String::new();
-    let mut add = |key: &str, value: &str| {
-        if key.ends_with(".crt") || key.ends_with(".pem") || value.contains("-----BEGIN CERTIFICATE-----") {
-            pem.push_str(value.trim());
-            pem.push('\n');
-        }
-    };
-    for (key, value) in secret.string_data.iter().flatten() {
-        add(key, value);
-    }
-    for (key, value) in secret.data.iter().flatten() {
-        add(key, &String::from_utf8_lossy(&value.0));
-    }
-    pem
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

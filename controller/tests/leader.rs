@@ -6,8 +6,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use testing::apiserver::{CONNECTORS, FakeApiServer, SECRETS};
-use testing::{Registry, RegistryOptions};
+use testing::apiserver::{FakeApiServer, SECRETS};
 
 const TEAM: &str = "team-a";
 
@@ -25,15 +24,7 @@ fn writes_by(api: &FakeApiServer, identity: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn only_the_leader_writes_and_a_follower_takes_over_after_the_lease_expires() {
-    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
-        .await
-        .unwrap();
-    let api = api_server().await;
-    api.apply(SECRETS, stored_basic_auth_secret(TEAM, "robot", USER, PASSWORD));
-    api.apply(
-        CONNECTORS,
-        connector(TEAM, "registry", "oci", &registry.url(), Some("robot")),
-    );
+    let (_registry, api) = registry_lab(TEAM, Some(PASSWORD)).await;
     let client = client_as(&api, "test").await;
     let leader = start(&api, settings("controller-a")).await;
     eventually("controller-a leads", WAIT, || async {

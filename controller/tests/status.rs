@@ -14,15 +14,7 @@ const TEAM: &str = "team-a";
 
 #[tokio::test]
 async fn healthy_connector_gets_all_conditions_true_and_its_proxy_address() {
-    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
-        .await
-        .unwrap();
-    let api = api_server().await;
-    api.apply(SECRETS, stored_basic_auth_secret(TEAM, "robot", USER, PASSWORD));
-    api.apply(
-        CONNECTORS,
-        connector(TEAM, "registry", "oci", &registry.url(), Some("robot")),
-    );
+    let (_registry, api) = registry_lab(TEAM, Some(PASSWORD)).await;
     let running = start(&api, settings("controller-a")).await;
     let client = client_as(&api, "test").await;
 
@@ -156,16 +148,8 @@ async fn unreachable_registry_is_not_live() {
 
 #[tokio::test]
 async fn wrong_password_is_unauthorized_until_the_secret_is_fixed() {
-    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
-        .await
-        .unwrap();
-    let api = api_server().await;
     let wrong = "wrong-Passw0rd";
-    api.apply(SECRETS, stored_basic_auth_secret(TEAM, "robot", USER, wrong));
-    api.apply(
-        CONNECTORS,
-        connector(TEAM, "registry", "oci", &registry.url(), Some("robot")),
-    );
+    let (_registry, api) = registry_lab(TEAM, Some(wrong)).await;
     let running = start(&api, settings("controller-a")).await;
     let client = client_as(&api, "test").await;
 
@@ -215,14 +199,7 @@ async fn wrong_password_is_unauthorized_until_the_secret_is_fixed() {
 
 #[tokio::test]
 async fn missing_secret_is_reported_until_it_is_created() {
-    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
-        .await
-        .unwrap();
-    let api = api_server().await;
-    api.apply(
-        CONNECTORS,
-        connector(TEAM, "registry", "oci", &registry.url(), Some("robot")),
-    );
+    let (_registry, api) = registry_lab(TEAM, None).await;
     let running = start(&api, settings("controller-a")).await;
     let client = client_as(&api, "test").await;
 

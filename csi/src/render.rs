@@ -226,10 +226,7 @@ fn buildkitd_toml(config: &RenderConfig, connectors: &[ConnectorRoute]) -> Strin
             continue;
         }
         seen.push(&connector.registry_host);
-        let mirror = format!(
-            "{pull}/namespaces/{}/connectors/{}",
-            connector.key.namespace, connector.key.name
-        );
+        let mirror = format!("{pull}/{}", connector.key.proxy_path());
         let _ = writeln!(out, "\n[registry.{}]", toml_string(&connector.registry_host));
         let _ = writeln!(out, "  mirrors = [{}]", toml_string(&mirror));
     }

@@ -336,16 +336,7 @@ impl PodIdentities {
         );
         tokio::spawn(invalidate_on_events("pods", pod_stream, index.clone()));
         tokio::spawn(invalidate_on_events("nodes", node_stream, index.clone()));
-        let synced = Arc::new(AtomicBool::new(false));
-        {
-            let (pods, nodes, synced) = (pods.clone(), nodes.clone(), synced.clone());
-            tokio::spawn(async move {
-                if pods.wait_until_ready().await.is_ok() && nodes.wait_until_ready().await.is_ok() {
-                    synced.store(true, Ordering::Release);
-                    tracing::info!("pod and node caches synced");
-                }
-            });
-        }
+        let synced = connector::store::kube::synced_flag(&pods, &nodes, "pod and node caches synced");
         Self {
             pods,
             nodes,
@@ -422,7 +413,7 @@ impl PodIdentities {
     /// The ServiceAccounts of the injected pods on `node` referencing the
     /// repository, right now.
     fn referencing(&self, node: &str, key: &ConnectorKey, repository: &str) -> Vec<Identity> {
-        let wanted = format!("namespaces/{}/connectors/{}/{}", key.namespace, key.name, repository);
+        let wanted = format!("{}/{repository}", key.proxy_path());
         let mut found: Vec<Identity> = Vec::new();
         for pod in self.pods.state() {
             let Some(spec) = &pod.spec else { continue };

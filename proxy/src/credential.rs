@@ -168,6 +168,25 @@ fn docker_config_entry(json: &str, registry_host: &str) -> Result<UpstreamCreden
     Err(DockerConfigError::NoEntry)
 }
 
+/// The PEM certificates in a CA Secret: keys ending in `.crt` or `.pem`, or
+/// values with a PEM header.
+pub fn ca_bundle(secret: &Secret) -> String {
+    let mut pem = String::new();
+    let mut add = |key: &str, value: &str| {
+        if key.ends_with(".crt") || key.ends_with(".pem") || value.contains("-----BEGIN CERTIFICATE-----") {
+            pem.push_str(value.trim());
+            pem.push('\n');
+        }
+    };
+    for (key, value) in secret.string_data.iter().flatten() {
+        add(key, value);
+    }
+    for (key, value) in secret.data.iter().flatten() {
+        add(key, &String::from_utf8_lossy(&value.0));
+    }
+    pem
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

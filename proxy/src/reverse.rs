@@ -410,7 +410,7 @@ impl ReverseProxy {
         };
         let ca = match &connector.spec.ca_cert_secret_ref {
             None => None,
-            Some(reference) => Some(ca_bundle(&*secret(&reference.name, "CA")?)),
+            Some(reference) => Some(credential::ca_bundle(&*secret(&reference.name, "CA")?)),
         };
         let client = self
             .clients
@@ -1094,25 +1094,6 @@ fn error_response(failure: &Failure) -> Response<ProxyBody> {
         }
     }
     response
-}
-
-/// The PEM certificates in a CA Secret: keys ending in `.crt` or `.pem`, or
-/// values with a PEM header.
-fn ca_bundle(secret: &k8s_openapi::api::core::v1::Secret) -> String {
-    let mut pem = String::new();
-    let mut add = |key: &str, value: &str| {
-        if key.ends_with(".crt") || key.ends_with(".pem") || value.contains("-----BEGIN CERTIFICATE-----") {
-            pem.push_str(value.trim());
-            pem.push('\n');
-        }
-    };
-    for (key, value) in secret.string_data.iter().flatten() {
-        add(key, value);
-    }
-    for (key, value) in secret.data.iter().flatten() {
-        add(key, &String::from_utf8_lossy(&value.0));
-    }
-    pem
 }
 
 #[cfg(test)]

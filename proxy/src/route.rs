@@ -232,7 +232,7 @@ fn connector_route(key: ConnectorKey, tail: &[String], trailing_slash: bool) -> 
 
 /// `/v2/namespaces/<ns>/connectors/<name>`
 pub fn connector_prefix(key: &ConnectorKey) -> String {
-    format!("/v2/namespaces/{}/connectors/{}", key.namespace, key.name)
+    format!("/v2/{}", key.proxy_path())
 }
 
 /// Maps a `Location` the upstream returned (absolute or relative, resolved

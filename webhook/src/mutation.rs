@@ -414,7 +414,7 @@ impl<'a> PodPatch<'a> {
         let Some(route) = self.routes.iter().find(|r| r.registry_host == host) else {
             return Ok(());
         };
-        let prefix = format!("namespaces/{}/connectors/{}", route.key.namespace, route.key.name);
+        let prefix = route.key.proxy_path();
         // NB: checked, so a name made too long by the prefix is denied now
         // rather than by the next pass, which could not parse it.
         let rewritten = reference

@@ -53,16 +53,7 @@ impl KubeStore {
         );
         tokio::spawn(drain("namespaces", namespace_stream));
 
-        let synced = Arc::new(AtomicBool::new(false));
-        {
-            let (connectors, namespaces, synced) = (connectors.clone(), namespaces.clone(), synced.clone());
-            tokio::spawn(async move {
-                if connectors.wait_until_ready().await.is_ok() && namespaces.wait_until_ready().await.is_ok() {
-                    synced.store(true, Ordering::Release);
-                    tracing::info!("connector and namespace caches synced");
-                }
-            });
-        }
+        let synced = synced_flag(&connectors, &namespaces, "connector and namespace caches synced");
         Self {
             connectors,
             namespaces,
@@ -187,6 +178,26 @@ impl SecretStore for KubeSecretStore {
         let secrets = self.secrets.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         secrets.get(&(namespace.to_owned(), name.to_owned())).cloned()
     }
+}
+
+/// A flag set (and `message` logged) once both reflector stores have
+/// received their first complete list.
+pub fn synced_flag<A, B>(a: &Store<A>, b: &Store<B>, message: &'static str) -> Arc<AtomicBool>
+where
+    A: kube::Resource + Clone + Send + Sync + 'static,
+    A::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+    B: kube::Resource + Clone + Send + Sync + 'static,
+    B::DynamicType: std::hash::Hash + Eq + Clone + Send + Sync,
+{
+    let synced = Arc::new(AtomicBool::new(false));
+    let (a, b, flag) = (a.clone(), b.clone(), synced.clone());
+    tokio::spawn(async move {
+        if a.wait_until_ready().await.is_ok() && b.wait_until_ready().await.is_ok() {
+            flag.store(true, Ordering::Release);
+            tracing::info!("{message}");
+        }
+    });
+    synced
 }
 
 async fn drain<S, T>(what: &'static str, stream: S)

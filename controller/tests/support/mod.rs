@@ -253,3 +253,21 @@ pub fn assert_no_credential(text: &str, what: &str, user: &str, password: &str) 
     assert!(!text.contains(password), "the registry password appears in {what}");
     assert!(!text.contains(&basic), "the Basic credential appears in {what}");
 }
+
+/// A password-protected registry (`USER`/`PASSWORD`) and a fake API server
+/// holding Connector `<team>/registry` for it, with its Secret `robot`
+/// (holding `secret_password`) unless that is `None`.
+pub async fn registry_lab(team: &str, secret_password: Option<&str>) -> (testing::Registry, FakeApiServer) {
+    let registry = testing::Registry::start(testing::RegistryOptions::htpasswd(USER, PASSWORD))
+        .await
+        .unwrap();
+    let api = api_server().await;
+    if let Some(password) = secret_password {
+        api.apply(SECRETS, stored_basic_auth_secret(team, "robot", USER, password));
+    }
+    api.apply(
+        CONNECTORS,
+        connector(team, "registry", "oci", &registry.url(), Some("robot")),
+    );
+    (registry, api)
+}
