@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod scripted;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -112,6 +114,11 @@ impl Process {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+    }
+
+    /// The process id, for reading `/proc/<pid>/…`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// All log lines so far, joined.
