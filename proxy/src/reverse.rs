@@ -58,13 +58,26 @@ const TOKEN_MARGIN_WITH_BODY: Duration = Duration::from_secs(30);
 const TOKEN_MARGIN: Duration = Duration::from_secs(5);
 
 /// Options of reverse mode.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ReverseOptions {
     /// Skip upstream TLS verification for every connector. Off by default;
     /// only for registries with certificates nobody can verify.
     pub insecure_upstream_tls: bool,
     /// Hosts dialed at fixed addresses (`--resolve`).
     pub pins: Pins,
+    /// How long an upstream (registry, token service, object storage) may
+    /// take to send response headers; bodies have no deadline.
+    pub upstream_header_timeout: Duration,
+}
+
+impl Default for ReverseOptions {
+    fn default() -> Self {
+        Self {
+            insecure_upstream_tls: false,
+            pins: Pins::default(),
+            upstream_header_timeout: RESPONSE_HEADER_TIMEOUT,
+        }
+    }
 }
 
 /// How an upstream wants to be authenticated, learned from its `/v2/`.
@@ -491,7 +504,7 @@ impl ReverseProxy {
             let upstream = upstream
                 .body(outgoing)
                 .map_err(|_| Failure::bad_gateway("invalid upstream request"))?;
-            let response = send(&target.client, upstream).await?;
+            let response = send(&target.client, upstream, self.options.upstream_header_timeout).await?;
             if response.status() != StatusCode::UNAUTHORIZED || attempt > 1 {
                 break response;
             }
@@ -572,8 +585,16 @@ impl ReverseProxy {
             let redirected = redirected
                 .body(empty_body())
                 .map_err(|_| Failure::bad_gateway("invalid redirect request"))?;
-            let answer = send(&target.client, redirected).await?;
-            if !same_origin && answer.status() == StatusCode::FORBIDDEN && !refreshed {
+            let answer = send(&target.client, redirected, self.options.upstream_header_timeout).await?;
+            if !same_origin && answer.status() == StatusCode::FORBIDDEN {
+                if refreshed {
+                    // NB: a 403 would read as "the caller is denied"; the
+                    // caller was allowed, the registry's storage failed.
+                    return Err(Failure::bad_gateway(format!(
+                        "the registry's blob redirect to {} was refused (403) again after a fresh redirect; its presigned URLs are not usable",
+                        next.host_str().unwrap_or_default()
+                    )));
+                }
                 // A presigned URL expired between redirect and fetch: ask
                 // the registry for a fresh one, once.
                 refreshed = true;
@@ -705,6 +726,7 @@ impl ReverseProxy {
             request
                 .body(empty_body())
                 .map_err(|_| Failure::bad_gateway("invalid request"))?,
+            self.options.upstream_header_timeout,
         )
         .await
     }
@@ -725,8 +747,9 @@ impl ReverseProxy {
             .uri(format!("{}/v2/", target.base.as_str().trim_end_matches('/')))
             .body(empty_body())
             .map_err(|_| Failure::bad_gateway("invalid upstream URL"))?;
-        let response = send(&target.client, ping).await?;
-        let auth = if response.status() == StatusCode::UNAUTHORIZED {
+        let response = send(&target.client, ping, self.options.upstream_header_timeout).await?;
+        let status = response.status();
+        let auth = if status == StatusCode::UNAUTHORIZED {
             let challenges = challenges_of(response.headers());
             challenge::preferred(&challenges)
                 .and_then(auth_from_challenge)
@@ -734,7 +757,13 @@ impl ReverseProxy {
         } else {
             UpstreamAuth::Anonymous
         };
-        self.remember_auth(target, auth.clone());
+        // NB: only a real answer is remembered: a 5xx or 429 from a registry
+        // that is struggling says nothing about its auth scheme, and a
+        // remembered "anonymous" would cost the first request with a body
+        // after recovery its token.
+        if status == StatusCode::UNAUTHORIZED || status.is_success() {
+            self.remember_auth(target, auth.clone());
+        }
         Ok(auth)
     }
 
@@ -777,7 +806,15 @@ impl ReverseProxy {
                         // NB: checked only when a credential is about to be
                         // sent; a cached token came from a realm checked then.
                         let realm_url = checked_realm(target, realm)?;
-                        fetch_token(&target.client, realm_url, service, scopes, target.credential.as_ref()).await
+                        fetch_token(
+                            &target.client,
+                            realm_url,
+                            service,
+                            scopes,
+                            target.credential.as_ref(),
+                            self.options.upstream_header_timeout,
+                        )
+                        .await
                     })
                     .await?;
                 match source {
@@ -833,6 +870,7 @@ async fn fetch_token(
     service: &str,
     scopes: &BTreeSet<String>,
     credential: Option<&UpstreamCredential>,
+    header_timeout: Duration,
 ) -> Result<Token, Failure> {
     {
         let mut query = realm.query_pairs_mut();
@@ -855,21 +893,27 @@ async fn fetch_token(
         .body(empty_body())
         .map_err(|_| Failure::bad_gateway("invalid token request"))?;
     let received = Instant::now();
-    let response = send(client, request)
+    let response = send(client, request, header_timeout)
         .await
-        .map_err(|f| Failure::bad_gateway(format!("token service: {}", f.message)))?;
+        .map_err(|f| Failure::new(f.status, f.code, format!("token service: {}", f.message)))?;
     let status = response.status();
     let body = tokio::time::timeout(
-        RESPONSE_HEADER_TIMEOUT,
+        header_timeout,
         http_body_util::Limited::new(response.into_body(), 1 << 20).collect(),
     )
     .await
     .map_err(|_| Failure::bad_gateway("the token service did not answer in time"))?
     .map_err(|_| Failure::bad_gateway("the token service's answer could not be read"))?
     .to_bytes();
-    if !status.is_success() {
+    if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
         return Err(Failure::bad_gateway(format!(
             "the registry's token service refused the connector's credential ({status})"
+        )));
+    }
+    if !status.is_success() {
+        // NB: a 5xx or 429 says nothing about the credential.
+        return Err(Failure::bad_gateway(format!(
+            "the registry's token service failed ({status})"
         )));
     }
     token::parse_token_response(&body, received).map_err(|e| Failure::bad_gateway(e.to_string()))
@@ -878,9 +922,10 @@ async fn fetch_token(
 async fn send(
     client: &UpstreamClient,
     request: Request<ProxyBody>,
+    header_timeout: Duration,
 ) -> Result<Response<hyper::body::Incoming>, Failure> {
     let host = request.uri().host().unwrap_or_default().to_owned();
-    match tokio::time::timeout(RESPONSE_HEADER_TIMEOUT, client.request(request)).await {
+    match tokio::time::timeout(header_timeout, client.request(request)).await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(error)) => Err(Failure::bad_gateway(format!(
             "upstream {host} failed: {}",
@@ -891,7 +936,7 @@ async fn send(
             "UNAVAILABLE",
             format!(
                 "upstream {host} sent no response headers within {}s",
-                RESPONSE_HEADER_TIMEOUT.as_secs()
+                header_timeout.as_secs()
             ),
         )),
     }

@@ -163,7 +163,7 @@ fn serve_connection<I>(
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::debug!(%peer, error = %error, "connection ended with an error");
+                tracing::debug!(%peer, error = ?error, "connection ended with an error");
             }
         });
     }

@@ -240,6 +240,13 @@ impl AsyncWrite for UpstreamIo {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // NB: hyper shuts a handed-over connection down when its reads end,
+        // while the relay is still reading the body. A FIN then reads as a
+        // client abort to servers that watch for one (nginx, hyper), which
+        // stop sending mid-blob. The relay's drop closes the socket.
+        if self.handed_over.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
         Poll::Ready(shutdown_write(&self.stream))
     }
 }

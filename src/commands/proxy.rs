@@ -71,6 +71,10 @@ pub struct ForwardArgs {
     /// default.
     #[arg(long, env = "CONNECTORS_INSECURE_UPSTREAM_TLS")]
     pub insecure_upstream_tls: bool,
+    /// How long an upstream (registry, token service, object storage) may
+    /// take to send response headers; blob bodies have no deadline.
+    #[arg(long, env = "CONNECTORS_UPSTREAM_HEADER_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub upstream_header_timeout_seconds: u64,
 }
 
 impl ForwardArgs {
@@ -78,6 +82,7 @@ impl ForwardArgs {
         ReverseOptions {
             insecure_upstream_tls: self.insecure_upstream_tls,
             pins: Pins::new(self.resolve.clone()),
+            upstream_header_timeout: Duration::from_secs(self.upstream_header_timeout_seconds.max(1)),
         }
     }
 

@@ -24,6 +24,7 @@
 pub mod apiserver;
 pub mod client;
 pub mod digest;
+pub mod faults;
 pub mod image;
 pub mod program;
 pub mod registry;
@@ -34,6 +35,7 @@ pub mod token_server;
 
 pub use client::RegistryClient;
 pub use digest::{Digest, sha256_bytes, sha256_file};
+pub use faults::{FaultyUpstream, UpstreamFault};
 pub use image::{Blob, ImageDigests, IndexDigests, OciLayout};
 pub use registry::{Registry, RegistryAuth, RegistryOptions, TokenAuth};
 pub use skopeo::{CopyOptions, InspectOptions, RegistryAccess, Skopeo};
