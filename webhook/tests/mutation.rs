@@ -10,45 +10,8 @@ use webhook::mutation::{
     InjectionConfig, Mode, MutationError, Outcome, Skip, default_no_proxy, forward_proxy_url, mutate_pod,
 };
 
-const STORE: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: team
----
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: opted
-  labels: {connectors.cpaas.io/proxy-inject: "true"}
----
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: defaults
-  labels: {connectors.cpaas.io/proxy-inject: "true"}
-  annotations: {connectors.cpaas.io/connector: "shared/hub"}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: harbor, namespace: team}
-spec: {connectorClassName: harbor, address: "https://harbor.example.com"}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: local, namespace: team}
-spec: {connectorClassName: oci, address: "http://127.0.0.1:5000"}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: hub, namespace: shared}
-spec: {connectorClassName: oci, address: "https://registry-1.docker.io"}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: ghcr, namespace: opted}
-spec: {connectorClassName: oci, address: "https://ghcr.io"}
-"#;
+/// The store of these tests and of the `admission` fuzz target.
+const STORE: &str = include_str!("mutation-store.yaml");
 
 const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
