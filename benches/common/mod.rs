@@ -32,7 +32,7 @@ pub struct Connectors {
     child: Child,
     /// The `addr` of the log line the start waited for.
     pub addr: SocketAddr,
-    _logs: Arc<Mutex<Vec<String>>>,
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Connectors {
@@ -73,7 +73,7 @@ impl Connectors {
         let mut connectors = Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            _logs: logs.clone(),
+            logs: logs.clone(),
         };
         match rx.recv_timeout(START_TIMEOUT) {
             Ok(addr) => connectors.addr = addr,
@@ -87,6 +87,11 @@ impl Connectors {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Every log line (JSON) the process wrote so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
