@@ -11,7 +11,7 @@ use http_body_util::combinators::BoxBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 
 use crate::resolve::Pins;
@@ -32,6 +32,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for response headers once the request is sent. Blob
 /// bodies have no overall deadline.
 pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long an idle pooled upstream connection is kept before it is closed.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The largest read buffer of an upstream connection.
 pub const UPSTREAM_READ_BUFFER: usize = 256 * 1024;
@@ -55,6 +58,7 @@ struct TrustKey {
 pub struct UpstreamClients {
     roots: Arc<RootCertStore>,
     pins: Arc<Pins>,
+    idle_timeout: Duration,
     clients: Mutex<HashMap<TrustKey, UpstreamClient>>,
 }
 
@@ -76,8 +80,16 @@ impl UpstreamClients {
         Self {
             roots: Arc::new(roots),
             pins: Arc::new(pins),
+            idle_timeout: POOL_IDLE_TIMEOUT,
             clients: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Closes pooled connections idle for longer than `idle_timeout`
+    /// (default [`POOL_IDLE_TIMEOUT`]); applies to clients built afterwards.
+    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
     }
 
     /// The client for a connector: the shared roots plus `extra_ca_pem`
@@ -136,8 +148,12 @@ impl UpstreamClients {
         // NB: hyper's adaptive read buffer, capped: it grows for blobs but
         // stops at 256 KiB (hyper's default cap is ~400 KiB), which bounds
         // memory per stream without a fixed small buffer's extra reads.
+        // NB: without a pool timer hyper-util never reaps idle connections;
+        // they stayed open, up to 64 per host, until reused or closed by the
+        // registry.
         Ok(Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(self.idle_timeout)
+            .pool_timer(TokioTimer::new())
             .pool_max_idle_per_host(64)
             .http1_max_buf_size(UPSTREAM_READ_BUFFER)
             .build(connector))
@@ -181,5 +197,65 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt as _, Empty};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::*;
+
+    /// Time for the registry side to see the idle connection closed.
+    const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn idle_pooled_connections_are_closed_after_the_idle_timeout() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        // One keep-alive answer, then wait for the client to hang up.
+        let registry = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the client closed before sending a request");
+                head.extend_from_slice(&buf[..n]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            let closed_after = std::time::Instant::now();
+            let n = tokio::time::timeout(CLOSE_DEADLINE, stream.read(&mut buf))
+                .await
+                .expect("the idle connection is still open")
+                .unwrap();
+            (n, closed_after.elapsed())
+        });
+
+        let clients = UpstreamClients::default().with_idle_timeout(Duration::from_millis(300));
+        let client = clients.client(None, false).unwrap();
+        let request = hyper::Request::get(format!("http://{addr}/v2/"))
+            .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed())
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"ok");
+
+        // NB: the client (and its pool) stays alive: only the idle timeout
+        // can close the connection.
+        let (read, waited) = registry.await.unwrap();
+        assert_eq!(read, 0, "the proxy sent more than one request");
+        assert!(
+            waited >= Duration::from_millis(250),
+            "closed before the idle timeout: {waited:?}"
+        );
+        drop(client);
     }
 }
