@@ -349,6 +349,7 @@ impl Shared {
             Some(UpstreamFault::ResetBody { after }) => self.pass(request, Some((after, reset))).await,
             Some(UpstreamFault::Status { status, retry_after }) => {
                 self.record(&self.log, &request, status);
+                drain(request).await;
                 let body = format!(
                     r#"{{"errors":[{{"code":"UNAVAILABLE","message":"injected fault: the registry answers {status}"}}]}}"#
                 );
@@ -366,6 +367,7 @@ impl Shared {
                 body,
             }) => {
                 self.record(&self.log, &request, status);
+                drain(request).await;
                 fixed(status, &content_type, body)
             }
             Some(UpstreamFault::RedirectBlobs { .. })
@@ -740,6 +742,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     ] {
         headers.remove(HeaderName::from_static(name));
     }
+}
+
+/// How long an injected answer waits for the request body it discards.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads and discards the request body before an injected answer, as real
+/// front ends do (nginx's lingering close): answering first and closing
+/// would make the client's kernel drop the answer on the reset that its
+/// next body write provokes, a race no client can win.
+async fn drain(request: Request<Incoming>) {
+    let mut body = request.into_body();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async { while let Some(Ok(_)) = body.frame().await {} }).await;
 }
 
 fn fixed(status: u16, content_type: &str, body: String) -> Response<ProxyBody> {
