@@ -73,9 +73,7 @@ fn main() {
         .expect("a tokio runtime");
     match runtime.block_on(run(&settings)) {
         Ok(report) => {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/forward.md");
-            std::fs::create_dir_all(path.parent().expect("a parent")).expect("bench/results");
-            std::fs::write(&path, &report).expect("write the results");
+            let path = write_results("forward.md", &report);
             println!("{report}\nwritten to {}", path.display());
         }
         Err(error) => {

@@ -23,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use base64::Engine as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::{self, SendRequest};
@@ -130,9 +129,7 @@ fn main() {
         .expect("a tokio runtime");
     match runtime.block_on(run(&settings)) {
         Ok((report, clean)) => {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results/load.md");
-            std::fs::create_dir_all(path.parent().expect("a parent")).expect("bench/results");
-            std::fs::write(&path, &report).expect("write the results");
+            let path = write_results("load.md", &report);
             println!("{report}\nwritten to {}", path.display());
             if !clean {
                 eprintln!("load benchmark: requests failed; see the errors above");
@@ -382,30 +379,6 @@ impl Counted {
     }
 }
 
-/// The soft open-file limit of a process (`self` or a pid).
-fn fd_limit(pid: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/limits"))
-        .ok()?
-        .lines()
-        .find_map(|line| line.strip_prefix("Max open files"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
-}
-
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|entries| entries.count())
-        .unwrap_or(0)
-}
-
-/// Resets the process's VmHWM to its current RSS (Linux 4.0+), so the next
-/// reading is this phase's peak. False when the kernel refused.
-fn reset_high_water(pid: u32) -> bool {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
-}
-
 /// The largest VmRSS and fd count seen.
 #[derive(Clone, Copy, Default)]
 struct Peak {
@@ -519,11 +492,6 @@ impl Route {
         }
         request.body(Full::new(body)).expect("a valid request")
     }
-}
-
-fn basic(user: &str, password: &str) -> HeaderValue {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value")
 }
 
 /// A keep-alive connection to the proxy, opened on first use and reopened

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use base64::Engine as _;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::combinators::BoxBody;
@@ -118,9 +117,7 @@ fn main() {
         .unwrap();
     let report = runtime.block_on(run(&settings)).unwrap();
     println!("{report}");
-    let results = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results");
-    std::fs::create_dir_all(&results).unwrap();
-    std::fs::write(results.join("proxy.md"), report).unwrap();
+    write_results("proxy.md", &report);
 }
 
 /// Where a client sends requests: the address, the path prefix before the
@@ -180,11 +177,6 @@ impl Route {
         }
         request.body(Empty::new()).expect("a valid request")
     }
-}
-
-fn basic(user: &str, password: &str) -> HeaderValue {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value")
 }
 
 async fn run(settings: &Settings) -> anyhow::Result<String> {

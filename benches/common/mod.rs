@@ -1,5 +1,6 @@
-//! What the benchmarks share: finding programs and ports, CPU and memory
-//! readings from /proc, medians, and the revision a result comes from.
+//! What the benchmarks share: finding programs and ports, CPU, memory and
+//! file-descriptor readings from /proc, medians, the revision a result comes
+//! from, and where results are written.
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
@@ -10,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use base64::Engine as _;
+use hyper::header::HeaderValue;
 
 /// How long the binary may take to listen.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -112,6 +115,20 @@ pub fn find_program(name: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("{name} is not installed: run `bash .ci/install`"))
 }
 
+/// `Basic` credentials as a header value.
+pub fn basic(user: &str, password: &str) -> HeaderValue {
+    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value")
+}
+
+/// Writes `report` to `bench/results/<file>` and returns its path.
+pub fn write_results(file: &str, report: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/results").join(file);
+    std::fs::create_dir_all(path.parent().expect("a parent")).expect("bench/results");
+    std::fs::write(&path, report).expect("write the results");
+    path
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
@@ -192,6 +209,31 @@ pub fn machine_busy_seconds() -> f64 {
         .map(|(_, v)| v)
         .sum();
     busy as f64 / clock_ticks()
+}
+
+/// The soft open-file limit of a process (`self` or a pid).
+pub fn fd_limit(pid: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// How many file descriptors a process has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| entries.count())
+        .unwrap_or(0)
+}
+
+/// Resets the process's VmHWM to its current RSS (Linux 4.0+), so the next
+/// reading is this phase's peak. False when the kernel refused.
+pub fn reset_high_water(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
 /// (VmHWM, VmRSS) in bytes.
