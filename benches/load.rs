@@ -194,10 +194,7 @@ async fn run(settings: &Settings) -> anyhow::Result<(String, bool)> {
     for route in [&reverse, &forward] {
         let counted_before = Counted::fetch(reverse_addr).await.unwrap_or_default();
         let mut burst = burst(route, &image, processes).await?;
-        burst.counted = match Counted::fetch(reverse_addr).await {
-            Ok(counted) => counted.since(&counted_before),
-            Err(error) => format!("n/a ({error:#})"),
-        };
+        burst.counted = Counted::since_fetched(reverse_addr, &counted_before).await;
         eprintln!(
             "{:>8}: {} of {} connected, {} requests ok, {} errors, {:.1} s, peak {:.1} MiB, {} fds",
             route.mode.name(),
@@ -215,10 +212,7 @@ async fn run(settings: &Settings) -> anyhow::Result<(String, bool)> {
     // 2. The soak.
     let counted_before = Counted::fetch(reverse_addr).await.unwrap_or_default();
     let mut soak = soak(settings, [&reverse, &forward], &image, processes, idle.1).await?;
-    soak.counted = match Counted::fetch(reverse_addr).await {
-        Ok(counted) => counted.since(&counted_before),
-        Err(error) => format!("n/a ({error:#})"),
-    };
+    soak.counted = Counted::since_fetched(reverse_addr, &counted_before).await;
 
     let warnings: Vec<String> = connectors
         .logs()
@@ -360,6 +354,15 @@ impl Counted {
             }
         }
         Ok(counted)
+    }
+
+    /// What the proxy counted since `earlier`, fetched now (`n/a` with the
+    /// reason when /metrics cannot be read).
+    async fn since_fetched(proxy: SocketAddr, earlier: &Counted) -> String {
+        match Self::fetch(proxy).await {
+            Ok(counted) => counted.since(earlier),
+            Err(error) => format!("n/a ({error:#})"),
+        }
     }
 
     /// What was counted since `earlier`, e.g. `reverse 2xx: 2000`.
@@ -928,11 +931,10 @@ struct Row {
     cpu_share: Cpu,
 }
 
-/// What a soak worker does next.
+/// What a soak worker does next, in which mode.
 #[derive(Clone, Copy)]
 enum Operation {
-    ReversePull,
-    ForwardPull,
+    Pull(Mode),
     Push(Mode),
 }
 
@@ -940,15 +942,22 @@ impl Operation {
     /// Two pulls per mode for every push, pushes alternating between modes.
     fn at(step: u64) -> Self {
         match step % 6 {
-            0 | 3 => Operation::ReversePull,
-            1 | 4 => Operation::ForwardPull,
+            0 | 3 => Operation::Pull(Mode::Reverse),
+            1 | 4 => Operation::Pull(Mode::Forward),
             2 => Operation::Push(Mode::Reverse),
             _ => Operation::Push(Mode::Forward),
         }
     }
+
+    fn name(self) -> String {
+        match self {
+            Operation::Pull(mode) => format!("{} pull", mode.name()),
+            Operation::Push(mode) => format!("{} push", mode.name()),
+        }
+    }
 }
 
-/// Operations done, by kind, shared by the workers.
+/// Operations done, by kind and mode, shared by the workers.
 #[derive(Default)]
 struct Operations {
     reverse_pulls: AtomicU64,
@@ -957,6 +966,17 @@ struct Operations {
     forward_pushes: AtomicU64,
     manifests: AtomicU64,
     reopened: AtomicU64,
+}
+
+impl Operations {
+    fn done(&self, operation: Operation) -> &AtomicU64 {
+        match operation {
+            Operation::Pull(Mode::Reverse) => &self.reverse_pulls,
+            Operation::Pull(Mode::Forward) => &self.forward_pulls,
+            Operation::Push(Mode::Reverse) => &self.reverse_pushes,
+            Operation::Push(Mode::Forward) => &self.forward_pushes,
+        }
+    }
 }
 
 struct Soak {
@@ -1019,61 +1039,39 @@ async fn soak(
             while Instant::now() < deadline {
                 let operation = Operation::at(step);
                 step += 1;
-                let (done, name) = match operation {
-                    Operation::ReversePull => (
-                        pull(&mut reverse_connection, &reverse, &image, &tally)
-                            .await
-                            .map(|()| &operations.reverse_pulls),
-                        "reverse pull",
-                    ),
-                    Operation::ForwardPull => (
-                        pull(&mut forward_connection, &forward, &image, &tally)
-                            .await
-                            .map(|()| &operations.forward_pulls),
-                        "forward pull",
-                    ),
-                    Operation::Push(mode) => {
-                        let (connection, route, counter, name) = match mode {
-                            Mode::Reverse => (
-                                &mut reverse_connection,
-                                &reverse,
-                                &operations.reverse_pushes,
-                                "reverse push",
-                            ),
-                            Mode::Forward => (
-                                &mut forward_connection,
-                                &forward,
-                                &operations.forward_pushes,
-                                "forward push",
-                            ),
-                        };
+                let (Operation::Pull(mode) | Operation::Push(mode)) = operation;
+                let (connection, route) = match mode {
+                    Mode::Reverse => (&mut reverse_connection, &reverse),
+                    Mode::Forward => (&mut forward_connection, &forward),
+                };
+                let done = match operation {
+                    Operation::Pull(_) => pull(connection, route, &image, &tally).await,
+                    Operation::Push(_) => {
                         let seed = salt ^ ((worker as u64) << 40) ^ pushed;
                         let content = Bytes::from(testing::image::random_bytes(PUSH_SIZE, seed));
                         let pushed_blob = push_blob(connection, route, content, OCI_LAYER_GZIP, &tally).await;
                         pushed += 1;
-                        let done = match pushed_blob {
+                        match pushed_blob {
                             Ok(layer) if pushed.is_multiple_of(MANIFEST_EVERY) => {
                                 let tag = format!("soak-{worker}");
-                                put_manifest(connection, route, &image.config, &layer, &tag, &tally)
-                                    .await
-                                    .map(|()| {
-                                        operations.manifests.fetch_add(1, Ordering::Relaxed);
-                                        counter
-                                    })
+                                let put = put_manifest(connection, route, &image.config, &layer, &tag, &tally).await;
+                                if put.is_ok() {
+                                    operations.manifests.fetch_add(1, Ordering::Relaxed);
+                                }
+                                put
                             }
-                            Ok(_) => Ok(counter),
-                            Err(error) => Err(error),
-                        };
-                        (done, name)
+                            pushed_blob => pushed_blob.map(|_| ()),
+                        }
                     }
                 };
                 match done {
-                    Ok(counter) => {
-                        counter.fetch_add(1, Ordering::Relaxed);
+                    Ok(()) => {
+                        operations.done(operation).fetch_add(1, Ordering::Relaxed);
                     }
                     Err(error) => tally.errors.record(format!(
-                        "{:.1} s, worker {worker}, {name}: {error:#}",
-                        started.elapsed().as_secs_f64()
+                        "{:.1} s, worker {worker}, {}: {error:#}",
+                        started.elapsed().as_secs_f64(),
+                        operation.name()
                     )),
                 }
             }
