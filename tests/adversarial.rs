@@ -463,6 +463,9 @@ async fn slowloris_connections_are_cut_off_while_others_are_served() {
 async fn connect_to_loopback_link_local_and_metadata_addresses_is_refused_even_when_allow_listed() {
     let lab = Lab::start("http://127.0.0.1/token".to_owned()).await;
     let auth = basic("", TOKEN);
+    // NB: these are CONNECT targets the proxy must refuse before dialing,
+    // never addresses anything binds; "0.0.0.0:80" is the unspecified
+    // address, which Linux would dial as loopback.
     for target in [
         "169.254.169.254:80",
         "100.100.100.200:80",
