@@ -31,7 +31,7 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -150,11 +150,23 @@ struct Presigned {
 
 type ProxyBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
+/// The front's side of a switch: the newest generation whose listener state
+/// it has put into effect, and how many connections are still open.
+#[derive(Default)]
+struct FrontState {
+    applied: u64,
+    open: usize,
+}
+
 struct Shared {
     upstream: Uri,
     rules: Mutex<Vec<Rule>>,
     /// Bumped on every change, so connections and the listener react.
     generation: watch::Sender<u64>,
+    /// What the front has put into effect, so a switch returns only once it
+    /// holds.
+    front: Mutex<FrontState>,
+    front_changed: Condvar,
     expired_left: AtomicUsize,
     presigned: Mutex<HashMap<u64, Presigned>>,
     next_signature: AtomicUsize,
@@ -201,6 +213,8 @@ impl FaultyUpstream {
             upstream: upstream_uri,
             rules: Mutex::new(Vec::new()),
             generation: watch::Sender::new(0),
+            front: Mutex::new(FrontState::default()),
+            front_changed: Condvar::new(),
             expired_left: AtomicUsize::new(0),
             presigned: Mutex::new(HashMap::new()),
             next_signature: AtomicUsize::new(1),
@@ -270,7 +284,7 @@ impl FaultyUpstream {
     /// Back to passing everything through.
     pub fn clear(&self) {
         lock(&self.shared.rules).clear();
-        self.shared.generation.send_modify(|g| *g += 1);
+        self.switched();
     }
 
     /// Requests the front answered, oldest first.
@@ -295,7 +309,40 @@ impl FaultyUpstream {
             rules.retain(|r| r.path_contains != path_contains);
             rules.push(Rule { path_contains, fault });
         }
-        self.shared.generation.send_modify(|g| *g += 1);
+        self.switched();
+    }
+
+    /// Tells the front the rules changed and waits (bounded) until it acts
+    /// on them: when refusing, the listener is closed and every connection
+    /// reset; otherwise it listens again. A request sent after `set` or
+    /// `clear` returns therefore meets the new behaviour, however loaded the
+    /// machine is.
+    fn switched(&self) {
+        let mut generation = 0;
+        self.shared.generation.send_modify(|g| {
+            *g += 1;
+            generation = *g;
+        });
+        let refusing = self.shared.refusing();
+        let deadline = Instant::now() + REBIND_TIMEOUT + STOP_TIMEOUT;
+        let mut state = lock(&self.shared.front);
+        while state.applied < generation || (refusing && state.open > 0) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "faulty upstream {}: the switch to generation {generation} did not take effect in time \
+                 (applied {}, {} connections open)",
+                self.addr,
+                state.applied,
+                state.open
+            );
+            state = self
+                .shared
+                .front_changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
     }
 }
 
@@ -317,6 +364,11 @@ impl Drop for FaultyUpstream {
 }
 
 impl Shared {
+    fn update_front(&self, change: impl FnOnce(&mut FrontState)) {
+        change(&mut lock(&self.front));
+        self.front_changed.notify_all();
+    }
+
     fn refusing(&self) -> bool {
         lock(&self.rules).iter().any(|r| r.fault == UpstreamFault::Refuse)
     }
@@ -517,8 +569,10 @@ async fn serve_front(listener: std::net::TcpListener, addr: SocketAddr, shared: 
     let mut listener = TcpListener::from_std(listener).ok();
     let mut changes = shared.generation.subscribe();
     loop {
+        let generation = *changes.borrow_and_update();
         if shared.refusing() {
             listener = None;
+            shared.update_front(|front| front.applied = front.applied.max(generation));
             if changes.changed().await.is_err() {
                 return;
             }
@@ -531,6 +585,7 @@ async fn serve_front(listener: std::net::TcpListener, addr: SocketAddr, shared: 
                 return;
             }
         }
+        shared.update_front(|front| front.applied = front.applied.max(generation));
         let Some(bound) = &listener else { return };
         let stream = tokio::select! {
             changed = changes.changed() => {
@@ -548,7 +603,9 @@ async fn serve_front(listener: std::net::TcpListener, addr: SocketAddr, shared: 
             },
         };
         let shared = Arc::clone(&shared);
+        shared.update_front(|front| front.open += 1);
         tokio::spawn(async move {
+            let _open = OpenConnection(Arc::clone(&shared));
             let reset = Arc::new(AtomicBool::new(false));
             let io = FaultIo {
                 stream,
@@ -578,6 +635,16 @@ async fn serve_front(listener: std::net::TcpListener, addr: SocketAddr, shared: 
                 _ = refused => reset.store(true, Ordering::SeqCst),
             }
         });
+    }
+}
+
+/// Counts a front connection as open until its task ends (its stream is
+/// dropped by then, so a refused connection has been reset).
+struct OpenConnection(Arc<Shared>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.update_front(|front| front.open = front.open.saturating_sub(1));
     }
 }
 
