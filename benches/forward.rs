@@ -83,6 +83,13 @@ fn main() {
     }
 }
 
+/// Handshake latencies per path: full ones, and resuming ones with how many
+/// did resume.
+struct Handshakes {
+    full: Vec<(&'static str, Histogram<u64>)>,
+    resumed: Vec<(&'static str, Histogram<u64>, usize)>,
+}
+
 /// How a client reaches the registry.
 #[derive(Clone)]
 struct Path3 {
@@ -207,6 +214,25 @@ async fn run(settings: &Settings) -> anyhow::Result<String> {
         handshakes.push((path.name, histogram));
     }
 
+    // 2b. The same, resuming: each connection reads one answer, which takes
+    // in the session tickets, so the next one can resume.
+    let mut resumed = Vec::new();
+    for path in &paths {
+        take_tickets(&mut open(path, registry_addr, &client_tls).await?, registry_addr).await?;
+        let mut histogram = Histogram::<u64>::new(3)?;
+        let mut resumptions = 0;
+        for _ in 0..settings.handshakes {
+            let started = Instant::now();
+            let mut stream = open(path, registry_addr, &client_tls).await?;
+            histogram.record(started.elapsed().as_micros() as u64)?;
+            if stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                resumptions += 1;
+            }
+            take_tickets(&mut stream, registry_addr).await?;
+        }
+        resumed.push((path.name, histogram, resumptions));
+    }
+
     // 3. CONNECT (or handshake) rate: 4 loops, closed.
     let mut rates = Vec::new();
     for path in &paths {
@@ -242,7 +268,10 @@ async fn run(settings: &Settings) -> anyhow::Result<String> {
         &revision,
         &squid_version,
         &transfers,
-        &handshakes,
+        &Handshakes {
+            full: handshakes,
+            resumed,
+        },
         &rates,
         (load_before.trim(), load_after.trim()),
     ))
@@ -278,6 +307,21 @@ async fn open(
     }
     let connector = tokio_rustls::TlsConnector::from(config.clone());
     Ok(timeout(STEP_TIMEOUT, connector.connect(server_name, stream)).await??)
+}
+
+/// Sends one request and reads its answer's head. The server's session
+/// tickets come before it, so the client config holds them afterwards.
+async fn take_tickets(
+    stream: &mut tokio_rustls::client::TlsStream<TcpStream>,
+    registry: SocketAddr,
+) -> anyhow::Result<()> {
+    let request = format!(
+        "GET /v2/ HTTP/1.1\r\nHost: {REGISTRY_NAME}:{}\r\nConnection: close\r\n\r\n",
+        registry.port()
+    );
+    stream.write_all(request.as_bytes()).await?;
+    timeout(STEP_TIMEOUT, read_head(stream)).await??;
+    Ok(())
 }
 
 /// Reads a response head byte by byte, so nothing after it is consumed.
@@ -543,7 +587,7 @@ fn render(
     revision: &str,
     squid_version: &str,
     transfers: &[Transfer],
-    handshakes: &[(&str, Histogram<u64>)],
+    handshakes: &Handshakes,
     rates: &[(&str, f64)],
     load: (&str, &str),
 ) -> String {
@@ -622,7 +666,7 @@ fn render(
     let _ = writeln!(out, "| path | p50 (ms) | p99 (ms) | max (ms) |");
     let _ = writeln!(out, "|---|---:|---:|---:|");
     let mut connectors_p99 = 0.0;
-    for (path, histogram) in handshakes {
+    for (path, histogram) in &handshakes.full {
         let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
         if *path == "connectors" {
             connectors_p99 = ms(0.99);
@@ -633,6 +677,26 @@ fn render(
             ms(0.5),
             ms(0.99),
             histogram.max() as f64 / 1000.0
+        );
+    }
+    let _ = writeln!(out, "\n## Handshake latency (resuming)\n");
+    let _ = writeln!(
+        out,
+        "{} sequential connections per path, each reading one answer (which takes in the TLS session tickets) before the \
+         next; timed as above. Resumed = handshakes the server let the client resume.\n",
+        settings.handshakes
+    );
+    let _ = writeln!(out, "| path | p50 (ms) | p99 (ms) | max (ms) | resumed |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|");
+    for (path, histogram, resumptions) in &handshakes.resumed {
+        let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
+        let _ = writeln!(
+            out,
+            "| {path} | {:.2} | {:.2} | {:.2} | {resumptions} of {} |",
+            ms(0.5),
+            ms(0.99),
+            histogram.max() as f64 / 1000.0,
+            settings.handshakes
         );
     }
     let _ = writeln!(out, "\n## Connections per second\n");

@@ -2,7 +2,8 @@
 //! clients: real skopeo and curl reach a TLS registry (Debian
 //! `docker-registry`) by the name `registry.test`, which only the proxy's
 //! `--resolve` knows, with no credential of their own, trusting only the
-//! interception CA; digests equal end to end. Refusals: no proxy
+//! interception CA; digests equal end to end. A second tunnel to a host
+//! resumes the first one's TLS session. Refusals: no proxy
 //! credential, a wrong token, another namespace's connector, a host that is
 //! no connector's, a metadata address, a TLS client naming another host.
 
@@ -377,5 +378,51 @@ async fn callers_and_hosts_the_proxy_must_not_serve_are_refused() {
         before,
         "no refused caller caused an upstream request"
     );
+    lab.assert_no_credential_in_logs();
+}
+
+/// A second tunnel to the same host resumes the first one's TLS session
+/// instead of a full handshake, and still has to pass the CONNECT's checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_tunnel_to_a_host_resumes_the_tls_session() {
+    let lab = Lab::start(&[]).await;
+    let registry = format!("registry.test:{}", lab.registry.port());
+    let roots =
+        certs::root_store_from_pem(&std::fs::read_to_string(lab.state_dir().join("proxy-ca.crt")).unwrap()).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(certs::client_config(roots, &[b"http/1.1"]).unwrap()));
+    let name = rustls::pki_types::ServerName::try_from("registry.test").unwrap();
+
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let (stream, head) = connect(lab.forward, &registry, Some(&basic("team%2Flab", TEAM_TOKEN))).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let mut tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name.clone(), stream))
+            .await
+            .unwrap()
+            .unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind());
+        // Reading the answer also takes in the session tickets the proxy
+        // sends after the handshake.
+        let request = format!("GET /v2/ HTTP/1.1\r\nHost: {registry}\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "the credential is injected: {answer}"
+        );
+    }
+    assert_eq!(
+        kinds,
+        [Some(rustls::HandshakeKind::Full), Some(rustls::HandshakeKind::Resumed)]
+    );
+
+    // Resuming is no way around the caller checks.
+    let (_, head) = connect(lab.forward, &registry, Some(&basic("team%2Flab", OTHER_TOKEN))).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     lab.assert_no_credential_in_logs();
 }

@@ -9,8 +9,9 @@
 //! with a credential and never to loopback, link-local or metadata
 //! addresses unless that is allowed explicitly.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -106,8 +107,16 @@ pub struct ForwardProxy {
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
     leaves: Arc<certs::LeafIssuer>,
+    /// One server configuration per intercepted host, so its TLS session
+    /// cache lets a client resume instead of a full handshake per tunnel.
+    tls_configs: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
     options: ForwardOptions,
 }
+
+/// How many hosts' server configurations are kept. Only connector hosts are
+/// intercepted, so this is reached only by a store with more hosts than
+/// this; the cache then starts over.
+const MAX_TLS_CONFIGS: usize = 256;
 
 /// What to do with a CONNECT.
 #[derive(Debug)]
@@ -149,6 +158,7 @@ impl ForwardProxy {
             authenticator,
             authorizer,
             leaves,
+            tls_configs: Mutex::new(HashMap::new()),
             options,
         }
     }
@@ -252,8 +262,22 @@ impl ForwardProxy {
 
     /// A server configuration that presents `host`'s leaf only to a client
     /// that names `host` (or names nothing, for IP hosts), and speaks only
-    /// HTTP/1.1.
+    /// HTTP/1.1. Kept per host: a session resumed from it was made for the
+    /// same host, and the caller is still authorized per CONNECT.
     fn tls_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+        let mut configs = self.tls_configs.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(config) = configs.get(host) {
+            return Ok(config.clone());
+        }
+        let config = self.new_tls_config(host)?;
+        if configs.len() >= MAX_TLS_CONFIGS {
+            configs.clear();
+        }
+        configs.insert(host.to_owned(), config.clone());
+        Ok(config)
+    }
+
+    fn new_tls_config(&self, host: &str) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
         let mut config = rustls::ServerConfig::builder_with_provider(certs::tls_config::crypto_provider())
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
