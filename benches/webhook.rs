@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use connector::injection::InjectionConfig;
 use connector::store::FileStore;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use webhook::metrics::Metrics;
-use webhook::mutation::{InjectionConfig, Mode, Outcome, mutate_pod};
+use webhook::mutation::{Mode, Outcome, mutate_pod};
 use webhook::server::{WebhookState, router, serve_tls};
 
 /// The same allocator as the shipped binary.

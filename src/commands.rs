@@ -9,8 +9,8 @@ mod proxy;
 mod up;
 mod webhook;
 
-use ::webhook::mutation::{InjectionConfig, default_no_proxy};
 use clap::{Parser, Subcommand, ValueEnum};
+use connector::injection::{InjectionConfig, default_no_proxy};
 
 /// Secretless registry access for Kubernetes workloads.
 #[derive(Parser)]

@@ -5,6 +5,8 @@
 //!
 //! All cryptography goes through rustls' and rcgen's ring backends, and every
 //! rustls configuration names the ring provider explicitly.
+//!
+//! It depends on no workspace crate but `connector` (at most).
 
 pub mod authority;
 pub mod bundle;

@@ -69,11 +69,6 @@ impl RegistryAddress {
     pub fn url(&self) -> &Url {
         &self.url
     }
-
-    /// True for `http://` upstreams.
-    pub fn is_plain_http(&self) -> bool {
-        self.url.scheme() == "http"
-    }
 }
 
 #[cfg(test)]

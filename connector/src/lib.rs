@@ -1,15 +1,17 @@
 //! The connectors domain: the `Connector` resource, image references, which
-//! connectors a pod selects, and the stores that hold connectors in memory.
+//! connectors a pod selects, the stores that hold connectors in memory, and
+//! the injection contract (what a selected pod gets).
 //!
-//! Nothing here serves traffic; the webhook and proxy crates build on it.
+//! Nothing here serves traffic, and it depends on no other workspace crate:
+//! every other crate builds on it.
 
 pub mod address;
 pub mod crd;
+pub mod injection;
 pub mod keys;
 pub mod reference;
 pub mod selection;
 pub mod store;
 pub mod yaml;
 
-pub use crd::{Connector, ConnectorSpec, ConnectorStatus};
-pub use selection::ConnectorKey;
+pub use crd::{Connector, ConnectorKey, ConnectorSpec, ConnectorStatus};

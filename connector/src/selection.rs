@@ -2,38 +2,9 @@
 //! namespace annotations, and deciding whether a pod is selected at all.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
+use crate::ConnectorKey;
 use crate::keys;
-
-/// A connector's `namespace/name`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConnectorKey {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl ConnectorKey {
-    /// `namespaces/<ns>/connectors/<name>`: where the connector lives in the
-    /// proxy's URL space (after `/v2/` in reverse mode, as a path prefix of
-    /// rewritten images and mirrors).
-    pub fn proxy_path(&self) -> String {
-        format!("namespaces/{}/connectors/{}", self.namespace, self.name)
-    }
-
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConnectorKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
 
 /// Why a connector list cannot be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -14,9 +14,6 @@ pub const LIVENESS_READY: &str = "LivenessReady";
 pub const AUTH_READY: &str = "AuthReady";
 pub const READY: &str = "Ready";
 
-/// Conditions in the order they are written.
-pub const CONDITION_TYPES: [&str; 4] = [SECRET_READY, LIVENESS_READY, AUTH_READY, READY];
-
 /// The address workloads use for a connector: `<proxy_url>/namespaces/<ns>/connectors/<name>`.
 pub fn proxy_address(proxy_url: &str, namespace: &str, name: &str) -> String {
     let key = connector::ConnectorKey::new(namespace, name);

@@ -4,6 +4,10 @@
 //!
 //! Every replica watches and serves health; only the Lease holder probes
 //! registries and writes to the API server.
+//!
+//! Probes use `registry`'s token exchange and realm check, so the status
+//! says what the proxy will meet; it must not depend on `proxy`, `webhook`
+//! or `csi`.
 
 pub mod bootstrap;
 pub mod conditions;

@@ -8,20 +8,19 @@
 //! password, a Basic header or a token. Upstream bodies are never quoted.
 
 use std::collections::BTreeSet;
-use std::convert::Infallible;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
 use connector::Connector;
 use connector::address::RegistryAddress;
-use http_body_util::{BodyExt, Empty};
-use hyper::header::{self, HeaderMap, HeaderValue};
+use http_body_util::BodyExt;
+use hyper::header::{self, HeaderMap};
 use hyper::{Method, Request, StatusCode};
 use k8s_openapi::api::core::v1::Secret;
-use proxy::challenge::{self, Scheme};
-use proxy::credential::{self, UpstreamCredential};
-use proxy::upstream::{BoxError, ProxyBody, UpstreamClient, UpstreamClients};
-use url::Url;
+use registry::auth::{Upstream, UpstreamError, challenges_of, fetch_token, sensitive};
+use registry::body;
+use registry::challenge::{self, Scheme};
+use registry::credential::{self, UpstreamCredential};
+use registry::upstream::{UpstreamClient, UpstreamClients};
 
 /// The largest upstream body a probe reads (token answers are small).
 const MAX_BODY: usize = 64 * 1024;
@@ -109,11 +108,11 @@ pub struct Prober {
     timeout: Duration,
 }
 
-/// An upstream answer: status, headers and a bounded body.
+/// An upstream answer: status and headers (its bounded body is read and
+/// dropped, so the connection can be reused).
 struct Answer {
     status: StatusCode,
     headers: HeaderMap,
-    body: Bytes,
 }
 
 impl Prober {
@@ -148,11 +147,15 @@ impl Prober {
                 };
             }
         };
-        let mut base = address.url().clone();
-        let trimmed = base.path().trim_end_matches('/').to_owned();
-        base.set_path(&trimmed);
-        let ping = format!("{}/v2/", base.as_str().trim_end_matches('/'));
-        let anonymous = match self.get(&client, &ping, None).await {
+        let upstream = Upstream::new(
+            connector.metadata.name.clone().unwrap_or_default(),
+            &address,
+            &connector.spec.address_extensions,
+            credential,
+            client,
+        );
+        let ping = upstream.url("v2/");
+        let anonymous = match self.get(&upstream.client, &ping, None).await {
             Ok(answer) => answer,
             Err(error) => {
                 return ProbeReport {
@@ -178,11 +181,9 @@ impl Prober {
             Check::unknown("SecretNotReady", "the credential Secret is not usable")
         } else {
             let context = AuthContext {
-                client: &client,
+                upstream: &upstream,
                 connector,
-                base: &base,
                 ping: &ping,
-                credential: credential.as_ref(),
             };
             self.check_auth(&context, &anonymous).await
         };
@@ -190,7 +191,7 @@ impl Prober {
     }
 
     async fn check_auth(&self, cx: &AuthContext<'_>, anonymous: &Answer) -> Check {
-        let Some(credential) = cx.credential else {
+        let Some(credential) = cx.upstream.credential.as_ref() else {
             return if anonymous.status == StatusCode::OK {
                 Check::ok("Anonymous", "the registry allows anonymous access")
             } else {
@@ -207,13 +208,7 @@ impl Prober {
                 "the registry allows access; the credential was not challenged",
             )
         } else {
-            let challenges = challenge::parse_challenges(
-                anonymous
-                    .headers
-                    .get_all(header::WWW_AUTHENTICATE)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok()),
-            );
+            let challenges = challenges_of(&anonymous.headers);
             match challenge::preferred(&challenges) {
                 Some(c) if c.scheme == Scheme::Bearer => match c.realm() {
                     Some(realm) => self.bearer_exchange(cx, credential, realm, c.service()).await,
@@ -236,7 +231,8 @@ impl Prober {
         self.harbor_current_user(cx, credential).await
     }
 
-    /// GET the realm with Basic, expect a token, then `/v2/` with it.
+    /// The token exchange the proxy makes (realm checked, then `GET` the
+    /// realm with Basic), then `/v2/` with the token.
     async fn bearer_exchange(
         &self,
         cx: &AuthContext<'_>,
@@ -244,27 +240,45 @@ impl Prober {
         realm: &str,
         service: Option<&str>,
     ) -> Check {
-        let extensions: Vec<Url> = cx
-            .connector
-            .spec
-            .address_extensions
-            .iter()
-            .filter_map(|e| Url::parse(&e.value).ok())
-            .collect();
         // NB: the credential only goes to a realm the proxy would use too.
-        let mut realm_url = match proxy::realm::check_realm(realm, cx.base, &extensions) {
+        let realm_url = match cx.upstream.checked_realm(realm) {
             Ok(url) => url,
+            Err(UpstreamError::Realm { error, .. }) => return Check::failed("RealmRefused", error.to_string()),
             Err(error) => return Check::failed("RealmRefused", error.to_string()),
         };
-        if let Some(service) = service.filter(|s| !s.is_empty()) {
-            realm_url.query_pairs_mut().append_pair("service", service);
-        }
         let realm_host = realm_url.host_str().unwrap_or_default().to_owned();
-        let answer = match self
-            .get(cx.client, realm_url.as_str(), Some(&credential.basic_header()))
-            .await
-        {
-            Ok(answer) => answer,
+        let no_scopes = BTreeSet::new();
+        let exchange = fetch_token(
+            &cx.upstream.client,
+            realm_url,
+            service.unwrap_or_default(),
+            &no_scopes,
+            Some(credential),
+            self.timeout,
+        );
+        let token = match exchange.await {
+            Ok(token) => token,
+            Err(UpstreamError::TokenRefused(status)) => {
+                return Check::failed(
+                    "Unauthorized",
+                    format!(
+                        "the token service on {realm_host} refused the credential of user {:?} ({status})",
+                        credential.username(),
+                    ),
+                );
+            }
+            Err(UpstreamError::TokenServiceFailed(status)) => {
+                return Check::failed(
+                    "TokenExchangeFailed",
+                    format!("the token service on {realm_host} answered {status}"),
+                );
+            }
+            Err(UpstreamError::Token(error)) => {
+                return Check::failed(
+                    "TokenExchangeFailed",
+                    format!("the token service on {realm_host}: {error}"),
+                );
+            }
             Err(error) => {
                 return Check::failed(
                     "TokenExchangeFailed",
@@ -272,35 +286,10 @@ impl Prober {
                 );
             }
         };
-        match answer.status {
-            StatusCode::OK => {}
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Check::failed(
-                    "Unauthorized",
-                    format!(
-                        "the token service on {realm_host} refused the credential of user {:?} ({})",
-                        credential.username(),
-                        answer.status
-                    ),
-                );
-            }
-            other => {
-                return Check::failed(
-                    "TokenExchangeFailed",
-                    format!("the token service on {realm_host} answered {other}"),
-                );
-            }
-        }
-        let token = match proxy::token::parse_token_response(&answer.body, Instant::now()) {
-            Ok(token) => token,
-            Err(error) => {
-                return Check::failed(
-                    "TokenExchangeFailed",
-                    format!("the token service on {realm_host}: {error}"),
-                );
-            }
-        };
-        match self.get(cx.client, cx.ping, Some(&token.bearer_header())).await {
+        match self
+            .get(&cx.upstream.client, cx.ping, Some(&token.bearer_header()))
+            .await
+        {
             Ok(answer) if answer.status == StatusCode::OK => Check::ok(
                 "Authenticated",
                 format!(
@@ -318,7 +307,10 @@ impl Prober {
 
     /// `/v2/` again with Basic credentials, expecting 200.
     async fn basic_retry(&self, cx: &AuthContext<'_>, credential: &UpstreamCredential) -> Check {
-        match self.get(cx.client, cx.ping, Some(&credential.basic_header())).await {
+        match self
+            .get(&cx.upstream.client, cx.ping, Some(&credential.basic_header()))
+            .await
+        {
             Ok(answer) if answer.status == StatusCode::OK => Check::ok(
                 "Authenticated",
                 format!(
@@ -344,8 +336,11 @@ impl Prober {
 
     /// Harbor: `GET /api/v2.0/users/current` with Basic must answer 200.
     async fn harbor_current_user(&self, cx: &AuthContext<'_>, credential: &UpstreamCredential) -> Check {
-        let url = format!("{}/api/v2.0/users/current", cx.base.as_str().trim_end_matches('/'));
-        match self.get(cx.client, &url, Some(&credential.basic_header())).await {
+        let url = cx.upstream.url("api/v2.0/users/current");
+        match self
+            .get(&cx.upstream.client, &url, Some(&credential.basic_header()))
+            .await
+        {
             Ok(answer) if answer.status == StatusCode::OK => Check::ok(
                 "Authenticated",
                 format!(
@@ -371,26 +366,26 @@ impl Prober {
     async fn get(&self, client: &UpstreamClient, url: &str, authorization: Option<&str>) -> Result<Answer, String> {
         let mut request = Request::builder().method(Method::GET).uri(url);
         if let (Some(headers), Some(value)) = (request.headers_mut(), authorization) {
-            let mut value = HeaderValue::from_str(value).map_err(|_| "the credential is not a valid header value")?;
-            value.set_sensitive(true);
-            headers.insert(header::AUTHORIZATION, value);
+            headers.insert(header::AUTHORIZATION, sensitive(value).map_err(|e| e.to_string())?);
         }
-        let body: ProxyBody = Empty::<Bytes>::new()
-            .map_err(|never: Infallible| -> BoxError { match never {} })
-            .boxed();
-        let request = request.body(body).map_err(|_| format!("{url} is not a valid URL"))?;
+        let request = request
+            .body(body::empty())
+            .map_err(|_| format!("{url} is not a valid URL"))?;
         let exchange = async {
-            let response = client.request(request).await.map_err(|e| error_chain(&e))?;
+            let response = registry::auth::send(client, request, self.timeout)
+                .await
+                .map_err(|e| match e {
+                    UpstreamError::Unreachable { error, .. } => registry::auth::Chain(&error).to_string(),
+                    other => other.to_string(),
+                })?;
             let (parts, body) = response.into_parts();
-            let body = http_body_util::Limited::new(body, MAX_BODY)
+            http_body_util::Limited::new(body, MAX_BODY)
                 .collect()
                 .await
-                .map_err(|e| format!("reading the answer failed: {e}"))?
-                .to_bytes();
+                .map_err(|e| format!("reading the answer failed: {e}"))?;
             Ok(Answer {
                 status: parts.status,
                 headers: parts.headers,
-                body,
             })
         };
         tokio::time::timeout(self.timeout, exchange)
@@ -400,11 +395,9 @@ impl Prober {
 }
 
 struct AuthContext<'a> {
-    client: &'a UpstreamClient,
+    upstream: &'a Upstream,
     connector: &'a Connector,
-    base: &'a Url,
     ping: &'a str,
-    credential: Option<&'a UpstreamCredential>,
 }
 
 /// The `SecretReady` check, the credential and the CA bundle.
@@ -423,7 +416,7 @@ fn check_secret(
             );
         }
         SecretLookup::Found(secret) => {
-            let pem = proxy::credential::ca_bundle(secret);
+            let pem = credential::ca_bundle(secret);
             if certs::load_certs_pem(&pem).is_err() {
                 return (
                     Check::failed(
@@ -470,20 +463,4 @@ fn check_secret(
             }
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut parts: BTreeSet<String> = BTreeSet::new();
-    let mut text = error.to_string();
-    parts.insert(text.clone());
-    let mut source = error.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if parts.insert(part.clone()) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
 }

@@ -4,13 +4,18 @@
 //! own ServiceAccount token (proxy URLs, docker auth, buildkitd config, the
 //! proxy CA and a combined trust bundle).
 //!
-//! `request` validates what kubelet sends, `access` decides which connectors
+//! `request` validates what kubelet sends, `authorize` decides which connectors
 //! the pod may use, `render` turns that into file contents, `target` writes
 //! them atomically, and `server` is the gRPC shell around them (`client`
 //! dials it).
+//!
+//! The files' environment comes from `connector::injection` and the
+//! decision from `access`; it must not depend on `proxy`, `webhook` or
+//! `registry`.
 
-pub mod access;
+pub mod authorize;
 pub mod client;
+pub mod files;
 pub mod render;
 pub mod request;
 pub mod server;

@@ -2,99 +2,20 @@
 //! the connectors proxy with the pod's own token. Pure: the same inputs give
 //! the same bytes, and nothing here touches the filesystem.
 //!
-//! The environment and the forward proxy URL come from the webhook's
-//! functions, so `.env` says exactly what an injected container gets, plus
-//! the token.
+//! The environment and the forward proxy URL come from the injection
+//! contract the webhook uses too (`connector::injection`), so `.env` says
+//! exactly what an injected container gets, plus the token.
 
 use std::fmt::Write as _;
 
 use base64::Engine;
 use connector::ConnectorKey;
+use connector::injection::{InjectionConfig, ResolvedConnector, container_env, forward_proxy_url_with_password};
 use connector::keys;
 use serde_json::json;
-use webhook::mutation::{InjectionConfig, container_env, forward_proxy_url_with_password};
 
+pub use crate::files::FileName;
 use crate::request::{PodInfo, ProxyToken};
-
-/// One file of the volume.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum FileName {
-    /// `.env`: shell-sourcable `KEY=value` lines.
-    Env,
-    /// `http.proxy`: the forward proxy URL with the token.
-    HttpProxy,
-    /// `https.proxy`: the same URL (the proxy speaks CONNECT for https).
-    HttpsProxy,
-    /// `config.json`: docker/podman/skopeo auth for the reverse proxy host.
-    DockerConfig,
-    /// `buildkitd.toml`: registry mirrors and trust for buildkitd.
-    Buildkitd,
-    /// `ca.crt`: the proxy CA.
-    Ca,
-    /// `ca-bundle.crt`: the system roots and the proxy CA.
-    CaBundle,
-    /// `context.token`: the token alone.
-    Token,
-}
-
-impl FileName {
-    /// Every file, in the order they are written.
-    pub const ALL: [FileName; 8] = [
-        FileName::Env,
-        FileName::HttpProxy,
-        FileName::HttpsProxy,
-        FileName::DockerConfig,
-        FileName::Buildkitd,
-        FileName::Ca,
-        FileName::CaBundle,
-        FileName::Token,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FileName::Env => keys::CSI_FILE_ENV,
-            FileName::HttpProxy => keys::CSI_FILE_HTTP_PROXY,
-            FileName::HttpsProxy => keys::CSI_FILE_HTTPS_PROXY,
-            FileName::DockerConfig => keys::CSI_FILE_DOCKER_CONFIG,
-            FileName::Buildkitd => keys::CSI_FILE_BUILDKITD,
-            FileName::Ca => keys::CSI_FILE_CA,
-            FileName::CaBundle => keys::CSI_FILE_CA_BUNDLE,
-            FileName::Token => keys::CSI_FILE_TOKEN,
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.as_str() == name)
-    }
-
-    /// The file names, comma-separated, for error messages.
-    pub fn known_list() -> String {
-        Self::ALL.map(FileName::as_str).join(", ")
-    }
-
-    /// True for the files that hold the token.
-    pub fn carries_token(self) -> bool {
-        matches!(
-            self,
-            FileName::Env | FileName::HttpProxy | FileName::HttpsProxy | FileName::DockerConfig | FileName::Token
-        )
-    }
-
-    /// The file's mode: read-only for owner and group where the token is
-    /// (readable by the pod through its fsGroup), world-readable otherwise.
-    pub fn mode(self) -> u32 {
-        if self.carries_token() {
-            TOKEN_FILE_MODE
-        } else {
-            PUBLIC_FILE_MODE
-        }
-    }
-}
-
-/// Mode of the files holding the token.
-pub const TOKEN_FILE_MODE: u32 = 0o440;
-/// Mode of the other files.
-pub const PUBLIC_FILE_MODE: u32 = 0o644;
 
 /// What every volume on this node shares: where the proxy is and whom to
 /// trust. Built once at start-up.
@@ -109,13 +30,6 @@ pub struct RenderConfig {
     pub system_roots_pem: String,
     /// True when the reverse proxy (the pull address) speaks plain HTTP.
     pub pull_plain_http: bool,
-}
-
-/// A connector of the volume and the registry host its images are on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectorRoute {
-    pub key: ConnectorKey,
-    pub registry_host: String,
 }
 
 /// One rendered file.
@@ -141,7 +55,7 @@ impl std::fmt::Debug for VolumeFile {
 pub fn render(
     config: &RenderConfig,
     pod: &PodInfo,
-    connectors: &[ConnectorRoute],
+    connectors: &[ResolvedConnector],
     token: &ProxyToken,
     files: &[FileName],
 ) -> Vec<VolumeFile> {
@@ -210,7 +124,7 @@ fn docker_config(config: &RenderConfig, pod: &PodInfo, token: &ProxyToken) -> St
 
 /// buildkitd's registry configuration: each connector's registry mirrored
 /// through its reverse proxy path, and the proxy host trusted with the CA.
-fn buildkitd_toml(config: &RenderConfig, connectors: &[ConnectorRoute]) -> String {
+fn buildkitd_toml(config: &RenderConfig, connectors: &[ResolvedConnector]) -> String {
     let pull = &config.injection.pull_address;
     let ca = format!("{}/{}", config.injection.config_mount_path, keys::CSI_FILE_CA);
     let mut out = String::from("# Written by the connectors CSI driver: pulls go through the connectors proxy.\n");
@@ -285,17 +199,17 @@ mod tests {
         }
     }
 
-    fn routes() -> Vec<ConnectorRoute> {
+    fn routes() -> Vec<ResolvedConnector> {
         vec![
-            ConnectorRoute {
+            ResolvedConnector {
                 key: ConnectorKey::new("team", "harbor"),
                 registry_host: "harbor.example.com".into(),
             },
-            ConnectorRoute {
+            ResolvedConnector {
                 key: ConnectorKey::new("team", "harbor2"),
                 registry_host: "harbor.example.com".into(),
             },
-            ConnectorRoute {
+            ResolvedConnector {
                 key: ConnectorKey::new("ops", "hub"),
                 registry_host: "docker.io".into(),
             },

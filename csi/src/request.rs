@@ -14,8 +14,8 @@ use connector::ConnectorKey;
 use connector::keys;
 use connector::selection::{SelectionError, parse_connector_list};
 
+use crate::files::FileName;
 use crate::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest, volume_capability};
-use crate::render::FileName;
 
 /// `volume_context` key kubelet sets to `"true"` for inline ephemeral volumes.
 pub const EPHEMERAL: &str = "csi.storage.k8s.io/ephemeral";

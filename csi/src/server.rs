@@ -1,6 +1,6 @@
 //! The gRPC shell: the CSI Identity and Node services on a unix socket.
 //! Handlers only translate between gRPC and [`request`](crate::request),
-//! [`access`](crate::access), [`render`](crate::render) and
+//! [`authorize`](crate::authorize), [`render`](crate::render) and
 //! [`target`](crate::target); every other RPC answers `Unimplemented`.
 
 use std::future::Future;
@@ -8,14 +8,14 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use access::caller::Authorizer;
 use connector::keys;
 use connector::selection::format_connector_list;
 use connector::store::ConnectorStore;
-use proxy::caller::Authorizer;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Code, Request, Response, Status};
 
-use crate::access::{self, AccessError};
+use crate::authorize::{self, AccessError};
 use crate::proto::identity_server::{Identity, IdentityServer};
 use crate::proto::node_server::{Node, NodeServer};
 use crate::proto::*;
@@ -187,7 +187,7 @@ impl Node for NodeService {
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let request = PublishRequest::parse(request.get_ref()).map_err(invalid)?;
         let plugin = &self.plugin;
-        let routes = access::authorize_connectors(
+        let routes = authorize::authorize_connectors(
             plugin.store.as_ref(),
             plugin.authorizer.as_ref(),
             &request.pod,

@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use access::caller::SameNamespace;
 use base64::Engine;
+use connector::injection::InjectionConfig;
 use connector::store::FileStore;
 use csi::proto::identity_client::IdentityClient;
 use csi::proto::node_client::NodeClient;
@@ -18,10 +20,8 @@ use csi::proto::volume_capability::{AccessMode, AccessType, BlockVolume, MountVo
 use csi::proto::*;
 use csi::request::{EPHEMERAL, POD_NAME, POD_NAMESPACE, POD_UID, SERVICE_ACCOUNT_NAME, SERVICE_ACCOUNT_TOKENS};
 use csi::{FileName, Plugin, RenderConfig};
-use proxy::caller::SameNamespace;
 use tonic::Code;
 use tonic::transport::Channel;
-use webhook::mutation::InjectionConfig;
 
 const FIRST_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.first-pod-token.c2lnbmF0dXJl";
 const SECOND_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.second-pod-token.c2lnbmF0dXJl";

@@ -18,7 +18,7 @@ use connector::store::FileStore;
 use libfuzzer_sys::fuzz_target;
 use serde_json::{Map, Value, json};
 use webhook::admission::{AdmissionReview, AdmissionReviewResponse, review};
-use webhook::mutation::{InjectionConfig, default_no_proxy};
+use connector::injection::{InjectionConfig, default_no_proxy};
 
 /// The store of webhook/tests/mutation.rs.
 const STORE: &str = include_str!("../../webhook/tests/mutation-store.yaml");

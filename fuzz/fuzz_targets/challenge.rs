@@ -8,7 +8,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proxy::challenge::{Scheme, Scope, parse_challenges, preferred, render};
+use registry::challenge::{Scheme, Scope, parse_challenges, preferred, render};
 
 fn is_tchar(c: char) -> bool {
     c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)

@@ -14,8 +14,9 @@ use base64::Engine;
 use connector::selection::{format_connector_list, is_dns_label, is_dns_subdomain, parse_connector_list};
 use hyper::Uri;
 use libfuzzer_sys::fuzz_target;
-use proxy::caller::{basic_credentials, token_from_authorization};
-use proxy::forward::{TunnelHost, absolute_target, connect_target, is_forbidden_tunnel_address};
+use access::caller::{basic_credentials, token_from_authorization};
+use proxy::forward::{absolute_target, connect_target};
+use proxy::tunnel::{TunnelHost, is_forbidden_tunnel_address};
 
 fn check_target(target: Option<(String, u16)>, input: &str) {
     let Some((host, _port)) = target else { return };

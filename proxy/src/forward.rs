@@ -1,92 +1,45 @@
-//! Forward mode: the `HTTP_PROXY`/`HTTPS_PROXY` that unchanged workloads
-//! use. The caller authenticates on the CONNECT (or absolute-form request)
-//! itself: `Proxy-Authorization: Basic`, the username being the connector
-//! list (`ns/name[,ns/name]`, percent-encoded in the proxy URL) and the
-//! password the caller's token. A CONNECT to a selected connector's host is
-//! intercepted: TLS is terminated with a leaf minted for that host and every
-//! request goes through the same credential-injecting pipeline as reverse
-//! mode. Other hosts are refused, or blind-tunnelled when allow-listed, never
-//! with a credential and never to loopback, link-local or metadata
-//! addresses unless that is allowed explicitly.
+//! Forward mode's front door: the `HTTP_PROXY`/`HTTPS_PROXY` that
+//! unchanged workloads use. The caller authenticates on the CONNECT (or
+//! absolute-form request) itself: `Proxy-Authorization: Basic`, the
+//! username being the connector list (`ns/name[,ns/name]`, percent-encoded
+//! in the proxy URL) and the password the caller's token; in cluster mode
+//! an injected pod may also be known by its source address. A CONNECT to a
+//! named connector's host is intercepted: TLS is terminated with a leaf
+//! minted for that host and every request goes through the same
+//! [`Pipeline`] as reverse mode. Other hosts are refused, or
+//! blind-tunnelled when allow-listed ([`crate::tunnel`]).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use access::Identity;
+use access::caller::basic_credentials;
 use bytes::Bytes;
+use connector::ConnectorKey;
 use connector::address::RegistryAddress;
-use connector::selection::{ConnectorKey, parse_connector_list};
-use connector::store::ConnectorStore;
-use http_body_util::{BodyExt, Full};
+use connector::selection::parse_connector_list;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use registry::body::{self, ProxyBody};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use url::Url;
 
-use crate::caller::{Authenticator, Authorizer, Decision, Identity, basic_credentials};
-use crate::resolve::Pins;
-use crate::reverse::ReverseProxy;
-use crate::server::ServerLimits;
-use crate::upstream::{CONNECT_TIMEOUT, ProxyBody};
-
-/// The realm of the proxy's `Proxy-Authenticate` challenge.
-pub const PROXY_AUTH_REALM: &str = "connectors";
+use crate::error::{Dialect, ProxyError, json_response};
+use crate::listener::{ServerLimits, accept_and_drain};
+use crate::pipeline::{Mode, Pipeline};
+use crate::route::{self, Route};
+use crate::tunnel::{self, TunnelHost};
 
 /// How long a client has to finish the TLS handshake inside a tunnel.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A host allowed through a blind tunnel: `name`, or `*.suffix` for every
-/// name under it; with an optional `:port` (any port when absent).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TunnelHost {
-    host: String,
-    port: Option<u16>,
-}
-
-/// Why a `--forward-tunnel-host` entry was refused.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid tunnel host {0:?}: expected NAME, *.SUFFIX, or either with :PORT")]
-pub struct TunnelHostError(String);
-
-impl std::str::FromStr for TunnelHost {
-    type Err = TunnelHostError;
-
-    fn from_str(entry: &str) -> Result<Self, Self::Err> {
-        let error = || TunnelHostError(entry.to_owned());
-        let (host, port) = match entry.rsplit_once(':') {
-            Some((host, port)) if !host.contains(':') => (host, Some(port.parse::<u16>().map_err(|_| error())?)),
-            _ => (entry, None),
-        };
-        let bare = host.strip_prefix("*.").unwrap_or(host);
-        if bare.is_empty() || bare.contains(['/', '@', ' ', '*']) {
-            return Err(error());
-        }
-        Ok(Self {
-            host: host.to_ascii_lowercase(),
-            port,
-        })
-    }
-}
-
-impl TunnelHost {
-    /// Whether a tunnel to `host` (lowercase, IPv6 without brackets) and
-    /// `port` is allowed by this entry.
-    pub fn matches(&self, host: &str, port: u16) -> bool {
-        if self.port.is_some_and(|p| p != port) {
-            return false;
-        }
-        match self.host.strip_prefix("*.") {
-            Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
-            None => host == self.host,
-        }
-    }
-}
 
 /// Options of forward mode.
 #[derive(Debug, Clone, Default)]
@@ -97,15 +50,12 @@ pub struct ForwardOptions {
     /// Allow tunnels to loopback, link-local and metadata addresses.
     pub tunnel_to_private_addresses: bool,
     /// Hosts dialed at fixed addresses (`--resolve`).
-    pub pins: Pins,
+    pub pins: registry::resolve::Pins,
 }
 
 /// The forward proxy.
 pub struct ForwardProxy {
-    pipeline: Arc<ReverseProxy>,
-    connectors: Arc<dyn ConnectorStore>,
-    authenticator: Arc<dyn Authenticator>,
-    authorizer: Arc<dyn Authorizer>,
+    pipeline: Arc<Pipeline>,
     leaves: Arc<certs::LeafIssuer>,
     /// One server configuration per intercepted host, so its TLS session
     /// cache lets a client resume instead of a full handshake per tunnel.
@@ -127,36 +77,10 @@ enum Plan {
     Tunnel(Vec<SocketAddr>),
 }
 
-/// A refusal, answered with a short text.
-#[derive(Debug)]
-struct Refusal {
-    status: StatusCode,
-    message: String,
-}
-
-impl Refusal {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-        }
-    }
-}
-
 impl ForwardProxy {
-    pub fn new(
-        pipeline: Arc<ReverseProxy>,
-        connectors: Arc<dyn ConnectorStore>,
-        authenticator: Arc<dyn Authenticator>,
-        authorizer: Arc<dyn Authorizer>,
-        leaves: Arc<certs::LeafIssuer>,
-        options: ForwardOptions,
-    ) -> Self {
+    pub fn new(pipeline: Arc<Pipeline>, leaves: Arc<certs::LeafIssuer>, options: ForwardOptions) -> Self {
         Self {
             pipeline,
-            connectors,
-            authenticator,
-            authorizer,
             leaves,
             tls_configs: Mutex::new(HashMap::new()),
             options,
@@ -176,14 +100,14 @@ impl ForwardProxy {
         } else if request.uri().scheme().is_some() {
             self.absolute(request, peer).await
         } else {
-            Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
+            Err(ProxyError::BadRequest(
                 "this is a forward proxy: send CONNECT, or an absolute-form request for a plain-HTTP registry",
             ))
         };
-        result.unwrap_or_else(|refusal| {
-            tracing::info!(%peer, status = refusal.status.as_u16(), message = %refusal.message, "forward request refused");
-            refusal_response(&refusal)
+        result.unwrap_or_else(|error| {
+            let _peer = tracing::info_span!("forward", %peer).entered();
+            error.log(Dialect::ForwardProxy, "");
+            error.response(Dialect::ForwardProxy)
         })
     }
 
@@ -192,9 +116,8 @@ impl ForwardProxy {
         request: Request<Incoming>,
         peer: SocketAddr,
         limits: ServerLimits,
-    ) -> Result<Response<ProxyBody>, Refusal> {
-        let (host, port) = connect_target(request.uri())
-            .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "CONNECT needs host:port"))?;
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let (host, port) = connect_target(request.uri()).ok_or(ProxyError::BadRequest("CONNECT needs host:port"))?;
         let (identity, keys) = self.caller(request.headers(), peer).await?;
         let plan = self.plan(&host, port, "https", &identity, &keys).await?;
         tracing::debug!(%peer, caller = %identity.username, %host, port, ?plan, "CONNECT");
@@ -209,15 +132,15 @@ impl ForwardProxy {
             };
             match plan {
                 Plan::Intercept(key) => this.intercept(upgraded, host, identity, key, peer, limits).await,
-                Plan::Tunnel(addresses) => tunnel(upgraded, &addresses, peer).await,
+                Plan::Tunnel(addresses) => tunnel::tunnel(upgraded, &addresses, peer).await,
             }
         });
-        Ok(Response::new(empty()))
+        Ok(Response::new(body::empty()))
     }
 
     /// Terminates TLS for `host` and serves HTTP/1.1 through the pipeline.
     async fn intercept(
-        &self,
+        self: Arc<Self>,
         upgraded: TokioIo<hyper::upgrade::Upgraded>,
         host: String,
         identity: Identity,
@@ -244,20 +167,56 @@ impl ForwardProxy {
                 return;
             }
         };
-        let (pipeline, identity, key) = (self.pipeline.clone(), Arc::new(identity), Arc::new(key));
+        let (identity, key) = (Arc::new(identity), Arc::new(key));
         let service = service_fn(move |request: Request<Incoming>| {
-            let (pipeline, identity, key) = (pipeline.clone(), identity.clone(), key.clone());
-            async move { Ok::<_, std::convert::Infallible>(pipeline.handle_forwarded(&identity, &key, request).await) }
+            let (this, identity, key) = (self.clone(), identity.clone(), key.clone());
+            async move { Ok::<_, std::convert::Infallible>(this.inside_tunnel(&identity, &key, request).await) }
         });
         let served = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes.max(8192))
+            .max_buf_size(limits.read_buffer())
             .serve_connection(TokioIo::new(tls), service)
             .await;
         if let Err(error) = served {
             tracing::debug!(%peer, %host, %error, "intercepted connection ended with an error");
         }
+    }
+
+    /// Answers one request that reached the forward proxy for `key`'s
+    /// registry, from a caller authenticated on the tunnel. The path is the
+    /// registry's own (`/v2/<repository>/...`), and so are the URLs in the
+    /// response.
+    async fn inside_tunnel<B>(
+        &self,
+        identity: &Identity,
+        key: &ConnectorKey,
+        request: Request<B>,
+    ) -> Response<ProxyBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<registry::body::BoxError>,
+    {
+        let request = request.map(|b| b.map_err(Into::into).boxed());
+        let result = async {
+            match route::parse_origin_route(request.uri().path(), key)? {
+                // NB: the tunnel is authenticated; a challenge here would
+                // only make clients look for credentials they do not have.
+                Route::Base => Ok(json_response(StatusCode::OK, Bytes::from_static(b"{}"))),
+                Route::Catalog => Ok(json_response(
+                    StatusCode::OK,
+                    Bytes::from_static(br#"{"repositories":[]}"#),
+                )),
+                Route::Connector(route) => {
+                    // Authorized per request, so a revocation ends a long tunnel's use.
+                    self.pipeline.access().authorize(identity, key).await?;
+                    tracing::debug!(connector = %key, caller = %identity.username, method = %request.method(), "proxying (forward)");
+                    self.pipeline.relay(&route, Mode::Forward, request).await
+                }
+            }
+        }
+        .await;
+        self.pipeline.answer(result, key.to_string(), Mode::Forward)
     }
 
     /// A server configuration that presents `host`'s leaf only to a client
@@ -292,24 +251,17 @@ impl ForwardProxy {
 
     /// An absolute-form request (`GET http://host/v2/...`) for a plain-HTTP
     /// connector registry.
-    async fn absolute(&self, request: Request<Incoming>, peer: SocketAddr) -> Result<Response<ProxyBody>, Refusal> {
+    async fn absolute(&self, request: Request<Incoming>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
         let uri = request.uri().clone();
         if uri.scheme_str() != Some("http") {
-            return Err(Refusal::new(
-                StatusCode::BAD_REQUEST,
+            return Err(ProxyError::BadRequest(
                 "only http:// URLs are forwarded in absolute form; use CONNECT for https",
             ));
         }
-        let (host, port) =
-            absolute_target(&uri).ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "the URL has no host"))?;
+        let (host, port) = absolute_target(&uri).ok_or(ProxyError::BadRequest("the URL has no host"))?;
         let (identity, keys) = self.caller(request.headers(), peer).await?;
         let Plan::Intercept(key) = self.plan(&host, port, "http", &identity, &keys).await? else {
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "{host}:{port} is not a plain-HTTP connector registry; nothing else is forwarded in absolute form"
-                ),
-            ));
+            return Err(ProxyError::NotPlainHttpConnector { host, port });
         };
         let (mut parts, body) = request.into_parts();
         parts.uri = uri
@@ -317,10 +269,9 @@ impl ForwardProxy {
             .map(|p| p.as_str())
             .unwrap_or("/")
             .parse::<Uri>()
-            .map_err(|_| Refusal::new(StatusCode::BAD_REQUEST, "the URL has no usable path"))?;
+            .map_err(|_| ProxyError::BadRequest("the URL has no usable path"))?;
         Ok(self
-            .pipeline
-            .handle_forwarded(&identity, &key, Request::from_parts(parts, body))
+            .inside_tunnel(&identity, &key, Request::from_parts(parts, body))
             .await)
     }
 
@@ -331,19 +282,10 @@ impl ForwardProxy {
         &self,
         headers: &hyper::HeaderMap,
         peer: SocketAddr,
-    ) -> Result<(Identity, Vec<ConnectorKey>), Refusal> {
-        let required = |message: &str| Refusal::new(StatusCode::PROXY_AUTHENTICATION_REQUIRED, message);
-        let missing = || {
-            required(
-                "proxy authentication required: the connector list as the username, a ServiceAccount token as the password",
-            )
-        };
+    ) -> Result<(Identity, Vec<ConnectorKey>), ProxyError> {
+        let access = self.pipeline.access();
         let Some(value) = headers.get(header::PROXY_AUTHORIZATION) else {
-            let identity = self
-                .pipeline
-                .peer_identities()
-                .and_then(|peers| peers.pod(peer.ip().to_canonical()))
-                .ok_or_else(missing)?;
+            let identity = access.pod_at(peer.ip()).ok_or(access::Refusal::Anonymous)?;
             let keys = self.namespace_connectors(identity.service_account().map(|(ns, _)| ns).unwrap_or_default());
             return Ok((identity, keys));
         };
@@ -352,32 +294,23 @@ impl ForwardProxy {
             .ok()
             .and_then(basic_credentials)
             .filter(|(_, token)| !token.is_empty())
-            .ok_or_else(missing)?;
-        let identity = match self.authenticator.authenticate(&token).await {
-            Ok(Some(identity)) => identity,
-            Ok(None) => return Err(required("the proxy token is not valid")),
-            Err(error) => {
-                return Err(Refusal::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!("cannot authenticate the caller now: {error}"),
-                ));
-            }
-        };
+            .ok_or(access::Refusal::Unreadable)?;
+        let identity = access.authenticate(&token).await?;
         let namespace = identity.service_account().map(|(ns, _)| ns.to_owned());
         let list = percent_encoding::percent_decode_str(&username).decode_utf8_lossy();
         let keys = if list.trim().is_empty() {
             // No list: every connector of the caller's own namespace.
             self.namespace_connectors(namespace.as_deref().unwrap_or_default())
         } else {
-            parse_connector_list(&list, namespace.as_deref().unwrap_or_default())
-                .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, format!("the proxy username: {e}")))?
+            parse_connector_list(&list, namespace.as_deref().unwrap_or_default())?
         };
         Ok((identity, keys))
     }
 
     /// Every connector of `namespace`.
     fn namespace_connectors(&self, namespace: &str) -> Vec<ConnectorKey> {
-        self.connectors
+        self.pipeline
+            .connectors()
             .connectors_in(namespace)
             .iter()
             .filter_map(|c| c.metadata.name.clone().map(|name| ConnectorKey::new(namespace, name)))
@@ -393,10 +326,10 @@ impl ForwardProxy {
         scheme: &str,
         identity: &Identity,
         keys: &[ConnectorKey],
-    ) -> Result<Plan, Refusal> {
-        let mut denied = Vec::new();
+    ) -> Result<Plan, ProxyError> {
+        let mut denied = None;
         for key in keys {
-            let Some(connector) = self.connectors.connector(key) else {
+            let Some(connector) = self.pipeline.connectors().connector(key) else {
                 continue;
             };
             if !serves_host(
@@ -408,52 +341,27 @@ impl ForwardProxy {
             ) {
                 continue;
             }
-            match self.authorizer.authorize(identity, key).await {
-                Ok(Decision::Allow) => return Ok(Plan::Intercept(key.clone())),
-                Ok(Decision::Deny) => denied.push(key.to_string()),
-                Err(error) => {
-                    return Err(Refusal::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!("cannot authorize the caller now: {error}"),
-                    ));
+            match self.pipeline.access().authorize(identity, key).await {
+                Ok(()) => return Ok(Plan::Intercept(key.clone())),
+                Err(refusal) if refusal.is_unavailable() => return Err(refusal.into()),
+                Err(refusal) => {
+                    denied.get_or_insert(refusal);
                 }
             }
         }
-        if !denied.is_empty() {
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                format!("{} may not use connector {}", identity.username, denied.join(", ")),
-            ));
+        if let Some(refusal) = denied {
+            return Err(refusal.into());
         }
         if scheme == "https" && self.options.tunnel_hosts.iter().any(|t| t.matches(host, port)) {
-            return self.checked_addresses(host, port).await.map(Plan::Tunnel);
+            let addresses =
+                tunnel::checked_addresses(&self.options.pins, host, port, self.options.tunnel_to_private_addresses)
+                    .await?;
+            return Ok(Plan::Tunnel(addresses));
         }
-        Err(Refusal::new(
-            StatusCode::FORBIDDEN,
-            format!("{host}:{port} is not the registry of a connector the caller named, nor an allowed tunnel host"),
-        ))
-    }
-
-    /// Resolves once; every answer must be an address tunnels may reach.
-    async fn checked_addresses(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Refusal> {
-        let addresses = self
-            .options
-            .pins
-            .resolve(host, port)
-            .await
-            .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, format!("cannot resolve {host}: {e}")))?;
-        if addresses.is_empty() {
-            return Err(Refusal::new(StatusCode::BAD_GATEWAY, format!("{host} has no address")));
-        }
-        if !self.options.tunnel_to_private_addresses
-            && let Some(forbidden) = addresses.iter().find(|a| is_forbidden_tunnel_address(a.ip()))
-        {
-            return Err(Refusal::new(
-                StatusCode::FORBIDDEN,
-                format!("{host} resolves to {}, which tunnels may not reach", forbidden.ip()),
-            ));
-        }
-        Ok(addresses)
+        Err(ProxyError::NotAConnectorHost {
+            host: host.to_owned(),
+            port,
+        })
     }
 }
 
@@ -495,53 +403,6 @@ fn serves_host(address: &str, extensions: &[connector::crd::NamedValue], host: &
             .iter()
             .filter_map(|e| RegistryAddress::parse(&e.value).ok())
             .any(|a| matches(a.url()))
-}
-
-/// Loopback, link-local (which holds most clouds' metadata services),
-/// unspecified, multicast and the known metadata addresses outside those.
-pub fn is_forbidden_tunnel_address(ip: IpAddr) -> bool {
-    const ALIBABA_METADATA: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
-    const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4 == ALIBABA_METADATA
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_forbidden_tunnel_address(IpAddr::V4(v4));
-            }
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6 == AWS_METADATA_V6
-        }
-    }
-}
-
-/// Relays bytes both ways between the client and the first address that
-/// answers.
-async fn tunnel(mut client: TokioIo<hyper::upgrade::Upgraded>, addresses: &[SocketAddr], peer: SocketAddr) {
-    let mut last_error = None;
-    for address in addresses {
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
-            Ok(Ok(mut upstream)) => {
-                let _ = upstream.set_nodelay(true);
-                if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(%peer, %address, %error, "tunnel ended with an error");
-                }
-                return;
-            }
-            Ok(Err(error)) => last_error = Some(error.to_string()),
-            Err(_) => last_error = Some("connect timed out".to_owned()),
-        }
-    }
-    tracing::info!(%peer, error = last_error.unwrap_or_default(), "tunnel could not connect");
 }
 
 /// Presents the tunnel host's leaf, only to a client that asks for it.
@@ -588,29 +449,25 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    // NB: hyper-util's GracefulShutdown cannot watch connections with
-    // upgrades; a watch channel tells each one to finish, a tracker counts them.
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let tracker = tokio_util::task::TaskTracker::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    while let Some((stream, peer)) = crate::server::accept(&listener, shutdown.as_mut()).await {
-        let (proxy, service_limits) = (proxy.clone(), limits.clone());
-        let service = service_fn(move |request: Request<Incoming>| {
-            let (proxy, limits) = (proxy.clone(), service_limits.clone());
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, peer, limits).await) }
-        });
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .max_buf_size(limits.max_header_bytes.max(8192))
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let mut stopped = stopped.clone();
-        tracker.spawn(async move {
+    let grace = limits.shutdown_grace;
+    accept_and_drain(listener, grace, shutdown, move |stream, peer, mut stopping| {
+        let (proxy, limits) = (proxy.clone(), limits.clone());
+        async move {
+            let service_limits = limits.clone();
+            let service = service_fn(move |request: Request<Incoming>| {
+                let (proxy, limits) = (proxy.clone(), service_limits.clone());
+                async move { Ok::<_, std::convert::Infallible>(proxy.handle(request, peer, limits).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_read_timeout)
+                .max_buf_size(limits.read_buffer())
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             let mut connection = std::pin::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
-                () = stopping(&mut stopped) => {
+                () = stopping.wait() => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
@@ -618,85 +475,14 @@ pub async fn serve(
             if let Err(error) = result {
                 tracing::debug!(%peer, error = %error, "forward connection ended with an error");
             }
-        });
-    }
-    drop(listener);
-    let _ = stop.send(true);
-    tracker.close();
-    if tokio::time::timeout(limits.shutdown_grace, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("shutdown grace period over; closing remaining forward connections");
-    }
-    Ok(())
-}
-
-async fn stopping(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
-}
-
-fn empty() -> ProxyBody {
-    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
-}
-
-fn refusal_response(refusal: &Refusal) -> Response<ProxyBody> {
-    let mut response = Response::new(
-        Full::new(Bytes::from(format!("{}\n", refusal.message)))
-            .map_err(|never| match never {})
-            .boxed(),
-    );
-    *response.status_mut() = refusal.status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    if refusal.status == StatusCode::PROXY_AUTHENTICATION_REQUIRED {
-        response.headers_mut().insert(
-            header::PROXY_AUTHENTICATE,
-            HeaderValue::from_static(r#"Basic realm="connectors""#),
-        );
-    }
-    response
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tunnel_hosts_match_exact_names_and_suffixes() {
-        let cdn: TunnelHost = "*.cdn.example.com".parse().unwrap();
-        assert!(cdn.matches("blobs.cdn.example.com", 443));
-        assert!(!cdn.matches("cdn.example.com", 443));
-        assert!(!cdn.matches("evilcdn.example.com", 443));
-        let one: TunnelHost = "Objects.Example.com:443".parse().unwrap();
-        assert!(one.matches("objects.example.com", 443));
-        assert!(!one.matches("objects.example.com", 8443));
-        for bad in ["", "*.", "a/b", "h:port"] {
-            assert!(bad.parse::<TunnelHost>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn metadata_loopback_and_link_local_addresses_are_forbidden() {
-        for forbidden in [
-            "127.0.0.1",
-            "169.254.169.254",
-            "100.100.100.200",
-            "0.0.0.0",
-            "::1",
-            "fe80::1",
-            "fd00:ec2::254",
-            "::ffff:169.254.169.254",
-            "224.0.0.1",
-        ] {
-            assert!(is_forbidden_tunnel_address(forbidden.parse().unwrap()), "{forbidden}");
-        }
-        for allowed in ["10.0.0.5", "140.82.112.3", "2606:4700::1111"] {
-            assert!(!is_forbidden_tunnel_address(allowed.parse().unwrap()), "{allowed}");
-        }
-    }
 
     #[test]
     fn connector_hosts_match_by_scheme_host_and_port() {

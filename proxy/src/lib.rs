@@ -1,19 +1,32 @@
-//! The credential-injecting registry proxy. Reverse mode serves
-//! `/v2/namespaces/<ns>/connectors/<name>/<repository>/...` and relays it to
-//! the connector's registry with the connector's credential; the caller
-//! proves who it is with its own token and never sees the credential.
+//! The credential-injecting registry proxy: two front doors over one
+//! request pipeline.
+//!
+//! - [`reverse`] (served by [`server`]): `/v2/namespaces/<ns>/connectors/<name>/...`.
+//! - [`forward`]: `HTTP_PROXY`/`HTTPS_PROXY`, CONNECT with TLS interception
+//!   of connector hosts, blind [`tunnel`]s for allow-listed hosts.
+//! - [`pipeline`]: connector resolution and the relay to the registry with
+//!   the connector's credential; [`headers`] is its header policy, [`route`]
+//!   its URL mapping.
+//! - [`error`]: every failure as one type, answered in one place.
+//! - [`listener`]: the accept/drain loop both doors run; [`process`]
+//!   assembles a proxy process from its settings.
+//!
+//! The registry protocol as a client lives in `registry`, caller identity
+//! and authorization in `access`. It must not depend on `webhook`, `csi` or
+//! `controller`.
 
-pub mod caller;
-pub mod challenge;
-pub mod cluster;
-pub mod credential;
+pub mod error;
 pub mod forward;
+pub mod headers;
+pub mod listener;
 pub mod metrics;
-pub mod realm;
-pub mod resolve;
+pub mod pipeline;
+pub mod process;
 pub mod reverse;
 pub mod route;
 pub mod server;
-pub mod splice;
-pub mod token;
-pub mod upstream;
+pub mod tunnel;
+
+pub use error::{Dialect, ProxyError};
+pub use pipeline::{Mode, Pipeline, UpstreamOptions};
+pub use process::{ClusterSettings, Proxy, StandaloneSettings, StartError};

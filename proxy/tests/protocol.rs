@@ -2,14 +2,14 @@
 //! routes and URL rewriting, and caller identity, wired together the way the
 //! reverse proxy uses them (no sockets).
 
+use access::caller::{Authenticator, Authorizer, Decision, SameNamespace, StaticTokens, token_from_authorization};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use connector::ConnectorKey;
 use futures::executor::block_on;
-use proxy::caller::{Authenticator, Authorizer, Decision, SameNamespace, StaticTokens, token_from_authorization};
-use proxy::challenge::{Scheme, Scope, parse_challenges, preferred, render};
-use proxy::realm::{RealmError, check_realm};
 use proxy::route::{Endpoint, Route, parse_route, rewrite_link, rewrite_location};
+use registry::challenge::{Scheme, Scope, parse_challenges, preferred, render};
+use registry::realm::{RealmError, check_realm};
 use url::Url;
 
 fn connector_route(path: &str) -> proxy::route::ConnectorRoute {

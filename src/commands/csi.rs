@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use access::caller::{Authorizer, SameNamespace};
+use access::cluster::{AccessCheck, SubjectAccessReviews};
 use anyhow::Context;
 use connector::store::{ConnectorStore, FileStore, KubeStore};
 use csi::RenderConfig;
 use csi::trust::{DEFAULT_SYSTEM_ROOTS, load_proxy_ca, load_system_roots};
-use proxy::caller::{Authorizer, SameNamespace};
-use proxy::cluster::{AccessCheck, SubjectAccessReviews};
 
 use super::InjectionArgs;
 
@@ -36,7 +36,7 @@ pub struct Args {
     store: Option<PathBuf>,
     /// Cluster mode: what SubjectAccessReview checks, as the proxy's
     /// `--authorization` (`proxy-subresource` or `get`).
-    #[arg(long, env = "CONNECTORS_AUTHORIZATION", default_value = "proxy-subresource", value_parser = super::proxy::parse_access_check)]
+    #[arg(long, env = "CONNECTORS_AUTHORIZATION", default_value = "proxy-subresource")]
     authorization: AccessCheck,
     /// The system root certificates (PEM bundle) that ca-bundle.crt joins
     /// with the proxy CA; when missing, the platform's trust store is used.

@@ -12,15 +12,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use access::cluster::AccessCheck;
 use anyhow::Context;
 use certs::CertificateAuthority;
-use connector::store::{ConnectorStore, FileStore, KubeSecretStore, KubeStore};
-use proxy::caller::{Authenticator, Authorizer, SameNamespace, StaticTokens};
-use proxy::cluster::{AccessCheck, PodIdentities, SubjectAccessReviews, TokenReviewOptions, TokenReviews};
-use proxy::forward::{self, ForwardOptions, ForwardProxy, TunnelHost};
-use proxy::resolve::{Pin, Pins};
-use proxy::reverse::{ReverseOptions, ReverseProxy};
-use proxy::server::{self, ServerLimits};
+use proxy::forward::ForwardOptions;
+use proxy::listener::ServerLimits;
+use proxy::tunnel::TunnelHost;
+use proxy::{ClusterSettings, Proxy, StandaloneSettings, UpstreamOptions};
+use registry::resolve::{Pin, Pins};
 
 /// Where standalone mode reads connectors and callers.
 #[derive(clap::Args)]
@@ -78,8 +77,8 @@ pub struct ForwardArgs {
 }
 
 impl ForwardArgs {
-    pub fn reverse_options(&self) -> ReverseOptions {
-        ReverseOptions {
+    pub fn upstream_options(&self) -> UpstreamOptions {
+        UpstreamOptions {
             insecure_upstream_tls: self.insecure_upstream_tls,
             pins: Pins::new(self.resolve.clone()),
             upstream_header_timeout: Duration::from_secs(self.upstream_header_timeout_seconds.max(1)),
@@ -169,7 +168,7 @@ pub struct ClusterArgs {
     /// What SubjectAccessReview checks: `proxy-subresource` (`get` on
     /// `connectors/proxy`, granted only by roles made for using connectors)
     /// or `get` (`get` on the Connector, as earlier releases check).
-    #[arg(long, env = "CONNECTORS_AUTHORIZATION", default_value = "proxy-subresource", value_parser = parse_access_check)]
+    #[arg(long, env = "CONNECTORS_AUTHORIZATION", default_value = "proxy-subresource")]
     authorization: AccessCheck,
     /// How long an authorization decision is reused: a revoked role stops
     /// working within this time.
@@ -190,30 +189,43 @@ pub struct ClusterArgs {
     peer_identities: bool,
 }
 
-pub fn parse_access_check(value: &str) -> Result<AccessCheck, String> {
-    match value {
-        "proxy-subresource" => Ok(AccessCheck::ProxySubresource),
-        "get" => Ok(AccessCheck::Get),
-        other => Err(format!("`{other}` is not `proxy-subresource` or `get`")),
+impl ClusterArgs {
+    fn settings(&self) -> ClusterSettings {
+        ClusterSettings {
+            authorization: self.authorization,
+            authorization_cache: Duration::from_secs(self.authorization_cache_seconds),
+            token_audience: self.token_audience.clone(),
+            token_cache: Duration::from_secs(self.token_cache_seconds),
+            node_pull_wait: Duration::from_millis(self.node_pull_wait_milliseconds),
+            peer_identities: self.peer_identities,
+        }
+    }
+}
+
+impl StandaloneArgs {
+    pub fn settings(&self) -> StandaloneSettings {
+        StandaloneSettings {
+            store: self.store.clone(),
+            token_auth_file: self.token_auth_file.clone(),
+        }
     }
 }
 
 pub async fn serve(args: Args) -> anyhow::Result<()> {
-    let pipeline = match (&args.store, &args.token_auth_file) {
+    let proxy = match (&args.store, &args.token_auth_file) {
         (Some(store), Some(token_auth_file)) => {
-            let standalone = StandaloneArgs {
+            let settings = StandaloneSettings {
                 store: store.clone(),
                 token_auth_file: token_auth_file.clone(),
             };
-            Standalone::start(&standalone, args.forward.reverse_options())?.pipeline()
+            Proxy::standalone(&settings, args.forward.upstream_options())?
         }
-        _ => Pipeline::cluster(&args.cluster, args.forward.reverse_options()).await?,
+        _ => Proxy::cluster(&args.cluster.settings(), args.forward.upstream_options()).await?,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("failed to listen on {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, mode = "reverse", "proxy listening");
+    tracing::info!(addr = %listener.local_addr()?, mode = "reverse", "proxy listening");
     let limits = ServerLimits {
         header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds.max(1)),
         max_header_bytes: args.max_header_bytes,
@@ -224,15 +236,9 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         super::webhook::shutdown_signal().await;
         let _ = stop.send(true);
     });
-    let forward = pipeline.serve_forward(&args.forward, limits.clone(), until_stopped(stopped.clone()));
-    let tls = serve_reverse_tls(&args, &pipeline, limits.clone(), until_stopped(stopped.clone()));
-    let reverse = server::serve(
-        listener,
-        pipeline.reverse.clone(),
-        pipeline.ready.clone(),
-        limits,
-        until_stopped(stopped),
-    );
+    let forward = serve_forward(&proxy, &args.forward, limits.clone(), until_stopped(stopped.clone()));
+    let tls = serve_reverse_tls(&args, &proxy, limits.clone(), until_stopped(stopped.clone()));
+    let reverse = proxy.serve_reverse(listener, limits, None, until_stopped(stopped));
     let (forward, tls, reverse) = tokio::join!(forward, tls, reverse);
     forward?;
     tls?;
@@ -242,7 +248,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
 /// Serves reverse mode over HTTPS when `--tls-listen` is given.
 async fn serve_reverse_tls(
     args: &Args,
-    pipeline: &Pipeline,
+    proxy: &Proxy,
     limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
@@ -257,147 +263,34 @@ async fn serve_reverse_tls(
         .await
         .with_context(|| format!("failed to listen on {address}"))?;
     tracing::info!(addr = %listener.local_addr()?, mode = "reverse-tls", "proxy https listening");
-    server::serve_tls(
-        listener,
-        pipeline.reverse.clone(),
-        pipeline.ready.clone(),
-        limits,
-        tls,
-        shutdown,
-    )
-    .await
-    .context("the proxy's HTTPS server failed")
+    proxy
+        .serve_reverse(listener, limits, Some(tls), shutdown)
+        .await
+        .context("the proxy's HTTPS server failed")
+}
+
+/// Serves forward mode when `--forward-listen` is given.
+pub async fn serve_forward(
+    proxy: &Proxy,
+    args: &ForwardArgs,
+    limits: ServerLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let Some(address) = args.forward_listen else {
+        return Ok(());
+    };
+    let authority = args.authority()?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("failed to listen on {address}"))?;
+    tracing::info!(addr = %listener.local_addr()?, mode = "forward", "forward proxy listening");
+    proxy
+        .serve_forward(listener, authority, args.forward_options(), limits, shutdown)
+        .await
+        .context("the forward proxy failed")
 }
 
 /// Resolves once the watch says stop.
 pub async fn until_stopped(mut stopped: tokio::sync::watch::Receiver<bool>) {
     let _ = stopped.wait_for(|stopped| *stopped).await;
-}
-
-/// Standalone mode's parts: the store (watched for changes), callers from a
-/// static token file who may use their namespace's connectors, and the
-/// request pipeline over them.
-pub struct Standalone {
-    pub store: Arc<FileStore>,
-    pub tokens: Arc<StaticTokens>,
-    pub reverse: Arc<ReverseProxy>,
-}
-
-/// The request pipeline and what forward mode shares with it.
-pub struct Pipeline {
-    pub connectors: Arc<dyn ConnectorStore>,
-    pub authenticator: Arc<dyn Authenticator>,
-    pub authorizer: Arc<dyn Authorizer>,
-    pub reverse: Arc<ReverseProxy>,
-    /// Readiness: the caches hold a complete view.
-    pub ready: Arc<dyn Fn() -> bool + Send + Sync>,
-}
-
-impl Pipeline {
-    /// Cluster mode: everything from the API server.
-    async fn cluster(args: &ClusterArgs, options: ReverseOptions) -> anyhow::Result<Self> {
-        let client = kube::Client::try_default()
-            .await
-            .context("no --store given and no Kubernetes configuration found")?;
-        let store = KubeStore::spawn(client.clone());
-        let secrets = Arc::new(KubeSecretStore::spawn(client.clone(), &store));
-        let store = Arc::new(store);
-        let authenticator: Arc<dyn Authenticator> = Arc::new(TokenReviews::new(
-            client.clone(),
-            TokenReviewOptions {
-                audience: args.token_audience.clone(),
-                max_ttl: Duration::from_secs(args.token_cache_seconds),
-                ..TokenReviewOptions::default()
-            },
-        ));
-        let authorizer: Arc<dyn Authorizer> = Arc::new(SubjectAccessReviews::new(
-            client.clone(),
-            args.authorization,
-            Duration::from_secs(args.authorization_cache_seconds),
-        ));
-        let mut reverse = ReverseProxy::new(
-            store.clone(),
-            secrets,
-            authenticator.clone(),
-            authorizer.clone(),
-            options,
-        );
-        let ready: Arc<dyn Fn() -> bool + Send + Sync> = if args.peer_identities {
-            let peers = PodIdentities::spawn(client, Duration::from_millis(args.node_pull_wait_milliseconds));
-            reverse = reverse.with_peer_identities(Arc::new(peers.clone()));
-            let store = store.clone();
-            Arc::new(move || store.has_synced() && peers.has_synced())
-        } else {
-            let store = store.clone();
-            Arc::new(move || store.has_synced())
-        };
-        tracing::info!(authorization = ?args.authorization, peer_identities = args.peer_identities, "cluster mode");
-        Ok(Self {
-            connectors: store,
-            authenticator,
-            authorizer,
-            reverse: Arc::new(reverse),
-            ready,
-        })
-    }
-
-    /// Serves forward mode when `--forward-listen` is given.
-    pub async fn serve_forward(
-        &self,
-        args: &ForwardArgs,
-        limits: ServerLimits,
-        shutdown: impl std::future::Future<Output = ()> + Send,
-    ) -> anyhow::Result<()> {
-        let Some(address) = args.forward_listen else {
-            return Ok(());
-        };
-        let leaves = Arc::new(certs::LeafIssuer::new(args.authority()?));
-        let forward = Arc::new(ForwardProxy::new(
-            self.reverse.clone(),
-            self.connectors.clone(),
-            self.authenticator.clone(),
-            self.authorizer.clone(),
-            leaves,
-            args.forward_options(),
-        ));
-        let listener = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| format!("failed to listen on {address}"))?;
-        tracing::info!(addr = %listener.local_addr()?, mode = "forward", "forward proxy listening");
-        forward::serve(listener, forward, limits, shutdown)
-            .await
-            .context("the forward proxy failed")
-    }
-}
-
-impl Standalone {
-    /// The pipeline over the standalone parts.
-    pub fn pipeline(&self) -> Pipeline {
-        Pipeline {
-            connectors: self.store.clone(),
-            authenticator: self.tokens.clone(),
-            authorizer: Arc::new(SameNamespace),
-            reverse: self.reverse.clone(),
-            ready: Arc::new(|| true),
-        }
-    }
-
-    pub fn start(args: &StandaloneArgs, options: ReverseOptions) -> anyhow::Result<Self> {
-        let (store, token_auth_file) = (&args.store, &args.token_auth_file);
-        let store =
-            Arc::new(FileStore::load(store).with_context(|| format!("failed to load the store {}", store.display()))?);
-        store.spawn_watch(Duration::from_secs(2));
-        let tokens = Arc::new(
-            StaticTokens::load(token_auth_file)
-                .with_context(|| format!("failed to load the token file {}", token_auth_file.display()))?,
-        );
-        let reverse = Arc::new(ReverseProxy::new(
-            store.clone(),
-            store.clone(),
-            tokens.clone(),
-            Arc::new(SameNamespace),
-            options,
-        ));
-        Ok(Self { store, tokens, reverse })
-    }
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use certs::CertificateAuthority;
-use proxy::server::ServerLimits;
+use connector::injection::InjectionConfig;
+use proxy::Proxy;
+use proxy::listener::ServerLimits;
 use webhook::metrics::Metrics;
-use webhook::mutation::InjectionConfig;
 use webhook::server::WebhookState;
 
 #[derive(clap::Args)]
@@ -38,8 +39,8 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         .forward_listen
         .or_else(|| DEFAULT_FORWARD_LISTEN.parse().ok());
     let state_dir = forward_args.state_dir.clone();
-    let standalone = super::proxy::Standalone::start(&args.standalone, forward_args.reverse_options())?;
-    let (store, proxy) = (standalone.store.clone(), standalone.reverse.clone());
+    let proxy = Proxy::standalone(&args.standalone.settings(), forward_args.upstream_options())?;
+    let store = proxy.store.clone().context("standalone mode has a store")?;
     let cert = state_dir.join("tls.crt");
     if !cert.exists() {
         let year = Duration::from_secs(365 * 24 * 3600);
@@ -80,16 +81,14 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         Duration::from_secs(10),
         move |addr| tracing::info!(%addr, ca = %ca.display(), "webhook listening"),
     );
-    let pipeline = standalone.pipeline();
-    let forward = pipeline.serve_forward(&forward_args, ServerLimits::default(), until_stopped(stopped.clone()));
-    let proxy = proxy::server::serve(
-        listener,
-        proxy,
-        Arc::new(|| true),
+    let forward = super::proxy::serve_forward(
+        &proxy,
+        &forward_args,
         ServerLimits::default(),
-        until_stopped(stopped),
+        until_stopped(stopped.clone()),
     );
-    let (webhook, proxy, forward) = tokio::join!(webhook, proxy, forward);
+    let reverse = proxy.serve_reverse(listener, ServerLimits::default(), None, until_stopped(stopped));
+    let (webhook, proxy, forward) = tokio::join!(webhook, reverse, forward);
     webhook.context("the webhook failed")?;
     forward?;
     proxy.context("the proxy failed")

@@ -568,24 +568,29 @@ impl Shared {
 async fn serve_front(listener: std::net::TcpListener, addr: SocketAddr, shared: Arc<Shared>) {
     let mut listener = TcpListener::from_std(listener).ok();
     let mut changes = shared.generation.subscribe();
+    let mut applied = 0;
     loop {
         let generation = *changes.borrow_and_update();
-        if shared.refusing() {
+        let refusing = shared.refusing();
+        if refusing {
             listener = None;
-            shared.update_front(|front| front.applied = front.applied.max(generation));
-            if changes.changed().await.is_err() {
-                return;
-            }
-            continue;
-        }
-        if listener.is_none() {
+        } else if listener.is_none() {
             listener = rebind(addr).await;
             if listener.is_none() {
                 eprintln!("faulty upstream: cannot listen on {addr} again");
                 return;
             }
         }
-        shared.update_front(|front| front.applied = front.applied.max(generation));
+        if generation != applied {
+            applied = generation;
+            shared.update_front(|front| front.applied = generation);
+        }
+        if refusing {
+            if changes.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
         let Some(bound) = &listener else { return };
         let stream = tokio::select! {
             changed = changes.changed() => {

@@ -11,7 +11,9 @@ use connector::store::ConnectorStore;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::mutation::{self, InjectionConfig, Mode, MutationError, Outcome};
+use connector::injection::InjectionConfig;
+
+use crate::mutation::{self, Mode, MutationError, Outcome};
 
 /// The API version of the reviews we accept and answer.
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";

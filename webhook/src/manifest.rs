@@ -8,13 +8,15 @@ use jsonptr::PointerBuf;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::mutation::{self, InjectionConfig, Mode, MutationError, Outcome};
+use connector::injection::InjectionConfig;
+
+use crate::mutation::{self, Mode, MutationError, Outcome};
 
 /// Why a manifest cannot be mutated.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the manifest is not valid YAML: {0}")]
-    Yaml(String),
+    Yaml(#[source] connector::yaml::YamlError),
     #[error("{object}: {source}")]
     Denied {
         /// `Kind namespace/name`.
@@ -30,7 +32,7 @@ pub enum Error {
         why: String,
     },
     #[error("failed to write YAML: {0}")]
-    Encode(String),
+    Encode(#[source] connector::yaml::YamlError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -16,7 +16,7 @@ use connector::store::ConnectorStore;
 
 use crate::admission::{self, Verdict};
 use crate::metrics::{Metrics, ReviewLabels};
-use crate::mutation::InjectionConfig;
+use connector::injection::InjectionConfig;
 
 /// The largest review body accepted. A pod is at most ~1.5 MiB in etcd and a
 /// review carries the object and, on UPDATE, the old object.

@@ -7,12 +7,13 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
+use connector::injection::InjectionConfig;
 use connector::reference::{Reference, canonical_registry_host};
 use connector::store::FileStore;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
 use webhook::manifest::pod_template_path;
-use webhook::mutation::{CONTAINER_FIELDS, InjectionConfig, Mode, Outcome, mutate_pod};
+use webhook::mutation::{CONTAINER_FIELDS, Mode, Outcome, mutate_pod};
 
 /// Connectors for Docker Hub, GHCR and Quay in the opted-in `default`.
 const STORE: &str = include_str!("../../tests/fixtures/fixture-store.yaml");

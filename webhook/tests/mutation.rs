@@ -3,12 +3,11 @@
 //! typed Pod afterwards.
 
 use connector::ConnectorKey;
+use connector::injection::{InjectionConfig, default_no_proxy, forward_proxy_url};
 use connector::store::FileStore;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{Value, json};
-use webhook::mutation::{
-    InjectionConfig, Mode, MutationError, Outcome, Skip, default_no_proxy, forward_proxy_url, mutate_pod,
-};
+use webhook::mutation::{Mode, MutationError, Outcome, Skip, mutate_pod};
 
 /// The store of these tests and of the `admission` fuzz target.
 const STORE: &str = include_str!("mutation-store.yaml");

@@ -26,7 +26,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("store file is not valid YAML: {0}")]
-    Yaml(String),
+    Yaml(#[source] crate::yaml::YamlError),
     #[error("document {index} ({kind} {name:?}) is invalid: {why}")]
     Invalid {
         index: usize,

@@ -7,15 +7,14 @@
 //! before looking the connector up means a pod cannot probe which connectors
 //! exist in namespaces it may not use.
 //!
-//! [`SameNamespace`]: proxy::caller::SameNamespace
+//! [`SameNamespace`]: access::caller::SameNamespace
 
+use access::caller::{Authorizer, CallerError, Decision, Identity};
 use connector::ConnectorKey;
-use connector::address::RegistryAddress;
 use connector::store::ConnectorStore;
-use proxy::caller::{Authorizer, CallerError, Decision, Identity};
 
-use crate::render::ConnectorRoute;
 use crate::request::PodInfo;
+use connector::injection::ResolvedConnector;
 
 /// Why a connector cannot go into the volume.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +56,7 @@ pub async fn authorize_connectors(
     authorizer: &dyn Authorizer,
     pod: &PodInfo,
     connectors: &[ConnectorKey],
-) -> Result<Vec<ConnectorRoute>> {
+) -> Result<Vec<ResolvedConnector>> {
     let identity = service_account_identity(pod);
     let mut routes = Vec::with_capacity(connectors.len());
     for key in connectors {
@@ -76,14 +75,11 @@ pub async fn authorize_connectors(
             });
         }
         let connector = store.connector(key).ok_or_else(|| AccessError::NotFound(key.clone()))?;
-        let address = RegistryAddress::parse(&connector.spec.address).map_err(|source| AccessError::Address {
+        let route = ResolvedConnector::resolve(key.clone(), &connector).map_err(|source| AccessError::Address {
             connector: key.clone(),
             source,
         })?;
-        routes.push(ConnectorRoute {
-            key: key.clone(),
-            registry_host: address.registry_host().to_owned(),
-        });
+        routes.push(route);
     }
     Ok(routes)
 }

@@ -6,22 +6,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 
+use crate::body::ProxyBody;
 use crate::resolve::Pins;
 use crate::splice::RelayConnector;
-
-/// The error type of proxied bodies.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A streamed body, in either direction.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// A pooled client for one trust configuration.
 pub type UpstreamClient = Client<HttpsConnector<RelayConnector>, ProxyBody>;
@@ -41,7 +34,7 @@ pub const UPSTREAM_READ_BUFFER: usize = 256 * 1024;
 
 /// Why an upstream client cannot be built.
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub enum ClientError {
     #[error("the connector's CA certificates are not usable PEM: {0}")]
     Ca(String),
     #[error("failed to configure TLS: {0}")]
@@ -95,7 +88,7 @@ impl UpstreamClients {
     /// The client for a connector: the shared roots plus `extra_ca_pem`
     /// (never the proxy's own CA); `insecure` skips verification and must be
     /// asked for explicitly.
-    pub fn client(&self, extra_ca_pem: Option<&str>, insecure: bool) -> Result<UpstreamClient, UpstreamError> {
+    pub fn client(&self, extra_ca_pem: Option<&str>, insecure: bool) -> Result<UpstreamClient, ClientError> {
         let key = TrustKey {
             extra_ca_pem: extra_ca_pem.map(str::to_owned),
             insecure,
@@ -111,11 +104,11 @@ impl UpstreamClients {
         Ok(client)
     }
 
-    fn build(&self, key: &TrustKey) -> Result<UpstreamClient, UpstreamError> {
+    fn build(&self, key: &TrustKey) -> Result<UpstreamClient, ClientError> {
         let provider = certs::tls_config::crypto_provider();
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| UpstreamError::Tls(e.to_string()))?;
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
         let config = if key.insecure {
             builder
                 .dangerous()
@@ -124,10 +117,10 @@ impl UpstreamClients {
         } else {
             let mut roots = (*self.roots).clone();
             if let Some(pem) = &key.extra_ca_pem {
-                let certificates = certs::load_certs_pem(pem).map_err(|e| UpstreamError::Ca(e.to_string()))?;
+                let certificates = certs::load_certs_pem(pem).map_err(|e| ClientError::Ca(e.to_string()))?;
                 let (added, _) = roots.add_parsable_certificates(certificates);
                 if added == 0 {
-                    return Err(UpstreamError::Ca("no certificate in it could be used".into()));
+                    return Err(ClientError::Ca("no certificate in it could be used".into()));
                 }
             }
             builder.with_root_certificates(roots).with_no_client_auth()
@@ -204,7 +197,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerification {
 mod tests {
     use std::time::Duration;
 
-    use http_body_util::{BodyExt as _, Empty};
+    use http_body_util::BodyExt as _;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     use super::*;
@@ -242,7 +235,7 @@ mod tests {
         let clients = UpstreamClients::default().with_idle_timeout(Duration::from_millis(300));
         let client = clients.client(None, false).unwrap();
         let request = hyper::Request::get(format!("http://{addr}/v2/"))
-            .body(Empty::<Bytes>::new().map_err(|never| match never {}).boxed())
+            .body(crate::body::empty())
             .unwrap();
         let response = client.request(request).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();

@@ -228,6 +228,19 @@ pub enum AccessCheck {
     Get,
 }
 
+impl std::str::FromStr for AccessCheck {
+    type Err = String;
+
+    /// `proxy-subresource` or `get`, as the `--authorization` flag spells them.
+    fn from_str(value: &str) -> std::result::Result<Self, String> {
+        match value {
+            "proxy-subresource" => Ok(Self::ProxySubresource),
+            "get" => Ok(Self::Get),
+            other => Err(format!("`{other}` is not `proxy-subresource` or `get`")),
+        }
+    }
+}
+
 /// An [`Authorizer`] that asks the API server (SubjectAccessReview).
 pub struct SubjectAccessReviews {
     api: Api<SubjectAccessReview>,

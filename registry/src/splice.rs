@@ -35,8 +35,8 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use crate::body::{BoxError, ProxyBody};
 use crate::resolve::Pins;
-use crate::upstream::{BoxError, ProxyBody};
 
 /// A relay that makes no progress for this long is abandoned.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);

@@ -1,0 +1,15 @@
+//! Who the caller is and what it may do with a connector: identities
+//! ([`caller`]: static tokens and the traits; [`cluster`]: TokenReview,
+//! SubjectAccessReview, pod and node source addresses) and the decision
+//! every credential-injecting request passes ([`decision`]). Used by the
+//! proxy and the CSI plugin.
+//!
+//! It must not depend on `proxy`, `webhook`, `csi`, `controller` or
+//! `registry`: deciding who may use a connector needs no registry.
+
+pub mod caller;
+pub mod cluster;
+pub mod decision;
+
+pub use caller::{Authenticator, Authorizer, CallerError, Decision, Identity, PeerIdentities};
+pub use decision::{Access, Caller, Refusal};

@@ -1,0 +1,155 @@
+//! The injection contract: what a selected pod gets (proxy URLs, the
+//! environment, where the configuration volume and the CA are mounted) and
+//! which connectors, resolved, it gets them for. The webhook writes it into
+//! pod specs and the CSI driver into the volume's `.env`, from this one
+//! place, so the two can never disagree.
+
+use std::sync::Arc;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::address::{AddressError, RegistryAddress};
+use crate::keys;
+use crate::selection::format_connector_list;
+use crate::{Connector, ConnectorKey};
+
+/// A connector selected for a pod or a volume, and the registry host its
+/// images are on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedConnector {
+    pub key: ConnectorKey,
+    pub registry_host: String,
+}
+
+impl ResolvedConnector {
+    /// `connector` (named `key`) with its address parsed.
+    pub fn resolve(key: ConnectorKey, connector: &Arc<Connector>) -> Result<Self, AddressError> {
+        let address = RegistryAddress::parse(&connector.spec.address)?;
+        Ok(Self {
+            key,
+            registry_host: address.registry_host().to_owned(),
+        })
+    }
+}
+
+/// Everything the mutation needs besides the pod: where the proxy is and
+/// what the cluster looks like. Built once at start-up.
+#[derive(Debug, Clone)]
+pub struct InjectionConfig {
+    /// The namespace the product runs in; its pods are never mutated.
+    pub install_namespace: String,
+    /// `host[:port]` of the reverse proxy as nodes reach it; rewritten images
+    /// start with it.
+    pub pull_address: String,
+    /// `host:port` of the forward proxy (HTTP CONNECT) as pods reach it.
+    pub forward_proxy: String,
+    /// The `NO_PROXY` entries, in order.
+    pub no_proxy: Vec<String>,
+    /// Where the CSI volume with client configuration is mounted.
+    pub config_mount_path: String,
+    /// Where the proxy CA (downwardAPI volume) is mounted.
+    pub ca_mount_path: String,
+    /// The proxy CA certificate(s) in PEM; `None` leaves trust to the CSI
+    /// volume alone.
+    pub proxy_ca_pem: Option<String>,
+}
+
+impl InjectionConfig {
+    /// The defaults of an install in `connectors-system` with cluster domain
+    /// `cluster.local`.
+    pub fn new(pull_address: impl Into<String>, forward_proxy: impl Into<String>) -> Self {
+        Self {
+            install_namespace: keys::DEFAULT_INSTALL_NAMESPACE.to_owned(),
+            pull_address: pull_address.into(),
+            forward_proxy: forward_proxy.into(),
+            no_proxy: default_no_proxy("cluster.local", None, &[]),
+            config_mount_path: "/var/run/connectors".to_owned(),
+            ca_mount_path: "/var/run/connectors-ca".to_owned(),
+            proxy_ca_pem: None,
+        }
+    }
+}
+
+/// The `NO_PROXY` list: loopback, the cluster's service and pod domains, the
+/// API server and the given CIDRs. Both domain and CIDR forms are listed
+/// because clients disagree on which they honour.
+pub fn default_no_proxy(cluster_domain: &str, api_server: Option<&str>, cidrs: &[String]) -> Vec<String> {
+    let domain = cluster_domain.trim_matches('.');
+    let mut entries: Vec<String> = vec![
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "::1".into(),
+        "kubernetes.default.svc".into(),
+        ".svc".into(),
+        format!(".svc.{domain}"),
+        format!(".{domain}"),
+    ];
+    entries.extend(api_server.map(str::to_owned));
+    entries.extend(cidrs.iter().cloned());
+    let mut seen = std::collections::HashSet::new();
+    entries.retain(|e| !e.is_empty() && seen.insert(e.clone()));
+    entries
+}
+
+/// Characters escaped in the user part of the proxy URL: all but the
+/// unreserved set and the `,` separating connectors.
+const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b',');
+
+/// The forward proxy URL carrying the connector list as its user name, e.g.
+/// `http://team%2Fharbor@connectors-proxy.connectors-system.svc:3128`.
+pub fn forward_proxy_url(forward_proxy: &str, connectors: &[ConnectorKey]) -> String {
+    let user = utf8_percent_encode(&format_connector_list(connectors), USERINFO).to_string();
+    format!("http://{user}@{forward_proxy}")
+}
+
+/// As [`forward_proxy_url`], with the caller's token as the password (both
+/// percent-encoded), e.g. `http://team%2Fharbor:<token>@host:3128`: what the
+/// CSI volume hands a pod that should authenticate by token.
+pub fn forward_proxy_url_with_password(forward_proxy: &str, connectors: &[ConnectorKey], password: &str) -> String {
+    let connectors = format_connector_list(connectors);
+    let user = utf8_percent_encode(&connectors, USERINFO);
+    let password = utf8_percent_encode(password, USERINFO);
+    format!("http://{user}:{password}@{forward_proxy}")
+}
+
+/// The environment every selected container gets, in order: the proxy
+/// variables (when `proxy_url` is given; hostNetwork pods get none), the
+/// trust bundle variables and the registry auth file variables, all pointing
+/// into the configuration volume. The CSI driver writes the same list into
+/// the volume's `.env`.
+pub fn container_env(config: &InjectionConfig, proxy_url: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut env: Vec<(&'static str, String)> = Vec::new();
+    if let Some(proxy) = proxy_url {
+        let no_proxy = config.no_proxy.join(",");
+        env.extend([
+            ("HTTP_PROXY", proxy.to_owned()),
+            ("http_proxy", proxy.to_owned()),
+            ("HTTPS_PROXY", proxy.to_owned()),
+            ("https_proxy", proxy.to_owned()),
+            ("NO_PROXY", no_proxy.clone()),
+            ("no_proxy", no_proxy),
+        ]);
+    }
+    let bundle = format!("{}/{}", config.config_mount_path, keys::CSI_FILE_CA_BUNDLE);
+    let extra_ca = if config.proxy_ca_pem.is_some() {
+        format!("{}/{}", config.ca_mount_path, keys::CSI_FILE_CA)
+    } else {
+        format!("{}/{}", config.config_mount_path, keys::CSI_FILE_CA)
+    };
+    env.extend([
+        ("SSL_CERT_FILE", bundle.clone()),
+        ("REQUESTS_CA_BUNDLE", bundle),
+        ("NODE_EXTRA_CA_CERTS", extra_ca),
+        ("DOCKER_CONFIG", config.config_mount_path.clone()),
+        (
+            "REGISTRY_AUTH_FILE",
+            format!("{}/{}", config.config_mount_path, keys::CSI_FILE_DOCKER_CONFIG),
+        ),
+    ]);
+    env
+}

@@ -1,0 +1,285 @@
+//! Every way a proxied request can fail, as one typed value, and the one
+//! place that turns it into an answer: status, body (an OCI error for
+//! registry clients, a line of text for a forward-proxy client) and log
+//! level. Messages never hold a credential or a token.
+
+use std::net::IpAddr;
+
+use access::Refusal;
+use bytes::Bytes;
+use connector::ConnectorKey;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Response, StatusCode};
+use registry::auth::UpstreamError;
+use registry::body::{self, ProxyBody};
+use registry::challenge;
+
+use crate::route::RouteError;
+
+/// The realm the proxy names in its own challenges (`WWW-Authenticate` in
+/// reverse mode, `Proxy-Authenticate` in forward mode).
+pub const PROXY_REALM: &str = "connectors";
+
+/// Why a connector cannot be used right now (its object or Secrets).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorFault {
+    #[error(transparent)]
+    Address(#[from] connector::address::AddressError),
+    #[error("{what} secret {namespace}/{name} does not exist")]
+    MissingSecret {
+        what: &'static str,
+        namespace: String,
+        name: String,
+    },
+    #[error(transparent)]
+    Credential(#[from] registry::credential::CredentialError),
+    #[error(transparent)]
+    Client(#[from] registry::upstream::ClientError),
+}
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The path is not a route of the proxy.
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The request is not one this door serves.
+    #[error("{0}")]
+    BadRequest(&'static str),
+    /// The request names no upstream URL the proxy can form.
+    #[error("the request does not map to an upstream URL")]
+    Unmappable,
+    /// The caller was turned away.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// The forward proxy's username is not a connector list.
+    #[error("the proxy username: {0}")]
+    ProxyUsername(#[from] connector::selection::SelectionError),
+    /// A forward-proxy target that is neither a connector the caller named
+    /// nor an allowed tunnel host.
+    #[error("{host}:{port} is not the registry of a connector the caller named, nor an allowed tunnel host")]
+    NotAConnectorHost { host: String, port: u16 },
+    /// An absolute-form request for anything but a plain-HTTP connector.
+    #[error("{host}:{port} is not a plain-HTTP connector registry; nothing else is forwarded in absolute form")]
+    NotPlainHttpConnector { host: String, port: u16 },
+    /// No connector of that name.
+    #[error("connector {0} does not exist")]
+    UnknownConnector(ConnectorKey),
+    /// The connector exists but cannot be used.
+    #[error("connector {key}: {fault}")]
+    Connector { key: ConnectorKey, fault: ConnectorFault },
+    /// The registry, its token service or its storage failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The registry refused the connector's credential for this request.
+    #[error("the registry refused connector {0}'s credential for this request")]
+    CredentialRefused(ConnectorKey),
+    /// A blob redirect failed twice in a row.
+    #[error(
+        "the registry's blob redirect to {0} was refused (403) again after a fresh redirect; its presigned URLs are not usable"
+    )]
+    RedirectRefused(String),
+    #[error("the registry redirected to an invalid URL")]
+    InvalidRedirect,
+    #[error("unmappable Location")]
+    UnmappableLocation,
+    /// A tunnel target's name did not resolve.
+    #[error("cannot resolve {host}: {error}")]
+    Resolve { host: String, error: std::io::Error },
+    #[error("{0} has no address")]
+    NoAddress(String),
+    /// A tunnel target resolved to an address tunnels may not reach.
+    #[error("{host} resolves to {ip}, which tunnels may not reach")]
+    ForbiddenAddress { host: String, ip: IpAddr },
+}
+
+/// Whom an answer is for: a registry client (reverse mode, and requests
+/// inside an intercepted tunnel) or a forward-proxy client (CONNECT and
+/// absolute-form requests themselves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Registry,
+    ForwardProxy,
+}
+
+impl ProxyError {
+    /// The HTTP status of the answer.
+    pub fn status(&self, dialect: Dialect) -> StatusCode {
+        match self {
+            Self::Route(_) | Self::UnknownConnector(_) => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) | Self::Unmappable | Self::ProxyUsername(_) => StatusCode::BAD_REQUEST,
+            Self::Refused(refusal) if refusal.is_unauthenticated() => match dialect {
+                Dialect::Registry => StatusCode::UNAUTHORIZED,
+                Dialect::ForwardProxy => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            },
+            Self::Refused(refusal) if refusal.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Refused(_)
+            | Self::CredentialRefused(_)
+            | Self::NotAConnectorHost { .. }
+            | Self::NotPlainHttpConnector { .. }
+            | Self::ForbiddenAddress { .. } => StatusCode::FORBIDDEN,
+            Self::Upstream(error) if error.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            Self::Connector { .. }
+            | Self::Upstream(_)
+            | Self::RedirectRefused(_)
+            | Self::InvalidRedirect
+            | Self::UnmappableLocation
+            | Self::Resolve { .. }
+            | Self::NoAddress(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The OCI distribution error code of a registry answer.
+    pub fn oci_code(&self) -> &'static str {
+        match self {
+            Self::Route(error) => error.oci_code(),
+            Self::Unmappable | Self::BadRequest(_) | Self::ProxyUsername(_) => "NAME_INVALID",
+            Self::UnknownConnector(_) => "NAME_UNKNOWN",
+            Self::Refused(refusal) if refusal.is_unauthenticated() => "UNAUTHORIZED",
+            Self::Refused(refusal) if refusal.is_unavailable() => "UNAVAILABLE",
+            Self::Refused(_)
+            | Self::CredentialRefused(_)
+            | Self::NotAConnectorHost { .. }
+            | Self::NotPlainHttpConnector { .. }
+            | Self::ForbiddenAddress { .. } => "DENIED",
+            Self::Connector { .. }
+            | Self::Upstream(_)
+            | Self::RedirectRefused(_)
+            | Self::InvalidRedirect
+            | Self::UnmappableLocation
+            | Self::Resolve { .. }
+            | Self::NoAddress(_) => "UNAVAILABLE",
+        }
+    }
+
+    /// Logs the failure at its level: what the operator must look at
+    /// (upstream and connector failures) as warnings, refusals as info in
+    /// forward mode and debug otherwise (a client's mistake is not news).
+    pub fn log(&self, dialect: Dialect, connector: &str) {
+        let status = self.status(dialect).as_u16();
+        if self.status(dialect).is_server_error() {
+            tracing::warn!(connector = %connector, status, message = %self, "request failed");
+        } else if dialect == Dialect::ForwardProxy {
+            tracing::info!(status, message = %self, "forward request refused");
+        } else {
+            tracing::debug!(connector = %connector, status, message = %self, "request refused");
+        }
+    }
+
+    /// The answer: an OCI error body for registry clients (a 401 carries
+    /// the proxy's own challenge so every client learns to send its token),
+    /// a line of text for forward-proxy clients (a 407 carries
+    /// `Proxy-Authenticate`).
+    pub fn response(&self, dialect: Dialect) -> Response<ProxyBody> {
+        let status = self.status(dialect);
+        let challenge = challenge::render("Basic", &[("realm", PROXY_REALM)]);
+        let mut response = match dialect {
+            Dialect::Registry => {
+                let body = serde_json::json!({"errors": [{"code": self.oci_code(), "message": self.to_string(), "detail": null}]});
+                json_response(status, Bytes::from(body.to_string()))
+            }
+            Dialect::ForwardProxy => {
+                let mut response = Response::new(body::full(format!("{self}\n")));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                response
+            }
+        };
+        *response.status_mut() = status;
+        let challenge_header = match status {
+            StatusCode::UNAUTHORIZED => Some(header::WWW_AUTHENTICATE),
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED => Some(header::PROXY_AUTHENTICATE),
+            _ => None,
+        };
+        if let (Some(name), Ok(value)) = (challenge_header, HeaderValue::from_str(&challenge)) {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+/// A JSON answer as a registry gives it.
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(body::full(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        HeaderName::from_static("docker-distribution-api-version"),
+        HeaderValue::from_static("registry/2.0"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unauthenticated_callers_get_the_challenge_of_their_dialect() {
+        let error = ProxyError::Refused(Refusal::Anonymous);
+        let registry = error.response(Dialect::Registry);
+        assert_eq!(registry.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            registry.headers()[header::WWW_AUTHENTICATE],
+            r#"Basic realm="connectors""#
+        );
+        assert_eq!(registry.headers()[header::CONTENT_TYPE], "application/json");
+        let forward = error.response(Dialect::ForwardProxy);
+        assert_eq!(forward.status(), StatusCode::PROXY_AUTHENTICATION_REQUIRED);
+        assert_eq!(
+            forward.headers()[header::PROXY_AUTHENTICATE],
+            r#"Basic realm="connectors""#
+        );
+        assert!(!forward.headers().contains_key(header::WWW_AUTHENTICATE));
+    }
+
+    #[test]
+    fn statuses_and_codes_follow_the_kind_of_failure() {
+        let key = ConnectorKey::new("team", "harbor");
+        let cases: Vec<(ProxyError, u16, &str)> = vec![
+            (RouteError::NotFound.into(), 404, "NAME_UNKNOWN"),
+            (ProxyError::UnknownConnector(key.clone()), 404, "NAME_UNKNOWN"),
+            (ProxyError::Unmappable, 400, "NAME_INVALID"),
+            (
+                Refusal::Denied {
+                    username: "u".into(),
+                    connector: key.to_string(),
+                }
+                .into(),
+                403,
+                "DENIED",
+            ),
+            (ProxyError::CredentialRefused(key.clone()), 403, "DENIED"),
+            (
+                UpstreamError::HeaderTimeout {
+                    host: "h".into(),
+                    after: std::time::Duration::from_secs(1),
+                }
+                .into(),
+                504,
+                "UNAVAILABLE",
+            ),
+            (UpstreamError::TokenTimeout.into(), 502, "UNAVAILABLE"),
+            (
+                ProxyError::Connector {
+                    key,
+                    fault: ConnectorFault::MissingSecret {
+                        what: "credential",
+                        namespace: "team".into(),
+                        name: "robot".into(),
+                    },
+                },
+                502,
+                "UNAVAILABLE",
+            ),
+        ];
+        for (error, status, code) in cases {
+            assert_eq!(error.status(Dialect::Registry).as_u16(), status, "{error}");
+            assert_eq!(error.oci_code(), code, "{error}");
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Accepting connections and draining them: the one loop both front doors
+//! run. Bounded header sizes and a header-read timeout (a slow client
+//! cannot hold a connection open before sending a request), no overall body
+//! deadline, and a graceful shutdown that stops accepting, asks every open
+//! connection to finish its request in flight, and waits up to a grace
+//! period.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+/// The client's socket address, set by the server as a request extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// Limits of the server side.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Time to receive a request's headers.
+    pub header_read_timeout: Duration,
+    /// The largest request head (request line and headers).
+    pub max_header_bytes: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+            shutdown_grace: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ServerLimits {
+    /// hyper's read buffer: room for the largest head, never below hyper's
+    /// minimum.
+    pub fn read_buffer(&self) -> usize {
+        self.max_header_bytes.max(8192)
+    }
+}
+
+/// Tells a connection that the server is shutting down.
+#[derive(Clone)]
+pub struct Stopping(watch::Receiver<bool>);
+
+impl Stopping {
+    /// Resolves once shutdown has begun.
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Accepts connections on `listener` until `shutdown` resolves, serving
+/// each with `serve` in its own task; then stops accepting (new
+/// connections are refused), tells every connection to finish, and waits
+/// up to `grace` for them.
+pub async fn accept_and_drain<S, F>(
+    listener: TcpListener,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send,
+    serve: S,
+) -> std::io::Result<()>
+where
+    S: Fn(TcpStream, SocketAddr, Stopping) -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let (stop, stopped) = watch::channel(false);
+    let tracker = TaskTracker::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    while let Some((stream, peer)) = accept(&listener, shutdown.as_mut()).await {
+        // NB: the handshake (if any) runs in the connection's task, so a
+        // slow client never holds up accepting others.
+        tracker.spawn(serve(stream, peer, Stopping(stopped.clone())));
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    tracker.close();
+    tracing::info!(grace = ?grace, connections = tracker.len(), "draining in-flight requests");
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!("shutdown grace period over; closing remaining connections");
+    }
+    Ok(())
+}
+
+/// The next connection (with `TCP_NODELAY`), or None once `shutdown`
+/// resolves. Accept errors (out of descriptors and the like) are logged
+/// and retried after a pause.
+async fn accept(
+    listener: &TcpListener,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Some((stream, peer));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            () = shutdown.as_mut() => return None,
+        }
+    }
+}

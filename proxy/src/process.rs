@@ -1,0 +1,166 @@
+//! A proxy process assembled from its settings: where connectors and
+//! callers come from (a store file and a static token file in standalone
+//! mode; the API server in cluster mode), the [`Pipeline`] over them, and
+//! the listeners of both front doors. The binary only parses flags into
+//! these settings.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use access::Access;
+use access::caller::{Authenticator, Authorizer, CallerError, SameNamespace, StaticTokens};
+use access::cluster::{AccessCheck, PodIdentities, SubjectAccessReviews, TokenReviewOptions, TokenReviews};
+use connector::store::{ConnectorStore, FileStore, KubeSecretStore, KubeStore};
+use tokio::net::TcpListener;
+
+use crate::forward::{self, ForwardOptions, ForwardProxy};
+use crate::listener::ServerLimits;
+use crate::pipeline::{Pipeline, UpstreamOptions};
+use crate::server::{self, Readiness};
+
+/// Why a proxy process cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("failed to load the store {}: {source}", path.display())]
+    Store {
+        path: PathBuf,
+        #[source]
+        source: Box<connector::store::file::Error>,
+    },
+    #[error("failed to load the token file: {0}")]
+    Tokens(#[source] CallerError),
+    #[error("no --store given and no Kubernetes configuration found: {0}")]
+    Kubernetes(#[source] kube::Error),
+}
+
+/// Standalone mode: connectors from a store file, callers from a static
+/// token file (a ServiceAccount may use its namespace's connectors).
+#[derive(Debug, Clone)]
+pub struct StandaloneSettings {
+    /// YAML with the Namespaces, Secrets and Connectors; reloaded when it
+    /// changes.
+    pub store: PathBuf,
+    /// kube-apiserver's static token file format (`token,user,uid,"groups"`).
+    pub token_auth_file: PathBuf,
+}
+
+/// Cluster mode's identity and authorization settings.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// What SubjectAccessReview checks.
+    pub authorization: AccessCheck,
+    /// How long an authorization decision is reused.
+    pub authorization_cache: Duration,
+    /// The audience callers' ServiceAccount tokens must carry.
+    pub token_audience: String,
+    /// The longest a valid token's review is reused.
+    pub token_cache: Duration,
+    /// How long a node's pull waits for its pod to reach the cache.
+    pub node_pull_wait: Duration,
+    /// Accept callers without a token by source address.
+    pub peer_identities: bool,
+}
+
+/// The running parts of a proxy process.
+pub struct Proxy {
+    pub pipeline: Arc<Pipeline>,
+    /// The caches hold a complete view.
+    pub ready: Readiness,
+    /// Standalone mode's store (the webhook of `connectors up` shares it).
+    pub store: Option<Arc<FileStore>>,
+}
+
+impl Proxy {
+    /// Standalone mode; the store file is watched for changes.
+    pub fn standalone(settings: &StandaloneSettings, options: UpstreamOptions) -> Result<Self, StartError> {
+        let store = Arc::new(FileStore::load(&settings.store).map_err(|source| StartError::Store {
+            path: settings.store.clone(),
+            source: Box::new(source),
+        })?);
+        store.spawn_watch(Duration::from_secs(2));
+        let tokens = StaticTokens::load(&settings.token_auth_file).map_err(StartError::Tokens)?;
+        let access = Access::new(Arc::new(tokens), Arc::new(SameNamespace));
+        let pipeline = Pipeline::new(store.clone(), store.clone(), access, options);
+        Ok(Self {
+            pipeline: Arc::new(pipeline),
+            ready: Arc::new(|| true),
+            store: Some(store),
+        })
+    }
+
+    /// Cluster mode: connectors, their Secrets, namespaces, injected pods
+    /// and nodes watched through the API server; callers proven by
+    /// TokenReview, by the source address of an injected pod, or as a node
+    /// pulling for its pods; access decided by SubjectAccessReview.
+    pub async fn cluster(settings: &ClusterSettings, options: UpstreamOptions) -> Result<Self, StartError> {
+        let client = kube::Client::try_default().await.map_err(StartError::Kubernetes)?;
+        let store = KubeStore::spawn(client.clone());
+        let secrets = Arc::new(KubeSecretStore::spawn(client.clone(), &store));
+        let store = Arc::new(store);
+        let authenticator: Arc<dyn Authenticator> = Arc::new(TokenReviews::new(
+            client.clone(),
+            TokenReviewOptions {
+                audience: settings.token_audience.clone(),
+                max_ttl: settings.token_cache,
+                ..TokenReviewOptions::default()
+            },
+        ));
+        let authorizer: Arc<dyn Authorizer> = Arc::new(SubjectAccessReviews::new(
+            client.clone(),
+            settings.authorization,
+            settings.authorization_cache,
+        ));
+        let mut access = Access::new(authenticator, authorizer);
+        let synced = store.clone();
+        let ready: Readiness = if settings.peer_identities {
+            let peers = PodIdentities::spawn(client, settings.node_pull_wait);
+            access = access.with_peer_identities(Arc::new(peers.clone()));
+            Arc::new(move || synced.has_synced() && peers.has_synced())
+        } else {
+            Arc::new(move || synced.has_synced())
+        };
+        tracing::info!(authorization = ?settings.authorization, peer_identities = settings.peer_identities, "cluster mode");
+        let pipeline = Pipeline::new(store, secrets, access, options);
+        Ok(Self {
+            pipeline: Arc::new(pipeline),
+            ready,
+            store: None,
+        })
+    }
+
+    /// Serves reverse mode on `listener` (over TLS when `tls` is given)
+    /// until `shutdown` resolves, then drains.
+    pub async fn serve_reverse(
+        &self,
+        listener: TcpListener,
+        limits: ServerLimits,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        server::serve(
+            listener,
+            self.pipeline.clone(),
+            self.ready.clone(),
+            limits,
+            tls,
+            shutdown,
+        )
+        .await
+    }
+
+    /// Serves forward mode on `listener`, intercepting with leaves from
+    /// `authority`, until `shutdown` resolves, then drains.
+    pub async fn serve_forward(
+        &self,
+        listener: TcpListener,
+        authority: Arc<certs::CertificateAuthority>,
+        options: ForwardOptions,
+        limits: ServerLimits,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
+        let leaves = Arc::new(certs::LeafIssuer::new(authority));
+        let forward = Arc::new(ForwardProxy::new(self.pipeline.clone(), leaves, options));
+        forward::serve(listener, forward, limits, shutdown).await
+    }
+}
