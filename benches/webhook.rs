@@ -12,6 +12,7 @@ use connector::injection::InjectionConfig;
 use connector::store::FileStore;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
+use testing::StoreYaml;
 use webhook::metrics::Metrics;
 use webhook::mutation::{Mode, Outcome, mutate_pod};
 use webhook::server::{WebhookState, router, serve_tls};
@@ -20,21 +21,17 @@ use webhook::server::{WebhookState, router, serve_tls};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const STORE: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: team, labels: {connectors.cpaas.io/proxy-inject: "true"}, annotations: {connectors.cpaas.io/connector: "harbor,hub"}}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: harbor, namespace: team}
-spec: {connectorClassName: harbor, address: "https://harbor.example.com"}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: hub, namespace: team}
-spec: {connectorClassName: oci, address: "https://registry-1.docker.io"}
-"#;
+/// A namespace that opts in with two default connectors.
+fn store() -> String {
+    StoreYaml::new("team")
+        .namespace_object(
+            &[("connectors.cpaas.io/proxy-inject", "true")],
+            &[("connectors.cpaas.io/connector", "harbor,hub")],
+        )
+        .connector_of_class("harbor", "harbor", "https://harbor.example.com", None)
+        .connector_of_class("hub", "oci", "https://registry-1.docker.io", None)
+        .build()
+}
 
 /// A realistic 5-container pod: 1 init container, 4 containers, existing env,
 /// mounts and volumes, images on the connectors' and other registries.
@@ -145,7 +142,7 @@ fn main() {
     } else {
         Duration::from_secs(10)
     };
-    let store = Arc::new(FileStore::from_yaml(STORE).unwrap());
+    let store = Arc::new(FileStore::from_yaml(&store()).unwrap());
     let config = Arc::new(config());
     let pod = five_container_pod();
     let mut rows = Vec::new();

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use hyper::StatusCode;
 use support::Process;
 use support::scripted::{Fake, answer, serve};
+use testing::credentials::basic;
 
 const USER: &str = "robot$adversarial";
 const PASSWORD: &str = "adversarial-secret-91fe";
@@ -149,14 +150,6 @@ fn free_address() -> SocketAddr {
         .unwrap()
         .local_addr()
         .unwrap()
-}
-
-fn basic(user: &str, password: &str) -> String {
-    use base64::Engine;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
 }
 
 /// Writes `raw` to `addr` and returns everything read until the peer closes
@@ -417,8 +410,8 @@ async fn hostile_paths_tokens_and_headers_are_refused_before_the_registry() {
     );
     seen.push_str(&response);
 
-    support::assert_no_credential(&seen, "responses", USER, PASSWORD);
-    support::assert_no_credential(&lab.proxy.log_text(), "the proxy's logs", USER, PASSWORD);
+    testing::credentials::assert_no_credential(&seen, "responses", USER, PASSWORD);
+    testing::credentials::assert_no_credential(&lab.proxy.log_text(), "the proxy's logs", USER, PASSWORD);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,7 +473,7 @@ async fn connect_to_loopback_link_local_and_metadata_addresses_is_refused_even_w
         let request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n\r\n");
         let response = exchange(lab.forward, request.into_bytes()).await;
         assert_eq!(status_of(&response), 403, "CONNECT {target}: {response}");
-        support::assert_no_credential(&response, "CONNECT responses", USER, PASSWORD);
+        testing::credentials::assert_no_credential(&response, "CONNECT responses", USER, PASSWORD);
     }
     // Without a proxy credential nothing is tunnelled at all.
     let response = exchange(
@@ -489,5 +482,5 @@ async fn connect_to_loopback_link_local_and_metadata_addresses_is_refused_even_w
     )
     .await;
     assert_eq!(status_of(&response), 407, "{response}");
-    support::assert_no_credential(&lab.proxy.log_text(), "the proxy's logs", USER, PASSWORD);
+    testing::credentials::assert_no_credential(&lab.proxy.log_text(), "the proxy's logs", USER, PASSWORD);
 }

@@ -153,7 +153,7 @@ impl Proxy {
 
     /// Asserts the credential appears nowhere in the proxy's logs.
     fn assert_clean_logs(&self) {
-        support::assert_no_credential(&self.process.log_text(), "the proxy's logs", USER, PASSWORD);
+        testing::credentials::assert_no_credential(&self.process.log_text(), "the proxy's logs", USER, PASSWORD);
     }
 
     fn resources(&self) -> Resources {
@@ -254,7 +254,7 @@ impl Outcome {
 
     fn assert_clean(&self) {
         let seen = format!("{:?} {}", self.headers, self.text());
-        support::assert_no_credential(&seen, "a response", USER, PASSWORD);
+        testing::credentials::assert_no_credential(&seen, "a response", USER, PASSWORD);
         assert!(!seen.to_ascii_lowercase().contains("www-authenticate"), "{seen}");
     }
 }

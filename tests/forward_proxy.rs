@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use support::Process;
+use testing::credentials::basic;
 use testing::{
     CopyOptions, InspectOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, StoreYaml, TestTls,
     TokenServer, TokenServerOptions,
@@ -126,7 +126,7 @@ impl Lab {
 }
 
 fn assert_no_secret(text: &str, what: &str) {
-    support::assert_no_credential(text, what, USER, PASSWORD);
+    testing::credentials::assert_no_credential(text, what, USER, PASSWORD);
 }
 
 fn skopeo() -> Skopeo {
@@ -323,13 +323,6 @@ async fn connect(forward: SocketAddr, target: &str, proxy_authorization: Option<
         head.push(byte[0]);
     }
     (stream, String::from_utf8_lossy(&head).into_owned())
-}
-
-fn basic(user: &str, password: &str) -> String {
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -292,8 +292,8 @@ impl Lab {
     }
 
     fn assert_no_credential_anywhere(&self, seen: &str) {
-        support::assert_no_credential(seen, "responses", USER, PASSWORD);
-        support::assert_no_credential(&self.proxy.log_text(), "the proxy's logs", USER, PASSWORD);
+        testing::credentials::assert_no_credential(seen, "responses", USER, PASSWORD);
+        testing::credentials::assert_no_credential(&self.proxy.log_text(), "the proxy's logs", USER, PASSWORD);
     }
 }
 

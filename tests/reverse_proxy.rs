@@ -110,7 +110,7 @@ impl Lab {
 }
 
 fn assert_no_secret(text: &str, what: &str) {
-    support::assert_no_credential(text, what, USER, PASSWORD);
+    testing::credentials::assert_no_credential(text, what, USER, PASSWORD);
 }
 
 fn as_caller() -> RegistryAccess {

@@ -12,26 +12,16 @@ use base64::Engine;
 use certs::CertificateAuthority;
 use serde_json::{Value, json};
 use support::Process;
+use testing::StoreYaml;
 
-const STORE: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: {name: team}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: robot, namespace: team}
-type: kubernetes.io/basic-auth
-stringData: {username: "robot$team", password: "never-in-a-response-7f3a"}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: harbor, namespace: team}
-spec:
-  connectorClassName: harbor
-  address: https://harbor.example.com
-  auth: {name: basicAuth, secretRef: {name: robot}}
-"#;
+/// One namespace with a Harbor connector and its robot's Secret.
+fn store() -> String {
+    StoreYaml::new("team")
+        .namespace_object(&[], &[])
+        .basic_auth("robot", "robot$team", "never-in-a-response-7f3a")
+        .connector_of_class("harbor", "harbor", "https://harbor.example.com", Some("robot"))
+        .build()
+}
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -55,7 +45,7 @@ fn start() -> Webhook {
     let path = dir.path().to_path_buf();
     let ca = CertificateAuthority::generate("webhook test CA", DAY).unwrap();
     write_certs(&path, &ca);
-    std::fs::write(path.join("store.yaml"), STORE).unwrap();
+    std::fs::write(path.join("store.yaml"), store()).unwrap();
     let (process, addr) = Process::start(
         &[
             "webhook",
@@ -340,7 +330,7 @@ fn sigterm_shuts_the_webhook_down_cleanly() {
 #[test]
 fn a_missing_certificate_or_store_fails_at_start_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("store.yaml"), STORE).unwrap();
+    std::fs::write(dir.path().join("store.yaml"), store()).unwrap();
     let (status, _, stderr) = support::run(
         &[
             "webhook",

@@ -167,7 +167,7 @@ impl Access {
     /// The node rule: a node may read a connector's repository only while
     /// a pod bound to it references that repository and the pod's
     /// ServiceAccount may use the connector.
-    pub async fn authorize_node(
+    pub(crate) async fn authorize_node(
         &self,
         node: &str,
         key: &ConnectorKey,

@@ -3,19 +3,12 @@
 //! from, and where results are written.
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::process::Command;
 
-use anyhow::{Context, bail};
-use base64::Engine as _;
+use anyhow::Context;
 use hyper::header::HeaderValue;
-
-/// How long the binary may take to listen.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The release `connectors` binary cargo built for this bench.
 pub fn connectors_binary() -> PathBuf {
@@ -29,96 +22,43 @@ pub fn connectors_binary() -> PathBuf {
     binary
 }
 
-/// The `connectors` binary as a child process with JSON logs, killed and
-/// reaped on drop.
+/// The `connectors` binary under benchmark, listening at `addr` (the
+/// launcher is `testing::process`, shared with the tests).
 pub struct Connectors {
-    child: Child,
+    process: testing::process::Connectors,
     /// The `addr` of the log line the start waited for.
     pub addr: SocketAddr,
-    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Connectors {
-    /// Runs `binary args --log-format json` (no `CONNECTORS_*` variables
-    /// inherited) and waits (bounded) for the log line `ready_message`.
+    /// Runs `binary args` and waits (bounded) for the log line
+    /// `ready_message`, which must name the address.
     pub fn start(binary: &Path, args: &[&OsStr], ready_message: &'static str) -> anyhow::Result<Self> {
-        let mut command = Command::new(binary);
-        command
-            .args(args)
-            .args(["--log-format", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // NB: every flag has a CONNECTORS_* variable; the bench sets its own.
-        for (name, _) in std::env::vars_os() {
-            if name.to_string_lossy().starts_with("CONNECTORS_") {
-                command.env_remove(name);
-            }
-        }
-        let mut child = command.spawn().context("start connectors")?;
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let logs = logs.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
-                        && entry["fields"]["message"] == ready_message
-                        && let Some(addr) = entry["fields"]["addr"].as_str().and_then(|a| a.parse().ok())
-                    {
-                        let _ = tx.send(addr);
-                    }
-                    logs.lock().unwrap_or_else(|e| e.into_inner()).push(line);
-                }
-            });
-        }
-        let mut connectors = Self {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            logs: logs.clone(),
-        };
-        match rx.recv_timeout(START_TIMEOUT) {
-            Ok(addr) => connectors.addr = addr,
-            Err(_) => bail!(
-                "connectors did not log {ready_message:?} within {START_TIMEOUT:?}: {:?}",
-                logs.lock().unwrap_or_else(|e| e.into_inner())
-            ),
-        }
-        Ok(connectors)
+        let process = testing::process::Connectors::start(binary, args, &[], ready_message)?;
+        let addr = process
+            .addr()
+            .with_context(|| format!("the line {ready_message:?} names no address"))?;
+        Ok(Self { process, addr })
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Every log line (JSON) the process wrote so far.
     pub fn logs(&self) -> Vec<String> {
-        self.logs.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-}
-
-impl Drop for Connectors {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.logs()
     }
 }
 
 /// `name` on `PATH`, or in the sbin directories a non-root `PATH` may lack.
 pub fn find_program(name: &str) -> anyhow::Result<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .with_context(|| format!("{name} is not installed: run `bash .ci/install`"))
+    Ok(testing::program::find(name)?)
 }
 
 /// `Basic` credentials as a header value.
 pub fn basic(user: &str, password: &str) -> HeaderValue {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    HeaderValue::from_str(&format!("Basic {encoded}")).expect("base64 is a valid header value")
+    HeaderValue::from_str(&testing::credentials::basic(user, password)).expect("base64 is a valid header value")
 }
 
 /// Writes `report` to `bench/results/<file>` and returns its path.

@@ -25,7 +25,7 @@ use crate::pem;
 
 /// How far back `not_before` is set, so that nodes whose clocks run a little
 /// behind the issuer's still accept a certificate issued a moment ago.
-pub const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60 * 60);
+pub(crate) const CLOCK_SKEW_ALLOWANCE: Duration = Duration::from_secs(60 * 60);
 
 /// RFC 5280's upper bound (ub-common-name) on the length of a commonName.
 const MAX_COMMON_NAME_LENGTH: usize = 64;

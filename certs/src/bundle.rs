@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use crate::authority::{CertificateAuthority, IssuedCertificate};
 
 /// File name of the CA certificate, as in a Kubernetes TLS Secret.
-pub const CA_CERT_FILE: &str = "ca.crt";
+pub(crate) const CA_CERT_FILE: &str = "ca.crt";
 /// File name of the certificate chain, as in a Kubernetes TLS Secret.
-pub const CERT_FILE: &str = "tls.crt";
+pub(crate) const CERT_FILE: &str = "tls.crt";
 /// File name of the private key, as in a Kubernetes TLS Secret.
-pub const KEY_FILE: &str = "tls.key";
+pub(crate) const KEY_FILE: &str = "tls.key";
 
 /// Why a bundle could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -103,7 +103,7 @@ pub fn system_roots_pem() -> String {
 }
 
 /// The system's roots followed by `ca_pem`: a bundle that trusts both.
-pub fn combined_bundle(ca_pem: &str) -> String {
+pub(crate) fn combined_bundle(ca_pem: &str) -> String {
     join_pem(&system_roots_pem(), ca_pem)
 }
 

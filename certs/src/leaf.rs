@@ -16,10 +16,10 @@ use crate::pem;
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(24 * 3600);
 
 /// A cached leaf is replaced once less than this is left.
-pub const LEAF_RENEW_BEFORE: Duration = Duration::from_secs(3600);
+pub(crate) const LEAF_RENEW_BEFORE: Duration = Duration::from_secs(3600);
 
 /// How many hosts' leaves are kept.
-pub const LEAF_CACHE_CAPACITY: usize = 1024;
+pub(crate) const LEAF_CACHE_CAPACITY: usize = 1024;
 
 /// Why a leaf cannot be minted.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +63,7 @@ impl LeafIssuer {
         Self::with_limits(ca, LEAF_VALIDITY, LEAF_CACHE_CAPACITY)
     }
 
-    pub fn with_limits(ca: Arc<CertificateAuthority>, valid_for: Duration, capacity: usize) -> Self {
+    pub(crate) fn with_limits(ca: Arc<CertificateAuthority>, valid_for: Duration, capacity: usize) -> Self {
         Self {
             ca,
             valid_for,

@@ -22,7 +22,7 @@ use crate::authority::parse_certificate;
 use crate::pem;
 
 /// The shortest polling interval [`ReloadingCertResolver::spawn_watch`] uses.
-pub const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const MIN_WATCH_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Why the certificate files could not be (re)loaded.
 #[derive(Debug, thiserror::Error)]

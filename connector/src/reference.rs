@@ -27,7 +27,7 @@ pub const DOCKER_HUB_DOMAIN: &str = "docker.io";
 pub const NAME_TOTAL_LENGTH_MAX: usize = 255;
 
 /// The longest tag accepted.
-pub const TAG_LENGTH_MAX: usize = 128;
+pub(crate) const TAG_LENGTH_MAX: usize = 128;
 
 /// The legacy "Docker Index" domain, rewritten to [`DOCKER_HUB_DOMAIN`] when parsing.
 const LEGACY_DOCKER_HUB_DOMAIN: &str = "index.docker.io";

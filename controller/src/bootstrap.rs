@@ -27,19 +27,19 @@ use crate::metrics::{Metrics, ObjectLabels};
 
 /// The proxy's interception CA (type `kubernetes.io/tls`: `tls.crt`,
 /// `tls.key`, `ca.crt`).
-pub const PROXY_CA_SECRET: &str = "connectors-proxy-ca";
+pub(crate) const PROXY_CA_SECRET: &str = "connectors-proxy-ca";
 /// The proxy CA certificate only (`ca.crt`), in the install and CSI namespaces.
-pub const PROXY_CA_CONFIG_MAP: &str = "connectors-proxy-ca";
+pub(crate) const PROXY_CA_CONFIG_MAP: &str = "connectors-proxy-ca";
 /// The proxy's HTTPS serving certificate (`tls.crt`, `tls.key`, `ca.crt`).
-pub const PROXY_TLS_SECRET: &str = "connectors-proxy-tls";
+pub(crate) const PROXY_TLS_SECRET: &str = "connectors-proxy-tls";
 /// The webhook's own CA (`tls.crt`, `tls.key`, `ca.crt`).
-pub const WEBHOOK_CA_SECRET: &str = "connectors-webhook-ca";
+pub(crate) const WEBHOOK_CA_SECRET: &str = "connectors-webhook-ca";
 /// The webhook's serving certificate (`tls.crt`, `tls.key`, `ca.crt`).
-pub const WEBHOOK_TLS_SECRET: &str = "connectors-webhook-tls";
+pub(crate) const WEBHOOK_TLS_SECRET: &str = "connectors-webhook-tls";
 
-pub const CA_CERT_KEY: &str = "ca.crt";
-pub const TLS_CERT_KEY: &str = "tls.crt";
-pub const TLS_KEY_KEY: &str = "tls.key";
+pub(crate) const CA_CERT_KEY: &str = "ca.crt";
+pub(crate) const TLS_CERT_KEY: &str = "tls.crt";
+pub(crate) const TLS_KEY_KEY: &str = "tls.key";
 
 /// CA validity: five years.
 pub const CA_VALIDITY: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
@@ -94,7 +94,7 @@ pub struct BootstrapSettings {
 
 impl BootstrapSettings {
     /// The proxy certificate's DNS and IP SANs.
-    pub fn proxy_names(&self) -> (Vec<String>, Vec<IpAddr>) {
+    pub(crate) fn proxy_names(&self) -> (Vec<String>, Vec<IpAddr>) {
         let (mut dns, mut ips) = (
             service_names(&self.proxy_service, &self.namespace, &self.cluster_domain),
             Vec::new(),
@@ -110,7 +110,7 @@ impl BootstrapSettings {
     }
 
     /// The webhook certificate's DNS SANs.
-    pub fn webhook_names(&self) -> Vec<String> {
+    pub(crate) fn webhook_names(&self) -> Vec<String> {
         service_names(&self.webhook_service, &self.namespace, &self.cluster_domain)
     }
 }
@@ -531,7 +531,7 @@ fn check_leaf(secret: &Secret, ca: &CertificateAuthority, dns: &[String], ips: &
 
 /// The JSON patch that sets every webhook's caBundle to `ca_pem`, guarded by
 /// the resourceVersion; None when all already match.
-pub fn ca_bundle_patch(configuration: &MutatingWebhookConfiguration, ca_pem: &str) -> Option<json_patch::Patch> {
+pub(crate) fn ca_bundle_patch(configuration: &MutatingWebhookConfiguration, ca_pem: &str) -> Option<json_patch::Patch> {
     let webhooks = configuration.webhooks.as_deref().unwrap_or_default();
     let mut operations = Vec::new();
     for (index, webhook) in webhooks.iter().enumerate() {

@@ -9,10 +9,10 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::probe::{Check, ProbeReport, Verdict};
 
-pub const SECRET_READY: &str = "SecretReady";
-pub const LIVENESS_READY: &str = "LivenessReady";
-pub const AUTH_READY: &str = "AuthReady";
-pub const READY: &str = "Ready";
+pub(crate) const SECRET_READY: &str = "SecretReady";
+pub(crate) const LIVENESS_READY: &str = "LivenessReady";
+pub(crate) const AUTH_READY: &str = "AuthReady";
+pub(crate) const READY: &str = "Ready";
 
 /// The address workloads use for a connector: `<proxy_url>/namespaces/<ns>/connectors/<name>`.
 pub fn proxy_address(proxy_url: &str, namespace: &str, name: &str) -> String {

@@ -28,7 +28,7 @@ use crate::metrics::{Metrics, ProbeLabels};
 use crate::probe::{Prober, SecretLookup};
 
 /// The field manager and event reporter name.
-pub const CONTROLLER_NAME: &str = "connectors-controller";
+pub(crate) const CONTROLLER_NAME: &str = "connectors-controller";
 
 /// Why a reconcile failed (it is retried after the initial backoff).
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 use support::*;
 use testing::apiserver::{CONNECTORS, SECRETS};
+use testing::credentials::assert_no_credential;
 use testing::{Registry, RegistryOptions, TokenServer, TokenServerOptions};
 
 const TEAM: &str = "team-a";

@@ -45,7 +45,7 @@ pub type Result<T, E = AccessError> = std::result::Result<T, E>;
 
 /// The identity Kubernetes gives the pod's ServiceAccount, as a
 /// SubjectAccessReview would name it.
-pub fn service_account_identity(pod: &PodInfo) -> Identity {
+pub(crate) fn service_account_identity(pod: &PodInfo) -> Identity {
     Identity::of_service_account(&pod.namespace, &pod.service_account)
 }
 

@@ -79,6 +79,6 @@ impl FileName {
 }
 
 /// Mode of the files holding the token.
-pub const TOKEN_FILE_MODE: u32 = 0o440;
+pub(crate) const TOKEN_FILE_MODE: u32 = 0o440;
 /// Mode of the other files.
-pub const PUBLIC_FILE_MODE: u32 = 0o644;
+pub(crate) const PUBLIC_FILE_MODE: u32 = 0o644;

@@ -98,7 +98,7 @@ fn env_file(config: &RenderConfig, proxy_url: &str) -> String {
 /// `value` as a POSIX shell word: bare when every character is safe (so
 /// `docker --env-file` and dotenv readers see the same value), otherwise in
 /// single quotes.
-pub fn shell_value(value: &str) -> String {
+pub(crate) fn shell_value(value: &str) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "%+,-./:=@_".contains(c);
     if !value.is_empty() && value.chars().all(safe) {
         value.to_owned()

@@ -20,6 +20,7 @@ use csi::proto::volume_capability::{AccessMode, AccessType, BlockVolume, MountVo
 use csi::proto::*;
 use csi::request::{EPHEMERAL, POD_NAME, POD_NAMESPACE, POD_UID, SERVICE_ACCOUNT_NAME, SERVICE_ACCOUNT_TOKENS};
 use csi::{FileName, Plugin, RenderConfig};
+use testing::StoreYaml;
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -28,22 +29,15 @@ const SECOND_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.second-pod-token.c2lnbmF0dXJl";
 const PULL_ADDRESS: &str = "127.0.0.1:5080";
 const FORWARD_PROXY: &str = "127.0.0.1:3128";
 
-const STORE: &str = r#"
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: harbor, namespace: team}
-spec: {connectorClassName: harbor, address: "https://harbor.example.com"}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: hub, namespace: team}
-spec: {connectorClassName: oci, address: "https://registry-1.docker.io"}
----
-apiVersion: connectors.alauda.io/v1alpha1
-kind: Connector
-metadata: {name: private, namespace: other}
-spec: {connectorClassName: oci, address: "https://private.example.com"}
-"#;
+/// Two connectors of namespace `team`, one of `other`.
+fn store() -> String {
+    StoreYaml::new("team")
+        .connector_of_class("harbor", "harbor", "https://harbor.example.com", None)
+        .connector_of_class("hub", "oci", "https://registry-1.docker.io", None)
+        .in_namespace("other")
+        .connector_of_class("private", "oci", "https://private.example.com", None)
+        .build()
+}
 
 /// The plugin serving on a socket in a temporary directory, and clients of it.
 struct Driver {
@@ -72,7 +66,7 @@ impl Driver {
             system_roots_pem: csi::trust::load_system_roots(Path::new(csi::trust::DEFAULT_SYSTEM_ROOTS)).unwrap(),
             pull_plain_http: true,
         };
-        let store = Arc::new(FileStore::from_yaml(STORE).unwrap());
+        let store = Arc::new(FileStore::from_yaml(&store()).unwrap());
         let plugin = Plugin::new(store, Arc::new(SameNamespace), config, "node-a");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (ready, listening) = tokio::sync::oneshot::channel();

@@ -18,7 +18,7 @@ use crate::route::RouteError;
 
 /// The realm the proxy names in its own challenges (`WWW-Authenticate` in
 /// reverse mode, `Proxy-Authenticate` in forward mode).
-pub const PROXY_REALM: &str = "connectors";
+pub(crate) const PROXY_REALM: &str = "connectors";
 
 /// Why a connector cannot be used right now (its object or Secrets).
 #[derive(Debug, thiserror::Error)]

@@ -466,7 +466,7 @@ fn is_tag(tag: &str) -> bool {
 }
 
 /// `algorithm:hex` as distribution checks it (fixed lengths for sha256/384/512).
-pub fn is_digest(digest: &str) -> bool {
+pub(crate) fn is_digest(digest: &str) -> bool {
     Reference::parse(&format!("{PROBE_DOMAIN}/x@{digest}"))
         .is_ok_and(|r| r.digest() == Some(digest) && r.tag().is_none())
 }

@@ -114,7 +114,7 @@ pub enum UpstreamAuth {
 impl UpstreamAuth {
     /// The scheme a challenge asks for; None for schemes the product does
     /// not speak (or a Bearer challenge without a realm).
-    pub fn from_challenge(challenge: &Challenge) -> Option<Self> {
+    pub(crate) fn from_challenge(challenge: &Challenge) -> Option<Self> {
         match challenge.scheme {
             Scheme::Bearer => Some(Self::Bearer {
                 realm: challenge.realm()?.to_owned(),
@@ -240,11 +240,6 @@ impl UpstreamSender {
             schemes: Mutex::new(HashMap::new()),
             header_timeout,
         }
-    }
-
-    /// The response-header deadline.
-    pub fn header_timeout(&self) -> Duration {
-        self.header_timeout
     }
 
     /// One request, no credential added, with the response-header deadline.

@@ -39,7 +39,7 @@ use crate::body::{BoxError, ProxyBody};
 use crate::resolve::Pins;
 
 /// A relay that makes no progress for this long is abandoned.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Bytes moved per pipe fill (the pipe is resized to this when allowed).
 const PIPE_CAPACITY: usize = 1 << 20;
@@ -355,7 +355,7 @@ pub fn relay_body(
 }
 
 /// Bodies below this are copied: the relay costs a fresh upstream connection.
-pub const MIN_RELAY_LENGTH: u64 = 1 << 20;
+pub(crate) const MIN_RELAY_LENGTH: u64 = 1 << 20;
 
 type RelayFuture = Pin<Box<dyn Future<Output = io::Result<u64>> + Send + Sync>>;
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Distribution and containers/image never use a token for less than this.
-pub const MINIMUM_LIFETIME: Duration = Duration::from_secs(60);
+pub(crate) const MINIMUM_LIFETIME: Duration = Duration::from_secs(60);
 
 /// How many entries the cache holds before it drops expired ones.
 const CACHE_SOFT_LIMIT: usize = 4096;
@@ -63,7 +63,7 @@ impl Token {
     }
 
     /// True if the token is good for at least `margin` more.
-    pub fn fresh_for(&self, margin: Duration) -> bool {
+    pub(crate) fn fresh_for(&self, margin: Duration) -> bool {
         self.expires_at
             .checked_duration_since(Instant::now())
             .is_some_and(|left| left > margin)

@@ -27,10 +27,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How long an idle pooled upstream connection is kept before it is closed.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The largest read buffer of an upstream connection.
-pub const UPSTREAM_READ_BUFFER: usize = 256 * 1024;
+pub(crate) const UPSTREAM_READ_BUFFER: usize = 256 * 1024;
 
 /// Why an upstream client cannot be built.
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +80,8 @@ impl UpstreamClients {
 
     /// Closes pooled connections idle for longer than `idle_timeout`
     /// (default [`POOL_IDLE_TIMEOUT`]); applies to clients built afterwards.
-    pub fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with_idle_timeout(mut self, idle_timeout: Duration) -> Self {
         self.idle_timeout = idle_timeout;
         self
     }

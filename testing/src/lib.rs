@@ -23,9 +23,11 @@
 
 pub mod apiserver;
 pub mod client;
+pub mod credentials;
 pub mod digest;
 pub mod faults;
 pub mod image;
+pub mod process;
 pub mod program;
 pub mod registry;
 pub mod skopeo;

@@ -12,16 +12,18 @@ pub const INSTALL_HINT: &str = "run `bash .ci/install` (it installs docker-regis
 #[error("{name} is not installed or not on PATH: {INSTALL_HINT}")]
 pub struct MissingProgram {
     /// The program's file name, e.g. `docker-registry`.
-    pub name: &'static str,
+    pub name: String,
 }
 
-/// The full path of `name` on `PATH`.
-pub fn find(name: &'static str) -> Result<PathBuf, MissingProgram> {
+/// The full path of `name` on `PATH`, or in the sbin directories a
+/// non-root `PATH` may lack.
+pub fn find(name: &str) -> Result<PathBuf, MissingProgram> {
     let path = env::var_os("PATH").unwrap_or_default();
     env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
         .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
-        .ok_or(MissingProgram { name })
+        .ok_or_else(|| MissingProgram { name: name.to_owned() })
 }
 
 #[cfg(test)]

@@ -19,6 +19,42 @@ impl StoreYaml {
         }
     }
 
+    /// Later documents go into `namespace`.
+    pub fn in_namespace(mut self, namespace: &str) -> Self {
+        namespace.clone_into(&mut self.namespace);
+        self
+    }
+
+    /// The Namespace object itself, with labels and annotations (e.g. the
+    /// opt-in label and the default connector list).
+    pub fn namespace_object(mut self, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> Self {
+        let map = |pairs: &[(&str, &str)]| {
+            let items: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}: \"{v}\"")).collect();
+            format!("{{{}}}", items.join(", "))
+        };
+        self.documents.push(format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}, labels: {}, annotations: {}}}\n",
+            self.namespace,
+            map(labels),
+            map(annotations)
+        ));
+        self
+    }
+
+    /// A Connector of `class` at `address`, with the basic-auth Secret
+    /// `auth_secret` when given.
+    pub fn connector_of_class(mut self, name: &str, class: &str, address: &str, auth_secret: Option<&str>) -> Self {
+        let mut document = format!(
+            "apiVersion: connectors.alauda.io/v1alpha1\nkind: Connector\nmetadata: {{name: {name}, namespace: {}}}\nspec:\n  connectorClassName: {class}\n  address: \"{address}\"\n",
+            self.namespace
+        );
+        if let Some(secret) = auth_secret {
+            let _ = writeln!(document, "  auth: {{name: basicAuth, secretRef: {{name: {secret}}}}}");
+        }
+        self.documents.push(document);
+        self
+    }
+
     /// A `kubernetes.io/basic-auth` Secret.
     pub fn basic_auth(mut self, secret: &str, username: &str, password: &str) -> Self {
         self.documents.push(format!(
@@ -81,5 +117,23 @@ mod tests {
         assert!(documents[1].contains("  ca.crt: |\n    -----BEGIN CERTIFICATE-----\n    AAAA\n"));
         assert!(documents[2].contains("caCertSecretRef: {name: registry-ca}"));
         assert!(documents[2].contains("namespace: team"));
+    }
+
+    #[test]
+    fn namespaces_and_anonymous_connectors_are_written_as_admins_write_them() {
+        let yaml = StoreYaml::new("team")
+            .namespace_object(&[("connectors.cpaas.io/proxy-inject", "true")], &[])
+            .connector_of_class("hub", "oci", "https://registry-1.docker.io", None)
+            .in_namespace("other")
+            .connector_of_class("harbor", "harbor", "https://harbor.example.com", Some("robot"))
+            .build();
+        let documents: Vec<&str> = yaml.split("---\n").collect();
+        assert_eq!(
+            documents[0],
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: team, labels: {connectors.cpaas.io/proxy-inject: \"true\"}, annotations: {}}\n"
+        );
+        assert!(!documents[1].contains("auth"), "{}", documents[1]);
+        assert!(documents[2].contains("namespace: other") && documents[2].contains("connectorClassName: harbor"));
+        assert!(documents[2].contains("secretRef: {name: robot}"));
     }
 }

@@ -5,12 +5,12 @@
 
 pub mod scripted;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use testing::process::Connectors;
 
 /// The binary under test.
 pub fn binary() -> &'static str {
@@ -18,10 +18,22 @@ pub fn binary() -> &'static str {
 }
 
 /// A running `connectors` process, killed on drop; its stderr (JSON logs) is
-/// collected for assertions.
-pub struct Process {
-    child: Child,
-    pub logs: Arc<Mutex<Vec<String>>>,
+/// collected for assertions. The launcher is `testing::process`, shared
+/// with the benchmarks.
+pub struct Process(Connectors);
+
+impl std::ops::Deref for Process {
+    type Target = Connectors;
+
+    fn deref(&self) -> &Connectors {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Connectors {
+        &mut self.0
+    }
 }
 
 impl Process {
@@ -34,16 +46,10 @@ impl Process {
     /// As [`Process::start`], with extra environment variables (such as
     /// `KUBECONFIG`) for the process.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> (Self, SocketAddr) {
-        let (mut process, ready) = Self::spawn(args, env, ready_message);
-        let addr = ready["fields"]["addr"]
-            .as_str()
-            .and_then(|a| a.parse::<SocketAddr>().ok());
-        match addr {
+        let process = Self::start_until_with_env(args, env, ready_message);
+        match process.addr() {
             Some(addr) => (process, addr),
-            None => {
-                let _ = process.child.kill();
-                panic!("the ready line has no address: {ready}");
-            }
+            None => panic!("the line {ready_message:?} has no address: {}", process.log_text()),
         }
     }
 
@@ -51,86 +57,15 @@ impl Process {
     /// log line with message `ready_message` appears, for servers with no
     /// TCP address (the CSI plugin's unix socket).
     pub fn start_until(args: &[&str], ready_message: &str) -> Self {
-        Self::spawn(args, &[], ready_message).0
+        Self::start_until_with_env(args, &[], ready_message)
     }
 
     /// As [`Process::start_until`], with extra environment variables.
     pub fn start_until_with_env(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> Self {
-        Self::spawn(args, env, ready_message).0
-    }
-
-    /// Starts the process and returns it with the first log line whose
-    /// message is `ready_message` (waiting at most 20 s).
-    fn spawn(args: &[&str], env: &[(&str, &str)], ready_message: &str) -> (Self, serde_json::Value) {
-        let mut child = Command::new(binary())
-            .args(args)
-            .envs(env.iter().copied())
-            .args(["--log-format", "json"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the connectors binary starts");
-        let stderr = child.stderr.take().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let logs = logs.clone();
-            let ready_message = ready_message.to_owned();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
-                        && entry["fields"]["message"] == ready_message.as_str()
-                    {
-                        let _ = tx.send(entry);
-                    }
-                    logs.lock().unwrap().push(line);
-                }
-            });
+        match Connectors::start(Path::new(binary()), args, env, ready_message) {
+            Ok(process) => Self(process),
+            Err(error) => panic!("{error}"),
         }
-        match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(ready) => (Self { child, logs }, ready),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("connectors did not become ready: {:?}", logs.lock().unwrap());
-            }
-        }
-    }
-
-    /// Waits (bounded) for the process to exit and returns its status.
-    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    /// Sends SIGTERM.
-    pub fn terminate(&self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-    }
-
-    /// The process id, for reading `/proc/<pid>/…`.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// All log lines so far, joined.
-    pub fn log_text(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -207,12 +142,4 @@ pub async fn podman(root: &Path, env: &[(&str, &str)], args: &[&str]) -> std::pr
         .await
         .expect("podman finished in time")
         .unwrap()
-}
-
-/// Fails if `text` holds the registry password or its Basic credential.
-pub fn assert_no_credential(text: &str, what: &str, user: &str, password: &str) {
-    use base64::Engine as _;
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    assert!(!text.contains(password), "the registry password appears in {what}");
-    assert!(!text.contains(&basic), "the Basic credential appears in {what}");
 }

@@ -16,7 +16,7 @@ use connector::injection::InjectionConfig;
 use crate::mutation::{self, Mode, MutationError, Outcome};
 
 /// The API version of the reviews we accept and answer.
-pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
+pub(crate) const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 
 /// The incoming review. Only the fields we use are decoded; the rest are
 /// ignored.

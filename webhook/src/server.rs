@@ -20,7 +20,7 @@ use connector::injection::InjectionConfig;
 
 /// The largest review body accepted. A pod is at most ~1.5 MiB in etcd and a
 /// review carries the object and, on UPDATE, the old object.
-pub const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
 
 /// Shared state of the handlers.
 #[derive(Clone)]

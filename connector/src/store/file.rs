@@ -14,7 +14,7 @@ use crate::address::{AddressError, RegistryAddress};
 use crate::{Connector, ConnectorKey};
 
 /// The namespace of objects that name none, as with kubectl.
-pub const DEFAULT_NAMESPACE: &str = "default";
+pub(crate) const DEFAULT_NAMESPACE: &str = "default";
 
 /// Why a store file cannot be loaded.
 #[derive(Debug, thiserror::Error)]

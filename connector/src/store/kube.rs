@@ -64,7 +64,7 @@ impl KubeStore {
 
     /// The Secrets the connectors reference (`spec.auth.secretRef` and
     /// `spec.caCertSecretRef`), as (namespace, name).
-    pub fn referenced_secrets(&self) -> BTreeSet<(String, String)> {
+    pub(crate) fn referenced_secrets(&self) -> BTreeSet<(String, String)> {
         self.connectors
             .state()
             .iter()
@@ -74,7 +74,7 @@ impl KubeStore {
 }
 
 /// The Secrets `connector` references, as (namespace, name).
-pub fn referenced_secrets(connector: &Connector) -> Vec<(String, String)> {
+pub(crate) fn referenced_secrets(connector: &Connector) -> Vec<(String, String)> {
     let namespace = connector.metadata.namespace.clone().unwrap_or_default();
     let auth = connector.spec.auth.as_ref().and_then(|a| a.secret_ref.as_ref());
     auth.into_iter()

@@ -246,14 +246,6 @@ pub async fn lease_holder(client: &kube::Client) -> Option<String> {
         .and_then(|l| l.spec?.holder_identity)
 }
 
-/// Fails if `text` holds the registry password or its Basic credential.
-pub fn assert_no_credential(text: &str, what: &str, user: &str, password: &str) {
-    use base64::Engine as _;
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    assert!(!text.contains(password), "the registry password appears in {what}");
-    assert!(!text.contains(&basic), "the Basic credential appears in {what}");
-}
-
 /// A password-protected registry (`USER`/`PASSWORD`) and a fake API server
 /// holding Connector `<team>/registry` for it, with its Secret `robot`
 /// (holding `secret_password`) unless that is `None`.
