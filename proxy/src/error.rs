@@ -102,53 +102,68 @@ pub enum Dialect {
     ForwardProxy,
 }
 
+/// The kinds of failure, as answers tell them apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Route,
+    Invalid,
+    UnknownConnector,
+    Unauthenticated,
+    Unavailable,
+    Denied,
+    GatewayTimeout,
+    BadGateway,
+}
+
 impl ProxyError {
-    /// The HTTP status of the answer.
-    pub fn status(&self, dialect: Dialect) -> StatusCode {
+    fn class(&self) -> Class {
         match self {
-            Self::Route(_) | Self::UnknownConnector(_) => StatusCode::NOT_FOUND,
-            Self::BadRequest(_) | Self::Unmappable | Self::ProxyUsername(_) => StatusCode::BAD_REQUEST,
-            Self::Refused(refusal) if refusal.is_unauthenticated() => match dialect {
-                Dialect::Registry => StatusCode::UNAUTHORIZED,
-                Dialect::ForwardProxy => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-            },
-            Self::Refused(refusal) if refusal.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Route(_) => Class::Route,
+            Self::BadRequest(_) | Self::Unmappable | Self::ProxyUsername(_) => Class::Invalid,
+            Self::UnknownConnector(_) => Class::UnknownConnector,
+            Self::Refused(refusal) if refusal.is_unauthenticated() => Class::Unauthenticated,
+            Self::Refused(refusal) if refusal.is_unavailable() => Class::Unavailable,
             Self::Refused(_)
             | Self::CredentialRefused(_)
             | Self::NotAConnectorHost { .. }
             | Self::NotPlainHttpConnector { .. }
-            | Self::ForbiddenAddress { .. } => StatusCode::FORBIDDEN,
-            Self::Upstream(error) if error.is_timeout() => StatusCode::GATEWAY_TIMEOUT,
+            | Self::ForbiddenAddress { .. } => Class::Denied,
+            Self::Upstream(error) if error.is_timeout() => Class::GatewayTimeout,
             Self::Connector { .. }
             | Self::Upstream(_)
             | Self::RedirectRefused(_)
             | Self::InvalidRedirect
             | Self::UnmappableLocation
             | Self::Resolve { .. }
-            | Self::NoAddress(_) => StatusCode::BAD_GATEWAY,
+            | Self::NoAddress(_) => Class::BadGateway,
+        }
+    }
+
+    /// The HTTP status of the answer.
+    pub fn status(&self, dialect: Dialect) -> StatusCode {
+        match self.class() {
+            Class::Route | Class::UnknownConnector => StatusCode::NOT_FOUND,
+            Class::Invalid => StatusCode::BAD_REQUEST,
+            Class::Unauthenticated => match dialect {
+                Dialect::Registry => StatusCode::UNAUTHORIZED,
+                Dialect::ForwardProxy => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            },
+            Class::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Class::Denied => StatusCode::FORBIDDEN,
+            Class::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Class::BadGateway => StatusCode::BAD_GATEWAY,
         }
     }
 
     /// The OCI distribution error code of a registry answer.
     pub fn oci_code(&self) -> &'static str {
-        match self {
-            Self::Route(error) => error.oci_code(),
-            Self::Unmappable | Self::BadRequest(_) | Self::ProxyUsername(_) => "NAME_INVALID",
-            Self::UnknownConnector(_) => "NAME_UNKNOWN",
-            Self::Refused(refusal) if refusal.is_unauthenticated() => "UNAUTHORIZED",
-            Self::Refused(refusal) if refusal.is_unavailable() => "UNAVAILABLE",
-            Self::Refused(_)
-            | Self::CredentialRefused(_)
-            | Self::NotAConnectorHost { .. }
-            | Self::NotPlainHttpConnector { .. }
-            | Self::ForbiddenAddress { .. } => "DENIED",
-            Self::Connector { .. }
-            | Self::Upstream(_)
-            | Self::RedirectRefused(_)
-            | Self::InvalidRedirect
-            | Self::UnmappableLocation
-            | Self::Resolve { .. }
-            | Self::NoAddress(_) => "UNAVAILABLE",
+        match (self, self.class()) {
+            (Self::Route(error), _) => error.oci_code(),
+            (_, Class::Route | Class::Invalid) => "NAME_INVALID",
+            (_, Class::UnknownConnector) => "NAME_UNKNOWN",
+            (_, Class::Unauthenticated) => "UNAUTHORIZED",
+            (_, Class::Denied) => "DENIED",
+            (_, Class::Unavailable | Class::GatewayTimeout | Class::BadGateway) => "UNAVAILABLE",
         }
     }
 

@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use url::Url;
 
 use crate::error::{Dialect, ProxyError, json_response};
-use crate::listener::{ServerLimits, accept_and_drain};
+use crate::listener::{ServerLimits, accept_and_drain, drain_on_stop};
 use crate::pipeline::{Mode, Pipeline};
 use crate::route::{self, Route};
 use crate::tunnel::{self, TunnelHost};
@@ -464,14 +464,7 @@ pub async fn serve(
                 .max_buf_size(limits.read_buffer())
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
-            let mut connection = std::pin::pin!(connection);
-            let result = tokio::select! {
-                result = connection.as_mut() => result,
-                () = stopping.wait() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
+            let result = drain_on_stop!(std::pin::pin!(connection), stopping);
             if let Err(error) = result {
                 tracing::debug!(%peer, error = %error, "forward connection ended with an error");
             }

@@ -57,6 +57,26 @@ impl Stopping {
     }
 }
 
+/// Drives a pinned hyper connection to its end; once shutdown begins, asks
+/// it (`graceful_shutdown`) to finish its request in flight and close.
+///
+/// NB: a macro, not a generic function: hyper's connection futures carry
+/// higher-ranked bounds that a generic async helper loses inside a spawned
+/// task (rustc then cannot prove the task `Send`).
+macro_rules! drain_on_stop {
+    ($connection:expr, $stopping:expr) => {{
+        let mut connection = $connection;
+        tokio::select! {
+            result = connection.as_mut() => result,
+            () = $stopping.wait() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        }
+    }};
+}
+pub(crate) use drain_on_stop;
+
 /// Accepts connections on `listener` until `shutdown` resolves, serving
 /// each with `serve` in its own task; then stops accepting (new
 /// connections are refused), tells every connection to finish, and waits

@@ -17,7 +17,7 @@ use registry::splice::{ClientIo, ClientSocket};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use crate::listener::{PeerAddr, ServerLimits, Stopping, accept_and_drain};
+use crate::listener::{PeerAddr, ServerLimits, Stopping, accept_and_drain, drain_on_stop};
 use crate::pipeline::Pipeline;
 
 /// Whether the process is ready to serve (its caches hold a complete view).
@@ -100,14 +100,7 @@ async fn serve_connection<I>(
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_bytes as u32);
     let connection = builder.serve_connection(io, service);
-    let mut connection = std::pin::pin!(connection);
-    let result = tokio::select! {
-        result = connection.as_mut() => result,
-        () = stopping.wait() => {
-            connection.as_mut().graceful_shutdown();
-            connection.await
-        }
-    };
+    let result = drain_on_stop!(std::pin::pin!(connection), stopping);
     if let Err(error) = result {
         tracing::debug!(%peer, error = ?error, "connection ended with an error");
     }
