@@ -466,6 +466,9 @@ fn start_connectors(dir: &Path, registry: &Registry, tls: &TestTls) -> anyhow::R
     let resolve = format!("{REGISTRY_NAME}:{}:{}", registry.port(), registry.addr().ip());
     let args = [
         "proxy".as_ref(),
+        // NB: the registry listens on loopback.
+        "--egress-allow".as_ref(),
+        "127.0.0.0/8".as_ref(),
         "--store".as_ref(),
         store_path.as_os_str(),
         "--token-auth-file".as_ref(),

@@ -256,6 +256,9 @@ fn start_connectors(binary: &Path, dir: &Path, registry: &Registry) -> anyhow::R
         let listen = reverse.to_string();
         let args = [
             "proxy".as_ref(),
+            // NB: the registry listens on loopback.
+            "--egress-allow".as_ref(),
+            "127.0.0.0/8".as_ref(),
             "--store".as_ref(),
             store_path.as_os_str(),
             "--token-auth-file".as_ref(),

@@ -347,6 +347,9 @@ struct ProxyConfig {
 fn start_connectors(binary: &Path, config: &ProxyConfig) -> anyhow::Result<Connectors> {
     let args = [
         "proxy".as_ref(),
+        // NB: the registry listens on loopback.
+        "--egress-allow".as_ref(),
+        "127.0.0.0/8".as_ref(),
         "--store".as_ref(),
         config.store.as_os_str(),
         "--token-auth-file".as_ref(),

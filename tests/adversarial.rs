@@ -26,12 +26,18 @@ const OTHER_TOKEN: &str = "other-namespace-token-adv";
 /// What one raw exchange may take at most.
 const WAIT: Duration = Duration::from_secs(10);
 
+/// The digest of the blob the registry redirects (`lab/app`).
+const REDIRECTED_BLOB: &str = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+
 /// A registry that wants Basic auth and serves one manifest; the token
-/// realm of `lab/bearer` points wherever `realm` says.
-async fn registry(realm: String) -> Fake {
+/// realm of `lab/bearer` points wherever `realm` says, and the blob
+/// [`REDIRECTED_BLOB`] redirects to `redirect`.
+async fn registry(realm: String, redirect: String) -> Fake {
+    let blob = format!("/v2/lab/app/blobs/{REDIRECTED_BLOB}");
     serve(
-        "127.0.0.1",
+        REGISTRY_IP,
         Arc::new(move |target: &str, _, _| match target {
+            target if target == blob => answer(StatusCode::TEMPORARY_REDIRECT, &[("location", redirect.clone())], b""),
             "/v2/" => answer(
                 StatusCode::UNAUTHORIZED,
                 &[("www-authenticate", "Basic realm=\"adversarial\"".into())],
@@ -61,6 +67,10 @@ async fn registry(realm: String) -> Fake {
     .await
 }
 
+/// Where the registry listens: the one loopback address the proxy may dial
+/// (`--egress-allow`), so tunnels to every other one stay refused.
+const REGISTRY_IP: &str = "127.0.0.7";
+
 /// A server that must never be asked anything (a foreign token realm).
 async fn bystander(ip: &str) -> Fake {
     serve(
@@ -80,12 +90,22 @@ struct Lab {
 
 impl Lab {
     async fn start(realm: String) -> Self {
-        let registry = registry(realm).await;
+        Self::start_redirecting(realm, "https://storage.example.com/blob".to_owned()).await
+    }
+
+    /// As [`Lab::start`], with the registry's blob redirects pointing at
+    /// `redirect`.
+    async fn start_redirecting(realm: String, redirect: String) -> Self {
+        let registry = registry(realm, redirect).await;
         let dir = tempfile::tempdir().unwrap();
         let store = testing::StoreYaml::new("team")
             .basic_auth("robot", USER, PASSWORD)
             .connector("lab", &format!("http://{}", registry.addr), "robot", None)
             .connector("lab2", &format!("http://{}", registry.addr), "robot", None)
+            // An address a namespace editor could write: loopback, not the
+            // registry's. (Private and metadata ranges are refused by the
+            // same check; its unit tests cover them without any dial.)
+            .connector("loopback", "http://127.0.0.9:5000", "robot", None)
             .build();
         std::fs::write(dir.path().join("store.yaml"), store).unwrap();
         std::fs::write(
@@ -98,6 +118,8 @@ impl Lab {
         let state = dir.path().join("state");
         let args = [
             "proxy",
+            "--egress-allow",
+            REGISTRY_IP,
             "--store",
             dir.path().join("store.yaml").to_str().unwrap(),
             "--token-auth-file",
@@ -483,4 +505,57 @@ async fn connect_to_loopback_link_local_and_metadata_addresses_is_refused_even_w
     .await;
     assert_eq!(status_of(&response), 407, "{response}");
     testing::credentials::assert_no_credential(&lab.proxy.log_text(), "the proxy's logs", USER, PASSWORD);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_redirects_to_special_addresses_are_never_dialed_and_stream_nothing_back() {
+    // Stands in for a metadata endpoint or an in-cluster service: loopback,
+    // but not the registry's allowed address.
+    let metadata = serve(
+        "127.0.0.8",
+        Arc::new(|_: &str, _, _| answer(StatusCode::OK, &[], b"SECRET-METADATA")),
+    )
+    .await;
+    let redirect = format!(
+        "http://{}/latest/meta-data/iam/security-credentials/node",
+        metadata.addr
+    );
+    let lab = Lab::start_redirecting("http://127.0.0.1/token".to_owned(), redirect).await;
+    let response = lab
+        .raw(get(
+            &format!("/v2/namespaces/team/connectors/lab/lab/app/blobs/{REDIRECTED_BLOB}"),
+            TOKEN,
+        ))
+        .await;
+    assert_eq!(status_of(&response), 502, "{response}");
+    assert!(
+        response.contains("egress"),
+        "the error names the egress policy: {response}"
+    );
+    assert!(!response.contains("SECRET-METADATA"), "{response}");
+    assert!(
+        metadata.seen.lock().unwrap().is_empty(),
+        "the redirect target was dialed"
+    );
+    testing::credentials::assert_no_credential(&response, "the refusal", USER, PASSWORD);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connectors_at_special_addresses_are_refused_before_any_dial() {
+    let lab = Lab::start("http://127.0.0.1/token".to_owned()).await;
+    for (connector, range) in [("loopback", "loopback")] {
+        let response = lab
+            .raw(get(
+                &format!("/v2/namespaces/team/connectors/{connector}/lab/app/manifests/v1"),
+                TOKEN,
+            ))
+            .await;
+        assert_eq!(status_of(&response), 502, "{connector}: {response}");
+        assert!(
+            response.contains(range),
+            "{connector}: the error names the range: {response}"
+        );
+        assert!(response.contains("--egress-allow"), "{connector}: {response}");
+        testing::credentials::assert_no_credential(&response, "the refusal", USER, PASSWORD);
+    }
 }

@@ -84,6 +84,9 @@ async fn skopeo_pushes_and_pulls_through_the_proxy_with_only_the_volume_auth_fil
     let (proxy, proxy_addr) = Process::start(
         &[
             "proxy",
+            // NB: the registries of these tests listen on loopback.
+            "--egress-allow",
+            "127.0.0.0/8",
             "--store",
             store.to_str().unwrap(),
             "--token-auth-file",

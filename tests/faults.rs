@@ -91,6 +91,9 @@ impl Lab {
         let tokens = self.dir_path.join("tokens.csv");
         let mut args = vec![
             "proxy",
+            // NB: the registries of these tests listen on loopback.
+            "--egress-allow",
+            "127.0.0.0/8",
             "--store",
             store.to_str().unwrap(),
             "--token-auth-file",

@@ -74,6 +74,9 @@ impl Lab {
         let resolve = format!("registry.test:{port}:127.0.0.1");
         let mut args = vec![
             "proxy",
+            // NB: the registries of these tests listen on loopback.
+            "--egress-allow",
+            "127.0.0.0/8",
             "--store",
             dir.path().join("store.yaml").to_str().unwrap(),
             "--token-auth-file",

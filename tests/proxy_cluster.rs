@@ -203,6 +203,9 @@ impl Lab {
             Process::start_with_env(
                 &[
                     "proxy",
+                    // NB: the registries of these tests listen on loopback.
+                    "--egress-allow",
+                    "127.0.0.0/8",
                     "--listen",
                     "127.0.0.1:0",
                     "--tls-listen",

@@ -35,6 +35,9 @@ async fn start(extra: &[&str]) -> (Registry, Process, SocketAddr, tempfile::Temp
     let tokens = dir.path().join("tokens.csv");
     let mut args = vec![
         "proxy",
+        // NB: the registries of these tests listen on loopback.
+        "--egress-allow",
+        "127.0.0.0/8",
         "--store",
         store.to_str().unwrap(),
         "--token-auth-file",

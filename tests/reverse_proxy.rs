@@ -53,6 +53,9 @@ impl Lab {
         let (proxy, addr) = Process::start(
             &[
                 "proxy",
+                // NB: the registries of these tests listen on loopback.
+                "--egress-allow",
+                "127.0.0.0/8",
                 "--store",
                 store_path.to_str().unwrap(),
                 "--token-auth-file",

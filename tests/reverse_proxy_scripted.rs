@@ -117,6 +117,9 @@ fn start_proxy(dir: &std::path::Path, registry: SocketAddr) -> (Process, SocketA
     Process::start(
         &[
             "proxy",
+            // NB: the registries of these tests listen on loopback.
+            "--egress-allow",
+            "127.0.0.0/8",
             "--store",
             dir.join("store.yaml").to_str().unwrap(),
             "--token-auth-file",

@@ -40,7 +40,9 @@ impl Caller {
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     /// Nothing identifies the caller.
-    #[error("authentication required: send a ServiceAccount token as the password")]
+    #[error(
+        "authentication required: send a ServiceAccount token as the password (to the forward proxy, with the connector list as the username)"
+    )]
     Anonymous,
     /// The credential header is there but holds no token.
     #[error("the credential header carries no usable token")]

@@ -41,6 +41,8 @@ pub struct Settings {
     pub bootstrap: BootstrapSettings,
     /// Timeout of each probe request.
     pub probe_timeout: Duration,
+    /// What the probes may dial: the proxy's egress policy.
+    pub egress: registry::egress::EgressPolicy,
 }
 
 /// Runs the controller until `shutdown` resolves: health endpoints on
@@ -95,7 +97,7 @@ pub async fn run(
         let status = status::run(
             client.clone(),
             settings.status.clone(),
-            probe::Prober::new(settings.probe_timeout),
+            probe::Prober::new(settings.probe_timeout, settings.egress.clone()),
             &settings.identity,
             leader.clone(),
             proxy_ca_updates,

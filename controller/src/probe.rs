@@ -20,6 +20,8 @@ use registry::auth::{Upstream, UpstreamError, challenges_of, fetch_token, sensit
 use registry::body;
 use registry::challenge::{self, Scheme};
 use registry::credential::{self, UpstreamCredential};
+use registry::egress::EgressPolicy;
+use registry::resolve::Pins;
 use registry::upstream::{UpstreamClient, UpstreamClients};
 
 /// The largest upstream body a probe reads (token answers are small).
@@ -116,9 +118,9 @@ struct Answer {
 }
 
 impl Prober {
-    pub fn new(timeout: Duration) -> Self {
+    pub fn new(timeout: Duration, egress: EgressPolicy) -> Self {
         Self {
-            clients: UpstreamClients::default(),
+            clients: UpstreamClients::new(Pins::default(), egress),
             timeout,
         }
     }
@@ -157,6 +159,13 @@ impl Prober {
         let ping = upstream.url("v2/");
         let anonymous = match self.get(&upstream.client, &ping, None).await {
             Ok(answer) => answer,
+            Err(GetError::Egress(refused)) => {
+                return ProbeReport {
+                    secret,
+                    liveness: Check::failed("EgressRefused", refused.to_string()),
+                    auth: Check::unknown("RegistryNotReady", "the registry may not be dialed"),
+                };
+            }
             Err(error) => {
                 return ProbeReport {
                     secret,
@@ -363,26 +372,32 @@ impl Prober {
 
     /// One GET with a deadline over the headers and the (bounded) body.
     /// Redirects are not followed.
-    async fn get(&self, client: &UpstreamClient, url: &str, authorization: Option<&str>) -> Result<Answer, String> {
+    async fn get(&self, client: &UpstreamClient, url: &str, authorization: Option<&str>) -> Result<Answer, GetError> {
         let mut request = Request::builder().method(Method::GET).uri(url);
         if let (Some(headers), Some(value)) = (request.headers_mut(), authorization) {
-            headers.insert(header::AUTHORIZATION, sensitive(value).map_err(|e| e.to_string())?);
+            headers.insert(
+                header::AUTHORIZATION,
+                sensitive(value).map_err(|e| GetError::Failed(e.to_string()))?,
+            );
         }
         let request = request
             .body(body::empty())
-            .map_err(|_| format!("{url} is not a valid URL"))?;
+            .map_err(|_| GetError::Failed(format!("{url} is not a valid URL")))?;
         let exchange = async {
             let response = registry::auth::send(client, request, self.timeout)
                 .await
                 .map_err(|e| match e {
-                    UpstreamError::Unreachable { error, .. } => registry::auth::Chain(&error).to_string(),
-                    other => other.to_string(),
+                    UpstreamError::Egress(refused) => GetError::Egress(refused),
+                    UpstreamError::Unreachable { error, .. } => {
+                        GetError::Failed(registry::auth::Chain(&error).to_string())
+                    }
+                    other => GetError::Failed(other.to_string()),
                 })?;
             let (parts, body) = response.into_parts();
             http_body_util::Limited::new(body, MAX_BODY)
                 .collect()
                 .await
-                .map_err(|e| format!("reading the answer failed: {e}"))?;
+                .map_err(|e| GetError::Failed(format!("reading the answer failed: {e}")))?;
             Ok(Answer {
                 status: parts.status,
                 headers: parts.headers,
@@ -390,8 +405,18 @@ impl Prober {
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| format!("no answer within {}s", self.timeout.as_secs_f64()))?
+            .map_err(|_| GetError::Failed(format!("no answer within {}s", self.timeout.as_secs_f64())))?
     }
+}
+
+/// Why a probe's GET got no answer.
+#[derive(Debug, thiserror::Error)]
+enum GetError {
+    /// The egress policy refused the address.
+    #[error(transparent)]
+    Egress(registry::egress::EgressRefused),
+    #[error("{0}")]
+    Failed(String),
 }
 
 struct AuthContext<'a> {

@@ -16,7 +16,8 @@ use hyper::Uri;
 use libfuzzer_sys::fuzz_target;
 use access::caller::{basic_credentials, token_from_authorization};
 use proxy::forward::{absolute_target, connect_target};
-use proxy::tunnel::{TunnelHost, is_forbidden_tunnel_address};
+use proxy::tunnel::TunnelHost;
+use registry::egress::special_range;
 
 fn check_target(target: Option<(String, u16)>, input: &str) {
     let Some((host, _port)) = target else { return };
@@ -26,7 +27,7 @@ fn check_target(target: Option<(String, u16)>, input: &str) {
         "{host:?} from {input:?}"
     );
     if let Ok(ip) = host.parse::<IpAddr>() {
-        let _ = is_forbidden_tunnel_address(ip);
+        let _ = special_range(ip);
     }
 }
 

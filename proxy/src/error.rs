@@ -3,8 +3,6 @@
 //! registry clients, a line of text for a forward-proxy client) and log
 //! level. Messages never hold a credential or a token.
 
-use std::net::IpAddr;
-
 use access::Refusal;
 use bytes::Bytes;
 use connector::ConnectorKey;
@@ -13,6 +11,7 @@ use hyper::{Response, StatusCode};
 use registry::auth::UpstreamError;
 use registry::body::{self, ProxyBody};
 use registry::challenge;
+use registry::egress::EgressError;
 
 use crate::route::RouteError;
 
@@ -83,14 +82,10 @@ pub enum ProxyError {
     InvalidRedirect,
     #[error("unmappable Location")]
     UnmappableLocation,
-    /// A tunnel target's name did not resolve.
-    #[error("cannot resolve {host}: {error}")]
-    Resolve { host: String, error: std::io::Error },
-    #[error("{0} has no address")]
-    NoAddress(String),
-    /// A tunnel target resolved to an address tunnels may not reach.
-    #[error("{host} resolves to {ip}, which tunnels may not reach")]
-    ForbiddenAddress { host: String, ip: IpAddr },
+    /// A tunnel target did not resolve, or only to addresses the egress
+    /// policy refuses.
+    #[error(transparent)]
+    Egress(#[from] EgressError),
 }
 
 /// Whom an answer is for: a registry client (reverse mode, and requests
@@ -127,15 +122,14 @@ impl ProxyError {
             | Self::CredentialRefused(_)
             | Self::NotAConnectorHost { .. }
             | Self::NotPlainHttpConnector { .. }
-            | Self::ForbiddenAddress { .. } => Class::Denied,
+            | Self::Egress(EgressError::Refused(_)) => Class::Denied,
             Self::Upstream(error) if error.is_timeout() => Class::GatewayTimeout,
             Self::Connector { .. }
             | Self::Upstream(_)
             | Self::RedirectRefused(_)
             | Self::InvalidRedirect
             | Self::UnmappableLocation
-            | Self::Resolve { .. }
-            | Self::NoAddress(_) => Class::BadGateway,
+            | Self::Egress(_) => Class::BadGateway,
         }
     }
 

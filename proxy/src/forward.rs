@@ -47,8 +47,12 @@ pub struct ForwardOptions {
     /// Non-connector hosts that get a blind tunnel (no interception, no
     /// credential). Everything else is refused.
     pub tunnel_hosts: Vec<TunnelHost>,
-    /// Allow tunnels to loopback, link-local and metadata addresses.
+    /// Let tunnels ignore the egress policy (deprecated: allow the
+    /// networks with `--egress-allow` instead).
     pub tunnel_to_private_addresses: bool,
+    /// What tunnels may dial (intercepted requests go through the
+    /// pipeline's clients, which apply the same policy).
+    pub egress: registry::egress::EgressPolicy,
     /// Hosts dialed at fixed addresses (`--resolve`).
     pub pins: registry::resolve::Pins,
 }
@@ -353,9 +357,14 @@ impl ForwardProxy {
             return Err(refusal.into());
         }
         if scheme == "https" && self.options.tunnel_hosts.iter().any(|t| t.matches(host, port)) {
-            let addresses =
-                tunnel::checked_addresses(&self.options.pins, host, port, self.options.tunnel_to_private_addresses)
-                    .await?;
+            let addresses = tunnel::checked_addresses(
+                &self.options.pins,
+                &self.options.egress,
+                host,
+                port,
+                self.options.tunnel_to_private_addresses,
+            )
+            .await?;
             return Ok(Plan::Tunnel(addresses));
         }
         Err(ProxyError::NotAConnectorHost {

@@ -26,6 +26,7 @@ use registry::auth::{Authorization, RequestHead, Upstream, UpstreamSender};
 use registry::body::{self, BoxError, ProxyBody};
 use registry::challenge::Scope;
 use registry::credential;
+use registry::egress::EgressPolicy;
 use registry::resolve::Pins;
 use registry::splice::{self, ClientSocket};
 use registry::token::Source;
@@ -56,6 +57,8 @@ pub struct UpstreamOptions {
     /// How long an upstream (registry, token service, object storage) may
     /// take to send response headers; bodies have no deadline.
     pub upstream_header_timeout: Duration,
+    /// What may be dialed: registries, token realms, redirect targets.
+    pub egress: EgressPolicy,
 }
 
 impl Default for UpstreamOptions {
@@ -64,6 +67,7 @@ impl Default for UpstreamOptions {
             insecure_upstream_tls: false,
             pins: Pins::default(),
             upstream_header_timeout: RESPONSE_HEADER_TIMEOUT,
+            egress: EgressPolicy::default(),
         }
     }
 }
@@ -126,7 +130,7 @@ impl Pipeline {
             secrets,
             access,
             sender: UpstreamSender::new(options.upstream_header_timeout),
-            clients: UpstreamClients::new(options.pins),
+            clients: UpstreamClients::new(options.pins, options.egress),
             insecure_upstream_tls: options.insecure_upstream_tls,
             metrics: Arc::new(Metrics::default()),
         }

@@ -3,9 +3,10 @@
 //! (loopback, link-local and metadata services, unless allowed), and the
 //! byte relay itself. A tunnel never carries a credential.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use hyper_util::rt::TokioIo;
+use registry::egress::EgressPolicy;
 use registry::resolve::Pins;
 use registry::upstream::CONNECT_TIMEOUT;
 use tokio::net::TcpStream;
@@ -59,55 +60,25 @@ impl TunnelHost {
     }
 }
 
-/// Loopback, link-local (which holds most clouds' metadata services),
-/// unspecified, multicast and the known metadata addresses outside those.
-pub fn is_forbidden_tunnel_address(ip: IpAddr) -> bool {
-    const ALIBABA_METADATA: Ipv4Addr = Ipv4Addr::new(100, 100, 100, 200);
-    const AWS_METADATA_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254);
-    match ip {
-        IpAddr::V4(v4) => {
-            v4.is_loopback()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || v4 == ALIBABA_METADATA
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_forbidden_tunnel_address(IpAddr::V4(v4));
-            }
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6 == AWS_METADATA_V6
-        }
-    }
-}
-
-/// Resolves `host` once; every answer must be an address tunnels may
-/// reach (unless `private_allowed`). The tunnel then dials only these.
+/// Resolves `host` once; only the answers the egress policy allows are
+/// dialed (every answer, when `ignore_policy`: the deprecated
+/// `--forward-tunnel-to-private-addresses`).
 pub async fn checked_addresses(
     pins: &Pins,
+    egress: &EgressPolicy,
     host: &str,
     port: u16,
-    private_allowed: bool,
+    ignore_policy: bool,
 ) -> Result<Vec<SocketAddr>, ProxyError> {
-    let addresses = pins.resolve(host, port).await.map_err(|error| ProxyError::Resolve {
-        host: host.to_owned(),
-        error,
-    })?;
-    if addresses.is_empty() {
-        return Err(ProxyError::NoAddress(host.to_owned()));
-    }
-    if !private_allowed && let Some(forbidden) = addresses.iter().find(|a| is_forbidden_tunnel_address(a.ip())) {
-        return Err(ProxyError::ForbiddenAddress {
-            host: host.to_owned(),
-            ip: forbidden.ip(),
-        });
-    }
-    Ok(addresses)
+    let policy = if ignore_policy {
+        &EgressPolicy::new([
+            "0.0.0.0/0".parse().expect("a network"),
+            "::/0".parse().expect("a network"),
+        ])
+    } else {
+        egress
+    };
+    policy.resolve(pins, host, port).await.map_err(ProxyError::from)
 }
 
 /// Relays bytes both ways between the client and the first address that
@@ -148,23 +119,26 @@ mod tests {
         }
     }
 
-    #[test]
-    fn metadata_loopback_and_link_local_addresses_are_forbidden() {
-        for forbidden in [
-            "127.0.0.1",
-            "169.254.169.254",
-            "100.100.100.200",
-            "0.0.0.0",
-            "::1",
-            "fe80::1",
-            "fd00:ec2::254",
-            "::ffff:169.254.169.254",
-            "224.0.0.1",
+    #[tokio::test]
+    async fn tunnels_dial_only_what_the_egress_policy_allows() {
+        let pins = Pins::new(["metadata.test:443:169.254.169.254".parse().unwrap()]);
+        let default = EgressPolicy::default();
+        for (host, port) in [
+            ("metadata.test", 443),
+            ("127.0.0.1", 443),
+            ("[fd00:ec2::254]", 443),
+            ("10.0.0.5", 443),
         ] {
-            assert!(is_forbidden_tunnel_address(forbidden.parse().unwrap()), "{forbidden}");
+            let refused = checked_addresses(&pins, &default, host, port, false).await.unwrap_err();
+            assert!(matches!(refused, ProxyError::Egress(_)), "{host}: {refused}");
         }
-        for allowed in ["10.0.0.5", "140.82.112.3", "2606:4700::1111"] {
-            assert!(!is_forbidden_tunnel_address(allowed.parse().unwrap()), "{allowed}");
-        }
+        let public = checked_addresses(&pins, &default, "140.82.112.3", 443, false)
+            .await
+            .unwrap();
+        assert_eq!(public, vec!["140.82.112.3:443".parse::<SocketAddr>().unwrap()]);
+        let ignored = checked_addresses(&pins, &default, "metadata.test", 443, true)
+            .await
+            .unwrap();
+        assert_eq!(ignored, vec!["169.254.169.254:443".parse::<SocketAddr>().unwrap()]);
     }
 }

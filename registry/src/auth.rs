@@ -42,6 +42,9 @@ pub enum UpstreamError {
         host: String,
         error: hyper_util::client::legacy::Error,
     },
+    /// The egress policy refused every address of the host.
+    #[error(transparent)]
+    Egress(#[from] crate::egress::EgressRefused),
     /// No response headers within the limit.
     #[error("upstream {host} sent no response headers within {}s", after.as_secs())]
     HeaderTimeout { host: String, after: Duration },
@@ -463,12 +466,30 @@ pub async fn send(
     let host = request.uri().host().unwrap_or_default().to_owned();
     match tokio::time::timeout(header_timeout, client.request(request)).await {
         Ok(Ok(response)) => Ok(response),
-        Ok(Err(error)) => Err(UpstreamError::Unreachable { host, error }),
+        Ok(Err(error)) => Err(match egress_refusal(&error) {
+            Some(refused) => UpstreamError::Egress(refused),
+            None => UpstreamError::Unreachable { host, error },
+        }),
         Err(_) => Err(UpstreamError::HeaderTimeout {
             host,
             after: header_timeout,
         }),
     }
+}
+
+/// The egress refusal behind a failed dial, if that is what it was.
+fn egress_refusal(error: &(dyn std::error::Error + 'static)) -> Option<crate::egress::EgressRefused> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = source {
+        if let Some(refused) = error.downcast_ref::<crate::egress::EgressRefused>() {
+            return Some(refused.clone());
+        }
+        if let Some(crate::egress::EgressError::Refused(refused)) = error.downcast_ref::<crate::egress::EgressError>() {
+            return Some(refused.clone());
+        }
+        source = error.source();
+    }
+    None
 }
 
 /// A header value marked sensitive (kept out of hyper's debug output).

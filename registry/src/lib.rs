@@ -3,7 +3,8 @@
 //! sent ([`realm`]), the credential itself ([`credential`]), bearer tokens
 //! and their cache ([`token`]), the one path that sends a request with the
 //! connector's authorization ([`auth`]), the pooled upstream connector
-//! ([`upstream`], [`resolve`]) and the zero-copy blob relay ([`splice`]).
+//! ([`upstream`], [`resolve`]) that dials only what the [`egress`] policy
+//! allows, and the zero-copy blob relay ([`splice`]).
 //!
 //! It must not depend on `proxy`, `webhook`, `csi` or `controller`: those
 //! are its users.
@@ -12,6 +13,7 @@ pub mod auth;
 pub mod body;
 pub mod challenge;
 pub mod credential;
+pub mod egress;
 pub mod realm;
 pub mod resolve;
 pub mod splice;

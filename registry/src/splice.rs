@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 use tower_service::Service;
 
 use crate::body::{BoxError, ProxyBody};
+use crate::egress::EgressPolicy;
 use crate::resolve::Pins;
 
 /// A relay that makes no progress for this long is abandoned.
@@ -265,17 +266,19 @@ impl Connection for UpstreamIo {
     }
 }
 
-/// An [`HttpConnector`] whose plain-HTTP connections can be relayed from,
-/// dialing pinned hosts at their pinned address.
+/// An [`HttpConnector`] whose plain-HTTP connections can be relayed from.
+/// It resolves each name once (pinned hosts at their pinned address) and
+/// dials only the answers the egress policy allows.
 #[derive(Clone)]
 pub struct RelayConnector {
     http: HttpConnector,
     pins: Arc<Pins>,
+    egress: Arc<EgressPolicy>,
 }
 
 impl RelayConnector {
-    pub fn new(http: HttpConnector, pins: Arc<Pins>) -> Self {
-        Self { http, pins }
+    pub fn new(http: HttpConnector, pins: Arc<Pins>, egress: Arc<EgressPolicy>) -> Self {
+        Self { http, pins, egress }
     }
 }
 
@@ -291,24 +294,30 @@ impl Service<hyper::Uri> for RelayConnector {
     fn call(&mut self, uri: hyper::Uri) -> Self::Future {
         let offer = uri.scheme() == Some(&hyper::http::uri::Scheme::HTTP);
         let port = uri.port_u16().unwrap_or(if offer { 80 } else { 443 });
-        // NB: only the dial changes; TLS still verifies the name in `uri`.
-        let dial = match uri.host().and_then(|host| self.pins.lookup(host, port)) {
-            Some(pinned) => hyper::Uri::builder()
-                .scheme(uri.scheme_str().unwrap_or("http"))
-                .authority(pinned.to_string())
-                .path_and_query("/")
-                .build()
-                .unwrap_or(uri),
-            None => uri,
-        };
-        let connecting = self.http.call(dial);
+        let (mut http, pins, egress) = (self.http.clone(), self.pins.clone(), self.egress.clone());
         Box::pin(async move {
-            let stream = connecting.await?.into_inner();
-            Ok(TokioIo::new(UpstreamIo {
-                stream: Arc::new(stream),
-                handed_over: Arc::new(AtomicBool::new(false)),
-                offer,
-            }))
+            let host = uri.host().unwrap_or_default();
+            let addresses = egress.resolve(&pins, host, port).await?;
+            let mut failed = None;
+            for address in addresses {
+                // NB: only the dial changes; TLS still verifies the name in `uri`.
+                let dial = hyper::Uri::builder()
+                    .scheme(uri.scheme_str().unwrap_or("http"))
+                    .authority(address.to_string())
+                    .path_and_query("/")
+                    .build()?;
+                match http.call(dial).await {
+                    Ok(stream) => {
+                        return Ok(TokioIo::new(UpstreamIo {
+                            stream: Arc::new(stream.into_inner()),
+                            handed_over: Arc::new(AtomicBool::new(false)),
+                            offer,
+                        }));
+                    }
+                    Err(error) => failed = Some(error),
+                }
+            }
+            Err(failed.map_or_else(|| BoxError::from("no address to dial"), BoxError::from))
         })
     }
 }

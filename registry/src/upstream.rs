@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 
 use crate::body::ProxyBody;
+use crate::egress::EgressPolicy;
 use crate::resolve::Pins;
 use crate::splice::RelayConnector;
 
@@ -51,20 +52,22 @@ struct TrustKey {
 pub struct UpstreamClients {
     roots: Arc<RootCertStore>,
     pins: Arc<Pins>,
+    egress: Arc<EgressPolicy>,
     idle_timeout: Duration,
     clients: Mutex<HashMap<TrustKey, UpstreamClient>>,
 }
 
 impl Default for UpstreamClients {
     fn default() -> Self {
-        Self::new(Pins::default())
+        Self::new(Pins::default(), EgressPolicy::default())
     }
 }
 
 impl UpstreamClients {
     /// Trusts the Mozilla (webpki) roots and the system's roots; dials
-    /// pinned hosts at their pinned addresses.
-    pub fn new(pins: Pins) -> Self {
+    /// pinned hosts at their pinned addresses, and only addresses `egress`
+    /// allows.
+    pub fn new(pins: Pins, egress: EgressPolicy) -> Self {
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         let native = rustls_native_certs::load_native_certs();
@@ -73,6 +76,7 @@ impl UpstreamClients {
         Self {
             roots: Arc::new(roots),
             pins: Arc::new(pins),
+            egress: Arc::new(egress),
             idle_timeout: POOL_IDLE_TIMEOUT,
             clients: Mutex::new(HashMap::new()),
         }
@@ -138,7 +142,7 @@ impl UpstreamClients {
             .with_tls_config(config)
             .https_or_http()
             .enable_http1()
-            .wrap_connector(RelayConnector::new(http, self.pins.clone()));
+            .wrap_connector(RelayConnector::new(http, self.pins.clone(), self.egress.clone()));
         // NB: hyper's adaptive read buffer, capped: it grows for blobs but
         // stops at 256 KiB (hyper's default cap is ~400 KiB), which bounds
         // memory per stream without a fixed small buffer's extra reads.
@@ -233,7 +237,8 @@ mod tests {
             (n, closed_after.elapsed())
         });
 
-        let clients = UpstreamClients::default().with_idle_timeout(Duration::from_millis(300));
+        let loopback = EgressPolicy::new(["127.0.0.0/8".parse().unwrap()]);
+        let clients = UpstreamClients::new(Pins::default(), loopback).with_idle_timeout(Duration::from_millis(300));
         let client = clients.client(None, false).unwrap();
         let request = hyper::Request::get(format!("http://{addr}/v2/"))
             .body(crate::body::empty())

@@ -55,6 +55,10 @@ pub struct Args {
     /// Timeout of each probe request.
     #[arg(long, env = "CONNECTORS_PROBE_TIMEOUT_SECONDS", default_value_t = 10)]
     probe_timeout_seconds: u64,
+    /// Networks and hosts the probes may dial although they are special
+    /// (loopback, link-local, private), as the proxy's `--egress-allow`.
+    #[arg(long = "egress-allow", env = "CONNECTORS_EGRESS_ALLOW", value_delimiter = ',')]
+    egress_allow: Vec<registry::egress::EgressAllow>,
     /// How often certificates are checked for rotation.
     #[arg(long, env = "CONNECTORS_CERTIFICATE_CHECK_SECONDS", default_value_t = 600)]
     certificate_check_seconds: u64,
@@ -92,6 +96,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
             check_interval: Duration::from_secs(args.certificate_check_seconds.max(1)),
         },
         probe_timeout: Duration::from_secs(args.probe_timeout_seconds.max(1)),
+        egress: registry::egress::EgressPolicy::new(args.egress_allow),
     };
     let health = tokio::net::TcpListener::bind(args.health_listen)
         .await

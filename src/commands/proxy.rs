@@ -19,6 +19,7 @@ use proxy::forward::ForwardOptions;
 use proxy::listener::ServerLimits;
 use proxy::tunnel::TunnelHost;
 use proxy::{ClusterSettings, Proxy, StandaloneSettings, UpstreamOptions};
+use registry::egress::{EgressAllow, EgressPolicy};
 use registry::resolve::{Pin, Pins};
 
 /// Where standalone mode reads connectors and callers.
@@ -63,9 +64,17 @@ pub struct ForwardArgs {
         value_delimiter = ','
     )]
     pub tunnel_hosts: Vec<TunnelHost>,
-    /// Let tunnels reach loopback, link-local and metadata addresses.
+    /// Let tunnels ignore the egress policy. Deprecated: allow what
+    /// tunnels need with `--egress-allow`.
     #[arg(long, env = "CONNECTORS_FORWARD_TUNNEL_TO_PRIVATE_ADDRESSES")]
     pub forward_tunnel_to_private_addresses: bool,
+    /// Networks (CIDR or address) and hosts (`name`, `*.domain`) that may
+    /// be dialed although they are loopback, link-local, private or
+    /// otherwise special (in-cluster or private registries). Everything
+    /// the proxy dials is checked: registries, token realms, blob
+    /// redirects, tunnels. Repeatable.
+    #[arg(long = "egress-allow", env = "CONNECTORS_EGRESS_ALLOW", value_delimiter = ',')]
+    pub egress_allow: Vec<EgressAllow>,
     /// Skip TLS verification of every upstream registry. Dangerous; off by
     /// default.
     #[arg(long, env = "CONNECTORS_INSECURE_UPSTREAM_TLS")]
@@ -82,7 +91,13 @@ impl ForwardArgs {
             insecure_upstream_tls: self.insecure_upstream_tls,
             pins: Pins::new(self.resolve.clone()),
             upstream_header_timeout: Duration::from_secs(self.upstream_header_timeout_seconds.max(1)),
+            egress: self.egress(),
         }
+    }
+
+    /// The egress policy: the default plus `--egress-allow`.
+    pub fn egress(&self) -> EgressPolicy {
+        EgressPolicy::new(self.egress_allow.iter().cloned())
     }
 
     pub fn forward_options(&self) -> ForwardOptions {
@@ -90,6 +105,7 @@ impl ForwardArgs {
             tunnel_hosts: self.tunnel_hosts.clone(),
             tunnel_to_private_addresses: self.forward_tunnel_to_private_addresses,
             pins: Pins::new(self.resolve.clone()),
+            egress: self.egress(),
         }
     }
 

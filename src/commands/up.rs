@@ -35,6 +35,12 @@ const DEFAULT_FORWARD_LISTEN: &str = "127.0.0.1:3128";
 
 pub async fn serve(args: Args) -> anyhow::Result<()> {
     let mut forward_args = args.forward.clone();
+    // NB: standalone mode runs for one user on one machine, and its
+    // registries are usually on loopback too; say otherwise with
+    // --egress-allow.
+    if forward_args.egress_allow.is_empty() {
+        forward_args.egress_allow = ["127.0.0.0/8", "::1"].map(|a| a.parse().expect("a network")).to_vec();
+    }
     forward_args.forward_listen = forward_args
         .forward_listen
         .or_else(|| DEFAULT_FORWARD_LISTEN.parse().ok());

@@ -119,6 +119,8 @@ pub fn settings(identity: &str) -> Settings {
             check_interval: Duration::from_secs(300),
         },
         probe_timeout: Duration::from_secs(3),
+        // NB: the tests' registries listen on loopback.
+        egress: registry::egress::EgressPolicy::new(["127.0.0.0/8".parse().unwrap()]),
     }
 }
 

@@ -10,6 +10,7 @@ use access::caller::{SameNamespace, StaticTokens};
 use connector::store::FileStore;
 use proxy::listener::ServerLimits;
 use proxy::{Pipeline, UpstreamOptions};
+use registry::egress::EgressPolicy;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -30,7 +31,12 @@ impl InProcessProxy {
         let store = Arc::new(FileStore::from_yaml(store).expect("the store parses"));
         let tokens = StaticTokens::parse(tokens).expect("the token file parses");
         let access = Access::new(Arc::new(tokens), Arc::new(SameNamespace));
-        let pipeline = Arc::new(Pipeline::new(store.clone(), store, access, UpstreamOptions::default()));
+        // NB: the tests' registries listen on loopback.
+        let options = UpstreamOptions {
+            egress: EgressPolicy::new(["127.0.0.0/8".parse().expect("a network")]),
+            ..UpstreamOptions::default()
+        };
+        let pipeline = Arc::new(Pipeline::new(store.clone(), store, access, options));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("a loopback port");
