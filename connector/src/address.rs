@@ -6,7 +6,7 @@ use url::Url;
 use crate::reference::canonical_registry_host;
 
 /// Why a connector address cannot be used.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum AddressError {
     #[error("address {0:?} is not a URL: {1}")]
     NotAUrl(String, String),

@@ -1,36 +1,14 @@
 //! The injection contract: what a selected pod gets (proxy URLs, the
-//! environment, where the configuration volume and the CA are mounted) and
-//! which connectors, resolved, it gets them for. The webhook writes it into
+//! environment, where the configuration volume and the CA are mounted), for
+//! the connectors the store resolved (`crate::store::ResolvedConnector`). The webhook writes it into
 //! pod specs and the CSI driver into the volume's `.env`, from this one
 //! place, so the two can never disagree.
 
-use std::sync::Arc;
-
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 
-use crate::address::{AddressError, RegistryAddress};
+use crate::ConnectorKey;
 use crate::keys;
 use crate::selection::format_connector_list;
-use crate::{Connector, ConnectorKey};
-
-/// A connector selected for a pod or a volume, and the registry host its
-/// images are on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedConnector {
-    pub key: ConnectorKey,
-    pub registry_host: String,
-}
-
-impl ResolvedConnector {
-    /// `connector` (named `key`) with its address parsed.
-    pub fn resolve(key: ConnectorKey, connector: &Arc<Connector>) -> Result<Self, AddressError> {
-        let address = RegistryAddress::parse(&connector.spec.address)?;
-        Ok(Self {
-            key,
-            registry_host: address.registry_host().to_owned(),
-        })
-    }
-}
 
 /// Everything the mutation needs besides the pod: where the proxy is and
 /// what the cluster looks like. Built once at start-up.

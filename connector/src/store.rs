@@ -2,9 +2,10 @@
 //! admission reads. Reads never wait on the network; a store is filled from
 //! a file (standalone mode) or by watching the API server (in a cluster).
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::address::{AddressError, RegistryAddress};
 use crate::{Connector, ConnectorKey};
 
 pub mod file;
@@ -20,10 +21,82 @@ pub struct NamespaceMeta {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// A connector with its `spec.address` parsed: what the webhook, the CSI
+/// plugin and the proxy work from. The store parses an address once per
+/// value of `spec.address`, not once per request.
+#[derive(Debug, Clone)]
+pub struct ResolvedConnector {
+    pub key: ConnectorKey,
+    pub connector: Arc<Connector>,
+    pub address: Arc<RegistryAddress>,
+}
+
+impl ResolvedConnector {
+    /// Parses `connector`'s address.
+    pub fn resolve(key: ConnectorKey, connector: Arc<Connector>) -> Result<Self, AddressError> {
+        let address = Arc::new(RegistryAddress::parse(&connector.spec.address)?);
+        Ok(Self {
+            key,
+            connector,
+            address,
+        })
+    }
+
+    /// The canonical `host[:port]` image references name.
+    pub fn registry_host(&self) -> &str {
+        self.address.registry_host()
+    }
+}
+
+/// A `spec.address` and what parsing it gave.
+type Parsed = (String, Result<Arc<RegistryAddress>, AddressError>);
+
+/// Parsed addresses by connector, reused while `spec.address` stays the
+/// same; entries of deleted connectors are dropped as the map grows.
+#[derive(Debug, Default)]
+pub(crate) struct AddressCache {
+    parsed: Mutex<HashMap<ConnectorKey, Parsed>>,
+}
+
+impl AddressCache {
+    /// `connector` resolved, its address parsed at most once per value.
+    pub(crate) fn resolve(
+        &self,
+        key: &ConnectorKey,
+        connector: Arc<Connector>,
+        live: usize,
+    ) -> Result<ResolvedConnector, AddressError> {
+        let mut parsed = self.parsed.lock().unwrap_or_else(PoisonError::into_inner);
+        let address = match parsed.get(key) {
+            Some((text, address)) if *text == connector.spec.address => address.clone(),
+            _ => {
+                if parsed.len() > 2 * live + 64 {
+                    parsed.clear();
+                }
+                let address = RegistryAddress::parse(&connector.spec.address).map(Arc::new);
+                parsed.insert(key.clone(), (connector.spec.address.clone(), address.clone()));
+                address
+            }
+        }?;
+        Ok(ResolvedConnector {
+            key: key.clone(),
+            connector,
+            address,
+        })
+    }
+}
+
 /// Read access to connectors and namespaces, answered from memory.
 pub trait ConnectorStore: Send + Sync + 'static {
     /// The connector `key`, if it exists.
     fn connector(&self, key: &ConnectorKey) -> Option<Arc<Connector>>;
+
+    /// The connector `key` with its address parsed; `None` when it does not
+    /// exist, an error when its address is not usable.
+    fn resolve(&self, key: &ConnectorKey) -> Option<Result<ResolvedConnector, AddressError>> {
+        let connector = self.connector(key)?;
+        Some(ResolvedConnector::resolve(key.clone(), connector))
+    }
 
     /// Every connector in `namespace`, sorted by name.
     fn connectors_in(&self, namespace: &str) -> Vec<Arc<Connector>>;
@@ -47,6 +120,9 @@ impl<T: ConnectorStore + ?Sized> ConnectorStore for Arc<T> {
     fn connector(&self, key: &ConnectorKey) -> Option<Arc<Connector>> {
         (**self).connector(key)
     }
+    fn resolve(&self, key: &ConnectorKey) -> Option<Result<ResolvedConnector, AddressError>> {
+        (**self).resolve(key)
+    }
     fn connectors_in(&self, namespace: &str) -> Vec<Arc<Connector>> {
         (**self).connectors_in(namespace)
     }
@@ -55,5 +131,36 @@ impl<T: ConnectorStore + ?Sized> ConnectorStore for Arc<T> {
     }
     fn has_synced(&self) -> bool {
         (**self).has_synced()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connector(address: &str) -> Arc<Connector> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "connectors.alauda.io/v1alpha1",
+                "kind": "Connector",
+                "metadata": {"name": "harbor", "namespace": "team"},
+                "spec": {"connectorClassName": "harbor", "address": address},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn addresses_are_parsed_once_per_value_of_spec_address() {
+        let cache = AddressCache::default();
+        let key = ConnectorKey::new("team", "harbor");
+        let first = cache.resolve(&key, connector("https://harbor.example.com"), 1).unwrap();
+        assert_eq!(first.registry_host(), "harbor.example.com");
+        let again = cache.resolve(&key, connector("https://harbor.example.com"), 1).unwrap();
+        assert!(Arc::ptr_eq(&first.address, &again.address), "parsed again");
+        let moved = cache.resolve(&key, connector("https://harbor.example.org:8443"), 1).unwrap();
+        assert_eq!(moved.registry_host(), "harbor.example.org:8443");
+        let broken = cache.resolve(&key, connector("ftp://harbor.example.com"), 1).unwrap_err();
+        assert!(matches!(broken, AddressError::Scheme(_)), "{broken}");
     }
 }

@@ -14,7 +14,7 @@ use connector::ConnectorKey;
 use connector::store::ConnectorStore;
 
 use crate::request::PodInfo;
-use connector::injection::ResolvedConnector;
+use connector::store::ResolvedConnector;
 
 /// Why a connector cannot go into the volume.
 #[derive(Debug, thiserror::Error)]
@@ -74,11 +74,13 @@ pub async fn authorize_connectors(
                 connector: key.clone(),
             });
         }
-        let connector = store.connector(key).ok_or_else(|| AccessError::NotFound(key.clone()))?;
-        let route = ResolvedConnector::resolve(key.clone(), &connector).map_err(|source| AccessError::Address {
-            connector: key.clone(),
-            source,
-        })?;
+        let route = store
+            .resolve(key)
+            .ok_or_else(|| AccessError::NotFound(key.clone()))?
+            .map_err(|source| AccessError::Address {
+                connector: key.clone(),
+                source,
+            })?;
         routes.push(route);
     }
     Ok(routes)

@@ -10,8 +10,9 @@ use std::fmt::Write as _;
 
 use base64::Engine;
 use connector::ConnectorKey;
-use connector::injection::{InjectionConfig, ResolvedConnector, container_env, forward_proxy_url_with_password};
+use connector::injection::{InjectionConfig, container_env, forward_proxy_url_with_password};
 use connector::keys;
+use connector::store::ResolvedConnector;
 use serde_json::json;
 
 pub use crate::files::FileName;
@@ -136,12 +137,13 @@ fn buildkitd_toml(config: &RenderConfig, connectors: &[ResolvedConnector]) -> St
     let mut seen: Vec<&str> = Vec::new();
     for connector in connectors {
         // The first connector for a registry host wins, as in the webhook.
-        if seen.contains(&connector.registry_host.as_str()) || connector.registry_host == *pull {
+        let host = connector.registry_host();
+        if seen.contains(&host) || host == pull.as_str() {
             continue;
         }
-        seen.push(&connector.registry_host);
+        seen.push(host);
         let mirror = format!("{pull}/{}", connector.key.proxy_path());
-        let _ = writeln!(out, "\n[registry.{}]", toml_string(&connector.registry_host));
+        let _ = writeln!(out, "\n[registry.{}]", toml_string(host));
         let _ = writeln!(out, "  mirrors = [{}]", toml_string(&mirror));
     }
     out
@@ -200,19 +202,20 @@ mod tests {
     }
 
     fn routes() -> Vec<ResolvedConnector> {
+        let resolved = |namespace: &str, name: &str, address: &str| {
+            let connector: connector::Connector = serde_json::from_value(json!({
+                "apiVersion": "connectors.alauda.io/v1alpha1",
+                "kind": "Connector",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"connectorClassName": "oci", "address": address},
+            }))
+            .unwrap();
+            ResolvedConnector::resolve(ConnectorKey::new(namespace, name), std::sync::Arc::new(connector)).unwrap()
+        };
         vec![
-            ResolvedConnector {
-                key: ConnectorKey::new("team", "harbor"),
-                registry_host: "harbor.example.com".into(),
-            },
-            ResolvedConnector {
-                key: ConnectorKey::new("team", "harbor2"),
-                registry_host: "harbor.example.com".into(),
-            },
-            ResolvedConnector {
-                key: ConnectorKey::new("ops", "hub"),
-                registry_host: "docker.io".into(),
-            },
+            resolved("team", "harbor", "https://harbor.example.com"),
+            resolved("team", "harbor2", "https://harbor.example.com"),
+            resolved("ops", "hub", "https://registry-1.docker.io"),
         ]
     }
 

@@ -333,12 +333,12 @@ impl ForwardProxy {
     ) -> Result<Plan, ProxyError> {
         let mut denied = None;
         for key in keys {
-            let Some(connector) = self.pipeline.connectors().connector(key) else {
+            let Some(Ok(resolved)) = self.pipeline.connectors().resolve(key) else {
                 continue;
             };
             if !serves_host(
-                &connector.spec.address,
-                &connector.spec.address_extensions,
+                &resolved.address,
+                &resolved.connector.spec.address_extensions,
                 host,
                 port,
                 scheme,
@@ -394,7 +394,13 @@ fn bare_host(host: &str) -> String {
 
 /// Whether a connector at `address` (or one of its extensions) is the
 /// registry at `host:port` over `scheme`.
-fn serves_host(address: &str, extensions: &[connector::crd::NamedValue], host: &str, port: u16, scheme: &str) -> bool {
+fn serves_host(
+    address: &RegistryAddress,
+    extensions: &[connector::crd::NamedValue],
+    host: &str,
+    port: u16,
+    scheme: &str,
+) -> bool {
     let matches = |url: &Url| {
         url.scheme() == scheme
             && url.port_or_known_default() == Some(port)
@@ -407,7 +413,7 @@ fn serves_host(address: &str, extensions: &[connector::crd::NamedValue], host: &
                 })
                 .unwrap_or(false)
     };
-    RegistryAddress::parse(address).is_ok_and(|a| matches(a.url()))
+    matches(address.url())
         || extensions
             .iter()
             .filter_map(|e| RegistryAddress::parse(&e.value).ok())
@@ -486,6 +492,10 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    fn address(text: &str) -> RegistryAddress {
+        RegistryAddress::parse(text).unwrap()
+    }
+
     #[test]
     fn connector_hosts_match_by_scheme_host_and_port() {
         let extensions = vec![connector::crd::NamedValue {
@@ -493,40 +503,40 @@ mod tests {
             value: "https://auth.example.com".into(),
         }];
         assert!(serves_host(
-            "https://Registry.Test:5000",
+            &address("https://Registry.Test:5000"),
             &[],
             "registry.test",
             5000,
             "https"
         ));
         assert!(!serves_host(
-            "https://registry.test:5000",
+            &address("https://registry.test:5000"),
             &[],
             "registry.test",
             443,
             "https"
         ));
         assert!(!serves_host(
-            "http://registry.test:5000",
+            &address("http://registry.test:5000"),
             &[],
             "registry.test",
             5000,
             "https"
         ));
         assert!(serves_host(
-            "harbor.example.com",
+            &address("harbor.example.com"),
             &[],
             "harbor.example.com",
             443,
             "https"
         ));
         assert!(serves_host(
-            "harbor.example.com",
+            &address("harbor.example.com"),
             &extensions,
             "auth.example.com",
             443,
             "https"
         ));
-        assert!(serves_host("http://[::1]:5000", &[], "::1", 5000, "http"));
+        assert!(serves_host(&address("http://[::1]:5000"), &[], "::1", 5000, "http"));
     }
 }

@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use access::Access;
-use connector::address::RegistryAddress;
+
+use connector::ConnectorKey;
 use connector::store::{ConnectorStore, SecretStore};
-use connector::{Connector, ConnectorKey};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -260,15 +260,16 @@ impl Pipeline {
 
     /// The connector `key`, its credential and the client for its trust.
     fn target(&self, key: &ConnectorKey, mode: Mode) -> Result<Target, ProxyError> {
-        let connector: Arc<Connector> = self
-            .connectors
-            .connector(key)
-            .ok_or_else(|| ProxyError::UnknownConnector(key.clone()))?;
         let fault = |fault: ConnectorFault| ProxyError::Connector {
             key: key.clone(),
             fault,
         };
-        let address = RegistryAddress::parse(&connector.spec.address).map_err(|e| fault(e.into()))?;
+        let resolved = self
+            .connectors
+            .resolve(key)
+            .ok_or_else(|| ProxyError::UnknownConnector(key.clone()))?
+            .map_err(|e| fault(e.into()))?;
+        let (connector, address) = (&resolved.connector, &*resolved.address);
         let secret = |name: &str, what: &'static str| {
             self.secrets.secret(&key.namespace, name).ok_or_else(|| {
                 fault(ConnectorFault::MissingSecret {
@@ -297,7 +298,7 @@ impl Pipeline {
             key: key.clone(),
             upstream: Upstream::new(
                 key.to_string(),
-                &address,
+                address,
                 &connector.spec.address_extensions,
                 credential,
                 client,

@@ -7,13 +7,14 @@
 
 use std::collections::BTreeMap;
 
+use connector::ConnectorKey;
 use connector::address::AddressError;
-use connector::injection::{InjectionConfig, ResolvedConnector, container_env, forward_proxy_url};
+use connector::injection::{InjectionConfig, container_env, forward_proxy_url};
 use connector::keys;
 use connector::reference::{Reference, ReferenceError, canonical_registry_host};
 use connector::selection::{self, Selection, SelectionError, SkipReason, format_connector_list};
 use connector::store::ConnectorStore;
-use connector::{Connector, ConnectorKey};
+use connector::store::ResolvedConnector;
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use jsonptr::PointerBuf;
 use serde_json::{Map, Value, json};
@@ -127,18 +128,19 @@ pub fn mutate_pod(
         &namespace_meta.annotations,
         &config.install_namespace,
     )?;
-    let connectors = match selection {
+    let (keys, source_of) = match selection {
         Selection::Skip(reason) => return Ok(Outcome::Skipped(Skip::Selection(reason))),
-        Selection::Annotated(keys) => lookup(store, keys, "the pod annotation connectors.cpaas.io/connector")?,
-        Selection::Namespace(Some(keys)) => {
-            lookup(store, keys, "the namespace annotation connectors.cpaas.io/connector")?
+        Selection::Annotated(keys) => (keys, "the pod annotation connectors.cpaas.io/connector"),
+        Selection::Namespace(Some(keys)) => (keys, "the namespace annotation connectors.cpaas.io/connector"),
+        Selection::Namespace(None) => {
+            let all = store.connectors_in(namespace);
+            (all.iter().map(|c| c.key(namespace)).collect(), "the namespace")
         }
-        Selection::Namespace(None) => store.connectors_in(namespace),
     };
-    if connectors.is_empty() {
+    if keys.is_empty() {
         return Ok(Outcome::Skipped(Skip::NoConnectors));
     }
-    let routes = routes(&connectors)?;
+    let routes = resolve(store, keys, source_of)?;
     let keys: Vec<ConnectorKey> = routes.iter().map(|r| r.key.clone()).collect();
 
     let mut builder = PodPatch::new(pod, spec, &annotations, &routes, config, mode);
@@ -161,26 +163,17 @@ pub fn mutate_pod(
     }
 }
 
-fn lookup(
+/// The connectors `keys` names, resolved by the store.
+fn resolve(
     store: &dyn ConnectorStore,
     keys: Vec<ConnectorKey>,
     source_of: &'static str,
-) -> Result<Vec<std::sync::Arc<Connector>>> {
+) -> Result<Vec<ResolvedConnector>> {
     keys.into_iter()
-        .map(|key| {
-            store
-                .connector(&key)
-                .ok_or(MutationError::UnknownConnector { key, source_of })
-        })
-        .collect()
-}
-
-fn routes(connectors: &[std::sync::Arc<Connector>]) -> Result<Vec<ResolvedConnector>> {
-    connectors
-        .iter()
-        .map(|c| {
-            let key = c.key("default");
-            ResolvedConnector::resolve(key.clone(), c).map_err(|source| MutationError::ConnectorAddress { key, source })
+        .map(|key| match store.resolve(&key) {
+            None => Err(MutationError::UnknownConnector { key, source_of }),
+            Some(Err(source)) => Err(MutationError::ConnectorAddress { key, source }),
+            Some(Ok(resolved)) => Ok(resolved),
         })
         .collect()
 }
@@ -274,7 +267,7 @@ impl<'a> PodPatch<'a> {
         if host == self.pull_host {
             return Ok(());
         }
-        let Some(route) = self.routes.iter().find(|r| r.registry_host == host) else {
+        let Some(route) = self.routes.iter().find(|r| r.registry_host() == host) else {
             return Ok(());
         };
         let prefix = route.key.proxy_path();

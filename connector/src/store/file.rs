@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use serde_json::Value;
 
-use super::{ConnectorStore, NamespaceMeta};
+use super::{ConnectorStore, NamespaceMeta, ResolvedConnector};
 use crate::address::{AddressError, RegistryAddress};
 use crate::{Connector, ConnectorKey};
 
@@ -50,6 +50,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     connectors: BTreeMap<ConnectorKey, Arc<Connector>>,
+    /// Every connector's address, parsed when the file was read.
+    addresses: BTreeMap<ConnectorKey, Arc<RegistryAddress>>,
     namespaces: BTreeMap<String, NamespaceMeta>,
     secrets: BTreeMap<(String, String), Arc<Secret>>,
 }
@@ -105,10 +107,11 @@ impl Snapshot {
             "Connector" => {
                 let connector: Connector = serde_json::from_value(object).map_err(|e| invalid(e.to_string()))?;
                 let key = connector.key(DEFAULT_NAMESPACE);
-                RegistryAddress::parse(&connector.spec.address).map_err(|source| Error::Address {
+                let address = RegistryAddress::parse(&connector.spec.address).map_err(|source| Error::Address {
                     key: key.clone(),
                     source,
                 })?;
+                self.addresses.insert(key.clone(), Arc::new(address));
                 let mut connector = connector;
                 connector.metadata.namespace = Some(key.namespace.clone());
                 if self.connectors.insert(key.clone(), Arc::new(connector)).is_some() {
@@ -234,6 +237,18 @@ impl super::SecretStore for FileStore {
 impl ConnectorStore for FileStore {
     fn connector(&self, key: &ConnectorKey) -> Option<Arc<Connector>> {
         self.snapshot().connectors.get(key).cloned()
+    }
+
+    fn resolve(&self, key: &ConnectorKey) -> Option<Result<ResolvedConnector, AddressError>> {
+        let snapshot = self.snapshot();
+        let connector = snapshot.connectors.get(key)?.clone();
+        // NB: every connector's address was parsed (and checked) on load.
+        let address = snapshot.addresses.get(key)?.clone();
+        Some(Ok(ResolvedConnector {
+            key: key.clone(),
+            connector,
+            address,
+        }))
     }
 
     fn connectors_in(&self, namespace: &str) -> Vec<Arc<Connector>> {

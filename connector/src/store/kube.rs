@@ -14,7 +14,8 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
-use super::{ConnectorStore, NamespaceMeta, SecretStore};
+use super::{AddressCache, ConnectorStore, NamespaceMeta, ResolvedConnector, SecretStore};
+use crate::address::AddressError;
 use crate::{Connector, ConnectorKey};
 
 /// A [`ConnectorStore`] backed by reflectors.
@@ -25,6 +26,7 @@ pub struct KubeStore {
     synced: Arc<AtomicBool>,
     /// Bumped on every Connector event, for [`KubeSecretStore`].
     connector_changes: tokio::sync::watch::Receiver<u64>,
+    addresses: Arc<AddressCache>,
 }
 
 impl KubeStore {
@@ -59,6 +61,7 @@ impl KubeStore {
             namespaces,
             synced,
             connector_changes,
+            addresses: Arc::default(),
         }
     }
 
@@ -215,6 +218,11 @@ where
 impl ConnectorStore for KubeStore {
     fn connector(&self, key: &ConnectorKey) -> Option<Arc<Connector>> {
         self.connectors.get(&ObjectRef::new(&key.name).within(&key.namespace))
+    }
+
+    fn resolve(&self, key: &ConnectorKey) -> Option<Result<ResolvedConnector, AddressError>> {
+        let connector = self.connector(key)?;
+        Some(self.addresses.resolve(key, connector, self.connectors.len()))
     }
 
     fn connectors_in(&self, namespace: &str) -> Vec<Arc<Connector>> {
