@@ -158,9 +158,13 @@ mod tests {
         assert_eq!(first.registry_host(), "harbor.example.com");
         let again = cache.resolve(&key, connector("https://harbor.example.com"), 1).unwrap();
         assert!(Arc::ptr_eq(&first.address, &again.address), "parsed again");
-        let moved = cache.resolve(&key, connector("https://harbor.example.org:8443"), 1).unwrap();
+        let moved = cache
+            .resolve(&key, connector("https://harbor.example.org:8443"), 1)
+            .unwrap();
         assert_eq!(moved.registry_host(), "harbor.example.org:8443");
-        let broken = cache.resolve(&key, connector("ftp://harbor.example.com"), 1).unwrap_err();
+        let broken = cache
+            .resolve(&key, connector("ftp://harbor.example.com"), 1)
+            .unwrap_err();
         assert!(matches!(broken, AddressError::Scheme(_)), "{broken}");
     }
 }

@@ -33,7 +33,7 @@ use tokio::net::TcpListener;
 use url::Url;
 
 use crate::error::{Dialect, ProxyError, json_response};
-use crate::listener::{ServerLimits, accept_and_drain, drain_on_stop};
+use crate::listener::{OpeningDeadline, ServerLimits, accept_and_drain, drain_on_stop};
 use crate::pipeline::{Mode, Pipeline};
 use crate::route::{self, Route};
 use crate::tunnel::{self, TunnelHost};
@@ -464,8 +464,8 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let grace = limits.shutdown_grace;
-    accept_and_drain(listener, grace, shutdown, move |stream, peer, mut stopping| {
+    let accept_limits = limits.clone();
+    accept_and_drain(listener, &accept_limits, shutdown, move |stream, peer, mut stopping| {
         let (proxy, limits) = (proxy.clone(), limits.clone());
         async move {
             let service_limits = limits.clone();
@@ -477,7 +477,10 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
                 .max_buf_size(limits.read_buffer())
-                .serve_connection(TokioIo::new(stream), service)
+                .serve_connection(
+                    TokioIo::new(OpeningDeadline::new(stream, limits.header_read_timeout)),
+                    service,
+                )
                 .with_upgrades();
             let result = drain_on_stop!(std::pin::pin!(connection), stopping);
             if let Err(error) = result {

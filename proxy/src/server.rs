@@ -17,11 +17,14 @@ use registry::splice::{ClientIo, ClientSocket};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::Instrument;
 
-use crate::listener::{PeerAddr, ServerLimits, Stopping, accept_and_drain, drain_on_stop};
+use crate::listener::{OpeningDeadline, PeerAddr, ServerLimits, Stopping, accept_and_drain, drain_on_stop};
 use crate::pipeline::Pipeline;
 
 /// Whether the process is ready to serve (its caches hold a complete view).
 pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// The most concurrent streams of one HTTP/2 connection.
+const MAX_H2_STREAMS: u32 = 256;
 
 /// How long a client may take to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,17 +42,20 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let grace = limits.shutdown_grace;
-    accept_and_drain(listener, grace, shutdown, move |stream, peer, stopping| {
+    let accept_limits = limits.clone();
+    accept_and_drain(listener, &accept_limits, shutdown, move |stream, peer, stopping| {
         let (pipeline, ready, limits, acceptor) = (pipeline.clone(), ready.clone(), limits.clone(), acceptor.clone());
         async move {
+            let opening = limits.header_read_timeout;
             let Some(acceptor) = acceptor else {
                 let (io, socket) = ClientIo::new(stream);
+                let io = TokioIo::new(OpeningDeadline::new(io, opening));
                 return serve_connection(io, Some(socket), peer, pipeline, ready, &limits, stopping).await;
             };
             match handshake(&acceptor, stream).await {
                 Ok(stream) => {
-                    serve_connection(TokioIo::new(stream), None, peer, pipeline, ready, &limits, stopping).await
+                    let io = TokioIo::new(OpeningDeadline::new(stream, opening));
+                    serve_connection(io, None, peer, pipeline, ready, &limits, stopping).await
                 }
                 Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             }
@@ -95,9 +101,14 @@ async fn serve_connection<I>(
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.read_buffer())
         .keep_alive(true);
+    // NB: an h2 peer that stops answering pings is closed; streams and
+    // header lists are capped like HTTP/1 heads.
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.header_read_timeout))
+        .keep_alive_timeout(limits.header_read_timeout)
+        .max_concurrent_streams(MAX_H2_STREAMS)
         .max_header_list_size(limits.max_header_bytes as u32);
     let connection = builder.serve_connection(io, service);
     let result = drain_on_stop!(std::pin::pin!(connection), stopping);

@@ -75,14 +75,14 @@ pub struct ClientSocket {
 impl ClientIo {
     /// Wraps an accepted connection; the socket handle goes into every
     /// request read from it.
-    pub fn new(stream: TcpStream) -> (TokioIo<Self>, ClientSocket) {
+    pub fn new(stream: TcpStream) -> (Self, ClientSocket) {
         let stream = Arc::new(stream);
         let state = Arc::new(Mutex::new(ClientState::default()));
         let socket = ClientSocket {
             stream: stream.clone(),
             state: state.clone(),
         };
-        (TokioIo::new(Self { stream, state }), socket)
+        (Self { stream, state }, socket)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, ClientState> {

@@ -176,6 +176,10 @@ pub struct Args {
     /// How long shutdown waits for in-flight transfers.
     #[arg(long, env = "CONNECTORS_SHUTDOWN_GRACE_SECONDS", default_value_t = 300)]
     shutdown_grace_seconds: u64,
+    /// The most connections each listener holds at once; more wait in the
+    /// kernel's accept queue.
+    #[arg(long, env = "CONNECTORS_MAX_CONNECTIONS", default_value_t = 10_000)]
+    max_connections: usize,
 }
 
 /// Cluster mode's identity and authorization settings.
@@ -246,6 +250,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds.max(1)),
         max_header_bytes: args.max_header_bytes,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+        max_connections: args.max_connections,
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {

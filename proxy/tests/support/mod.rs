@@ -2,25 +2,31 @@
 //! built from a store and a token file's text, on `127.0.0.1:0`, in this
 //! test's runtime. Pipeline scenarios run without the release binary.
 
+// NB: each test file uses part of it.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use access::Access;
 use access::caller::{SameNamespace, StaticTokens};
 use connector::store::FileStore;
+use proxy::forward::{ForwardOptions, ForwardProxy};
 use proxy::listener::ServerLimits;
 use proxy::{Pipeline, UpstreamOptions};
 use registry::egress::EgressPolicy;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// A running in-process proxy; stopped (and drained) on [`Self::stop`] or
 /// aborted on drop.
 pub struct InProcessProxy {
     pub addr: SocketAddr,
+    /// Forward mode's address, intercepting with a CA made for the test.
+    pub forward: SocketAddr,
     pub pipeline: Arc<Pipeline>,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
     server: JoinHandle<std::io::Result<()>>,
+    forward_server: JoinHandle<std::io::Result<()>>,
 }
 
 impl InProcessProxy {
@@ -28,6 +34,11 @@ impl InProcessProxy {
     /// `tokens` (static token file lines); a ServiceAccount may use its own
     /// namespace's connectors.
     pub async fn standalone(store: &str, tokens: &str) -> Self {
+        Self::with_limits(store, tokens, ServerLimits::default()).await
+    }
+
+    /// As [`Self::standalone`], with the listeners' `limits`.
+    pub async fn with_limits(store: &str, tokens: &str, limits: ServerLimits) -> Self {
         let store = Arc::new(FileStore::from_yaml(store).expect("the store parses"));
         let tokens = StaticTokens::parse(tokens).expect("the token file parses");
         let access = Access::new(Arc::new(tokens), Arc::new(SameNamespace));
@@ -41,22 +52,39 @@ impl InProcessProxy {
             .await
             .expect("a loopback port");
         let addr = listener.local_addr().expect("a bound address");
-        let (stop, stopped) = oneshot::channel();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until = |mut stopped: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
         let server = tokio::spawn(proxy::server::serve(
             listener,
             pipeline.clone(),
             Arc::new(|| true),
-            ServerLimits::default(),
+            limits.clone(),
             None,
-            async move {
-                let _ = stopped.await;
-            },
+            until(stopped.clone()),
+        ));
+        let ca = certs::CertificateAuthority::generate("in-process proxy CA", std::time::Duration::from_secs(3600))
+            .expect("a CA");
+        let leaves = Arc::new(certs::LeafIssuer::new(Arc::new(ca)));
+        let forward_proxy = Arc::new(ForwardProxy::new(pipeline.clone(), leaves, ForwardOptions::default()));
+        let forward_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a loopback port");
+        let forward = forward_listener.local_addr().expect("a bound address");
+        let forward_server = tokio::spawn(proxy::forward::serve(
+            forward_listener,
+            forward_proxy,
+            limits,
+            until(stopped),
         ));
         Self {
             addr,
+            forward,
             pipeline,
             stop: Some(stop),
             server,
+            forward_server,
         }
     }
 
@@ -68,8 +96,13 @@ impl InProcessProxy {
     /// Stops accepting and waits for the drain.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
+        let forward = &mut self.forward_server;
+        forward
+            .await
+            .expect("the forward task ends")
+            .expect("the forward server ends cleanly");
         let server = &mut self.server;
         server
             .await
@@ -81,5 +114,6 @@ impl InProcessProxy {
 impl Drop for InProcessProxy {
     fn drop(&mut self) {
         self.server.abort();
+        self.forward_server.abort();
     }
 }

@@ -1,0 +1,97 @@
+//! Both listeners against clients that hold connections without sending a
+//! request: nothing, part of the HTTP/2 preface, or the preface alone. Each
+//! is closed within the head timeout, and real requests are served meanwhile.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use proxy::listener::ServerLimits;
+use support::InProcessProxy;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// The head timeout of these listeners.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a closed connection may take to be noticed beyond the timeout.
+const SLACK: Duration = Duration::from_secs(3);
+
+/// Sends `opening` and waits for the server to close; returns how long it took.
+async fn held_for(addr: SocketAddr, opening: &[u8]) -> Duration {
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(addr).await.expect("the listener accepts");
+    stream.write_all(opening).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        match tokio::time::timeout(HEAD_TIMEOUT + SLACK, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
+            // An h2 server speaks first (its SETTINGS); keep reading.
+            Ok(Ok(_)) => continue,
+            Err(_) => panic!("{addr}: a connection that sent {opening:?} is still open"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_no_request_are_closed_within_the_head_timeout() {
+    let limits = ServerLimits {
+        header_read_timeout: HEAD_TIMEOUT,
+        ..ServerLimits::default()
+    };
+    let proxy = InProcessProxy::with_limits("", "", limits).await;
+    let openings: [&[u8]; 3] = [b"", b"PRI * HTTP/2.0\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"];
+    for (door, addr) in [("reverse", proxy.addr), ("forward", proxy.forward)] {
+        let held: Vec<_> = openings
+            .iter()
+            .map(|opening| tokio::spawn(held_for(addr, opening)))
+            .collect();
+        for (opening, held) in openings.iter().zip(held) {
+            let held = held.await.unwrap();
+            assert!(held < HEAD_TIMEOUT + SLACK, "{door}: {opening:?} held for {held:?}");
+        }
+    }
+    // A real request after the idle ones is answered.
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let limits = ServerLimits {
+        header_read_timeout: HEAD_TIMEOUT,
+        max_connections: 1,
+        ..ServerLimits::default()
+    };
+    let proxy = InProcessProxy::with_limits("", "", limits).await;
+    // The one slot: a connection that says nothing until it is closed.
+    let idle = TcpStream::connect(proxy.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(HEAD_TIMEOUT + SLACK, stream.read_to_string(&mut answer))
+        .await
+        .expect("answered once the slot is free")
+        .unwrap();
+    let waited = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        waited >= HEAD_TIMEOUT / 2,
+        "served at once ({waited:?}) although the only slot was taken"
+    );
+    drop(idle);
+    proxy.stop().await;
+}
