@@ -107,6 +107,16 @@ impl Lab {
     }
 
     /// Asserts the credential appears nowhere in the proxy's logs.
+    /// The proxy's log lines whose message is `message`, as JSON.
+    fn log_lines(&self, message: &str) -> Vec<Value> {
+        self.proxy
+            .logs()
+            .iter()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter(|entry| entry["fields"]["message"] == message)
+            .collect()
+    }
+
     fn assert_no_credential_in_logs(&self) {
         assert_no_secret(&self.proxy.log_text(), "proxy logs");
     }
@@ -225,6 +235,27 @@ async fn push_and_pull_through_reverse_proxy_match_the_registry_digest_in_htpass
         "the manifest is gone"
     );
     http.assert_clean();
+
+    // Every use of the credential left one audit line: who, what, how it went.
+    let audit = lab.log_lines("credential used");
+    let line = |method: &str, endpoint: &str| {
+        audit
+            .iter()
+            .find(|l| l["fields"]["method"] == method && l["fields"]["endpoint"] == endpoint)
+            .unwrap_or_else(|| panic!("no audit line for {method} {endpoint}: {audit:?}"))
+    };
+    let pushed = line("PUT", "manifests/v1");
+    assert_eq!(pushed["target"], "connectors::audit");
+    assert_eq!(pushed["fields"]["caller"], "system:serviceaccount:team:builder");
+    assert_eq!(pushed["fields"]["connector"], "team/lab");
+    assert_eq!(pushed["fields"]["repository"], "lab/hello");
+    assert_eq!(pushed["fields"]["status"], 201);
+    let big = &image.layers[2];
+    let pulled = line("GET", &format!("blobs/{}", big.digest));
+    assert_eq!(pulled["fields"]["status"], 200);
+    assert_eq!(pulled["fields"]["bytes_received"], big.size);
+    let deleted = line("DELETE", &format!("manifests/{}", image.manifest.digest));
+    assert_eq!(deleted["fields"]["status"], 202);
     lab.assert_no_credential_in_logs();
 }
 
@@ -462,6 +493,21 @@ async fn unauthenticated_wrong_token_and_wrong_namespace_callers_are_rejected_wi
     assert_eq!(
         upstream_before, upstream_after,
         "rejected callers caused upstream requests"
+    );
+    // Each refusal is in the audit trail with its reason.
+    let refused = lab.log_lines("request refused");
+    assert!(
+        refused.iter().any(|l| l["fields"]["status"] == 403
+            && l["fields"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("system:serviceaccount:other:builder may not use connector team/lab"))),
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .iter()
+            .any(|l| l["fields"]["status"] == 401 && l["fields"]["reason"] == "the token is not valid"),
+        "{refused:?}"
     );
     http.assert_clean();
     lab.assert_no_credential_in_logs();

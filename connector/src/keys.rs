@@ -33,6 +33,12 @@ pub const MIRROR_POD_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// Connector annotation kept for users' descriptions.
 pub const DESCRIPTION_ANNOTATION: &str = "cpaas.io/description";
 
+/// Connector annotation: `"true"` lets forward mode intercept the hosts of
+/// `spec.addressExtensions` too. Without it extensions only receive the
+/// credential (a token realm, storage) and never make forward mode serve
+/// another host (say `ghcr.io`) for every pod naming the connector.
+pub const INTERCEPT_EXTENSIONS_ANNOTATION: &str = "connectors.cpaas.io/intercept-address-extensions";
+
 /// The CSI driver that renders per-pod client configuration.
 pub const CSI_DRIVER: &str = "connectors-csi";
 

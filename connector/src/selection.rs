@@ -17,13 +17,31 @@ pub enum SelectionError {
     },
     #[error("{annotation} is set but names no connector")]
     Empty { annotation: &'static str },
+    /// A list longer than anyone writes: refused before it is parsed.
+    #[error("{annotation} names more than {MAX_LIST_ITEMS} connectors or is longer than {MAX_LIST_BYTES} bytes")]
+    TooLong { annotation: &'static str },
 }
+
+/// The most connectors one list may name.
+pub const MAX_LIST_ITEMS: usize = 64;
+
+/// The longest connector list read, in bytes (64 items of a namespace and
+/// a long name fit).
+pub const MAX_LIST_BYTES: usize = 16 * 1024;
 
 /// Parses `name`, `ns/name` and comma-separated lists of both; items without
 /// a namespace are in `default_namespace`. Duplicates are dropped, order is
 /// kept (the first connector for a registry host wins).
+///
+/// NB: lists come from pod annotations, volume attributes and proxy user
+/// names, all attacker-written: a list over [`MAX_LIST_BYTES`] is refused
+/// unread, and parsing stops at item [`MAX_LIST_ITEMS`] + 1, so the work is
+/// bounded whatever is sent.
 pub fn parse_connector_list(value: &str, default_namespace: &str) -> Result<Vec<ConnectorKey>, SelectionError> {
     let annotation = keys::CONNECTOR_ANNOTATION;
+    if value.len() > MAX_LIST_BYTES {
+        return Err(SelectionError::TooLong { annotation });
+    }
     let mut keys_out: Vec<ConnectorKey> = Vec::new();
     for raw in value.split(',') {
         let item = raw.trim();
@@ -47,6 +65,9 @@ pub fn parse_connector_list(value: &str, default_namespace: &str) -> Result<Vec<
         }
         let key = ConnectorKey::new(namespace, name);
         if !keys_out.contains(&key) {
+            if keys_out.len() == MAX_LIST_ITEMS {
+                return Err(SelectionError::TooLong { annotation });
+            }
             keys_out.push(key);
         }
     }
@@ -153,6 +174,38 @@ pub fn is_dns_subdomain(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attacker_sized_lists_are_refused_without_being_parsed() {
+        let many: Vec<String> = (0..50_000).map(|i| format!("team/c{i}")).collect();
+        let started = std::time::Instant::now();
+        let refused = parse_connector_list(&many.join(","), "team").unwrap_err();
+        assert!(matches!(refused, SelectionError::TooLong { .. }), "{refused}");
+        // Short items: under the byte limit, refused at item 65.
+        let short: Vec<String> = (0..50_000)
+            .map(|i| format!("{}", (b'a' + (i % 26) as u8) as char))
+            .collect();
+        let short: Vec<String> = short
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c}{i}"))
+            .take(2_000)
+            .collect();
+        let refused = parse_connector_list(&short.join(","), "team").unwrap_err();
+        assert!(matches!(refused, SelectionError::TooLong { .. }), "{refused}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(1),
+            "took {:?}",
+            started.elapsed()
+        );
+        let fine: Vec<String> = (0..MAX_LIST_ITEMS).map(|i| format!("c{i}")).collect();
+        assert_eq!(
+            parse_connector_list(&fine.join(","), "team").unwrap().len(),
+            MAX_LIST_ITEMS
+        );
+        let duplicates = vec!["harbor"; 200].join(",");
+        assert_eq!(parse_connector_list(&duplicates, "team").unwrap().len(), 1);
+    }
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

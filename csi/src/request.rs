@@ -271,6 +271,11 @@ fn connectors(context: &HashMap<String, String>, pod_namespace: &str) -> Result<
     parse_connector_list(&value, pod_namespace).map_err(|error| match error {
         SelectionError::InvalidItem { item, why, .. } => RequestError::InvalidConnector { attribute, item, why },
         SelectionError::Empty { .. } => RequestError::NoConnector,
+        SelectionError::TooLong { .. } => RequestError::InvalidConnector {
+            attribute,
+            item: String::new(),
+            why: "the list names more than 64 connectors or is longer than 16 KiB",
+        },
     })
 }
 

@@ -19,6 +19,10 @@ use crate::route::RouteError;
 /// reverse mode, `Proxy-Authenticate` in forward mode).
 pub(crate) const PROXY_REALM: &str = "connectors";
 
+/// The `target` of audit lines (each use of a credential, each refusal),
+/// for filtering them out of the log.
+pub const AUDIT_TARGET: &str = "connectors::audit";
+
 /// Why a connector cannot be used right now (its object or Secrets).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorFault {
@@ -162,16 +166,16 @@ impl ProxyError {
     }
 
     /// Logs the failure at its level: what the operator must look at
-    /// (upstream and connector failures) as warnings, refusals as info in
-    /// forward mode and debug otherwise (a client's mistake is not news).
+    /// (upstream and connector failures) as warnings, and every refusal at
+    /// info with its reason, for the audit trail.
     pub fn log(&self, dialect: Dialect, connector: &str) {
         let status = self.status(dialect).as_u16();
         if self.status(dialect).is_server_error() {
             tracing::warn!(connector = %connector, status, message = %self, "request failed");
         } else if dialect == Dialect::ForwardProxy {
-            tracing::info!(status, message = %self, "forward request refused");
+            tracing::info!(target: AUDIT_TARGET, status, reason = %self, "forward request refused");
         } else {
-            tracing::debug!(connector = %connector, status, message = %self, "request refused");
+            tracing::info!(target: AUDIT_TARGET, connector = %connector, status, reason = %self, "request refused");
         }
     }
 

@@ -19,6 +19,7 @@ use access::caller::basic_credentials;
 use bytes::Bytes;
 use connector::ConnectorKey;
 use connector::address::RegistryAddress;
+use connector::keys;
 use connector::selection::parse_connector_list;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -39,7 +40,7 @@ use crate::route::{self, Route};
 use crate::tunnel::{self, TunnelHost};
 
 /// How long a client has to finish the TLS handshake inside a tunnel.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Options of forward mode.
 #[derive(Debug, Clone, Default)]
@@ -214,8 +215,9 @@ impl ForwardProxy {
                 Route::Connector(route) => {
                     // Authorized per request, so a revocation ends a long tunnel's use.
                     self.pipeline.access().authorize(identity, key).await?;
-                    tracing::debug!(connector = %key, caller = %identity.username, method = %request.method(), "proxying (forward)");
-                    self.pipeline.relay(&route, Mode::Forward, request).await
+                    self.pipeline
+                        .relay(&identity.username, &route, Mode::Forward, request)
+                        .await
                 }
             }
         }
@@ -338,7 +340,7 @@ impl ForwardProxy {
             };
             if !serves_host(
                 &resolved.address,
-                &resolved.connector.spec.address_extensions,
+                intercepted_extensions(&resolved.connector),
                 host,
                 port,
                 scheme,
@@ -390,6 +392,22 @@ pub fn absolute_target(uri: &Uri) -> Option<(String, u16)> {
 
 fn bare_host(host: &str) -> String {
     host.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase()
+}
+
+/// The extensions forward mode intercepts: none, unless the connector opts
+/// in with [`keys::INTERCEPT_EXTENSIONS_ANNOTATION`].
+fn intercepted_extensions(connector: &connector::Connector) -> &[connector::crd::NamedValue] {
+    let opted_in = connector
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(keys::INTERCEPT_EXTENSIONS_ANNOTATION))
+        .is_some_and(|v| v == "true");
+    if opted_in {
+        &connector.spec.address_extensions
+    } else {
+        &[]
+    }
 }
 
 /// Whether a connector at `address` (or one of its extensions) is the
@@ -541,5 +559,46 @@ mod tests {
             "https"
         ));
         assert!(serves_host(&address("http://[::1]:5000"), &[], "::1", 5000, "http"));
+    }
+
+    #[test]
+    fn address_extensions_are_intercepted_only_when_the_connector_opts_in() {
+        let connector = |annotations: serde_json::Value| -> connector::Connector {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "connectors.alauda.io/v1alpha1",
+                "kind": "Connector",
+                "metadata": {"name": "harbor", "namespace": "team", "annotations": annotations},
+                "spec": {
+                    "connectorClassName": "oci",
+                    "address": "https://harbor.example.com",
+                    "addressExtensions": [{"name": "mirror", "value": "https://ghcr.io"}],
+                },
+            }))
+            .unwrap()
+        };
+        let plain = connector(serde_json::json!({}));
+        let opted_in = connector(serde_json::json!({keys::INTERCEPT_EXTENSIONS_ANNOTATION: "true"}));
+        let harbor = address("https://harbor.example.com");
+        assert!(!serves_host(
+            &harbor,
+            intercepted_extensions(&plain),
+            "ghcr.io",
+            443,
+            "https"
+        ));
+        assert!(serves_host(
+            &harbor,
+            intercepted_extensions(&plain),
+            "harbor.example.com",
+            443,
+            "https"
+        ));
+        assert!(serves_host(
+            &harbor,
+            intercepted_extensions(&opted_in),
+            "ghcr.io",
+            443,
+            "https"
+        ));
     }
 }

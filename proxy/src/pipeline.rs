@@ -33,7 +33,7 @@ use registry::token::Source;
 use registry::upstream::{RESPONSE_HEADER_TIMEOUT, UpstreamClients};
 use url::Url;
 
-use crate::error::{ConnectorFault, Dialect, ProxyError};
+use crate::error::{AUDIT_TARGET, ConnectorFault, Dialect, ProxyError};
 use crate::headers::{actions, carries_body, downstream_headers, map_query, upstream_request_headers};
 use crate::metrics::{ByteLabels, ConnectorLabels, Metrics, RequestLabels, status_class};
 use crate::route::{self, ConnectorRoute, Endpoint};
@@ -169,9 +169,24 @@ impl Pipeline {
         response
     }
 
-    /// Relays `request` for `route` (of connector `route.key`, which the
-    /// caller may use) to the registry and streams its answer back.
+    /// Relays `request` for `route` (of connector `route.key`, which
+    /// `caller` may use) to the registry and streams its answer back. Each
+    /// use of the credential leaves one audit line.
     pub async fn relay(
+        &self,
+        caller: &str,
+        route: &ConnectorRoute,
+        mode: Mode,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        let method = request.method().clone();
+        let sent = content_length(request.headers());
+        let result = self.relay_to_registry(route, mode, request).await;
+        audit(caller, route, mode, &method, sent, &result);
+        result
+    }
+
+    async fn relay_to_registry(
         &self,
         route: &ConnectorRoute,
         mode: Mode,
@@ -473,6 +488,50 @@ impl Pipeline {
             })
             .clone()
     }
+}
+
+/// The audit line of one use of a connector's credential: who, which
+/// connector, repository and endpoint (tag or digest), the method, the
+/// status and the bytes announced each way. Never a token or a password.
+fn audit(
+    caller: &str,
+    route: &ConnectorRoute,
+    mode: Mode,
+    method: &Method,
+    sent: u64,
+    result: &Result<Response<ProxyBody>, ProxyError>,
+) {
+    let (status, received, failure) = match result {
+        Ok(response) => (response.status().as_u16(), content_length(response.headers()), None),
+        Err(error) => (
+            error.status(crate::error::Dialect::Registry).as_u16(),
+            0,
+            Some(error.to_string()),
+        ),
+    };
+    tracing::info!(
+        target: AUDIT_TARGET,
+        caller,
+        connector = %route.key,
+        repository = %route.repository,
+        endpoint = %route.endpoint.path(),
+        %method,
+        mode = mode.label(),
+        status,
+        bytes_sent = sent,
+        bytes_received = received,
+        failure = failure.as_deref().unwrap_or_default(),
+        "credential used"
+    );
+}
+
+/// A message's `Content-Length`, or 0.
+fn content_length(headers: &HeaderMap) -> u64 {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// `Location` and `Link` (pagination) mapped into the proxy's URL space.

@@ -57,8 +57,7 @@ impl Pipeline {
             .authorize_caller(&caller, &route.key, &route.repository, pull)
             .await?;
         *label = route.key.to_string();
-        tracing::debug!(connector = %route.key, caller = %caller.username(), method = %request.method(), "proxying");
-        self.relay(&route, Mode::Reverse, request).await
+        self.relay(&caller.username(), &route, Mode::Reverse, request).await
     }
 
     /// Who is asking: the token in `Authorization`, or the source address.
