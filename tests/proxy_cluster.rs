@@ -118,7 +118,12 @@ struct Lab {
 }
 
 impl Lab {
+    /// The lab with node identities by address turned on.
     async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(node_identity_by_address: bool) -> Self {
         let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
             .await
             .unwrap();
@@ -224,7 +229,13 @@ impl Lab {
                     "3000",
                     "--verbose",
                 ],
-                &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+                &[
+                    ("KUBECONFIG", kubeconfig.to_str().unwrap()),
+                    (
+                        "CONNECTORS_NODE_IDENTITY_BY_ADDRESS",
+                        if node_identity_by_address { "true" } else { "false" },
+                    ),
+                ],
                 "proxy listening",
             )
         })
@@ -565,5 +576,17 @@ async fn injected_pods_and_nodes_are_identified_by_source_address_and_nothing_el
     // the node and reference the image, so the node may still pull it).
     assert_eq!(lab.get(Some(NODE_IP), None, &late).await.0, 403);
 
+    lab.assert_no_credential_anywhere("");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_address_is_not_the_node_unless_the_admin_says_so() {
+    let lab = &Lab::start_with(false).await;
+    let hello = &lab.manifest_path("lab/hello");
+    // Anything on the node (a hostNetwork pod of any namespace, a
+    // masqueraded pod) sends from this address: by default it is nobody.
+    assert_eq!(lab.get(Some(NODE_IP), None, hello).await.0, 401);
+    // Injected pods are still known by their own addresses.
+    assert_eq!(lab.get(Some(POD_IP), None, hello).await, (200, lab.digest.clone()));
     lab.assert_no_credential_anywhere("");
 }

@@ -85,6 +85,7 @@ pub struct Access {
     authenticator: Arc<dyn Authenticator>,
     authorizer: Arc<dyn Authorizer>,
     peers: Option<Arc<dyn PeerIdentities>>,
+    nodes_by_address: bool,
 }
 
 impl Access {
@@ -93,7 +94,18 @@ impl Access {
             authenticator,
             authorizer,
             peers: None,
+            nodes_by_address: false,
         }
+    }
+
+    /// Also takes a request from a node's address as that node (off by
+    /// default). NB: more than kubelet sends from a node's address:
+    /// hostNetwork pods of every namespace, every process on the node, and
+    /// pods whose traffic is masqueraded to the node's address on its way
+    /// to the proxy (SNAT by some CNIs and kube-proxy modes).
+    pub fn with_node_identities_by_address(mut self, enabled: bool) -> Self {
+        self.nodes_by_address = enabled;
+        self
     }
 
     /// Also accepts callers without a token by their source address: pods
@@ -117,7 +129,9 @@ impl Access {
             if let Some(identity) = peers.pod(ip) {
                 return Ok(Caller::Pod(identity));
             }
-            if let Some(node) = peers.node(ip) {
+            if self.nodes_by_address
+                && let Some(node) = peers.node(ip)
+            {
                 return Ok(Caller::Node(node));
             }
         }
@@ -237,7 +251,20 @@ mod tests {
 
     fn access() -> Access {
         let tokens = StaticTokens::parse("secret-token,system:serviceaccount:lab:builder,uid-1\n").unwrap();
-        Access::new(Arc::new(tokens), Arc::new(SameNamespace)).with_peer_identities(Arc::new(Peers))
+        Access::new(Arc::new(tokens), Arc::new(SameNamespace))
+            .with_peer_identities(Arc::new(Peers))
+            .with_node_identities_by_address(true)
+    }
+
+    #[test]
+    fn a_node_address_identifies_nobody_unless_the_admin_turns_it_on() {
+        let tokens = StaticTokens::parse("").unwrap();
+        let default = Access::new(Arc::new(tokens), Arc::new(SameNamespace)).with_peer_identities(Arc::new(Peers));
+        let node_ip = Some(IpAddr::from([10, 1, 0, 1]));
+        let refused = block_on(default.identify(None, node_ip)).unwrap_err();
+        assert!(matches!(refused, Refusal::Anonymous), "{refused}");
+        let pod = block_on(default.identify(None, Some(IpAddr::from([10, 0, 0, 1])))).unwrap();
+        assert!(matches!(pod, Caller::Pod(_)), "pod addresses still identify");
     }
 
     #[test]

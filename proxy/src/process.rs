@@ -60,6 +60,10 @@ pub struct ClusterSettings {
     pub node_pull_wait: Duration,
     /// Accept callers without a token by source address.
     pub peer_identities: bool,
+    /// Take a request from a node's address as that node (see
+    /// [`Access::with_node_identities_by_address`] for who else sends from
+    /// it). Off unless the admin turns it on.
+    pub node_identity_by_address: bool,
 }
 
 /// The running parts of a proxy process.
@@ -115,7 +119,9 @@ impl Proxy {
         let synced = store.clone();
         let ready: Readiness = if settings.peer_identities {
             let peers = PodIdentities::spawn(client, settings.node_pull_wait);
-            access = access.with_peer_identities(Arc::new(peers.clone()));
+            access = access
+                .with_peer_identities(Arc::new(peers.clone()))
+                .with_node_identities_by_address(settings.node_identity_by_address);
             Arc::new(move || synced.has_synced() && peers.has_synced())
         } else {
             Arc::new(move || synced.has_synced())

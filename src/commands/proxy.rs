@@ -207,6 +207,13 @@ pub struct ClusterArgs {
     /// nodes pulling for their pods.
     #[arg(long, env = "CONNECTORS_PEER_IDENTITIES", default_value_t = true, action = clap::ArgAction::Set)]
     peer_identities: bool,
+    /// Take a request without a token from a node's address as that node
+    /// (kubelet pulling for its pods). Off by default: hostNetwork pods of
+    /// every namespace, every process on the node, and pods whose traffic is
+    /// masqueraded to the node's address (SNAT by some CNIs and kube-proxy
+    /// modes) send from that address too.
+    #[arg(long, env = "CONNECTORS_NODE_IDENTITY_BY_ADDRESS")]
+    node_identity_by_address: bool,
 }
 
 impl ClusterArgs {
@@ -218,6 +225,7 @@ impl ClusterArgs {
             token_cache: Duration::from_secs(self.token_cache_seconds),
             node_pull_wait: Duration::from_millis(self.node_pull_wait_milliseconds),
             peer_identities: self.peer_identities,
+            node_identity_by_address: self.node_identity_by_address,
         }
     }
 }
