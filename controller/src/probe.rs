@@ -270,10 +270,7 @@ impl Prober {
             Err(UpstreamError::TokenRefused(status)) => {
                 return Check::failed(
                     "Unauthorized",
-                    format!(
-                        "the token service on {realm_host} refused the credential of user {:?} ({status})",
-                        credential.username(),
-                    ),
+                    format!("the token service on {realm_host} refused the connector's credential ({status})"),
                 );
             }
             Err(UpstreamError::TokenServiceFailed(status)) => {
@@ -301,10 +298,7 @@ impl Prober {
         {
             Ok(answer) if answer.status == StatusCode::OK => Check::ok(
                 "Authenticated",
-                format!(
-                    "user {:?} got a token from {realm_host} that the registry accepts",
-                    credential.username()
-                ),
+                format!("the credential got a token from {realm_host} that the registry accepts"),
             ),
             Ok(answer) => Check::failed(
                 "TokenRejected",
@@ -322,18 +316,11 @@ impl Prober {
         {
             Ok(answer) if answer.status == StatusCode::OK => Check::ok(
                 "Authenticated",
-                format!(
-                    "the registry accepts the credential of user {:?}",
-                    credential.username()
-                ),
+                "the registry accepts the connector's credential",
             ),
             Ok(answer) if matches!(answer.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Check::failed(
                 "Unauthorized",
-                format!(
-                    "the registry refused the credential of user {:?} ({})",
-                    credential.username(),
-                    answer.status
-                ),
+                format!("the registry refused the connector's credential ({})", answer.status),
             ),
             Ok(answer) => Check::failed(
                 "UnexpectedStatus",
@@ -352,18 +339,11 @@ impl Prober {
         {
             Ok(answer) if answer.status == StatusCode::OK => Check::ok(
                 "Authenticated",
-                format!(
-                    "Harbor accepts the credential of user {:?} for its registry and its API",
-                    credential.username()
-                ),
+                "Harbor accepts the connector's credential for its registry and its API",
             ),
             Ok(answer) if matches!(answer.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Check::failed(
                 "Unauthorized",
-                format!(
-                    "Harbor's API refused the credential of user {:?} ({})",
-                    credential.username(),
-                    answer.status
-                ),
+                format!("Harbor's API refused the connector's credential ({})", answer.status),
             ),
             Ok(answer) => Check::failed("UnexpectedStatus", format!("GET {url} answered {}", answer.status)),
             Err(error) => Check::failed("Unreachable", format!("GET {url} failed: {error}")),
@@ -476,9 +456,8 @@ fn check_secret(
                     Check::ok(
                         "SecretValid",
                         format!(
-                            "the Secret {:?} holds a credential for user {:?}",
-                            secret.metadata.name.as_deref().unwrap_or_default(),
-                            credential.username()
+                            "the Secret {:?} holds a credential",
+                            secret.metadata.name.as_deref().unwrap_or_default()
                         ),
                     ),
                     Some(credential),

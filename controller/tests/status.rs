@@ -73,6 +73,9 @@ async fn healthy_connector_gets_all_conditions_true_and_its_proxy_address() {
 
     let status_text = serde_json::to_string(&connector.0.status).unwrap();
     assert_no_credential(&status_text, "the status", USER, PASSWORD);
+    // NB: anyone who may read the Connector reads its status: not even the
+    // robot's name is there.
+    assert!(!status_text.contains(USER), "the status names the robot: {status_text}");
     assert_no_credential(&serde_json::to_string(&ready_events).unwrap(), "events", USER, PASSWORD);
     assert_no_credential(&logs().text(), "the logs", USER, PASSWORD);
     running.stop().await;
