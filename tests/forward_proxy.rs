@@ -349,6 +349,16 @@ async fn callers_and_hosts_the_proxy_must_not_serve_are_refused() {
         head.starts_with("HTTP/1.1 403"),
         "another namespace's connector: {head}"
     );
+    // The same answer as for a connector that does not exist: naming
+    // another namespace's connectors tells nothing about them.
+    let (_, ghost) = connect(lab.forward, &registry, Some(&basic("team%2Fghost", OTHER_TOKEN))).await;
+    let without_date = |head: &str| -> String {
+        head.lines()
+            .filter(|l| !l.to_ascii_lowercase().starts_with("date:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(without_date(&head), without_date(&ghost));
 
     let (_, head) = connect(lab.forward, "example.org:443", Some(&basic("team%2Flab", TEAM_TOKEN))).await;
     assert!(head.starts_with("HTTP/1.1 403"), "a host of no connector: {head}");

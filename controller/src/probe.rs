@@ -314,10 +314,9 @@ impl Prober {
             .get(&cx.upstream.client, cx.ping, Some(&credential.basic_header()))
             .await
         {
-            Ok(answer) if answer.status == StatusCode::OK => Check::ok(
-                "Authenticated",
-                "the registry accepts the connector's credential",
-            ),
+            Ok(answer) if answer.status == StatusCode::OK => {
+                Check::ok("Authenticated", "the registry accepts the connector's credential")
+            }
             Ok(answer) if matches!(answer.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Check::failed(
                 "Unauthorized",
                 format!("the registry refused the connector's credential ({})", answer.status),

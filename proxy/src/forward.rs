@@ -33,7 +33,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use url::Url;
 
-use crate::error::{Dialect, ProxyError, json_response};
+use crate::error::{AUDIT_TARGET, Dialect, ProxyError, json_response};
 use crate::listener::{OpeningDeadline, ServerLimits, accept_and_drain, drain_on_stop};
 use crate::pipeline::{Mode, Pipeline};
 use crate::route::{self, Route};
@@ -356,7 +356,14 @@ impl ForwardProxy {
             }
         }
         if let Some(refusal) = denied {
-            return Err(refusal.into());
+            // NB: the caller is told the same as for a connector that does
+            // not exist, so naming another namespace's connectors cannot
+            // probe which of them exist and where; the audit line has why.
+            tracing::info!(target: AUDIT_TARGET, %host, port, reason = %refusal, "forward request refused");
+            return Err(ProxyError::NotAConnectorHost {
+                host: host.to_owned(),
+                port,
+            });
         }
         if scheme == "https" && self.options.tunnel_hosts.iter().any(|t| t.matches(host, port)) {
             let addresses = tunnel::checked_addresses(
