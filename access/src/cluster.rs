@@ -81,6 +81,46 @@ impl<K: Eq + Hash + Clone, V: Clone> ExpiringCache<K, V> {
     }
 }
 
+/// API reviews a process may make per second, with as many in one burst:
+/// a flood of forged tokens or random connector names costs the API server
+/// at most this many reviews a second, beyond what the caches answer.
+pub const DEFAULT_REVIEWS_PER_SECOND: u32 = 50;
+
+/// A token bucket over the reviews sent to the API server.
+struct ReviewBudget {
+    per_second: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl ReviewBudget {
+    fn new(per_second: u32) -> Self {
+        let per_second = f64::from(per_second.max(1));
+        Self {
+            per_second,
+            state: Mutex::new((per_second, Instant::now())),
+        }
+    }
+
+    /// Takes one review from the budget, if one is left.
+    fn try_take(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (left, since) = *state;
+        let now = Instant::now();
+        let refilled = (left + now.duration_since(since).as_secs_f64() * self.per_second).min(self.per_second);
+        if refilled < 1.0 {
+            *state = (refilled, now);
+            return false;
+        }
+        *state = (refilled - 1.0, now);
+        true
+    }
+}
+
+/// The refusal when the review budget is spent.
+fn over_budget(what: &str) -> CallerError {
+    CallerError::Backend(format!("too many {what} requests; try again in a second").into())
+}
+
 /// How long TokenReview answers are kept.
 #[derive(Debug, Clone)]
 pub struct TokenReviewOptions {
@@ -96,6 +136,8 @@ pub struct TokenReviewOptions {
     pub negative_ttl: Duration,
     /// The most answers kept.
     pub capacity: usize,
+    /// The most TokenReviews sent per second (and in one burst).
+    pub reviews_per_second: u32,
 }
 
 impl Default for TokenReviewOptions {
@@ -106,6 +148,7 @@ impl Default for TokenReviewOptions {
             max_ttl: Duration::from_secs(120),
             negative_ttl: Duration::from_secs(10),
             capacity: 10_000,
+            reviews_per_second: DEFAULT_REVIEWS_PER_SECOND,
         }
     }
 }
@@ -115,6 +158,7 @@ pub struct TokenReviews {
     api: Api<TokenReview>,
     options: TokenReviewOptions,
     cache: ExpiringCache<[u8; 32], Option<Identity>>,
+    budget: ReviewBudget,
 }
 
 impl TokenReviews {
@@ -122,6 +166,7 @@ impl TokenReviews {
         Self {
             api: Api::all(client),
             cache: ExpiringCache::new(options.capacity),
+            budget: ReviewBudget::new(options.reviews_per_second),
             options,
         }
     }
@@ -189,6 +234,9 @@ impl Authenticator for TokenReviews {
             if let Some(answer) = self.cache.get(&key) {
                 return Ok(answer);
             }
+            if !self.budget.try_take() {
+                return Err(over_budget("TokenReview"));
+            }
             let answer = self.review(token).await?;
             let ttl = match &answer {
                 Some(_) => self.ttl(token),
@@ -247,6 +295,7 @@ pub struct SubjectAccessReviews {
     check: AccessCheck,
     ttl: Duration,
     cache: ExpiringCache<(String, String, Vec<String>, ConnectorKey), Decision>,
+    budget: ReviewBudget,
 }
 
 impl SubjectAccessReviews {
@@ -257,7 +306,14 @@ impl SubjectAccessReviews {
             check,
             ttl,
             cache: ExpiringCache::new(10_000),
+            budget: ReviewBudget::new(DEFAULT_REVIEWS_PER_SECOND),
         }
+    }
+
+    /// At most `per_second` SubjectAccessReviews a second (and in one burst).
+    pub fn with_reviews_per_second(mut self, per_second: u32) -> Self {
+        self.budget = ReviewBudget::new(per_second);
+        self
     }
 
     async fn review(&self, identity: &Identity, connector: &ConnectorKey) -> Result<Decision> {
@@ -304,6 +360,9 @@ impl Authorizer for SubjectAccessReviews {
             );
             if let Some(decision) = self.cache.get(&key) {
                 return Ok(decision);
+            }
+            if !self.budget.try_take() {
+                return Err(over_budget("SubjectAccessReview"));
             }
             let decision = self.review(identity, connector).await?;
             self.cache.insert(key, decision, self.ttl);

@@ -64,6 +64,8 @@ pub struct ClusterSettings {
     /// [`Access::with_node_identities_by_address`] for who else sends from
     /// it). Off unless the admin turns it on.
     pub node_identity_by_address: bool,
+    /// The most TokenReviews, and SubjectAccessReviews, sent per second.
+    pub reviews_per_second: u32,
 }
 
 /// The running parts of a proxy process.
@@ -107,14 +109,14 @@ impl Proxy {
             TokenReviewOptions {
                 audience: settings.token_audience.clone(),
                 max_ttl: settings.token_cache,
+                reviews_per_second: settings.reviews_per_second,
                 ..TokenReviewOptions::default()
             },
         ));
-        let authorizer: Arc<dyn Authorizer> = Arc::new(SubjectAccessReviews::new(
-            client.clone(),
-            settings.authorization,
-            settings.authorization_cache,
-        ));
+        let authorizer: Arc<dyn Authorizer> = Arc::new(
+            SubjectAccessReviews::new(client.clone(), settings.authorization, settings.authorization_cache)
+                .with_reviews_per_second(settings.reviews_per_second),
+        );
         let mut access = Access::new(authenticator, authorizer);
         let synced = store.clone();
         let ready: Readiness = if settings.peer_identities {

@@ -214,6 +214,11 @@ pub struct ClusterArgs {
     /// modes) send from that address too.
     #[arg(long, env = "CONNECTORS_NODE_IDENTITY_BY_ADDRESS")]
     node_identity_by_address: bool,
+    /// The most TokenReviews, and SubjectAccessReviews, sent to the API
+    /// server per second beyond what the caches answer (a flood of forged
+    /// tokens or random connector names costs no more).
+    #[arg(long, env = "CONNECTORS_REVIEWS_PER_SECOND", default_value_t = access::cluster::DEFAULT_REVIEWS_PER_SECOND)]
+    reviews_per_second: u32,
 }
 
 impl ClusterArgs {
@@ -226,6 +231,7 @@ impl ClusterArgs {
             node_pull_wait: Duration::from_millis(self.node_pull_wait_milliseconds),
             peer_identities: self.peer_identities,
             node_identity_by_address: self.node_identity_by_address,
+            reviews_per_second: self.reviews_per_second,
         }
     }
 }
