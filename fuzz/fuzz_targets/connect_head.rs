@@ -1,7 +1,7 @@
 //! The forward proxy's request head, piece by piece, on attacker input:
 //! `Proxy-Authorization` (Basic credentials, the token, the connector list
 //! in the username), the CONNECT and absolute-form targets, and
-//! `--forward-tunnel-host` entries. Never panics; Basic credentials
+//! `--forward-tunnel-host` and `--egress-allow` entries. Never panics; Basic credentials
 //! round-trip through base64; tokens are non-empty without control
 //! characters; a parsed connector list is valid, deduplicated and
 //! round-trips through its formatted form; targets are lowercase bare hosts.
@@ -17,7 +17,7 @@ use libfuzzer_sys::fuzz_target;
 use access::caller::{basic_credentials, token_from_authorization};
 use proxy::forward::{absolute_target, connect_target};
 use proxy::tunnel::TunnelHost;
-use registry::egress::special_range;
+use registry::egress::{EgressAllow, EgressPolicy, special_range};
 
 fn check_target(target: Option<(String, u16)>, input: &str) {
     let Some((host, _port)) = target else { return };
@@ -91,6 +91,22 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!tunnel.matches(suffix, port), "{input:?} matches its bare suffix");
             }
             None => assert!(tunnel.matches(&host, port), "{input:?} does not match {host}:{port}"),
+        }
+    }
+
+    // `--egress-allow` entries: whatever parses prints back to an entry
+    // that parses to the same, and allows what it names.
+    if let Ok(entry) = input.parse::<EgressAllow>() {
+        let printed = entry.to_string();
+        assert_eq!(printed.parse::<EgressAllow>().as_ref(), Ok(&entry), "{input:?}");
+        let policy = EgressPolicy::new([entry.clone()]);
+        match &entry {
+            EgressAllow::Network { addr, .. } => assert!(policy.check("x", *addr).is_ok(), "{input:?}"),
+            EgressAllow::Host(host) => assert!(policy.check(host, "10.0.0.1".parse().unwrap()).is_ok()),
+            EgressAllow::Domain(domain) => {
+                assert!(policy.check(&format!("a.{domain}"), "10.0.0.1".parse().unwrap()).is_ok());
+                assert!(policy.check(domain, "10.0.0.1".parse().unwrap()).is_err());
+            }
         }
     }
 });

@@ -73,6 +73,34 @@ pub struct ForwardProxy {
 /// this; the cache then starts over.
 const MAX_TLS_CONFIGS: usize = 256;
 
+/// How a forward caller proved who it is: kept for the tunnel's life so
+/// that every request in it is proved again (a token may expire or be
+/// revoked, a pod may go away while its tunnel stays open).
+#[derive(Clone)]
+enum Proof {
+    /// The token in `Proxy-Authorization` (never logged).
+    Token(String),
+    /// The source address of an injected pod.
+    PodAddress(std::net::IpAddr),
+}
+
+impl std::fmt::Debug for Proof {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token(_) => f.write_str("Token(..)"),
+            Self::PodAddress(ip) => write!(f, "PodAddress({ip})"),
+        }
+    }
+}
+
+/// Who is behind an intercepted tunnel (or one absolute-form request), for
+/// which connector.
+struct TunnelCaller {
+    identity: Identity,
+    proof: Proof,
+    key: ConnectorKey,
+}
+
 /// What to do with a CONNECT.
 #[derive(Debug)]
 enum Plan {
@@ -123,7 +151,7 @@ impl ForwardProxy {
         limits: ServerLimits,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let (host, port) = connect_target(request.uri()).ok_or(ProxyError::BadRequest("CONNECT needs host:port"))?;
-        let (identity, keys) = self.caller(request.headers(), peer).await?;
+        let (identity, keys, proof) = self.caller(request.headers(), peer).await?;
         let plan = self.plan(&host, port, "https", &identity, &keys).await?;
         tracing::debug!(%peer, caller = %identity.username, %host, port, ?plan, "CONNECT");
         let this = self.clone();
@@ -136,7 +164,10 @@ impl ForwardProxy {
                 }
             };
             match plan {
-                Plan::Intercept(key) => this.intercept(upgraded, host, identity, key, peer, limits).await,
+                Plan::Intercept(key) => {
+                    let caller = TunnelCaller { identity, proof, key };
+                    this.intercept(upgraded, host, caller, peer, limits).await
+                }
                 Plan::Tunnel(addresses) => tunnel::tunnel(upgraded, &addresses, peer).await,
             }
         });
@@ -148,8 +179,7 @@ impl ForwardProxy {
         self: Arc<Self>,
         upgraded: TokioIo<hyper::upgrade::Upgraded>,
         host: String,
-        identity: Identity,
-        key: ConnectorKey,
+        caller: TunnelCaller,
         peer: SocketAddr,
         limits: ServerLimits,
     ) {
@@ -172,10 +202,10 @@ impl ForwardProxy {
                 return;
             }
         };
-        let (identity, key) = (Arc::new(identity), Arc::new(key));
+        let caller = Arc::new(caller);
         let service = service_fn(move |request: Request<Incoming>| {
-            let (this, identity, key) = (self.clone(), identity.clone(), key.clone());
-            async move { Ok::<_, std::convert::Infallible>(this.inside_tunnel(&identity, &key, request).await) }
+            let (this, caller) = (self.clone(), caller.clone());
+            async move { Ok::<_, std::convert::Infallible>(this.inside_tunnel(&caller, request).await) }
         });
         let served = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
@@ -188,20 +218,29 @@ impl ForwardProxy {
         }
     }
 
-    /// Answers one request that reached the forward proxy for `key`'s
-    /// registry, from a caller authenticated on the tunnel. The path is the
-    /// registry's own (`/v2/<repository>/...`), and so are the URLs in the
-    /// response.
-    async fn inside_tunnel<B>(
-        &self,
-        identity: &Identity,
-        key: &ConnectorKey,
-        request: Request<B>,
-    ) -> Response<ProxyBody>
+    /// Answers one request that reached the forward proxy for the caller's
+    /// connector. The caller proves who it is again first: a token that
+    /// expired or was revoked, or a pod that is gone, ends the tunnel. The
+    /// path is the registry's own (`/v2/<repository>/...`), and so are the
+    /// URLs in the response.
+    async fn inside_tunnel<B>(&self, caller: &TunnelCaller, request: Request<B>) -> Response<ProxyBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<registry::body::BoxError>,
     {
+        let key = &caller.key;
+        let identity = match self.prove_again(caller).await {
+            Ok(identity) => identity,
+            Err(error) => {
+                let mut response = self.pipeline.answer(Err(error), key.to_string(), Mode::Forward);
+                // NB: the client must CONNECT again, where it is refused.
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
+                return response;
+            }
+        };
+        let identity = &identity;
         let request = request.map(|b| b.map_err(Into::into).boxed());
         let result = async {
             match route::parse_origin_route(request.uri().path(), key)? {
@@ -223,6 +262,20 @@ impl ForwardProxy {
         }
         .await;
         self.pipeline.answer(result, key.to_string(), Mode::Forward)
+    }
+
+    /// The caller's identity, proved again: its token reviewed (cached
+    /// until shortly before it expires, at most the review cache's time),
+    /// or its pod still running at its address.
+    async fn prove_again(&self, caller: &TunnelCaller) -> Result<Identity, ProxyError> {
+        let access = self.pipeline.access();
+        match &caller.proof {
+            Proof::Token(token) => Ok(access.authenticate(token).await?),
+            Proof::PodAddress(ip) => match access.pod_at(*ip) {
+                Some(identity) if identity == caller.identity => Ok(identity),
+                _ => Err(access::Refusal::Anonymous.into()),
+            },
+        }
     }
 
     /// A server configuration that presents `host`'s leaf only to a client
@@ -265,7 +318,7 @@ impl ForwardProxy {
             ));
         }
         let (host, port) = absolute_target(&uri).ok_or(ProxyError::BadRequest("the URL has no host"))?;
-        let (identity, keys) = self.caller(request.headers(), peer).await?;
+        let (identity, keys, proof) = self.caller(request.headers(), peer).await?;
         let Plan::Intercept(key) = self.plan(&host, port, "http", &identity, &keys).await? else {
             return Err(ProxyError::NotPlainHttpConnector { host, port });
         };
@@ -276,9 +329,8 @@ impl ForwardProxy {
             .unwrap_or("/")
             .parse::<Uri>()
             .map_err(|_| ProxyError::BadRequest("the URL has no usable path"))?;
-        Ok(self
-            .inside_tunnel(&identity, &key, Request::from_parts(parts, body))
-            .await)
+        let caller = TunnelCaller { identity, proof, key };
+        Ok(self.inside_tunnel(&caller, Request::from_parts(parts, body)).await)
     }
 
     /// The caller and the connectors it names, from `Proxy-Authorization`;
@@ -288,12 +340,12 @@ impl ForwardProxy {
         &self,
         headers: &hyper::HeaderMap,
         peer: SocketAddr,
-    ) -> Result<(Identity, Vec<ConnectorKey>), ProxyError> {
+    ) -> Result<(Identity, Vec<ConnectorKey>, Proof), ProxyError> {
         let access = self.pipeline.access();
         let Some(value) = headers.get(header::PROXY_AUTHORIZATION) else {
             let identity = access.pod_at(peer.ip()).ok_or(access::Refusal::Anonymous)?;
             let keys = self.namespace_connectors(identity.service_account().map(|(ns, _)| ns).unwrap_or_default());
-            return Ok((identity, keys));
+            return Ok((identity, keys, Proof::PodAddress(peer.ip())));
         };
         let (username, token) = value
             .to_str()
@@ -310,7 +362,7 @@ impl ForwardProxy {
         } else {
             parse_connector_list(&list, namespace.as_deref().unwrap_or_default())?
         };
-        Ok((identity, keys))
+        Ok((identity, keys, Proof::Token(token)))
     }
 
     /// Every connector of `namespace`.
@@ -607,5 +659,91 @@ mod tests {
             443,
             "https"
         ));
+    }
+
+    mod revocation {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        use access::caller::{Authenticator, BoxFuture, CallerError, SameNamespace};
+        use access::{Access, PeerIdentities};
+        use http_body_util::Empty;
+
+        use super::*;
+        use crate::{Pipeline, UpstreamOptions};
+
+        /// A token that is valid until `revoked` is set.
+        struct Revocable(Arc<AtomicBool>);
+
+        impl Authenticator for Revocable {
+            fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Option<Identity>, CallerError>> {
+                let valid = token == "tunnel-token" && !self.0.load(Ordering::SeqCst);
+                Box::pin(async move { Ok(valid.then(|| Identity::of_service_account("team", "builder"))) })
+            }
+        }
+
+        /// An injected pod at 10.0.0.1 until `gone` is set.
+        struct Pods(Arc<AtomicBool>);
+
+        impl PeerIdentities for Pods {
+            fn pod(&self, ip: std::net::IpAddr) -> Option<Identity> {
+                (ip == std::net::IpAddr::from([10, 0, 0, 1]) && !self.0.load(Ordering::SeqCst))
+                    .then(|| Identity::of_service_account("team", "builder"))
+            }
+
+            fn node(&self, _: std::net::IpAddr) -> Option<String> {
+                None
+            }
+
+            fn pods_pulling<'a>(&'a self, _: &'a str, _: &'a ConnectorKey, _: &'a str) -> BoxFuture<'a, Vec<Identity>> {
+                Box::pin(async { Vec::new() })
+            }
+        }
+
+        fn forward(revoked: &Arc<AtomicBool>, gone: &Arc<AtomicBool>) -> ForwardProxy {
+            let store = Arc::new(
+                connector::store::FileStore::from_yaml(
+                    "apiVersion: connectors.alauda.io/v1alpha1\nkind: Connector\nmetadata: {name: harbor, namespace: team}\nspec: {connectorClassName: oci, address: \"https://harbor.example.com\"}\n",
+                )
+                .unwrap(),
+            );
+            let access = Access::new(Arc::new(Revocable(revoked.clone())), Arc::new(SameNamespace))
+                .with_peer_identities(Arc::new(Pods(gone.clone())));
+            let pipeline = Arc::new(Pipeline::new(store.clone(), store, access, UpstreamOptions::default()));
+            let ca = certs::CertificateAuthority::generate("test CA", Duration::from_secs(3600)).unwrap();
+            let leaves = Arc::new(certs::LeafIssuer::new(Arc::new(ca)));
+            ForwardProxy::new(pipeline, leaves, ForwardOptions::default())
+        }
+
+        fn ping() -> Request<Empty<Bytes>> {
+            Request::get("/v2/").body(Empty::new()).unwrap()
+        }
+
+        #[tokio::test]
+        async fn a_tunnel_ends_once_its_token_is_revoked_or_its_pod_is_gone() {
+            let (revoked, gone) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+            let proxy = forward(&revoked, &gone);
+            let key = ConnectorKey::new("team", "harbor");
+            let builder = Identity::of_service_account("team", "builder");
+            let by_token = TunnelCaller {
+                identity: builder.clone(),
+                proof: Proof::Token("tunnel-token".into()),
+                key: key.clone(),
+            };
+            let by_pod = TunnelCaller {
+                identity: builder,
+                proof: Proof::PodAddress(std::net::IpAddr::from([10, 0, 0, 1])),
+                key,
+            };
+            for caller in [&by_token, &by_pod] {
+                assert_eq!(proxy.inside_tunnel(caller, ping()).await.status(), StatusCode::OK);
+            }
+            revoked.store(true, Ordering::SeqCst);
+            gone.store(true, Ordering::SeqCst);
+            for caller in [&by_token, &by_pod] {
+                let answer = proxy.inside_tunnel(caller, ping()).await;
+                assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "{:?}", caller.proof);
+                assert_eq!(answer.headers()[header::CONNECTION], "close", "the tunnel ends");
+            }
+        }
     }
 }
