@@ -196,6 +196,13 @@ async fn webhook_mutates_pods_over_verified_https_and_rejects_bad_input() {
     assert!(message.contains("connector team/ghost does not exist"), "{message}");
     assert!(answer["response"].get("patch").is_none());
 
+    // An oversized review (tens of MiB) gets an HTTP answer, not a reset.
+    let mut huge = serde_json::to_vec(&review("u-big", "CREATE", None, annotated.clone(), false)).unwrap();
+    huge.resize(24 * 1024 * 1024, b' ');
+    let (status, text) = post(&client, &url, huge).await;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("larger than"), "{text}");
+
     // A non-Pod kind: denied with a reason.
     let mut deployment = review("u-6", "CREATE", None, json!({}), false);
     deployment["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use crate::forward::{self, ForwardOptions, ForwardProxy};
 use crate::listener::ServerLimits;
 use crate::pipeline::{Pipeline, UpstreamOptions};
-use crate::server::{self, Readiness};
+use crate::server::{self, Readiness, Role};
 
 /// Why a proxy process cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +144,7 @@ impl Proxy {
         listener: TcpListener,
         limits: ServerLimits,
         tls: Option<Arc<rustls::ServerConfig>>,
+        role: Role,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
         server::serve(
@@ -152,6 +153,7 @@ impl Proxy {
             self.ready.clone(),
             limits,
             tls,
+            role,
             shutdown,
         )
         .await

@@ -1,5 +1,6 @@
 //! The reverse listener: `/v2/...` to the [`Pipeline`], plus `/healthz`,
-//! `/readyz` and `/metrics`; HTTP/1.1 and h2, plain or over TLS.
+//! `/readyz`, and `/metrics` unless the metrics have a listener of their own
+//! (which answers only those three); HTTP/1.1 and h2, plain or over TLS.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,18 @@ use crate::pipeline::Pipeline;
 /// Whether the process is ready to serve (its caches hold a complete view).
 pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// What a listener answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The registry API and health; `/metrics` too when `metrics` (it has
+    /// no listener of its own).
+    Registry { metrics: bool },
+    /// Only `/healthz`, `/readyz` and `/metrics`: a listener the pods'
+    /// Service does not reach, so tenants cannot read every connector's
+    /// name and traffic.
+    Metrics,
+}
+
 /// The most concurrent streams of one HTTP/2 connection.
 const MAX_H2_STREAMS: u32 = 256;
 
@@ -39,6 +52,7 @@ pub async fn serve(
     ready: Readiness,
     limits: ServerLimits,
     tls: Option<Arc<rustls::ServerConfig>>,
+    role: Role,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -50,12 +64,12 @@ pub async fn serve(
             let Some(acceptor) = acceptor else {
                 let (io, socket) = ClientIo::new(stream);
                 let io = TokioIo::new(OpeningDeadline::new(io, opening));
-                return serve_connection(io, Some(socket), peer, pipeline, ready, &limits, stopping).await;
+                return serve_connection(io, Some(socket), peer, (pipeline, ready, role), &limits, stopping).await;
             };
             match handshake(&acceptor, stream).await {
                 Ok(stream) => {
                     let io = TokioIo::new(OpeningDeadline::new(stream, opening));
-                    serve_connection(io, None, peer, pipeline, ready, &limits, stopping).await
+                    serve_connection(io, None, peer, (pipeline, ready, role), &limits, stopping).await
                 }
                 Err(error) => tracing::debug!(%peer, %error, "TLS handshake failed"),
             }
@@ -79,8 +93,7 @@ async fn serve_connection<I>(
     io: I,
     socket: Option<ClientSocket>,
     peer: SocketAddr,
-    pipeline: Arc<Pipeline>,
-    ready: Readiness,
+    (pipeline, ready, role): (Arc<Pipeline>, Readiness, Role),
     limits: &ServerLimits,
     mut stopping: Stopping,
 ) where
@@ -92,7 +105,7 @@ async fn serve_connection<I>(
         }
         request.extensions_mut().insert(PeerAddr(peer));
         let (pipeline, ready) = (pipeline.clone(), ready.clone());
-        async move { Ok::<_, std::convert::Infallible>(dispatch(&pipeline, ready.as_ref(), request, peer).await) }
+        async move { Ok::<_, std::convert::Infallible>(dispatch(&pipeline, ready.as_ref(), role, request, peer).await) }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -120,11 +133,14 @@ async fn serve_connection<I>(
 async fn dispatch(
     pipeline: &Pipeline,
     ready: &(dyn Fn() -> bool + Send + Sync),
+    role: Role,
     request: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<ProxyBody> {
     let path = request.uri().path();
-    if path == "/v2" || path.starts_with("/v2/") {
+    let registry = matches!(role, Role::Registry { .. });
+    let metrics = matches!(role, Role::Metrics | Role::Registry { metrics: true });
+    if registry && (path == "/v2" || path.starts_with("/v2/")) {
         let span = tracing::debug_span!("request", %peer, method = %request.method());
         return pipeline.handle(request).instrument(span).await;
     }
@@ -132,7 +148,7 @@ async fn dispatch(
         "/healthz" => text(StatusCode::OK, "ok"),
         "/readyz" if ready() => text(StatusCode::OK, "ok"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "connector store not synced yet"),
-        "/metrics" => {
+        "/metrics" if metrics => {
             let mut response = text(StatusCode::OK, pipeline.metrics.encode());
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -140,7 +156,11 @@ async fn dispatch(
             );
             response
         }
-        _ => text(StatusCode::NOT_FOUND, "not found: the registry API is under /v2/"),
+        _ if registry => text(StatusCode::NOT_FOUND, "not found: the registry API is under /v2/"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: this listener serves /metrics, /healthz and /readyz",
+        ),
     }
 }
 

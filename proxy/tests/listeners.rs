@@ -95,3 +95,36 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     drop(idle);
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_on_their_own_listener_are_not_served_to_pods() {
+    let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let metrics_addr = metrics.local_addr().unwrap();
+    let proxy = InProcessProxy::with_metrics_listener("", "", metrics).await;
+    let get = |addr: SocketAddr, path: &'static str| async move {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    };
+    let pods = get(proxy.addr, "/metrics").await;
+    assert!(
+        pods.starts_with("HTTP/1.1 404"),
+        "the pod-facing listener serves metrics: {pods}"
+    );
+    let scrape = get(metrics_addr, "/metrics").await;
+    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    assert!(
+        scrape.contains("application/openmetrics-text") && scrape.contains("# EOF"),
+        "{scrape}"
+    );
+    let registry = get(metrics_addr, "/v2/").await;
+    assert!(
+        registry.starts_with("HTTP/1.1 404"),
+        "the metrics listener serves the registry API: {registry}"
+    );
+    assert!(get(proxy.addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+    proxy.stop().await;
+}

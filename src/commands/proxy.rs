@@ -17,6 +17,7 @@ use anyhow::Context;
 use certs::CertificateAuthority;
 use proxy::forward::ForwardOptions;
 use proxy::listener::ServerLimits;
+use proxy::server::Role;
 use proxy::tunnel::TunnelHost;
 use proxy::{ClusterSettings, Proxy, StandaloneSettings, UpstreamOptions};
 use registry::egress::{EgressAllow, EgressPolicy};
@@ -159,6 +160,11 @@ pub struct Args {
     /// nodes); off when absent. Needs `--tls-cert` and `--tls-key`.
     #[arg(long, env = "CONNECTORS_TLS_LISTEN", requires_all = ["tls_cert", "tls_key"])]
     tls_listen: Option<SocketAddr>,
+    /// Address of `/metrics` (with `/healthz` and `/readyz`) on a listener of
+    /// its own, kept off the Service pods use; when absent, `/metrics` is
+    /// on `--listen`.
+    #[arg(long, env = "CONNECTORS_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
     /// Serving certificate chain (PEM) of `--tls-listen`; reloaded when it changes.
     #[arg(long, env = "CONNECTORS_TLS_CERT")]
     tls_cert: Option<PathBuf>,
@@ -271,13 +277,39 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         super::webhook::shutdown_signal().await;
         let _ = stop.send(true);
     });
+    let role = Role::Registry {
+        metrics: args.metrics_listen.is_none(),
+    };
     let forward = serve_forward(&proxy, &args.forward, limits.clone(), until_stopped(stopped.clone()));
-    let tls = serve_reverse_tls(&args, &proxy, limits.clone(), until_stopped(stopped.clone()));
-    let reverse = proxy.serve_reverse(listener, limits, None, until_stopped(stopped));
-    let (forward, tls, reverse) = tokio::join!(forward, tls, reverse);
+    let tls = serve_reverse_tls(&args, &proxy, limits.clone(), role, until_stopped(stopped.clone()));
+    let metrics = serve_metrics(&args, &proxy, limits.clone(), until_stopped(stopped.clone()));
+    let reverse = proxy.serve_reverse(listener, limits, None, role, until_stopped(stopped));
+    let (forward, tls, metrics, reverse) = tokio::join!(forward, tls, metrics, reverse);
     forward?;
     tls?;
+    metrics?;
     reverse.context("the proxy server failed")
+}
+
+/// Serves `/metrics` (and health) on a listener of its own when
+/// `--metrics-listen` is given.
+async fn serve_metrics(
+    args: &Args,
+    proxy: &Proxy,
+    limits: ServerLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let Some(address) = args.metrics_listen else {
+        return Ok(());
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("failed to listen on {address}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "metrics listening");
+    proxy
+        .serve_reverse(listener, limits, None, Role::Metrics, shutdown)
+        .await
+        .context("the metrics server failed")
 }
 
 /// Serves reverse mode over HTTPS when `--tls-listen` is given.
@@ -285,6 +317,7 @@ async fn serve_reverse_tls(
     args: &Args,
     proxy: &Proxy,
     limits: ServerLimits,
+    role: Role,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
     let (Some(address), Some(cert), Some(key)) = (args.tls_listen, &args.tls_cert, &args.tls_key) else {
@@ -299,7 +332,7 @@ async fn serve_reverse_tls(
         .with_context(|| format!("failed to listen on {address}"))?;
     tracing::info!(addr = %listener.local_addr()?, mode = "reverse-tls", "proxy https listening");
     proxy
-        .serve_reverse(listener, limits, Some(tls), shutdown)
+        .serve_reverse(listener, limits, Some(tls), role, shutdown)
         .await
         .context("the proxy's HTTPS server failed")
 }

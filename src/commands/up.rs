@@ -93,7 +93,13 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         ServerLimits::default(),
         until_stopped(stopped.clone()),
     );
-    let reverse = proxy.serve_reverse(listener, ServerLimits::default(), None, until_stopped(stopped));
+    let reverse = proxy.serve_reverse(
+        listener,
+        ServerLimits::default(),
+        None,
+        proxy::server::Role::Registry { metrics: true },
+        until_stopped(stopped),
+    );
     let (webhook, proxy, forward) = tokio::join!(webhook, reverse, forward);
     webhook.context("the webhook failed")?;
     forward?;

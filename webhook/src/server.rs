@@ -22,6 +22,10 @@ use connector::injection::InjectionConfig;
 /// review carries the object and, on UPDATE, the old object.
 pub(crate) const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
 
+/// How much of a larger body is read (and dropped) so that its sender gets
+/// the 413 instead of a connection reset while it is still writing.
+const MAX_DRAINED_BYTES: usize = 64 * 1024 * 1024;
+
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct WebhookState {
@@ -37,12 +41,52 @@ pub fn router(state: WebhookState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
+        // NB: `mutate` reads the body itself, with its own limit.
+        .layer(DefaultBodyLimit::disable())
         .with_state(state)
 }
 
-async fn mutate(State(state): State<WebhookState>, body: Bytes) -> Response {
+/// The review body, at most [`MAX_REVIEW_BYTES`]. A larger one is read on
+/// (and dropped) up to [`MAX_DRAINED_BYTES`], then refused with 413: the API
+/// server then gets an answer, not a reset connection, and reports it.
+async fn read_review(body: axum::body::Body) -> Result<Bytes, Response> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the AdmissionReview is larger than {MAX_REVIEW_BYTES} bytes"),
+        )
+            .into_response()
+    };
+    let mut body = body;
+    let mut kept = Vec::new();
+    let mut total = 0_usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|_| (StatusCode::BAD_REQUEST, "the review body could not be read").into_response())?;
+        let Ok(data) = frame.into_data() else { continue };
+        total = total.saturating_add(data.len());
+        if total <= MAX_REVIEW_BYTES {
+            kept.extend_from_slice(&data);
+        } else if total > MAX_DRAINED_BYTES {
+            return Err(too_large());
+        }
+    }
+    if total > MAX_REVIEW_BYTES {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(kept))
+}
+
+async fn mutate(State(state): State<WebhookState>, body: axum::body::Body) -> Response {
     let started = Instant::now();
+    let body = match read_review(body).await {
+        Ok(body) => body,
+        Err(refused) => {
+            tracing::warn!(limit = MAX_REVIEW_BYTES, "refused an AdmissionReview too large to read");
+            return refused;
+        }
+    };
     let store = state.store.clone();
     let config = state.config.clone();
     let result = admission::review(&body, store.as_ref(), &config);

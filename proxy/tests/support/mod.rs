@@ -13,6 +13,7 @@ use access::caller::{SameNamespace, StaticTokens};
 use connector::store::FileStore;
 use proxy::forward::{ForwardOptions, ForwardProxy};
 use proxy::listener::ServerLimits;
+use proxy::server::Role;
 use proxy::{Pipeline, UpstreamOptions};
 use registry::egress::EgressPolicy;
 use tokio::task::JoinHandle;
@@ -27,6 +28,7 @@ pub struct InProcessProxy {
     stop: Option<tokio::sync::watch::Sender<bool>>,
     server: JoinHandle<std::io::Result<()>>,
     forward_server: JoinHandle<std::io::Result<()>>,
+    metrics_server: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl InProcessProxy {
@@ -39,6 +41,15 @@ impl InProcessProxy {
 
     /// As [`Self::standalone`], with the listeners' `limits`.
     pub async fn with_limits(store: &str, tokens: &str, limits: ServerLimits) -> Self {
+        Self::start(store, tokens, limits, None).await
+    }
+
+    /// As [`Self::standalone`], with `/metrics` served on `metrics` only.
+    pub async fn with_metrics_listener(store: &str, tokens: &str, metrics: tokio::net::TcpListener) -> Self {
+        Self::start(store, tokens, ServerLimits::default(), Some(metrics)).await
+    }
+
+    async fn start(store: &str, tokens: &str, limits: ServerLimits, metrics: Option<tokio::net::TcpListener>) -> Self {
         let store = Arc::new(FileStore::from_yaml(store).expect("the store parses"));
         let tokens = StaticTokens::parse(tokens).expect("the token file parses");
         let access = Access::new(Arc::new(tokens), Arc::new(SameNamespace));
@@ -62,8 +73,22 @@ impl InProcessProxy {
             Arc::new(|| true),
             limits.clone(),
             None,
+            Role::Registry {
+                metrics: metrics.is_none(),
+            },
             until(stopped.clone()),
         ));
+        let metrics_server = metrics.map(|listener| {
+            tokio::spawn(proxy::server::serve(
+                listener,
+                pipeline.clone(),
+                Arc::new(|| true),
+                limits.clone(),
+                None,
+                Role::Metrics,
+                until(stopped.clone()),
+            ))
+        });
         let ca = certs::CertificateAuthority::generate("in-process proxy CA", std::time::Duration::from_secs(3600))
             .expect("a CA");
         let leaves = Arc::new(certs::LeafIssuer::new(Arc::new(ca)));
@@ -85,6 +110,7 @@ impl InProcessProxy {
             stop: Some(stop),
             server,
             forward_server,
+            metrics_server,
         }
     }
 
@@ -115,5 +141,8 @@ impl Drop for InProcessProxy {
     fn drop(&mut self) {
         self.server.abort();
         self.forward_server.abort();
+        if let Some(metrics) = &self.metrics_server {
+            metrics.abort();
+        }
     }
 }
