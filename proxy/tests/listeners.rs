@@ -18,6 +18,20 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a closed connection may take to be noticed beyond the timeout.
 const SLACK: Duration = Duration::from_secs(3);
 
+/// `GET path` on a connection of its own; the whole answer, or a panic if
+/// none comes within the head timeout and its slack.
+async fn get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(HEAD_TIMEOUT + SLACK, stream.read_to_string(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("{addr}: no answer to GET {path}"))
+        .unwrap();
+    answer
+}
+
 /// Sends `opening` and waits for the server to close; returns how long it took.
 async fn held_for(addr: SocketAddr, opening: &[u8]) -> Duration {
     let started = Instant::now();
@@ -53,13 +67,7 @@ async fn connections_that_send_no_request_are_closed_within_the_head_timeout() {
         }
     }
     // A real request after the idle ones is answered.
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.unwrap();
+    let answer = get(proxy.addr, "/healthz").await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     proxy.stop().await;
 }
@@ -76,16 +84,7 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
     let idle = TcpStream::connect(proxy.addr).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
-    let mut stream = TcpStream::connect(proxy.addr).await.unwrap();
-    stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(HEAD_TIMEOUT + SLACK, stream.read_to_string(&mut answer))
-        .await
-        .expect("answered once the slot is free")
-        .unwrap();
+    let answer = get(proxy.addr, "/healthz").await;
     let waited = started.elapsed();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(
@@ -101,14 +100,6 @@ async fn metrics_on_their_own_listener_are_not_served_to_pods() {
     let metrics = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let metrics_addr = metrics.local_addr().unwrap();
     let proxy = InProcessProxy::with_metrics_listener("", "", metrics).await;
-    let get = |addr: SocketAddr, path: &'static str| async move {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        answer
-    };
     let pods = get(proxy.addr, "/metrics").await;
     assert!(
         pods.starts_with("HTTP/1.1 404"),
