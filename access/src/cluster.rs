@@ -381,6 +381,9 @@ pub struct PodIdentities {
     synced: Arc<AtomicBool>,
     /// How long a node pull waits for its pod to reach the informer.
     lag: Duration,
+    /// Bumped on every pod event: a waiting node pull looks again only
+    /// when something changed.
+    pod_changes: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Lookups derived from the informers' caches, rebuilt after changes.
@@ -389,6 +392,9 @@ struct Index {
     /// Pod identity by IP; `None` when two pods claim the IP.
     pods_by_ip: HashMap<IpAddr, Option<Identity>>,
     node_by_ip: HashMap<IpAddr, String>,
+    /// By node: the image paths (without registry, tag or digest) its
+    /// pods reference, each with the pod's ServiceAccount.
+    pulls_by_node: HashMap<String, Vec<(String, Identity)>>,
 }
 
 impl PodIdentities {
@@ -406,8 +412,9 @@ impl PodIdentities {
             node_writer,
             watcher(Api::<Node>::all(client), watcher::Config::default()).default_backoff(),
         );
-        tokio::spawn(invalidate_on_events("pods", pod_stream, index.clone()));
-        tokio::spawn(invalidate_on_events("nodes", node_stream, index.clone()));
+        let (changed, pod_changes) = tokio::sync::watch::channel(0_u64);
+        tokio::spawn(invalidate_on_events("pods", pod_stream, index.clone(), Some(changed)));
+        tokio::spawn(invalidate_on_events("nodes", node_stream, index.clone(), None));
         let synced = connector::store::kube::synced_flag(&pods, &nodes, "pod and node caches synced");
         Self {
             pods,
@@ -415,6 +422,7 @@ impl PodIdentities {
             index,
             synced,
             lag,
+            pod_changes,
         }
     }
 
@@ -436,6 +444,21 @@ impl PodIdentities {
         let mut index = Index::default();
         for pod in self.pods.state() {
             let Some(spec) = &pod.spec else { continue };
+            if let Some(node) = &spec.node_name {
+                let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+                let service_account = spec.service_account_name.as_deref().unwrap_or("default");
+                let identity = Identity::of_service_account(namespace, service_account);
+                let images = spec
+                    .containers
+                    .iter()
+                    .map(|c| c.image.as_deref())
+                    .chain(spec.init_containers.iter().flatten().map(|c| c.image.as_deref()))
+                    .chain(spec.ephemeral_containers.iter().flatten().map(|c| c.image.as_deref()));
+                let pulls = index.pulls_by_node.entry(node.clone()).or_default();
+                for reference in images.flatten().filter_map(|image| Reference::parse(image).ok()) {
+                    pulls.push((reference.path().to_owned(), identity.clone()));
+                }
+            }
             if spec.host_network == Some(true) {
                 continue;
             }
@@ -483,46 +506,38 @@ impl PodIdentities {
     }
 
     /// The ServiceAccounts of the injected pods on `node` referencing the
-    /// repository, right now.
+    /// repository, right now: from the index by node, not a scan of every
+    /// pod.
     fn referencing(&self, node: &str, key: &ConnectorKey, repository: &str) -> Vec<Identity> {
         let wanted = format!("{}/{repository}", key.proxy_path());
+        let index = self.index();
         let mut found: Vec<Identity> = Vec::new();
-        for pod in self.pods.state() {
-            let Some(spec) = &pod.spec else { continue };
-            if spec.node_name.as_deref() != Some(node) {
-                continue;
-            }
-            let images = spec
-                .containers
-                .iter()
-                .map(|c| c.image.as_deref())
-                .chain(spec.init_containers.iter().flatten().map(|c| c.image.as_deref()))
-                .chain(spec.ephemeral_containers.iter().flatten().map(|c| c.image.as_deref()));
-            let references = images
-                .flatten()
-                .filter_map(|image| Reference::parse(image).ok())
-                .any(|reference| reference.path() == wanted);
-            if references {
-                let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-                let identity =
-                    Identity::of_service_account(namespace, spec.service_account_name.as_deref().unwrap_or("default"));
-                if !found.contains(&identity) {
-                    found.push(identity);
-                }
+        for (path, identity) in index.pulls_by_node.get(node).into_iter().flatten() {
+            if *path == wanted && !found.contains(identity) {
+                found.push(identity.clone());
             }
         }
         found
     }
 }
 
-async fn invalidate_on_events<S, T>(what: &'static str, stream: S, index: Arc<RwLock<Option<Arc<Index>>>>)
-where
+async fn invalidate_on_events<S, T>(
+    what: &'static str,
+    stream: S,
+    index: Arc<RwLock<Option<Arc<Index>>>>,
+    changed: Option<tokio::sync::watch::Sender<u64>>,
+) where
     S: futures::Stream<Item = std::result::Result<T, watcher::Error>>,
 {
     let mut stream = std::pin::pin!(stream);
     while let Some(event) = stream.next().await {
         match event {
-            Ok(_) => *index.write().unwrap_or_else(|p| p.into_inner()) = None,
+            Ok(_) => {
+                *index.write().unwrap_or_else(|p| p.into_inner()) = None;
+                if let Some(changed) = &changed {
+                    changed.send_modify(|n| *n += 1);
+                }
+            }
             Err(error) => tracing::warn!(%error, watched = what, "watch failed; retrying with backoff"),
         }
     }
@@ -544,13 +559,21 @@ impl PeerIdentities for PodIdentities {
         repository: &'a str,
     ) -> BoxFuture<'a, Vec<Identity>> {
         Box::pin(async move {
-            let deadline = Instant::now() + self.lag;
+            // NB: looks again only when a pod event arrived, never on a
+            // timer: a flood of pulls for repositories no pod references
+            // costs one index lookup each, not a rescan every 100 ms.
+            let deadline = tokio::time::Instant::now() + self.lag;
+            let mut changes = self.pod_changes.clone();
+            changes.mark_unchanged();
             loop {
                 let found = self.referencing(node, key, repository);
-                if !found.is_empty() || Instant::now() >= deadline {
+                if !found.is_empty() {
                     return found;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                match tokio::time::timeout_at(deadline, changes.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return found,
+                }
             }
         })
     }
