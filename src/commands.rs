@@ -66,6 +66,14 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// Runs a server subcommand on a multi-threaded runtime.
+/// A listener on `address`, or an error that names it.
+async fn bind(address: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    use anyhow::Context as _;
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("failed to listen on {address}"))
+}
+
 fn block_on(serve: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

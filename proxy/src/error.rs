@@ -59,9 +59,14 @@ pub enum ProxyError {
     #[error("the proxy username: {0}")]
     ProxyUsername(#[from] connector::selection::SelectionError),
     /// A forward-proxy target that is neither a connector the caller named
-    /// nor an allowed tunnel host.
+    /// nor an allowed tunnel host. A named connector the caller may not use
+    /// is answered the same (`denied` holds why, for the log only).
     #[error("{host}:{port} is not the registry of a connector the caller named, nor an allowed tunnel host")]
-    NotAConnectorHost { host: String, port: u16 },
+    NotAConnectorHost {
+        host: String,
+        port: u16,
+        denied: Option<Box<Refusal>>,
+    },
     /// An absolute-form request for anything but a plain-HTTP connector.
     #[error("{host}:{port} is not a plain-HTTP connector registry; nothing else is forwarded in absolute form")]
     NotPlainHttpConnector { host: String, port: u16 },
@@ -169,11 +174,19 @@ impl ProxyError {
     /// (upstream and connector failures) as warnings, and every refusal at
     /// info with its reason, for the audit trail.
     pub fn log(&self, dialect: Dialect, connector: &str) {
-        let status = self.status(dialect).as_u16();
-        if self.status(dialect).is_server_error() {
+        let status = self.status(dialect);
+        let server_error = status.is_server_error();
+        let status = status.as_u16();
+        if server_error {
             tracing::warn!(connector = %connector, status, message = %self, "request failed");
         } else if dialect == Dialect::ForwardProxy {
-            tracing::info!(target: AUDIT_TARGET, status, reason = %self, "forward request refused");
+            let reason = match self {
+                Self::NotAConnectorHost {
+                    denied: Some(refusal), ..
+                } => refusal.to_string(),
+                other => other.to_string(),
+            };
+            tracing::info!(target: AUDIT_TARGET, status, reason, "forward request refused");
         } else {
             tracing::info!(target: AUDIT_TARGET, connector = %connector, status, reason = %self, "request refused");
         }

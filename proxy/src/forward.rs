@@ -33,7 +33,7 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use url::Url;
 
-use crate::error::{AUDIT_TARGET, Dialect, ProxyError, json_response};
+use crate::error::{Dialect, ProxyError, json_response};
 use crate::listener::{OpeningDeadline, ServerLimits, accept_and_drain, drain_on_stop};
 use crate::pipeline::{Mode, Pipeline};
 use crate::route::{self, Route};
@@ -228,19 +228,26 @@ impl ForwardProxy {
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<registry::body::BoxError>,
     {
-        let key = &caller.key;
-        let identity = match self.prove_again(caller).await {
-            Ok(identity) => identity,
+        match self.prove_again(caller).await {
+            Ok(identity) => self.relay_for(&identity, &caller.key, request).await,
             Err(error) => {
-                let mut response = self.pipeline.answer(Err(error), key.to_string(), Mode::Forward);
+                let mut response = self.pipeline.answer(Err(error), caller.key.to_string(), Mode::Forward);
                 // NB: the client must CONNECT again, where it is refused.
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, hyper::header::HeaderValue::from_static("close"));
-                return response;
+                response
             }
-        };
-        let identity = &identity;
+        }
+    }
+
+    /// Answers one request for `key`'s registry from `identity`, proved
+    /// just now.
+    async fn relay_for<B>(&self, identity: &Identity, key: &ConnectorKey, request: Request<B>) -> Response<ProxyBody>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+        B::Error: Into<registry::body::BoxError>,
+    {
         let request = request.map(|b| b.map_err(Into::into).boxed());
         let result = async {
             match route::parse_origin_route(request.uri().path(), key)? {
@@ -318,7 +325,8 @@ impl ForwardProxy {
             ));
         }
         let (host, port) = absolute_target(&uri).ok_or(ProxyError::BadRequest("the URL has no host"))?;
-        let (identity, keys, proof) = self.caller(request.headers(), peer).await?;
+        // NB: one request, proved just now: nothing to prove again.
+        let (identity, keys, _) = self.caller(request.headers(), peer).await?;
         let Plan::Intercept(key) = self.plan(&host, port, "http", &identity, &keys).await? else {
             return Err(ProxyError::NotPlainHttpConnector { host, port });
         };
@@ -329,8 +337,7 @@ impl ForwardProxy {
             .unwrap_or("/")
             .parse::<Uri>()
             .map_err(|_| ProxyError::BadRequest("the URL has no usable path"))?;
-        let caller = TunnelCaller { identity, proof, key };
-        Ok(self.inside_tunnel(&caller, Request::from_parts(parts, body)).await)
+        Ok(self.relay_for(&identity, &key, Request::from_parts(parts, body)).await)
     }
 
     /// The caller and the connectors it names, from `Proxy-Authorization`;
@@ -411,10 +418,10 @@ impl ForwardProxy {
             // NB: the caller is told the same as for a connector that does
             // not exist, so naming another namespace's connectors cannot
             // probe which of them exist and where; the audit line has why.
-            tracing::info!(target: AUDIT_TARGET, %host, port, reason = %refusal, "forward request refused");
             return Err(ProxyError::NotAConnectorHost {
                 host: host.to_owned(),
                 port,
+                denied: Some(Box::new(refusal)),
             });
         }
         if scheme == "https" && self.options.tunnel_hosts.iter().any(|t| t.matches(host, port)) {
@@ -431,6 +438,7 @@ impl ForwardProxy {
         Err(ProxyError::NotAConnectorHost {
             host: host.to_owned(),
             port,
+            denied: None,
         })
     }
 }

@@ -210,8 +210,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for OpeningDeadline<I> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if this.deadline.is_some() {
-                    let read = buf.filled()[before..].to_vec();
-                    this.observe(&read);
+                    this.observe(&buf.filled()[before..]);
                 }
                 Poll::Ready(Ok(()))
             }

@@ -27,7 +27,7 @@ use crate::challenge::{self, Challenge, Scheme};
 use crate::credential::UpstreamCredential;
 use crate::realm::{RealmError, check_realm};
 use crate::token::{self, Source, Token, TokenCache, TokenError, TokenKey};
-use crate::upstream::{RESPONSE_HEADER_TIMEOUT, UpstreamClient};
+use crate::upstream::UpstreamClient;
 
 /// The largest token-service answer read.
 const MAX_TOKEN_ANSWER: usize = 1 << 20;
@@ -148,9 +148,9 @@ pub struct Upstream {
     pub base: Url,
     /// The canonical `host[:port]` image references name.
     pub registry_host: String,
-    /// `spec.addressExtensions` that are URLs: more hosts a token realm may
-    /// be on.
-    pub extensions: Vec<Url>,
+    /// `spec.addressExtensions`: more hosts a token realm may be on. Parsed
+    /// only when a realm is checked, never on a request that needs none.
+    pub extensions: Vec<String>,
     pub credential: Option<UpstreamCredential>,
     pub client: UpstreamClient,
 }
@@ -170,7 +170,7 @@ impl Upstream {
             name: name.into(),
             base,
             registry_host: address.registry_host().to_owned(),
-            extensions: extensions.iter().filter_map(|e| Url::parse(&e.value).ok()).collect(),
+            extensions: extensions.iter().map(|e| e.value.clone()).collect(),
             credential,
             client,
         }
@@ -183,7 +183,8 @@ impl Upstream {
 
     /// The realm as a URL, if it is on the connector's hosts.
     pub fn checked_realm(&self, realm: &str) -> Result<Url, UpstreamError> {
-        check_realm(realm, &self.base, &self.extensions).map_err(|error| {
+        let extensions: Vec<Url> = self.extensions.iter().filter_map(|e| Url::parse(e).ok()).collect();
+        check_realm(realm, &self.base, &extensions).map_err(|error| {
             tracing::warn!(connector = %self.name, realm = %realm, %error, "refusing a token realm outside the connector's hosts");
             UpstreamError::Realm {
                 connector: self.name.clone(),
@@ -225,12 +226,6 @@ pub struct UpstreamSender {
     tokens: TokenCache,
     schemes: Mutex<HashMap<String, UpstreamAuth>>,
     header_timeout: Duration,
-}
-
-impl Default for UpstreamSender {
-    fn default() -> Self {
-        Self::new(RESPONSE_HEADER_TIMEOUT)
-    }
 }
 
 impl UpstreamSender {

@@ -57,12 +57,6 @@ pub struct UpstreamClients {
     clients: Mutex<HashMap<TrustKey, UpstreamClient>>,
 }
 
-impl Default for UpstreamClients {
-    fn default() -> Self {
-        Self::new(Pins::default(), EgressPolicy::default())
-    }
-}
-
 impl UpstreamClients {
     /// Trusts the Mozilla (webpki) roots and the system's roots; dials
     /// pinned hosts at their pinned addresses, and only addresses `egress`

@@ -98,9 +98,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         probe_timeout: Duration::from_secs(args.probe_timeout_seconds.max(1)),
         egress: registry::egress::EgressPolicy::new(args.egress_allow),
     };
-    let health = tokio::net::TcpListener::bind(args.health_listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", args.health_listen))?;
+    let health = super::bind(args.health_listen).await?;
     tracing::info!(addr = %health.local_addr()?, identity = %settings.identity, "controller health endpoints listening");
     ::controller::run(client, settings, health, super::webhook::shutdown_signal())
         .await

@@ -262,9 +262,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         }
         _ => Proxy::cluster(&args.cluster.settings(), args.forward.upstream_options()).await?,
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", args.listen))?;
+    let listener = super::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, mode = "reverse", "proxy listening");
     let limits = ServerLimits {
         header_read_timeout: Duration::from_secs(args.header_read_timeout_seconds.max(1)),
@@ -302,9 +300,7 @@ async fn serve_metrics(
     let Some(address) = args.metrics_listen else {
         return Ok(());
     };
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("failed to listen on {address}"))?;
+    let listener = super::bind(address).await?;
     tracing::info!(addr = %listener.local_addr()?, "metrics listening");
     proxy
         .serve_reverse(listener, limits, None, Role::Metrics, shutdown)
@@ -327,9 +323,7 @@ async fn serve_reverse_tls(
         .context("failed to load the proxy's serving certificate")?;
     resolver.spawn_watch(Duration::from_secs(5));
     let tls = Arc::new(certs::server_config(resolver, &[b"h2", b"http/1.1"])?);
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("failed to listen on {address}"))?;
+    let listener = super::bind(address).await?;
     tracing::info!(addr = %listener.local_addr()?, mode = "reverse-tls", "proxy https listening");
     proxy
         .serve_reverse(listener, limits, Some(tls), role, shutdown)
@@ -348,9 +342,7 @@ pub async fn serve_forward(
         return Ok(());
     };
     let authority = args.authority()?;
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("failed to listen on {address}"))?;
+    let listener = super::bind(address).await?;
     tracing::info!(addr = %listener.local_addr()?, mode = "forward", "forward proxy listening");
     proxy
         .serve_forward(listener, authority, args.forward_options(), limits, shutdown)

@@ -58,9 +58,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         .context("failed to load the standalone certificate")?;
     let tls = certs::server_config(resolver, &[b"h2", b"http/1.1"])?;
 
-    let listener = tokio::net::TcpListener::bind(args.proxy_listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", args.proxy_listen))?;
+    let listener = super::bind(args.proxy_listen).await?;
     let proxy_addr = listener.local_addr()?;
     let mut config = InjectionConfig::new(proxy_addr.to_string(), "127.0.0.1:3128");
     config.install_namespace = "connectors-system".into();

@@ -43,16 +43,8 @@ impl StoreYaml {
 
     /// A Connector of `class` at `address`, with the basic-auth Secret
     /// `auth_secret` when given.
-    pub fn connector_of_class(mut self, name: &str, class: &str, address: &str, auth_secret: Option<&str>) -> Self {
-        let mut document = format!(
-            "apiVersion: connectors.alauda.io/v1alpha1\nkind: Connector\nmetadata: {{name: {name}, namespace: {}}}\nspec:\n  connectorClassName: {class}\n  address: \"{address}\"\n",
-            self.namespace
-        );
-        if let Some(secret) = auth_secret {
-            let _ = writeln!(document, "  auth: {{name: basicAuth, secretRef: {{name: {secret}}}}}");
-        }
-        self.documents.push(document);
-        self
+    pub fn connector_of_class(self, name: &str, class: &str, address: &str, auth_secret: Option<&str>) -> Self {
+        self.connector_document(name, class, address, auth_secret, None)
     }
 
     /// A `kubernetes.io/basic-auth` Secret.
@@ -79,11 +71,25 @@ impl StoreYaml {
 
     /// A Connector at `address` with the basic-auth Secret `auth_secret`,
     /// trusting the CA Secret `ca_secret` when given.
-    pub fn connector(mut self, name: &str, address: &str, auth_secret: &str, ca_secret: Option<&str>) -> Self {
+    pub fn connector(self, name: &str, address: &str, auth_secret: &str, ca_secret: Option<&str>) -> Self {
+        self.connector_document(name, "oci", address, Some(auth_secret), ca_secret)
+    }
+
+    fn connector_document(
+        mut self,
+        name: &str,
+        class: &str,
+        address: &str,
+        auth_secret: Option<&str>,
+        ca_secret: Option<&str>,
+    ) -> Self {
         let mut document = format!(
-            "apiVersion: connectors.alauda.io/v1alpha1\nkind: Connector\nmetadata: {{name: {name}, namespace: {}}}\nspec:\n  connectorClassName: oci\n  address: \"{address}\"\n  auth: {{name: basicAuth, secretRef: {{name: {auth_secret}}}}}\n",
+            "apiVersion: connectors.alauda.io/v1alpha1\nkind: Connector\nmetadata: {{name: {name}, namespace: {}}}\nspec:\n  connectorClassName: {class}\n  address: \"{address}\"\n",
             self.namespace
         );
+        if let Some(secret) = auth_secret {
+            let _ = writeln!(document, "  auth: {{name: basicAuth, secretRef: {{name: {secret}}}}}");
+        }
         if let Some(ca_secret) = ca_secret {
             let _ = writeln!(document, "  caCertSecretRef: {{name: {ca_secret}}}");
         }
