@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use testing::StoreYaml;
 use webhook::metrics::Metrics;
 use webhook::mutation::{Mode, Outcome, mutate_pod};
-use webhook::server::{WebhookState, router, serve_tls};
+use webhook::server::{WebhookState, limits, router, serve_tls};
 
 /// The same allocator as the shipped binary.
 #[global_allocator]
@@ -218,16 +218,11 @@ fn main() {
             let shutdown = async move {
                 let _ = stop_rx.await;
             };
-            serve_tls(
-                "127.0.0.1:0".parse().unwrap(),
-                router(state),
-                tls,
-                shutdown,
-                Duration::from_secs(1),
-                move |addr| addr_tx.send(addr).unwrap(),
-            )
-            .await
-            .unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            serve_tls(listener, router(state), tls, limits(Duration::from_secs(1)), shutdown)
+                .await
+                .unwrap();
         });
     });
     let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();

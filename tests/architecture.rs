@@ -10,6 +10,20 @@ use std::process::Command;
 /// Each crate and the workspace crates it must never depend on.
 const FORBIDDEN: &[(&str, &[&str])] = &[
     (
+        "serving",
+        &[
+            "connector",
+            "certs",
+            "registry",
+            "access",
+            "proxy",
+            "webhook",
+            "csi",
+            "controller",
+            "testing",
+        ],
+    ),
+    (
         "connector",
         &[
             "certs",

@@ -4,12 +4,15 @@
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+
+use serving::ServerLimits;
 
 use crate::metrics::Metrics;
 
@@ -19,9 +22,22 @@ struct HealthState {
     metrics: Arc<Metrics>,
 }
 
-/// Serves the health endpoints on `listener` until `shutdown` resolves.
+/// The health listener's limits: kubelet probes and Prometheus send small
+/// heads and need few connections.
+pub fn limits() -> ServerLimits {
+    ServerLimits {
+        header_read_timeout: Duration::from_secs(10),
+        max_header_bytes: 16 * 1024,
+        shutdown_grace: Duration::from_secs(5),
+        max_connections: 256,
+    }
+}
+
+/// Serves the health endpoints on `listener` under `limits` until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    limits: ServerLimits,
     ready: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -31,7 +47,8 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(HealthState { ready, metrics });
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    serving::http::serve(listener, limits, None, service, shutdown).await
 }
 
 async fn readyz(State(state): State<HealthState>) -> impl IntoResponse {

@@ -43,6 +43,8 @@ pub struct Settings {
     pub probe_timeout: Duration,
     /// What the probes may dial: the proxy's egress policy.
     pub egress: registry::egress::EgressPolicy,
+    /// Limits of the health listener ([`health::limits`] by default).
+    pub health_limits: serving::ServerLimits,
 }
 
 /// Runs the controller until `shutdown` resolves: health endpoints on
@@ -111,7 +113,13 @@ pub async fn run(
         }
     };
     let campaign = election.run(stop_lease.clone().cancelled_owned());
-    let health_server = health::serve(health, ready, metrics.clone(), stop_health.clone().cancelled_owned());
+    let health_server = health::serve(
+        health,
+        settings.health_limits.clone(),
+        ready,
+        metrics.clone(),
+        stop_health.clone().cancelled_owned(),
+    );
 
     let sequence = async {
         shutdown.await;

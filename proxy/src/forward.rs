@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use access::Identity;
 use access::caller::basic_credentials;
@@ -34,13 +33,10 @@ use tokio::net::TcpListener;
 use url::Url;
 
 use crate::error::{Dialect, ProxyError, json_response};
-use crate::listener::{OpeningDeadline, ServerLimits, accept_and_drain, drain_on_stop};
 use crate::pipeline::{Mode, Pipeline};
 use crate::route::{self, Route};
 use crate::tunnel::{self, TunnelHost};
-
-/// How long a client has to finish the TLS handshake inside a tunnel.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use serving::{OpeningDeadline, ServerLimits, accept_and_drain, drain_on_stop};
 
 /// Options of forward mode.
 #[derive(Debug, Clone, Default)]
@@ -191,14 +187,10 @@ impl ForwardProxy {
             }
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(upgraded)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => {
+        let tls = match serving::http::handshake(&acceptor, upgraded, limits.handshake_timeout()).await {
+            Ok(tls) => tls,
+            Err(error) => {
                 tracing::info!(%peer, %host, %error, "TLS handshake inside the tunnel failed");
-                return;
-            }
-            Err(_) => {
-                tracing::info!(%peer, %host, "TLS handshake inside the tunnel timed out");
                 return;
             }
         };
@@ -717,7 +709,7 @@ mod tests {
             let access = Access::new(Arc::new(Revocable(revoked.clone())), Arc::new(SameNamespace))
                 .with_peer_identities(Arc::new(Pods(gone.clone())));
             let pipeline = Arc::new(Pipeline::new(store.clone(), store, access, UpstreamOptions::default()));
-            let ca = certs::CertificateAuthority::generate("test CA", Duration::from_secs(3600)).unwrap();
+            let ca = certs::CertificateAuthority::generate("test CA", std::time::Duration::from_secs(3600)).unwrap();
             let leaves = Arc::new(certs::LeafIssuer::new(Arc::new(ca)));
             ForwardProxy::new(pipeline, leaves, ForwardOptions::default())
         }

@@ -8,8 +8,8 @@
 //!   the connector's credential; [`headers`] is its header policy, [`route`]
 //!   its URL mapping.
 //! - [`error`]: every failure as one type, answered in one place.
-//! - [`listener`]: the accept/drain loop both doors run; [`process`]
-//!   assembles a proxy process from its settings.
+//! - [`process`] assembles a proxy process from its settings; both doors
+//!   accept and drain through `serving`.
 //!
 //! The registry protocol as a client lives in `registry`, caller identity
 //! and authorization in `access`. It must not depend on `webhook`, `csi` or
@@ -18,7 +18,6 @@
 pub mod error;
 pub mod forward;
 pub mod headers;
-pub mod listener;
 pub mod metrics;
 pub mod pipeline;
 pub mod process;

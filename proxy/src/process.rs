@@ -15,9 +15,9 @@ use connector::store::{ConnectorStore, FileStore, KubeSecretStore, KubeStore};
 use tokio::net::TcpListener;
 
 use crate::forward::{self, ForwardOptions, ForwardProxy};
-use crate::listener::ServerLimits;
 use crate::pipeline::{Pipeline, UpstreamOptions};
 use crate::server::{self, Readiness, Role};
+use serving::ServerLimits;
 
 /// Why a proxy process cannot start.
 #[derive(Debug, thiserror::Error)]

@@ -12,9 +12,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use registry::body::{BoxError, ProxyBody};
 
 use crate::error::{ProxyError, json_response};
-use crate::listener::PeerAddr;
 use crate::pipeline::{Mode, Pipeline};
 use crate::route::{self, Endpoint, Route};
+use serving::PeerAddr;
 
 impl Pipeline {
     /// Answers one request under `/v2`. A [`PeerAddr`] extension, when the

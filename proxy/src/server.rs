@@ -4,22 +4,20 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
+use crate::pipeline::Pipeline;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
 use registry::body::{self, ProxyBody};
 use registry::splice::{ClientIo, ClientSocket};
-use tokio::net::{TcpListener, TcpStream};
+use serving::http::handshake;
+use serving::{OpeningDeadline, PeerAddr, ServerLimits, Stopping, accept_and_drain, drain_on_stop};
+use tokio::net::TcpListener;
 use tracing::Instrument;
-
-use crate::listener::{OpeningDeadline, PeerAddr, ServerLimits, Stopping, accept_and_drain, drain_on_stop};
-use crate::pipeline::Pipeline;
 
 /// Whether the process is ready to serve (its caches hold a complete view).
 pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
@@ -35,12 +33,6 @@ pub enum Role {
     /// name and traffic.
     Metrics,
 }
-
-/// The most concurrent streams of one HTTP/2 connection.
-const MAX_H2_STREAMS: u32 = 256;
-
-/// How long a client may take to finish the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves reverse mode on `listener` until `shutdown` resolves; over TLS
 /// when `tls` is given (it offers `http/1.1`, and `h2` if wanted; blob
@@ -66,7 +58,7 @@ pub async fn serve(
                 let io = TokioIo::new(OpeningDeadline::new(io, opening));
                 return serve_connection(io, Some(socket), peer, (pipeline, ready, role), &limits, stopping).await;
             };
-            match handshake(&acceptor, stream).await {
+            match handshake(&acceptor, stream, limits.handshake_timeout()).await {
                 Ok(stream) => {
                     let io = TokioIo::new(OpeningDeadline::new(stream, opening));
                     serve_connection(io, None, peer, (pipeline, ready, role), &limits, stopping).await
@@ -76,15 +68,6 @@ pub async fn serve(
         }
     })
     .await
-}
-
-async fn handshake(
-    acceptor: &tokio_rustls::TlsAcceptor,
-    stream: TcpStream,
-) -> std::io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
-    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "the TLS handshake timed out"))?
 }
 
 /// Serves one accepted connection until it ends or, after shutdown began,
@@ -107,22 +90,7 @@ async fn serve_connection<I>(
         let (pipeline, ready) = (pipeline.clone(), ready.clone());
         async move { Ok::<_, std::convert::Infallible>(dispatch(&pipeline, ready.as_ref(), role, request, peer).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.read_buffer())
-        .keep_alive(true);
-    // NB: an h2 peer that stops answering pings is closed; streams and
-    // header lists are capped like HTTP/1 heads.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(Some(limits.header_read_timeout))
-        .keep_alive_timeout(limits.header_read_timeout)
-        .max_concurrent_streams(MAX_H2_STREAMS)
-        .max_header_list_size(limits.max_header_bytes as u32);
+    let builder = serving::http::builder(limits);
     let connection = builder.serve_connection(io, service);
     let result = drain_on_stop!(std::pin::pin!(connection), stopping);
     if let Err(error) = result {

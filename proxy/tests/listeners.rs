@@ -7,8 +7,9 @@ mod support;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use proxy::listener::ServerLimits;
+use serving::ServerLimits;
 use support::InProcessProxy;
+use testing::openings::{IDLE_OPENINGS, held_for};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -32,22 +33,6 @@ async fn get(addr: SocketAddr, path: &str) -> String {
     answer
 }
 
-/// Sends `opening` and waits for the server to close; returns how long it took.
-async fn held_for(addr: SocketAddr, opening: &[u8]) -> Duration {
-    let started = Instant::now();
-    let mut stream = TcpStream::connect(addr).await.expect("the listener accepts");
-    stream.write_all(opening).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    loop {
-        match tokio::time::timeout(HEAD_TIMEOUT + SLACK, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => return started.elapsed(),
-            // An h2 server speaks first (its SETTINGS); keep reading.
-            Ok(Ok(_)) => continue,
-            Err(_) => panic!("{addr}: a connection that sent {opening:?} is still open"),
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_that_send_no_request_are_closed_within_the_head_timeout() {
     let limits = ServerLimits {
@@ -55,15 +40,18 @@ async fn connections_that_send_no_request_are_closed_within_the_head_timeout() {
         ..ServerLimits::default()
     };
     let proxy = InProcessProxy::with_limits("", "", limits).await;
-    let openings: [&[u8]; 3] = [b"", b"PRI * HTTP/2.0\r\n", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"];
     for (door, addr) in [("reverse", proxy.addr), ("forward", proxy.forward)] {
-        let held: Vec<_> = openings
+        let held: Vec<_> = IDLE_OPENINGS
             .iter()
-            .map(|opening| tokio::spawn(held_for(addr, opening)))
+            .map(|opening| {
+                tokio::spawn(async move {
+                    let stream = TcpStream::connect(addr).await.expect("the listener accepts");
+                    held_for(stream, opening, HEAD_TIMEOUT + SLACK).await
+                })
+            })
             .collect();
-        for (opening, held) in openings.iter().zip(held) {
-            let held = held.await.unwrap();
-            assert!(held < HEAD_TIMEOUT + SLACK, "{door}: {opening:?} held for {held:?}");
+        for (opening, held) in IDLE_OPENINGS.iter().zip(held) {
+            assert!(held.await.unwrap().is_some(), "{door}: {opening:?} is still open");
         }
     }
     // A real request after the idle ones is answered.

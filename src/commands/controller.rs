@@ -97,6 +97,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         },
         probe_timeout: Duration::from_secs(args.probe_timeout_seconds.max(1)),
         egress: registry::egress::EgressPolicy::new(args.egress_allow),
+        health_limits: controller::health::limits(),
     };
     let health = super::bind(args.health_listen).await?;
     tracing::info!(addr = %health.local_addr()?, identity = %settings.identity, "controller health endpoints listening");

@@ -16,12 +16,12 @@ use access::cluster::AccessCheck;
 use anyhow::Context;
 use certs::CertificateAuthority;
 use proxy::forward::ForwardOptions;
-use proxy::listener::ServerLimits;
 use proxy::server::Role;
 use proxy::tunnel::TunnelHost;
 use proxy::{ClusterSettings, Proxy, StandaloneSettings, UpstreamOptions};
 use registry::egress::{EgressAllow, EgressPolicy};
 use registry::resolve::{Pin, Pins};
+use serving::ServerLimits;
 
 /// Where standalone mode reads connectors and callers.
 #[derive(clap::Args)]

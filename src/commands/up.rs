@@ -10,7 +10,7 @@ use anyhow::Context;
 use certs::CertificateAuthority;
 use connector::injection::InjectionConfig;
 use proxy::Proxy;
-use proxy::listener::ServerLimits;
+use serving::ServerLimits;
 use webhook::metrics::Metrics;
 use webhook::server::WebhookState;
 
@@ -77,13 +77,14 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
     };
     tracing::info!(addr = %proxy_addr, mode = "reverse", "proxy listening");
     let ca = state_dir.join("ca.crt");
+    let webhook_listener = super::bind(args.webhook_listen).await?;
+    tracing::info!(addr = %webhook_listener.local_addr()?, ca = %ca.display(), "webhook listening");
     let webhook = webhook::server::serve_tls(
-        args.webhook_listen,
+        webhook_listener,
         webhook::server::router(webhook_state),
         tls,
+        webhook::server::limits(Duration::from_secs(10)),
         until_stopped(stopped.clone()),
-        Duration::from_secs(10),
-        move |addr| tracing::info!(%addr, ca = %ca.display(), "webhook listening"),
     );
     let forward = super::proxy::serve_forward(
         &proxy,

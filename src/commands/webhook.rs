@@ -63,16 +63,12 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         config,
         metrics: Arc::new(Metrics::default()),
     };
-    server::serve_tls(
-        args.listen,
-        server::router(state),
-        tls,
-        shutdown_signal(),
-        Duration::from_secs(args.shutdown_grace_seconds),
-        |addr| tracing::info!(%addr, "webhook listening"),
-    )
-    .await
-    .context("the webhook server failed")
+    let listener = super::bind(args.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, "webhook listening");
+    let limits = server::limits(Duration::from_secs(args.shutdown_grace_seconds));
+    server::serve_tls(listener, server::router(state), tls, limits, shutdown_signal())
+        .await
+        .context("the webhook server failed")
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

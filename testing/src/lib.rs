@@ -27,6 +27,7 @@ pub mod credentials;
 pub mod digest;
 pub mod faults;
 pub mod image;
+pub mod openings;
 pub mod process;
 pub mod program;
 pub mod registry;

@@ -2,7 +2,6 @@
 //! `/readyz` and `/metrics`. Handlers only translate between HTTP and
 //! [`crate::admission::review`].
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use connector::store::ConnectorStore;
+use serving::ServerLimits;
 
 use crate::admission::{self, Verdict};
 use crate::metrics::{Metrics, ReviewLabels};
@@ -149,40 +149,29 @@ async fn metrics(State(state): State<WebhookState>) -> Response {
         .into_response()
 }
 
-/// Serves `router` over TLS on `listen` until `shutdown` resolves, then
-/// finishes in-flight requests for up to `grace`. `on_bound` receives the
-/// bound address (useful with port 0).
+/// The webhook listener's limits: the API server sends small heads, so
+/// the head timeout is 10 s; `grace` is how long shutdown waits for
+/// reviews in flight.
+pub fn limits(grace: Duration) -> ServerLimits {
+    ServerLimits {
+        header_read_timeout: Duration::from_secs(10),
+        max_header_bytes: 64 * 1024,
+        shutdown_grace: grace,
+        max_connections: 4_096,
+    }
+}
+
+/// Serves `router` over TLS on `listener` under `limits` until `shutdown`
+/// resolves, then finishes in-flight reviews for up to the limits' grace.
+/// Every connection must open within the head timeout and finish its TLS
+/// handshake within 10 s.
 pub async fn serve_tls(
-    listen: SocketAddr,
+    listener: tokio::net::TcpListener,
     router: Router,
     tls: rustls::ServerConfig,
+    limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    grace: Duration,
-    on_bound: impl FnOnce(SocketAddr) + Send + 'static,
 ) -> std::io::Result<()> {
-    let handle = axum_server::Handle::new();
-    {
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            if let Some(addr) = handle.listening().await {
-                on_bound(addr);
-            }
-        });
-    }
-    {
-        let handle = handle.clone();
-        tokio::spawn(async move {
-            shutdown.await;
-            handle.graceful_shutdown(Some(grace));
-        });
-    }
-    let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(tls));
-    let mut server = axum_server::bind_rustls(listen, config).handle(handle);
-    server
-        .http_builder()
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(64 * 1024);
-    server.serve(router.into_make_service()).await
+    let service = hyper_util::service::TowerToHyperService::new(router);
+    serving::http::serve(listener, limits, Some(Arc::new(tls)), service, shutdown).await
 }

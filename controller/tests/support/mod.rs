@@ -121,6 +121,7 @@ pub fn settings(identity: &str) -> Settings {
         probe_timeout: Duration::from_secs(3),
         // NB: the tests' registries listen on loopback.
         egress: registry::egress::EgressPolicy::new(["127.0.0.0/8".parse().unwrap()]),
+        health_limits: controller::health::limits(),
     }
 }
 

@@ -12,10 +12,10 @@ use access::Access;
 use access::caller::{SameNamespace, StaticTokens};
 use connector::store::FileStore;
 use proxy::forward::{ForwardOptions, ForwardProxy};
-use proxy::listener::ServerLimits;
 use proxy::server::Role;
 use proxy::{Pipeline, UpstreamOptions};
 use registry::egress::EgressPolicy;
+use serving::ServerLimits;
 use tokio::task::JoinHandle;
 
 /// A running in-process proxy; stopped (and drained) on [`Self::stop`] or
