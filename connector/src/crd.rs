@@ -152,6 +152,21 @@ impl Connector {
             .and_then(|a: &BTreeMap<String, String>| a.get(crate::keys::DESCRIPTION_ANNOTATION))
             .map(String::as_str)
     }
+
+    /// Whether annotation `key` is set to `"true"`.
+    pub fn opts_in(&self, key: &str) -> bool {
+        self.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .is_some_and(|v| v == "true")
+    }
+
+    /// Whether admission in other namespaces may see this connector
+    /// ([`crate::keys::SHARED_ANNOTATION`]).
+    pub fn is_shared(&self) -> bool {
+        self.opts_in(crate::keys::SHARED_ANNOTATION)
+    }
 }
 
 /// The CRD manifest as YAML, generated from the types above; `manifests/`

@@ -39,6 +39,16 @@ pub const DESCRIPTION_ANNOTATION: &str = "cpaas.io/description";
 /// another host (say `ghcr.io`) for every pod naming the connector.
 pub const INTERCEPT_EXTENSIONS_ANNOTATION: &str = "connectors.cpaas.io/intercept-address-extensions";
 
+/// Connector annotation: `"true"` lets admission in every namespace see the
+/// connector (that it exists, and its registry host), so images of its
+/// registry in pods of other namespaces are rewritten to the proxy. Without
+/// it, a pod naming a connector of another namespace is admitted the same
+/// whether that connector exists or not (admission cannot check RBAC, so it
+/// must not be an oracle): the connector is listed in the pod's proxy
+/// settings and CSI volume, where the proxy and the CSI plugin authorize it,
+/// and no image is rewritten for it.
+pub const SHARED_ANNOTATION: &str = "connectors.cpaas.io/shared";
+
 /// The CSI driver that renders per-pod client configuration.
 pub const CSI_DRIVER: &str = "connectors-csi";
 

@@ -456,13 +456,7 @@ fn bare_host(host: &str) -> String {
 /// The extensions forward mode intercepts: none, unless the connector opts
 /// in with [`keys::INTERCEPT_EXTENSIONS_ANNOTATION`].
 fn intercepted_extensions(connector: &connector::Connector) -> &[connector::crd::NamedValue] {
-    let opted_in = connector
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(keys::INTERCEPT_EXTENSIONS_ANNOTATION))
-        .is_some_and(|v| v == "true");
-    if opted_in {
+    if connector.opts_in(keys::INTERCEPT_EXTENSIONS_ANNOTATION) {
         &connector.spec.address_extensions
     } else {
         &[]

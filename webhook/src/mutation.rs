@@ -140,10 +140,9 @@ pub fn mutate_pod(
     if keys.is_empty() {
         return Ok(Outcome::Skipped(Skip::NoConnectors));
     }
-    let routes = resolve(store, keys, source_of)?;
-    let keys: Vec<ConnectorKey> = routes.iter().map(|r| r.key.clone()).collect();
+    let routes = resolve(store, &keys, namespace, source_of)?;
 
-    let mut builder = PodPatch::new(pod, spec, &annotations, &routes, config, mode);
+    let mut builder = PodPatch::new(pod, spec, &annotations, (&keys, &routes), config, mode);
     builder.containers()?;
     if mode == Mode::Create {
         builder.volumes();
@@ -163,19 +162,39 @@ pub fn mutate_pod(
     }
 }
 
-/// The connectors `keys` names, resolved by the store.
+/// The connectors of `keys` whose images admission rewrites, resolved by
+/// the store: every one in the pod's `namespace` (a missing one is denied
+/// by name), and those of other namespaces that are shared. A connector of
+/// another namespace that is not shared, or does not exist, is left out
+/// alike: admission does no authorization, so its answer must not tell
+/// the two apart; the proxy and the CSI plugin authorize it later.
 fn resolve(
     store: &dyn ConnectorStore,
-    keys: Vec<ConnectorKey>,
+    keys: &[ConnectorKey],
+    namespace: &str,
     source_of: &'static str,
 ) -> Result<Vec<ResolvedConnector>> {
-    keys.into_iter()
-        .map(|key| match store.resolve(&key) {
-            None => Err(MutationError::UnknownConnector { key, source_of }),
-            Some(Err(source)) => Err(MutationError::ConnectorAddress { key, source }),
-            Some(Ok(resolved)) => Ok(resolved),
-        })
-        .collect()
+    let mut routes = Vec::with_capacity(keys.len());
+    for key in keys {
+        let own = key.namespace == namespace;
+        match store.resolve(key) {
+            Some(Ok(resolved)) if own || resolved.connector.is_shared() => routes.push(resolved),
+            Some(Err(source)) if own || store.connector(key).is_some_and(|c| c.is_shared()) => {
+                return Err(MutationError::ConnectorAddress {
+                    key: key.clone(),
+                    source,
+                });
+            }
+            None if own => {
+                return Err(MutationError::UnknownConnector {
+                    key: key.clone(),
+                    source_of,
+                });
+            }
+            _ => {}
+        }
+    }
+    Ok(routes)
 }
 
 /// Builds the patch operations for one pod.
@@ -183,6 +202,9 @@ struct PodPatch<'a> {
     pod: &'a Value,
     spec: &'a Map<String, Value>,
     annotations: &'a BTreeMap<String, String>,
+    /// Every connector the pod names.
+    keys: &'a [ConnectorKey],
+    /// Those whose images admission rewrites.
     routes: &'a [ResolvedConnector],
     config: &'a InjectionConfig,
     mode: Mode,
@@ -198,15 +220,14 @@ impl<'a> PodPatch<'a> {
         pod: &'a Value,
         spec: &'a Map<String, Value>,
         annotations: &'a BTreeMap<String, String>,
-        routes: &'a [ResolvedConnector],
+        (keys, routes): (&'a [ConnectorKey], &'a [ResolvedConnector]),
         config: &'a InjectionConfig,
         mode: Mode,
     ) -> Self {
         let host_network = spec.get("hostNetwork").and_then(Value::as_bool).unwrap_or(false);
-        let keys: Vec<ConnectorKey> = routes.iter().map(|r| r.key.clone()).collect();
         // NB: hostNetwork pods share the node's address, so the proxy cannot
         // tell them apart by source IP; they get no proxy environment.
-        let proxy = (!host_network).then(|| forward_proxy_url(&config.forward_proxy, &keys));
+        let proxy = (!host_network).then(|| forward_proxy_url(&config.forward_proxy, keys));
         let env = container_env(config, proxy.as_deref());
         let env = env
             .into_iter()
@@ -216,6 +237,7 @@ impl<'a> PodPatch<'a> {
             pod,
             spec,
             annotations,
+            keys,
             routes,
             config,
             mode,
@@ -356,7 +378,7 @@ impl<'a> PodPatch<'a> {
                 .and_then(Value::as_array)
                 .is_some_and(|v| v.iter().any(|v| v.get("name").and_then(Value::as_str) == Some(name)))
         };
-        let keys: Vec<ConnectorKey> = self.routes.iter().map(|r| r.key.clone()).collect();
+        let keys = self.keys;
         let mut additions = Vec::new();
         if !has(keys::CSI_VOLUME) {
             additions.push(json!({
@@ -385,8 +407,7 @@ impl<'a> PodPatch<'a> {
     }
 
     fn annotations(&mut self) {
-        let keys: Vec<ConnectorKey> = self.routes.iter().map(|r| r.key.clone()).collect();
-        let mut wanted: Vec<(&str, String)> = vec![(keys::INJECTED_ANNOTATION, format_connector_list(&keys))];
+        let mut wanted: Vec<(&str, String)> = vec![(keys::INJECTED_ANNOTATION, format_connector_list(self.keys))];
         if !self.original_images.is_empty() {
             let mut originals: BTreeMap<String, String> = self
                 .annotations

@@ -411,9 +411,9 @@ fn unknown_connectors_and_bad_input_are_denied_with_clear_messages() {
             "connector team/nope does not exist",
         ),
         (
-            pod(json!({"connectors.cpaas.io/connector": "harbor,other/x"}), spec.clone()),
+            pod(json!({"connectors.cpaas.io/connector": "harbor,x"}), spec.clone()),
             "team",
-            "connector other/x does not exist",
+            "connector team/x does not exist",
         ),
         (
             pod(json!({"connectors.cpaas.io/connector": "a/b/c"}), spec.clone()),
@@ -453,6 +453,43 @@ fn unknown_connectors_and_bad_input_are_denied_with_clear_messages() {
     )
     .unwrap_err();
     assert!(matches!(error, MutationError::UnknownConnector { .. }));
+}
+
+#[test]
+fn a_connector_of_another_namespace_is_admitted_alike_whether_it_exists_or_not() {
+    // `other/private` exists (not shared); `other/absent` does not. A pod
+    // naming either, with an image of private's registry, must get the same
+    // answer but for the name itself.
+    let spec = json!({"containers": [{"name": "a", "image": "private.example.com/team/app:1"}]});
+    let answer = |name: &str| {
+        let input = pod(json!({"connectors.cpaas.io/connector": format!("other/{name}")}), spec.clone());
+        let (patched, _) = apply(&input, "team", Mode::Create);
+        patched
+            .to_string()
+            .replace(&format!("other/{name}"), "other/NAME")
+            .replace(&format!("other%2F{name}"), "other%2FNAME")
+    };
+    assert_eq!(answer("private"), answer("absent"));
+    let patched: Value = serde_json::from_str(&answer("private")).unwrap();
+    assert_eq!(
+        patched["spec"]["containers"][0]["image"], "private.example.com/team/app:1",
+        "an image is rewritten for a connector admission may not reveal"
+    );
+    assert_eq!(
+        patched["spec"]["volumes"][0]["csi"]["volumeAttributes"]["connectors"], "other/NAME",
+        "the CSI plugin must still get the connector to authorize"
+    );
+    // A shared connector of another namespace is seen, and its images
+    // rewritten.
+    let input = pod(
+        json!({"connectors.cpaas.io/connector": "shared/hub"}),
+        json!({"containers": [{"name": "a", "image": "nginx:1"}]}),
+    );
+    let (patched, _) = apply(&input, "team", Mode::Create);
+    assert_eq!(
+        patched["spec"]["containers"][0]["image"],
+        "proxy.example.com:8443/namespaces/shared/connectors/hub/library/nginx:1"
+    );
 }
 
 #[test]
