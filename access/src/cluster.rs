@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,29 +31,35 @@ use kube::api::PostParams;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
+use lru::LruCache;
 
 use crate::caller::{Authenticator, Authorizer, BoxFuture, CallerError, Decision, Identity, PeerIdentities, Result};
 
-/// A bounded map of answers that expire.
-struct ExpiringCache<K, V> {
-    entries: Mutex<HashMap<K, (V, Instant)>>,
-    capacity: usize,
+/// A bounded map of answers that expire: a full cache drops its least
+/// recently used answer, in O(1), so a burst of new keys costs reviews, not
+/// memory or a scan.
+struct ExpiringCache<K: Hash + Eq, V> {
+    entries: Mutex<LruCache<K, (V, Instant)>>,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> ExpiringCache<K, V> {
     fn new(capacity: usize) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
         Self {
-            entries: Mutex::new(HashMap::new()),
-            capacity: capacity.max(1),
+            entries: Mutex::new(LruCache::new(capacity)),
         }
     }
 
     fn get(&self, key: &K) -> Option<V> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        entries
-            .get(key)
-            .filter(|(_, expires)| *expires > Instant::now())
-            .map(|(value, _)| value.clone())
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        match entries.get(key) {
+            Some((value, expires)) if *expires > Instant::now() => Some(value.clone()),
+            Some(_) => {
+                entries.pop(key);
+                None
+            }
+            None => None,
+        }
     }
 
     fn insert(&self, key: K, value: V, ttl: Duration) {
@@ -60,20 +67,7 @@ impl<K: Eq + Hash + Clone, V: Clone> ExpiringCache<K, V> {
             return;
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.capacity && !entries.contains_key(&key) {
-            let now = Instant::now();
-            entries.retain(|_, (_, expires)| *expires > now);
-            if entries.len() >= self.capacity {
-                // NB: still full of live answers: drop the ones closest to
-                // expiry (a quarter), so a burst costs reviews, not memory.
-                let mut by_expiry: Vec<(K, Instant)> = entries.iter().map(|(k, (_, e))| (k.clone(), *e)).collect();
-                by_expiry.sort_by_key(|(_, expires)| *expires);
-                for (key, _) in by_expiry.into_iter().take(self.capacity.div_ceil(4)) {
-                    entries.remove(&key);
-                }
-            }
-        }
-        entries.insert(key, (value, Instant::now() + ttl));
+        entries.push(key, (value, Instant::now() + ttl));
     }
 
     fn len(&self) -> usize {
@@ -593,6 +587,25 @@ mod tests {
         assert_eq!(cache.get(&99), Some(99));
         cache.insert(1000, 1, Duration::ZERO);
         assert_eq!(cache.get(&1000), None, "a zero lifetime is not cached");
+        cache.insert(2000, 2, Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(cache.get(&2000), None, "an expired answer is forgotten");
+    }
+
+    #[test]
+    fn a_full_cache_drops_its_least_recently_used_answer() {
+        let cache = ExpiringCache::new(3);
+        for i in 0..3 {
+            cache.insert(i, i, Duration::from_secs(60));
+        }
+        // 0 is used again; 1 is now the least recently used.
+        assert_eq!(cache.get(&0), Some(0));
+        cache.insert(3, 3, Duration::from_secs(60));
+        assert_eq!(cache.get(&1), None);
+        assert_eq!(
+            (cache.get(&0), cache.get(&2), cache.get(&3)),
+            (Some(0), Some(2), Some(3))
+        );
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! certificate per host, minted by the proxy's CA on first use and cached
 //! (bounded) until shortly before it expires. Each comes with the full chain.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use lru::LruCache;
 use rustls::sign::CertifiedKey;
 
 use crate::authority::{self, CertificateAuthority};
@@ -40,21 +41,19 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 struct Cached {
     key: Arc<CertifiedKey>,
     not_after: SystemTime,
-    last_used: u64,
 }
 
 /// Mints and caches leaf certificates.
 pub struct LeafIssuer {
     ca: Arc<CertificateAuthority>,
     valid_for: Duration,
-    capacity: usize,
     cache: Mutex<LeafCache>,
 }
 
-#[derive(Default)]
+/// The leaves by host; a full cache drops its least recently used leaf in
+/// O(1).
 struct LeafCache {
-    entries: HashMap<String, Cached>,
-    clock: u64,
+    entries: LruCache<String, Cached>,
     minted: u64,
 }
 
@@ -67,8 +66,10 @@ impl LeafIssuer {
         Self {
             ca,
             valid_for,
-            capacity: capacity.max(1),
-            cache: Mutex::new(LeafCache::default()),
+            cache: Mutex::new(LeafCache {
+                entries: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
+                minted: 0,
+            }),
         }
     }
 
@@ -88,12 +89,9 @@ impl LeafIssuer {
         let now = SystemTime::now();
         {
             let mut cache = self.lock();
-            cache.clock += 1;
-            let clock = cache.clock;
-            if let Some(entry) = cache.entries.get_mut(host)
+            if let Some(entry) = cache.entries.get(host)
                 && entry.not_after > now + LEAF_RENEW_BEFORE.min(self.valid_for / 2)
             {
-                entry.last_used = clock;
                 return Ok(entry.key.clone());
             }
         }
@@ -102,26 +100,11 @@ impl LeafIssuer {
         let (key, not_after) = self.mint(host)?;
         let mut cache = self.lock();
         cache.minted += 1;
-        if cache.entries.len() >= self.capacity && !cache.entries.contains_key(host) {
-            // Expired entries first, then the least recently used.
-            cache.entries.retain(|_, entry| entry.not_after > now);
-            if cache.entries.len() >= self.capacity
-                && let Some(oldest) = cache
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, entry)| entry.last_used)
-                    .map(|(host, _)| host.clone())
-            {
-                cache.entries.remove(&oldest);
-            }
-        }
-        let last_used = cache.clock;
-        cache.entries.insert(
+        cache.entries.push(
             host.to_owned(),
             Cached {
                 key: key.clone(),
                 not_after,
-                last_used,
             },
         );
         Ok(key)
@@ -194,8 +177,8 @@ mod tests {
         issuer.certified_key("a.test").unwrap();
         issuer.certified_key("c.test").unwrap();
         assert_eq!(issuer.lock().entries.len(), 2);
-        assert!(issuer.lock().entries.contains_key("a.test"));
-        assert!(!issuer.lock().entries.contains_key("b.test"));
+        assert!(issuer.lock().entries.contains("a.test"));
+        assert!(!issuer.lock().entries.contains("b.test"));
     }
 
     #[test]

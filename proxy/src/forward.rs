@@ -9,8 +9,8 @@
 //! [`Pipeline`] as reverse mode. Other hosts are refused, or
 //! blind-tunnelled when allow-listed ([`crate::tunnel`]).
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use access::Identity;
@@ -26,6 +26,7 @@ use hyper::header;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use lru::LruCache;
 use registry::body::{self, ProxyBody};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -60,14 +61,14 @@ pub struct ForwardProxy {
     leaves: Arc<certs::LeafIssuer>,
     /// One server configuration per intercepted host, so its TLS session
     /// cache lets a client resume instead of a full handshake per tunnel.
-    tls_configs: Mutex<HashMap<String, Arc<rustls::ServerConfig>>>,
+    tls_configs: Mutex<LruCache<String, Arc<rustls::ServerConfig>>>,
     options: ForwardOptions,
 }
 
 /// How many hosts' server configurations are kept. Only connector hosts are
 /// intercepted, so this is reached only by a store with more hosts than
-/// this; the cache then starts over.
-const MAX_TLS_CONFIGS: usize = 256;
+/// this; the least recently used host's configuration is then dropped.
+const MAX_TLS_CONFIGS: NonZeroUsize = NonZeroUsize::new(256).expect("not zero");
 
 /// How a forward caller proved who it is: kept for the tunnel's life so
 /// that every request in it is proved again (a token may expire or be
@@ -111,7 +112,7 @@ impl ForwardProxy {
         Self {
             pipeline,
             leaves,
-            tls_configs: Mutex::new(HashMap::new()),
+            tls_configs: Mutex::new(LruCache::new(MAX_TLS_CONFIGS)),
             options,
         }
     }
@@ -287,10 +288,7 @@ impl ForwardProxy {
             return Ok(config.clone());
         }
         let config = self.new_tls_config(host)?;
-        if configs.len() >= MAX_TLS_CONFIGS {
-            configs.clear();
-        }
-        configs.insert(host.to_owned(), config.clone());
+        configs.push(host.to_owned(), config.clone());
         Ok(config)
     }
 

@@ -2,17 +2,21 @@
 //! (realm, service, scope set, credential) with single-flight fetches and
 //! renewal ahead of expiry.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+
+use lru::LruCache;
 
 /// Distribution and containers/image never use a token for less than this.
 pub(crate) const MINIMUM_LIFETIME: Duration = Duration::from_secs(60);
 
-/// How many entries the cache holds before it drops expired ones.
-const CACHE_SOFT_LIMIT: usize = 4096;
+/// How many keys' tokens the cache holds; a full cache drops the least
+/// recently used key's in O(1) (its next use fetches again).
+const CACHE_CAPACITY: NonZeroUsize = NonZeroUsize::new(4096).expect("not zero");
 
 /// Why a token answer cannot be used.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -135,9 +139,14 @@ type Slot = Arc<tokio::sync::Mutex<Option<Token>>>;
 
 /// Tokens by key. One fetch per key runs at a time; callers of the same key
 /// wait for it instead of fetching again.
-#[derive(Default)]
 pub struct TokenCache {
-    slots: Mutex<HashMap<TokenKey, Slot>>,
+    slots: Mutex<LruCache<TokenKey, Slot>>,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self::with_capacity(CACHE_CAPACITY)
+    }
 }
 
 /// Whether [`TokenCache::get`] fetched or reused.
@@ -175,16 +184,18 @@ impl TokenCache {
         }
     }
 
+    /// A cache of at most `capacity` keys.
+    pub fn with_capacity(capacity: NonZeroUsize) -> Self {
+        Self {
+            slots: Mutex::new(LruCache::new(capacity)),
+        }
+    }
+
+    // NB: a slot dropped while a fetch holds it lives on in that fetch;
+    // callers after the drop start a slot of their own.
     fn slot(&self, key: &TokenKey) -> Slot {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if slots.len() >= CACHE_SOFT_LIMIT && !slots.contains_key(key) {
-            slots.retain(|_, slot| {
-                slot.try_lock()
-                    .map(|t| t.as_ref().is_some_and(|t| t.fresh_for(Duration::ZERO)))
-                    .unwrap_or(true)
-            });
-        }
-        slots.entry(key.clone()).or_default().clone()
+        slots.get_or_insert(key.clone(), Slot::default).clone()
     }
 
     /// How many keys are cached.
@@ -331,6 +342,36 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(source, Source::Cache);
+    }
+
+    #[tokio::test]
+    async fn a_full_cache_drops_its_least_recently_used_key() {
+        let cache = TokenCache::with_capacity(NonZeroUsize::new(2).unwrap());
+        let fetch = |value: &'static str| {
+            move || async move { Ok::<_, ()>(Token::new(value, Instant::now() + Duration::from_secs(300))) }
+        };
+        for scope in [
+            "repository:a:pull",
+            "repository:b:pull",
+            "repository:a:pull",
+            "repository:c:pull",
+        ] {
+            cache.get(&key(scope), Duration::ZERO, fetch("t")).await.unwrap();
+        }
+        assert_eq!(cache.len(), 2);
+        let (_, a) = cache
+            .get(&key("repository:a:pull"), Duration::ZERO, fetch("t"))
+            .await
+            .unwrap();
+        let (_, b) = cache
+            .get(&key("repository:b:pull"), Duration::ZERO, fetch("t"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (a, b),
+            (Source::Cache, Source::Fetched),
+            "b was the least recently used"
+        );
     }
 
     #[tokio::test]

@@ -462,7 +462,10 @@ fn a_connector_of_another_namespace_is_admitted_alike_whether_it_exists_or_not()
     // answer but for the name itself.
     let spec = json!({"containers": [{"name": "a", "image": "private.example.com/team/app:1"}]});
     let answer = |name: &str| {
-        let input = pod(json!({"connectors.cpaas.io/connector": format!("other/{name}")}), spec.clone());
+        let input = pod(
+            json!({"connectors.cpaas.io/connector": format!("other/{name}")}),
+            spec.clone(),
+        );
         let (patched, _) = apply(&input, "team", Mode::Create);
         patched
             .to_string()
