@@ -105,6 +105,8 @@ pub enum ReviewError {
     NoRequest,
     #[error("the AdmissionReview request has an empty uid")]
     NoUid,
+    #[error("the review was interrupted")]
+    Interrupted,
 }
 
 /// What happened to one review, for metrics and logs.

@@ -87,9 +87,7 @@ async fn mutate(State(state): State<WebhookState>, body: axum::body::Body) -> Re
             return refused;
         }
     };
-    let store = state.store.clone();
-    let config = state.config.clone();
-    let result = admission::review(&body, store.as_ref(), &config);
+    let result = review_isolated(body, state.store.clone(), state.config.clone()).await;
     let response = match result {
         Ok(reviewed) => {
             let (verdict, reason) = match reviewed.verdict {
@@ -128,6 +126,37 @@ async fn mutate(State(state): State<WebhookState>, body: axum::body::Body) -> Re
     };
     state.metrics.review_seconds.observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// Reviews up to this size are answered on the request's own task: their
+/// parse and mutation take microseconds.
+const INLINE_REVIEW_BYTES: usize = 64 * 1024;
+
+/// How many larger reviews are parsed at once, each on the blocking pool.
+const LARGE_REVIEWS_AT_ONCE: usize = 2;
+
+/// The slots of the larger reviews.
+static LARGE_REVIEWS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LARGE_REVIEWS_AT_ONCE);
+
+/// Reviews `body`. A large review (up to 8 MiB of JSON) takes milliseconds
+/// to parse; it runs on the blocking pool, at most
+/// [`LARGE_REVIEWS_AT_ONCE`] at a time, so a burst of them never holds the
+/// runtime's workers from small reviews, health probes and reading other
+/// bodies.
+pub async fn review_isolated(
+    body: Bytes,
+    store: Arc<dyn ConnectorStore>,
+    config: Arc<InjectionConfig>,
+) -> Result<admission::Reviewed, admission::ReviewError> {
+    if body.len() <= INLINE_REVIEW_BYTES {
+        return admission::review(&body, store.as_ref(), &config);
+    }
+    let Ok(_slot) = LARGE_REVIEWS.acquire().await else {
+        return Err(admission::ReviewError::Interrupted);
+    };
+    tokio::task::spawn_blocking(move || admission::review(&body, store.as_ref(), &config))
+        .await
+        .unwrap_or(Err(admission::ReviewError::Interrupted))
 }
 
 async fn ready(State(state): State<WebhookState>) -> Response {
