@@ -386,7 +386,7 @@ impl<'a> PodPatch<'a> {
                 "csi": {
                     "driver": keys::CSI_DRIVER,
                     "readOnly": true,
-                    "volumeAttributes": {keys::CSI_ATTRIBUTE_CONNECTORS: format_connector_list(&keys)},
+                    "volumeAttributes": {keys::CSI_ATTRIBUTE_CONNECTORS: format_connector_list(keys)},
                 },
             }));
         }
