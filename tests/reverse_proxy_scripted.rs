@@ -1,8 +1,9 @@
 //! Reverse mode against a scripted upstream, for registry behaviours the
 //! Debian registry does not show: `tags/list` pagination with relative and
 //! absolute `Link`s, blob redirects to object storage on another origin
-//! (which must receive no credential), an expired presigned URL, and a
-//! relative same-origin redirect.
+//! (which must receive no credential), an expired presigned URL, a
+//! relative same-origin redirect, and an upload answered before its body
+//! was read.
 
 mod support;
 
@@ -257,6 +258,77 @@ async fn blob_redirects_are_followed_without_credentials_and_expired_urls_refres
     for (target, headers) in registry.seen.lock().unwrap().iter().filter(|(t, _)| t != "/v2/") {
         assert_eq!(headers.get("authorization"), Some(&basic), "{target}");
         assert!(!headers.contains_key("cookie"), "{target}");
+    }
+    assert!(!proxy.log_text().contains(PASSWORD));
+}
+
+/// A registry that answers an upload as soon as it has its head, without
+/// reading the body, and closes the connection: what a registry over quota
+/// or with a size limit does (Go's net/http closes on a large unread body,
+/// after a short lingering read).
+async fn early_answering_registry() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..64 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer: &[u8] = if head.starts_with(b"GET /v2/ ") {
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                } else {
+                    b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: 69\r\nConnection: close\r\n\r\n{\"errors\":[{\"code\":\"DENIED\",\"message\":\"quota exceeded\",\"detail\":{}}]}"
+                };
+                let _ = stream.write_all(answer).await;
+                // Like Go's net/http: close the sending side, read on for
+                // 500 ms so the answer is not lost to a reset, then close
+                // with the rest of the upload unread.
+                let _ = stream.shutdown().await;
+                let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                    while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                })
+                .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_answers_an_upload_early_and_closes_reaches_the_client_with_its_status() {
+    let registry = early_answering_registry().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, addr) = start_proxy(dir.path(), registry);
+    let client = client();
+    // NB: without a lingering read the client loses the race to read the
+    // answer before its write fails in some tries, not all.
+    for _ in 0..12 {
+        // 32 MiB, streamed: far more than the socket buffers hold.
+        let chunks = futures::stream::iter((0..512).map(|_| Ok::<_, std::io::Error>(vec![7u8; 64 * 1024])));
+        let response = client
+            .patch(format!(
+                "http://{addr}/v2/namespaces/team/connectors/s/lab/app/blobs/uploads/session-1"
+            ))
+            .basic_auth("x", Some(TOKEN))
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("the client gets an answer, not {error}\n{}", proxy.log_text()));
+        let status = response.status();
+        let body = response.text().await.unwrap_or_default();
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("quota exceeded"), "{body}");
     }
     assert!(!proxy.log_text().contains(PASSWORD));
 }

@@ -241,7 +241,7 @@ impl ForwardProxy {
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<registry::body::BoxError>,
     {
-        let request = request.map(|b| b.map_err(Into::into).boxed());
+        let request = request.map(|b| registry::body::lingering(b.map_err(Into::into).boxed()));
         let result = async {
             match route::parse_origin_route(request.uri().path(), key)? {
                 // NB: the tunnel is authenticated; a challenge here would

@@ -25,7 +25,7 @@ impl Pipeline {
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        let request = request.map(|b| b.map_err(Into::into).boxed());
+        let request = request.map(|b| registry::body::lingering(b.map_err(Into::into).boxed()));
         let mut connector = String::new();
         let result = self.reverse(request, &mut connector).await;
         self.answer(result, connector, Mode::Reverse)
