@@ -34,6 +34,11 @@ pub struct ConnectorSpec {
     pub connector_class_name: String,
     /// URL of the registry, e.g. `https://harbor.example.com`. A path, if
     /// any, is the prefix under which the registry serves `/v2/`.
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getHostname() != ''",
+        "message": "address must be an http or https URL with a host, e.g. https://harbor.example.com"
+    }]))]
+    #[schemars(length(min = 1, max = 2048))]
     pub address: String,
     /// The credential injected upstream. Omit for anonymous registries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,6 +50,14 @@ pub struct ConnectorSpec {
     /// More URLs that belong to this registry and may receive its
     /// credential, such as a token realm on another host.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(e, isURL(e.value) && url(e.value).getScheme() in ['http', 'https'] && url(e.value).getHostname() != '')",
+        "message": "every addressExtensions value must be an http or https URL with a host"
+    }, {
+        "rule": "self.all(e, self.exists_one(f, f.name == e.name))",
+        "message": "addressExtensions names must be unique"
+    }]))]
+    #[schemars(length(max = 32))]
     pub address_extensions: Vec<NamedValue>,
     /// Class-specific parameters.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -55,7 +68,9 @@ pub struct ConnectorSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ConnectorAuth {
-    /// The auth type, `basicAuth` for Harbor and OCI registries.
+    /// The auth type: `basicAuth` (Harbor, and OCI registries with Basic or
+    /// token auth) or `tokenAuth` (OCI registries with token auth).
+    #[schemars(extend("enum" = ["basicAuth", "tokenAuth"]))]
     pub name: String,
     /// A Secret in the connector's namespace: `kubernetes.io/basic-auth`
     /// (`username`, `password`) or `kubernetes.io/dockerconfigjson`.
@@ -75,7 +90,9 @@ pub struct SecretReference {
 /// A name and a string value.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct NamedValue {
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    #[schemars(length(max = 4096))]
     pub value: String,
 }
 

@@ -23,6 +23,7 @@
 
 pub mod apiserver;
 pub mod client;
+pub mod cluster;
 pub mod credentials;
 pub mod digest;
 pub mod faults;
