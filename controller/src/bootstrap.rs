@@ -87,6 +87,10 @@ pub struct BootstrapSettings {
     pub pull_address: Option<String>,
     pub cluster_domain: String,
     pub webhook_service: String,
+    /// Names and addresses besides the Service's under which the API server
+    /// reaches the webhook (a `url:` client configuration); SANs of its
+    /// certificate.
+    pub webhook_extra_names: Vec<String>,
     pub webhook_configuration: String,
     /// How often everything is re-checked (rotation).
     pub check_interval: Duration,
@@ -109,9 +113,19 @@ impl BootstrapSettings {
         (dns, ips)
     }
 
-    /// The webhook certificate's DNS SANs.
-    pub(crate) fn webhook_names(&self) -> Vec<String> {
-        service_names(&self.webhook_service, &self.namespace, &self.cluster_domain)
+    /// The webhook certificate's DNS and IP SANs.
+    pub(crate) fn webhook_names(&self) -> (Vec<String>, Vec<IpAddr>) {
+        let mut dns = service_names(&self.webhook_service, &self.namespace, &self.cluster_domain);
+        let mut ips = Vec::new();
+        for name in &self.webhook_extra_names {
+            match name.parse::<IpAddr>() {
+                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                Ok(_) => {}
+                Err(_) if !dns.contains(name) => dns.push(name.clone()),
+                Err(_) => {}
+            }
+        }
+        (dns, ips)
     }
 }
 
@@ -231,7 +245,8 @@ impl Bootstrap {
         let (dns, ips) = self.settings.proxy_names();
         self.ensure_leaf(PROXY_TLS_SECRET, &proxy_ca, &dns, &ips).await?;
         let webhook_ca = self.ensure_ca(WEBHOOK_CA_SECRET, "connectors webhook CA").await?;
-        self.ensure_leaf(WEBHOOK_TLS_SECRET, &webhook_ca, &self.settings.webhook_names(), &[])
+        let (dns, ips) = self.settings.webhook_names();
+        self.ensure_leaf(WEBHOOK_TLS_SECRET, &webhook_ca, &dns, &ips)
             .await?;
         self.sync_ca_bundle(webhook_ca.cert_pem()).await
     }
@@ -600,6 +615,7 @@ mod tests {
             pull_address: Some("10.1.2.3:30443".into()),
             cluster_domain: "cluster.local".into(),
             webhook_service: "connectors-webhook".into(),
+            webhook_extra_names: Vec::new(),
             webhook_configuration: "connectors".into(),
             check_interval: Duration::from_secs(600),
         };

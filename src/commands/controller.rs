@@ -37,6 +37,11 @@ pub struct Args {
     /// The webhook's Service name, for its serving certificate.
     #[arg(long, env = "CONNECTORS_WEBHOOK_SERVICE", default_value = "connectors-webhook")]
     webhook_service: String,
+    /// More names or IP addresses for the webhook's certificate, for an API
+    /// server that reaches the webhook by `url:` rather than through its
+    /// Service (repeatable, or comma-separated in the variable).
+    #[arg(long = "webhook-san", env = "CONNECTORS_WEBHOOK_SANS", value_delimiter = ',')]
+    webhook_sans: Vec<String>,
     /// The MutatingWebhookConfiguration whose caBundle is kept current.
     #[arg(long, env = "CONNECTORS_WEBHOOK_CONFIGURATION", default_value = "connectors")]
     webhook_configuration: String,
@@ -92,6 +97,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
             pull_address: args.pull_address.filter(|a| !a.is_empty()),
             cluster_domain: args.cluster_domain,
             webhook_service: args.webhook_service,
+            webhook_extra_names: args.webhook_sans,
             webhook_configuration: args.webhook_configuration,
             check_interval: Duration::from_secs(args.certificate_check_seconds.max(1)),
         },

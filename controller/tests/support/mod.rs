@@ -115,6 +115,7 @@ pub fn settings(identity: &str) -> Settings {
             pull_address: Some("127.0.0.5:30443".to_owned()),
             cluster_domain: "cluster.local".to_owned(),
             webhook_service: "connectors-webhook".to_owned(),
+            webhook_extra_names: Vec::new(),
             webhook_configuration: "connectors".to_owned(),
             check_interval: Duration::from_secs(300),
         },
