@@ -10,6 +10,11 @@ use kube::Api;
 use kube::api::PostParams;
 use testing::cluster::RealCluster;
 
+/// The shared cluster, running this build's binary.
+fn cluster() -> &'static RealCluster {
+    RealCluster::shared(std::path::Path::new(env!("CARGO_BIN_EXE_connectors")))
+}
+
 /// Creates namespace `name` with the admin client.
 async fn namespace(client: &kube::Client, name: &str) {
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -25,7 +30,7 @@ fn connector_yaml(namespace: &str, name: &str, spec: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_seed_connector_applies_unchanged_to_the_installed_crd() {
-    let cluster = RealCluster::shared();
+    let cluster = cluster();
     let client = cluster.admin().await;
     namespace(&client, "seed").await;
     let established = cluster.kubectl_ok(
@@ -47,11 +52,17 @@ async fn the_seed_connector_applies_unchanged_to_the_installed_crd() {
     let stored = connectors.get("harbor-connector").await.unwrap();
     assert_eq!(stored.spec.connector_class_name, "harbor");
     assert_eq!(stored.spec.address, "https://harbor.example.com");
+    // NB: gone at once, so the controller's probe does not look the name up
+    // (a DNS query would leave the machine).
+    connectors
+        .delete("harbor-connector", &Default::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_connectors_are_refused_by_the_api_server_with_the_reason() {
-    let cluster = RealCluster::shared();
+    let cluster = cluster();
     let client = cluster.admin().await;
     namespace(&client, "invalid").await;
     let cases = [
@@ -90,7 +101,7 @@ async fn invalid_connectors_are_refused_by_the_api_server_with_the_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_roles_let_only_bound_service_accounts_use_a_connector() {
-    let cluster = RealCluster::shared();
+    let cluster = cluster();
     let client = cluster.admin().await;
     for name in ["rbac-a", "rbac-b"] {
         namespace(&client, name).await;
@@ -157,4 +168,169 @@ async fn the_shipped_roles_let_only_bound_service_accounts_use_a_connector() {
         None,
     );
     assert!(can("create", "connectors", "rbac-b", "editor"));
+}
+
+/// The registry of the admission tests: a loopback address, which the
+/// egress policy refuses, so no probe ever dials it.
+const REGISTRY: &str = "127.0.0.2:5000";
+
+/// A namespace with one Connector `local` for [`REGISTRY`]; labelled for
+/// injection when `opted_in`.
+async fn namespace_with_connector(cluster: &RealCluster, client: &kube::Client, name: &str, opted_in: bool) {
+    namespace(client, name).await;
+    if opted_in {
+        cluster.kubectl_ok(
+            &["label", "namespace", name, "connectors.cpaas.io/proxy-inject=true"],
+            None,
+        );
+    }
+    let spec = format!("{{connectorClassName: oci, address: \"http://{REGISTRY}\"}}");
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(name, "local", &spec)));
+}
+
+/// The pods of `namespace` matching `selector`, once there are `count`.
+async fn pods(
+    client: &kube::Client,
+    namespace: &str,
+    selector: &str,
+    count: usize,
+) -> Vec<k8s_openapi::api::core::v1::Pod> {
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    let params = kube::api::ListParams::default().labels(selector);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let list = api.list(&params).await.unwrap().items;
+        if list.len() >= count {
+            return list;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{namespace}: {} of {count} pods for {selector} after 60 s",
+            list.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// The proxy's form of `repository:tag` of [`REGISTRY`] for connector
+/// `namespace/local`, as the shipped config.env's pull address gives it.
+fn rewritten(namespace: &str, repository: &str) -> String {
+    format!("connectors-proxy.connectors-system.svc/namespaces/{namespace}/connectors/local/{repository}")
+}
+
+fn image_of(pod: &k8s_openapi::api::core::v1::Pod) -> String {
+    pod.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
+fn injected(pod: &k8s_openapi::api::core::v1::Pod) -> Option<String> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("connectors.cpaas.io/injected"))
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_that_controllers_create_for_unchanged_workloads_are_mutated() {
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    let ns = "workloads";
+    namespace_with_connector(cluster, &client, ns, true).await;
+    let image = format!("{REGISTRY}/team/app:1");
+    let template = |labels: &str| {
+        format!(
+            "metadata: {{labels: {{{labels}}}}}\n    spec:\n      restartPolicy: Never\n      containers: [{{name: app, image: \"{image}\"}}]"
+        )
+    };
+    let workloads = format!(
+        "apiVersion: batch/v1\nkind: Job\nmetadata: {{name: job, namespace: {ns}}}\nspec:\n  template:\n    {}\n---\n\
+         apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: cron, namespace: {ns}}}\nspec:\n  schedule: \"0 0 1 1 *\"\n  jobTemplate:\n    spec:\n      template:\n        metadata: {{labels: {{workload: cron}}}}\n        spec:\n          restartPolicy: Never\n          containers: [{{name: app, image: \"{image}\"}}]\n---\n\
+         apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: deploy, namespace: {ns}}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{workload: deploy}}}}\n  template:\n    {}\n---\n\
+         apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: state, namespace: {ns}}}\nspec:\n  serviceName: state\n  replicas: 1\n  selector: {{matchLabels: {{workload: state}}}}\n  template:\n    {}\n",
+        template("workload: job"),
+        template("workload: deploy").replace("restartPolicy: Never", "restartPolicy: Always"),
+        template("workload: state").replace("restartPolicy: Never", "restartPolicy: Always"),
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&workloads));
+    // A Job from the CronJob, as its schedule would make one.
+    cluster.kubectl_ok(&["create", "job", "-n", ns, "cron-now", "--from", "cronjob/cron"], None);
+
+    for workload in ["job", "cron", "deploy", "state"] {
+        let pod = pods(&client, ns, &format!("workload={workload}"), 1).await.remove(0);
+        assert!(
+            pod.metadata.owner_references.as_ref().is_some_and(|o| !o.is_empty()),
+            "{workload}: not made by a controller"
+        );
+        assert_eq!(image_of(&pod), rewritten(ns, "team/app:1"), "{workload}");
+        assert_eq!(injected(&pod).as_deref(), Some("workloads/local"), "{workload}");
+        let volumes = pod.spec.as_ref().unwrap().volumes.clone().unwrap_or_default();
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v.csi.as_ref().is_some_and(|c| c.driver == "connectors-csi")),
+            "{workload}: no CSI volume"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selection_by_annotation_opt_out_and_protected_namespaces() {
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    namespace_with_connector(cluster, &client, "annotated", false).await;
+    namespace_with_connector(cluster, &client, "optout", true).await;
+    let pod = |ns: &str, name: &str, annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{case: {name}}}, annotations: {{{annotations}}}}}\nspec:\n  containers: [{{name: app, image: \"{REGISTRY}/team/app:1\"}}]\n"
+        )
+    };
+    let manifests = [
+        pod("annotated", "named", "connectors.cpaas.io/connector: local"),
+        pod("annotated", "unnamed", ""),
+        pod("optout", "opted-out", "connectors.cpaas.io/proxy-inject: \"false\""),
+        pod("optout", "default", ""),
+        pod("kube-system", "system", "connectors.cpaas.io/connector: local"),
+    ];
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&manifests.join("---\n")));
+    let original = format!("{REGISTRY}/team/app:1");
+    for (ns, name, want) in [
+        ("annotated", "named", rewritten("annotated", "team/app:1")),
+        ("annotated", "unnamed", original.clone()),
+        ("optout", "opted-out", original.clone()),
+        ("optout", "default", rewritten("optout", "team/app:1")),
+        ("kube-system", "system", original.clone()),
+    ] {
+        let pod = pods(&client, ns, &format!("case={name}"), 1).await.remove(0);
+        assert_eq!(image_of(&pod), want, "{ns}/{name}");
+    }
+    cluster.kubectl_ok(&["delete", "pod", "-n", "kube-system", "system", "--wait=false"], None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_connector_is_denied_by_name_and_server_dry_runs_are_mutated() {
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    namespace_with_connector(cluster, &client, "denied", false).await;
+    let pod = |name: &str, connector: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: denied, annotations: {{connectors.cpaas.io/connector: {connector}}}}}\nspec:\n  containers: [{{name: app, image: \"{REGISTRY}/team/app:1\"}}]\n"
+        )
+    };
+    let output = cluster.kubectl(&["apply", "-f", "-"], Some(&pod("missing", "nope")));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("connector denied/nope does not exist"), "{stderr}");
+    assert!(stderr.contains("denied the request"), "{stderr}");
+
+    let dry = cluster.kubectl_ok(
+        &["apply", "--dry-run=server", "-o", "json", "-f", "-"],
+        Some(&pod("dry", "local")),
+    );
+    let dry: k8s_openapi::api::core::v1::Pod = serde_json::from_str(&dry).unwrap();
+    assert_eq!(image_of(&dry), rewritten("denied", "team/app:1"));
+    let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, "denied");
+    assert!(api.get_opt("dry").await.unwrap().is_none(), "a dry run created the pod");
 }

@@ -246,8 +246,7 @@ impl Bootstrap {
         self.ensure_leaf(PROXY_TLS_SECRET, &proxy_ca, &dns, &ips).await?;
         let webhook_ca = self.ensure_ca(WEBHOOK_CA_SECRET, "connectors webhook CA").await?;
         let (dns, ips) = self.settings.webhook_names();
-        self.ensure_leaf(WEBHOOK_TLS_SECRET, &webhook_ca, &dns, &ips)
-            .await?;
+        self.ensure_leaf(WEBHOOK_TLS_SECRET, &webhook_ca, &dns, &ips).await?;
         self.sync_ca_bundle(webhook_ca.cert_pem()).await
     }
 

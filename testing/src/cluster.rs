@@ -34,9 +34,10 @@ static SHARED: OnceLock<RealCluster> = OnceLock::new();
 
 impl RealCluster {
     /// The cluster of this test binary, started by the first caller
-    /// (building the harness first if its sources changed). Panics with
+    /// (building the harness first if its sources changed) with `product`
+    /// (the `connectors` binary) running its components. Panics with
     /// `e2e/cluster`'s own message if it cannot start.
-    pub fn shared() -> &'static RealCluster {
+    pub fn shared(product: &Path) -> &'static RealCluster {
         SHARED.get_or_init(|| {
             let dir = std::env::temp_dir().join(format!("connectors-e2e-{}", std::process::id()));
             let root = workspace_root();
@@ -44,6 +45,7 @@ impl RealCluster {
                 .arg(root.join("e2e/cluster"))
                 .arg("up")
                 .arg(&dir)
+                .env("E2E_CONNECTORS", product)
                 .env("E2E_OWNER_PID", std::process::id().to_string())
                 .env("E2E_REMOVE_DIR", "1")
                 .stdin(Stdio::null())
