@@ -334,3 +334,142 @@ async fn a_missing_connector_is_denied_by_name_and_server_dry_runs_are_mutated()
     let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, "denied");
     assert!(api.get_opt("dry").await.unwrap().is_none(), "a dry run created the pod");
 }
+
+const USER: &str = "robot$e2e";
+const PASSWORD: &str = "only-the-secret-knows-7c1e";
+
+/// `GET` of a manifest through the proxy's reverse door with `token`; the
+/// status.
+async fn manifest_status(proxy: u16, namespace: &str, connector: &str, token: &str) -> u16 {
+    let url = format!("http://127.0.0.1:{proxy}/v2/namespaces/{namespace}/connectors/{connector}/lab/app/manifests/v1");
+    reqwest::Client::new()
+        .get(url)
+        .basic_auth("caller", Some(token))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("the proxy answers")
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_service_account_tokens_push_and_pull_through_the_proxy_and_no_other_token_does() {
+    use testing::{CopyOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo};
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
+        .await
+        .unwrap();
+    let ns = "identity";
+    namespace(&client, ns).await;
+    cluster.kubectl_ok(
+        &[
+            "create",
+            "secret",
+            "generic",
+            "robot",
+            "-n",
+            ns,
+            "--type",
+            "kubernetes.io/basic-auth",
+            "--from-literal",
+            &format!("username={USER}"),
+            "--from-literal",
+            &format!("password={PASSWORD}"),
+        ],
+        None,
+    );
+    let spec = format!(
+        "{{connectorClassName: oci, address: \"http://{}\", auth: {{name: basicAuth, secretRef: {{name: robot}}}}}}",
+        registry.host_port()
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "reg", &spec)));
+    for account in ["builder", "stranger", "shortlived"] {
+        cluster.kubectl_ok(&["create", "serviceaccount", account, "-n", ns], None);
+    }
+    for account in ["builder", "shortlived"] {
+        cluster.kubectl_ok(
+            &[
+                "create",
+                "rolebinding",
+                account,
+                "-n",
+                ns,
+                "--clusterrole",
+                "connectors-user",
+                "--serviceaccount",
+                &format!("{ns}:{account}"),
+            ],
+            None,
+        );
+    }
+    let token = |account: &str, audience: Option<&str>| {
+        let mut args = vec!["create", "token", account, "-n", ns, "--duration", "1h"];
+        if let Some(audience) = audience {
+            args.extend(["--audience", audience]);
+        }
+        cluster.kubectl_ok(&args, None).trim().to_owned()
+    };
+    let builder = token("builder", Some("connectors-proxy"));
+    let proxy = cluster.component_port("connectors-proxy", "http");
+
+    // Push and pull with the builder's real token: the password never
+    // leaves the Secret.
+    let dir = tempfile::tempdir().unwrap();
+    let layout = OciLayout::new(dir.path()).unwrap();
+    let image = layout.add_image("v1", &[4096, 256 * 1024], 3).unwrap();
+    let reference = format!("docker://127.0.0.1:{proxy}/namespaces/{ns}/connectors/reg/lab/app:v1");
+    let caller = RegistryAccess::plain_http().creds("builder", &builder);
+    let skopeo = Skopeo::new().unwrap();
+    skopeo
+        .copy(
+            &layout.reference("v1"),
+            &reference,
+            &CopyOptions::default().dest(caller.clone()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.manifest_digest("lab/app", "v1").await.unwrap(),
+        image.manifest.digest
+    );
+    let pulled = OciLayout::new(&dir.path().join("pulled")).unwrap();
+    skopeo
+        .copy(&reference, &pulled.reference("v1"), &CopyOptions::default().src(caller))
+        .await
+        .unwrap();
+    for layer in &image.layers {
+        assert_eq!(
+            testing::sha256_file(&pulled.blob_path(&layer.digest))
+                .unwrap()
+                .to_string(),
+            layer.digest
+        );
+    }
+    assert_eq!(manifest_status(proxy, ns, "reg", &builder).await, 200);
+
+    // Refused: another audience, an expired token signed by the cluster's
+    // key, a ServiceAccount without the RoleBinding, one that was deleted.
+    let api_audience = token("builder", None);
+    assert_eq!(
+        manifest_status(proxy, ns, "reg", &api_audience).await,
+        401,
+        "the API server's audience"
+    );
+    let expired = cluster.expired_service_account_token(ns, "builder", "connectors-proxy");
+    assert_eq!(manifest_status(proxy, ns, "reg", &expired).await, 401, "expired");
+    let stranger = token("stranger", Some("connectors-proxy"));
+    assert_eq!(
+        manifest_status(proxy, ns, "reg", &stranger).await,
+        403,
+        "no RoleBinding"
+    );
+    let shortlived = token("shortlived", Some("connectors-proxy"));
+    cluster.kubectl_ok(&["delete", "serviceaccount", "shortlived", "-n", ns], None);
+    assert_eq!(
+        manifest_status(proxy, ns, "reg", &shortlived).await,
+        401,
+        "deleted ServiceAccount"
+    );
+}

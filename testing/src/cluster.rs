@@ -116,6 +116,54 @@ impl RealCluster {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// The local port of `deployment`'s container port `name` (or number),
+    /// as e2e/run-deployments bound it.
+    pub fn component_port(&self, deployment: &str, port: &str) -> u16 {
+        let path = self.dir.join("components").join(deployment).join("ports.json");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let ports: std::collections::HashMap<String, u16> = serde_json::from_str(&text).expect("ports.json");
+        *ports
+            .get(port)
+            .unwrap_or_else(|| panic!("{deployment} has no port {port}: {ports:?}"))
+    }
+
+    /// A ServiceAccount token for `namespace/name` and `audience`, signed
+    /// with the cluster's real signing key, that expired an hour ago: what
+    /// a token stolen long ago looks like.
+    pub fn expired_service_account_token(&self, namespace: &str, name: &str, audience: &str) -> String {
+        use base64::Engine;
+        let pem = std::fs::read_to_string(self.dir.join("pki/sa.key")).expect("the signing key");
+        let der: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD.decode(der).expect("PEM");
+        let rng = ring::rand::SystemRandom::new();
+        let key =
+            ring::signature::EcdsaKeyPair::from_pkcs8(&ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING, &der, &rng)
+                .expect("a P-256 PKCS#8 key");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let header = serde_json::json!({"alg": "ES256", "typ": "JWT"});
+        let claims = serde_json::json!({
+            "iss": "https://kubernetes.default.svc.cluster.local",
+            "aud": [audience],
+            "sub": format!("system:serviceaccount:{namespace}:{name}"),
+            "iat": now - 7200,
+            "nbf": now - 7200,
+            "exp": now - 3600,
+            "kubernetes.io": {"namespace": namespace, "serviceaccount": {"name": name, "uid": "00000000-0000-0000-0000-000000000000"}},
+        });
+        let encode = |value: &serde_json::Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
+        };
+        let signed = format!("{}.{}", encode(&header), encode(&claims));
+        let signature = key.sign(&rng, signed.as_bytes()).expect("signing");
+        format!(
+            "{signed}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature.as_ref())
+        )
+    }
+
     /// The log of one control-plane program (`kube-apiserver`, ...).
     pub fn log(&self, program: &str) -> String {
         std::fs::read_to_string(self.dir.join("logs").join(format!("{program}.log"))).unwrap_or_default()
