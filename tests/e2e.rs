@@ -473,3 +473,173 @@ async fn real_service_account_tokens_push_and_pull_through_the_proxy_and_no_othe
         "deleted ServiceAccount"
     );
 }
+
+/// The condition `kind` of Connector `namespace/name` once it has `status`
+/// (and `reason`, if given), within 60 s.
+async fn wait_condition(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    kind: &str,
+    status: &str,
+    reason: Option<&str>,
+) -> Connector {
+    let api: Api<Connector> = Api::namespaced(client.clone(), namespace);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let connector = api.get(name).await.unwrap();
+        let found = connector.status.as_ref().and_then(|s| {
+            s.conditions.iter().find(|c| {
+                c.type_ == kind && c.status == status && reason.is_none_or(|r| c.reason.as_deref() == Some(r))
+            })
+        });
+        if found.is_some() {
+            return connector;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{namespace}/{name}: no {kind}={status} ({reason:?}) after 60 s: {:?}",
+            connector.status
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_reports_real_probes_of_htpasswd_and_token_registries() {
+    use testing::{Registry, RegistryOptions, TokenServer, TokenServerOptions};
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    let htpasswd = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
+        .await
+        .unwrap();
+    let tokens = TokenServer::start(TokenServerOptions::with_user(USER, PASSWORD)).unwrap();
+    let token = Registry::start(RegistryOptions::token(&tokens)).await.unwrap();
+    let ns = "probes";
+    namespace(&client, ns).await;
+    for (secret, password) in [("good", PASSWORD), ("bad", "not-the-password")] {
+        cluster.kubectl_ok(
+            &[
+                "create",
+                "secret",
+                "generic",
+                secret,
+                "-n",
+                ns,
+                "--type",
+                "kubernetes.io/basic-auth",
+                "--from-literal",
+                &format!("username={USER}"),
+                "--from-literal",
+                &format!("password={password}"),
+            ],
+            None,
+        );
+    }
+    for (name, registry, secret) in [
+        ("htpasswd-good", &htpasswd, "good"),
+        ("htpasswd-bad", &htpasswd, "bad"),
+        ("token-good", &token, "good"),
+        ("token-bad", &token, "bad"),
+    ] {
+        let spec = format!(
+            "{{connectorClassName: oci, address: \"{}\", auth: {{name: basicAuth, secretRef: {{name: {secret}}}}}}}",
+            registry.url()
+        );
+        cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, name, &spec)));
+    }
+    for name in ["htpasswd-good", "token-good"] {
+        let ready = wait_condition(&client, ns, name, "Ready", "True", None).await;
+        let status = ready.status.unwrap();
+        assert_eq!(
+            status.proxy.and_then(|p| p.http_address).map(|a| a.url).as_deref(),
+            Some(format!("http://connectors-proxy.connectors-system.svc/namespaces/{ns}/connectors/{name}").as_str()),
+            "{name}"
+        );
+    }
+    for name in ["htpasswd-bad", "token-bad"] {
+        let bad = wait_condition(&client, ns, name, "AuthReady", "False", Some("Unauthorized")).await;
+        let text = serde_json::to_string(&bad.status).unwrap();
+        assert!(
+            !text.contains(USER) && !text.contains("not-the-password"),
+            "{name}: {text}"
+        );
+    }
+    // Events on the Connectors, as the controller's RBAC allows.
+    let events = cluster.kubectl_ok(
+        &[
+            "get",
+            "events",
+            "-n",
+            ns,
+            "--field-selector",
+            "involvedObject.name=htpasswd-bad",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    assert!(events.contains("Unauthorized"), "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_second_controller_takes_the_lease_when_the_leader_dies() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "connectors-system");
+    let holder = || async {
+        leases
+            .get_opt("connectors-controller")
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let leader = loop {
+        if let Some(leader) = holder().await {
+            break leader;
+        }
+        assert!(std::time::Instant::now() < deadline, "no controller holds the lease");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    // Replica i is `connectors-controller-local-i`; its pid file is
+    // `connectors-controller` (0) or `connectors-controller-i`.
+    let replica = leader.rsplit('-').next().unwrap();
+    let pid_file = if replica == "0" {
+        "connectors-controller".to_owned()
+    } else {
+        format!("connectors-controller-{replica}")
+    };
+    let pid = std::fs::read_to_string(cluster.dir.join("pids").join(format!("{pid_file}.pid"))).unwrap();
+    // A crash: no chance to release the lease.
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let killed_at = std::time::Instant::now();
+    let successor = loop {
+        if let Some(holder) = holder().await
+            && holder != leader
+        {
+            break holder;
+        }
+        assert!(
+            killed_at.elapsed() < std::time::Duration::from_secs(45),
+            "nobody took the lease from {leader}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let took = killed_at.elapsed();
+    assert!(successor.starts_with("connectors-controller-local-"), "{successor}");
+    // The lease lasts 15 s; the successor must not need much more.
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+    // The successor writes status.
+    let ns = "succession";
+    namespace(&client, ns).await;
+    let spec = format!("{{connectorClassName: oci, address: \"http://{REGISTRY}\"}}");
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "after", &spec)));
+    wait_condition(&client, ns, "after", "LivenessReady", "False", None).await;
+}
