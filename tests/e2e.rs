@@ -643,3 +643,101 @@ async fn the_second_controller_takes_the_lease_when_the_leader_dies() {
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "after", &spec)));
     wait_condition(&client, ns, "after", "LivenessReady", "False", None).await;
 }
+
+/// The leaf certificate the webhook serves now (DER).
+async fn served_webhook_certificate(cluster: &RealCluster, ca_pem: &str) -> Vec<u8> {
+    let roots = certs::root_store_from_pem(ca_pem).unwrap();
+    let config = certs::client_config(roots, &[b"http/1.1"]).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let port = cluster.component_port("connectors-webhook", "https");
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .expect("the webhook's chain verifies");
+    tls.get_ref().1.peer_certificates().unwrap()[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_webhook_certificate_rotates_with_no_failed_admission() {
+    use k8s_openapi::api::core::v1::{Pod, Secret};
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    let ns = "rotation";
+    namespace_with_connector(cluster, &client, ns, true).await;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "connectors-system");
+    let leaf = |secret: &Secret| {
+        let pem = &secret.data.as_ref().unwrap()["tls.crt"].0;
+        certs::load_certs_pem(std::str::from_utf8(pem).unwrap()).unwrap()[0].to_vec()
+    };
+    let ca = secrets.get("connectors-webhook-ca").await.unwrap();
+    let ca_pem = String::from_utf8(ca.data.as_ref().unwrap()["tls.crt"].0.clone()).unwrap();
+    let before = leaf(&secrets.get("connectors-webhook-tls").await.unwrap());
+    assert_eq!(served_webhook_certificate(cluster, &ca_pem).await, before);
+
+    // Pods are created one after another until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let creator = tokio::spawn({
+        let (client, stop) = (client.clone(), stop.clone());
+        async move {
+            let pods: Api<Pod> = Api::namespaced(client, ns);
+            let (mut created, mut failed) = (0, Vec::new());
+            for i in 0..400 {
+                if stop.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
+                let pod: Pod = serde_json::from_value(serde_json::json!({
+                    "metadata": {"name": format!("p-{i}"), "labels": {"case": "rotation"}},
+                    "spec": {"containers": [{"name": "app", "image": format!("{REGISTRY}/team/app:1")}]},
+                }))
+                .unwrap();
+                match pods.create(&PostParams::default(), &pod).await {
+                    Ok(_) => created += 1,
+                    Err(error) => failed.push(error.to_string()),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            (created, failed)
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    // Rotation: the Secret goes; the controller issues a new certificate
+    // from the same CA, the volume is refreshed, the webhook reloads it.
+    secrets
+        .delete("connectors-webhook-tls", &Default::default())
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let after = loop {
+        if let Some(secret) = secrets.get_opt("connectors-webhook-tls").await.unwrap() {
+            break leaf(&secret);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the certificate was not issued again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    assert_ne!(after, before);
+    loop {
+        if served_webhook_certificate(cluster, &ca_pem).await == after {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the webhook still serves the old certificate"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (created, failed) = creator.await.unwrap();
+    assert!(failed.is_empty(), "{} admissions failed: {failed:?}", failed.len());
+    assert!(created >= 20, "only {created} pods were created");
+    let mutated = pods(&client, ns, "case=rotation", created).await;
+    for pod in mutated {
+        assert_eq!(image_of(&pod), rewritten(ns, "team/app:1"), "{:?}", pod.metadata.name);
+    }
+    eprintln!("rotation: {created} pods admitted, none failed");
+}
