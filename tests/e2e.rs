@@ -293,6 +293,11 @@ async fn selection_by_annotation_opt_out_and_protected_namespaces() {
         pod("optout", "opted-out", "connectors.cpaas.io/proxy-inject: \"false\""),
         pod("optout", "default", ""),
         pod("kube-system", "system", "connectors.cpaas.io/connector: local"),
+        // The install namespace enforces the restricted Pod Security level.
+        pod("connectors-system", "install", "connectors.cpaas.io/connector: local").replace(
+            "containers: [{name: app, ",
+            "securityContext: {runAsNonRoot: true, runAsUser: 65532, seccompProfile: {type: RuntimeDefault}}\n  containers: [{name: app, securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}, ",
+        ),
     ];
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&manifests.join("---\n")));
     let original = format!("{REGISTRY}/team/app:1");
@@ -302,11 +307,16 @@ async fn selection_by_annotation_opt_out_and_protected_namespaces() {
         ("optout", "opted-out", original.clone()),
         ("optout", "default", rewritten("optout", "team/app:1")),
         ("kube-system", "system", original.clone()),
+        ("connectors-system", "install", original.clone()),
     ] {
         let pod = pods(&client, ns, &format!("case={name}"), 1).await.remove(0);
         assert_eq!(image_of(&pod), want, "{ns}/{name}");
     }
     cluster.kubectl_ok(&["delete", "pod", "-n", "kube-system", "system", "--wait=false"], None);
+    cluster.kubectl_ok(
+        &["delete", "pod", "-n", "connectors-system", "install", "--wait=false"],
+        None,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -448,6 +458,17 @@ async fn real_service_account_tokens_push_and_pull_through_the_proxy_and_no_othe
         );
     }
     assert_eq!(manifest_status(proxy, ns, "reg", &builder).await, 200);
+    // Only in the namespace its RoleBinding is in.
+    namespace(&client, "identity-other").await;
+    cluster.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&connector_yaml("identity-other", "reg", &spec)),
+    );
+    assert_eq!(
+        manifest_status(proxy, "identity-other", "reg", &builder).await,
+        403,
+        "another namespace"
+    );
 
     // Refused: another audience, an expired token signed by the cluster's
     // key, a ServiceAccount without the RoleBinding, one that was deleted.
@@ -633,6 +654,7 @@ async fn the_second_controller_takes_the_lease_when_the_leader_dies() {
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
     };
     let took = killed_at.elapsed();
+    eprintln!("lease: {successor} took over from {leader} {took:?} after the kill");
     assert!(successor.starts_with("connectors-controller-local-"), "{successor}");
     // The lease lasts 15 s; the successor must not need much more.
     assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
