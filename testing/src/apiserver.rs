@@ -2,6 +2,17 @@
 //! the list, watch and get requests of kube-rs clients with the API server's
 //! own JSON, so code built on reflectors runs unchanged against it.
 //!
+//! The real control plane ([`crate::cluster`], `tests/e2e.rs`) is what proves
+//! the product against Kubernetes. This stand-in stays for what a real API
+//! server cannot be made to do on demand: a watch answered `410 Expired`,
+//! injected 5xx answers and slow or refused requests, counting every
+//! TokenReview and SubjectAccessReview a flood of forged tokens causes
+//! (`access/tests/reviews.rs`), pods with chosen IPs, phases and nodes without
+//! a kubelet (`tests/proxy_cluster.rs`, `tests/csi.rs`), and the fast,
+//! isolated controller tests of `controller/tests` (their status, lease and
+//! certificate scenarios also run against the real control plane in
+//! `tests/e2e.rs`).
+//!
 //! What it serves, per registered [`ResourceType`], for all namespaces or one:
 //!
 //! - LIST: a `<Kind>List` (or, when the `Accept` header asks for
