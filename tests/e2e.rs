@@ -763,3 +763,198 @@ async fn the_webhook_certificate_rotates_with_no_failed_admission() {
     }
     eprintln!("rotation: {created} pods admitted, none failed");
 }
+
+/// The Events about Connector `name` in `namespace`, as JSON text.
+fn events_about(cluster: &RealCluster, namespace: &str, name: &str) -> String {
+    cluster.kubectl_ok(
+        &[
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "json",
+        ],
+        None,
+    )
+}
+
+/// Every log line the product's processes wrote so far.
+fn product_logs(cluster: &RealCluster) -> String {
+    let mut text = String::new();
+    for entry in std::fs::read_dir(cluster.dir.join("logs")).unwrap().flatten() {
+        if entry.file_name().to_string_lossy().starts_with("connectors-") {
+            text.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+    }
+    text
+}
+
+/// Creates the basic-auth Secret `name` in `namespace`, or replaces it.
+fn basic_auth_secret(cluster: &RealCluster, namespace: &str, name: &str, password: &str) {
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\ntype: kubernetes.io/basic-auth\nstringData: {{username: \"{USER}\", password: \"{password}\"}}\n"
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&secret));
+}
+
+fn condition_of<'a>(connector: &'a Connector, kind: &str) -> &'a connector::crd::Condition {
+    connector
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == kind))
+        .unwrap_or_else(|| panic!("no {kind} condition: {:?}", connector.status))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_connector_gets_every_condition_its_proxy_address_ca_and_a_ready_event() {
+    use testing::{Registry, RegistryOptions};
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
+        .await
+        .unwrap();
+    let ns = "healthy";
+    namespace(&client, ns).await;
+    basic_auth_secret(cluster, ns, "robot", PASSWORD);
+    let spec = format!(
+        "{{connectorClassName: oci, address: \"{}\", auth: {{name: basicAuth, secretRef: {{name: robot}}}}}}",
+        registry.url()
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "registry", &spec)));
+    let ready = wait_condition(&client, ns, "registry", "Ready", "True", Some("Ready")).await;
+    for (kind, reason) in [
+        ("SecretReady", "SecretValid"),
+        ("LivenessReady", "Alive"),
+        ("AuthReady", "Authenticated"),
+    ] {
+        let found = condition_of(&ready, kind);
+        assert_eq!(
+            (found.status.as_str(), found.reason.as_deref()),
+            ("True", Some(reason)),
+            "{kind}"
+        );
+        assert!(
+            found.last_transition_time.is_some() && found.last_probe_time.is_some(),
+            "{kind}"
+        );
+    }
+    let status = ready.status.as_ref().unwrap();
+    assert_eq!(status.observed_generation, ready.metadata.generation);
+    let address = status.proxy.as_ref().unwrap().http_address.as_ref().unwrap();
+    assert_eq!(address.audience.as_deref(), Some("connectors-proxy"));
+    // The proxy CA the controller bootstrapped is published in the status.
+    let api: Api<Connector> = Api::namespaced(client.clone(), ns);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ca = loop {
+        let connector = api.get("registry").await.unwrap();
+        if let Some(ca) = connector.status.and_then(|s| s.proxy?.http_address?.ca_certs) {
+            break ca;
+        }
+        assert!(std::time::Instant::now() < deadline, "no CACerts in the status");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    certs::load_certs_pem(&ca).expect("CACerts is PEM");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let events = loop {
+        let events = events_about(cluster, ns, "registry");
+        if events.contains("\"reason\": \"Ready\"") {
+            break events;
+        }
+        assert!(std::time::Instant::now() < deadline, "no Ready event: {events}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    // Whoever reads the Connector reads its status: not even the robot's
+    // name is there, nor in the Events or the logs.
+    let status = serde_json::to_string(&api.get("registry").await.unwrap().status).unwrap();
+    for (text, what) in [
+        (&status, "the status"),
+        (&events, "the events"),
+        (&product_logs(cluster), "the logs"),
+    ] {
+        testing::credentials::assert_no_credential(text, what, USER, PASSWORD);
+    }
+    assert!(!status.contains(USER), "the status names the robot: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_or_missing_secret_is_reported_until_it_is_fixed_and_a_new_generation_is_observed() {
+    use testing::{Registry, RegistryOptions};
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
+        .await
+        .unwrap();
+    let ns = "fixing";
+    namespace(&client, ns).await;
+    let wrong = "wrong-Passw0rd";
+    basic_auth_secret(cluster, ns, "wrong", wrong);
+    let with_secret = |secret: &str, address: &str| {
+        format!(
+            "{{connectorClassName: oci, address: \"{address}\", auth: {{name: basicAuth, secretRef: {{name: {secret}}}}}}}"
+        )
+    };
+    cluster.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&connector_yaml(ns, "wrong", &with_secret("wrong", &registry.url()))),
+    );
+    cluster.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&connector_yaml(ns, "missing", &with_secret("later", &registry.url()))),
+    );
+    // A registry that is not there yet: a port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    basic_auth_secret(cluster, ns, "robot", PASSWORD);
+    cluster.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&connector_yaml(
+            ns,
+            "moving",
+            &with_secret("robot", &format!("http://127.0.0.1:{port}")),
+        )),
+    );
+
+    wait_condition(&client, ns, "wrong", "AuthReady", "False", Some("Unauthorized")).await;
+    let missing = wait_condition(&client, ns, "missing", "SecretReady", "False", Some("SecretNotFound")).await;
+    assert_eq!(condition_of(&missing, "LivenessReady").status, "True");
+    assert_eq!(
+        condition_of(&missing, "Ready").reason.as_deref(),
+        Some("SecretNotFound")
+    );
+    let unreachable = wait_condition(&client, ns, "moving", "LivenessReady", "False", Some("Unreachable")).await;
+    assert_eq!(unreachable.status.as_ref().unwrap().observed_generation, Some(1));
+    assert!(events_about(cluster, ns, "wrong").contains("Unauthorized"));
+
+    // Fixed: the right password, the Secret created, the address moved to
+    // the registry. Each is probed at once (failed probes back off 10 s
+    // and more), and the new generation is observed.
+    let fixed_at = std::time::Instant::now();
+    basic_auth_secret(cluster, ns, "wrong", PASSWORD);
+    basic_auth_secret(cluster, ns, "later", PASSWORD);
+    cluster.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&connector_yaml(ns, "moving", &with_secret("robot", &registry.url()))),
+    );
+    for name in ["wrong", "missing", "moving"] {
+        wait_condition(&client, ns, name, "Ready", "True", Some("Ready")).await;
+    }
+    assert!(
+        fixed_at.elapsed() < std::time::Duration::from_secs(10),
+        "took {:?}",
+        fixed_at.elapsed()
+    );
+    let moved = wait_condition(&client, ns, "moving", "Ready", "True", None).await;
+    assert_eq!(moved.metadata.generation, Some(2));
+    assert_eq!(moved.status.as_ref().unwrap().observed_generation, Some(2));
+    let logs = product_logs(cluster);
+    for password in [wrong, PASSWORD] {
+        testing::credentials::assert_no_credential(&logs, "the logs", USER, password);
+        testing::credentials::assert_no_credential(&events_about(cluster, ns, "wrong"), "the events", USER, password);
+    }
+}

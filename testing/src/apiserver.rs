@@ -8,10 +8,12 @@
 //! injected 5xx answers and slow or refused requests, counting every
 //! TokenReview and SubjectAccessReview a flood of forged tokens causes
 //! (`access/tests/reviews.rs`), pods with chosen IPs, phases and nodes without
-//! a kubelet (`tests/proxy_cluster.rs`, `tests/csi.rs`), and the fast,
-//! isolated controller tests of `controller/tests` (their status, lease and
-//! certificate scenarios also run against the real control plane in
-//! `tests/e2e.rs`).
+//! a kubelet (`tests/proxy_cluster.rs`, `tests/csi.rs`), an egress policy
+//! other than the installed one (`controller/tests/status.rs`), and the
+//! controller's lease and certificate edge cases (`controller/tests`: a
+//! clean hand-over, a near-expiry certificate, a caBundle changed by
+//! someone else), whose main paths (status from real probes, failover,
+//! rotation) run against the real control plane in `tests/e2e.rs`.
 //!
 //! What it serves, per registered [`ResourceType`], for all namespaces or one:
 //!
