@@ -958,3 +958,130 @@ async fn a_wrong_or_missing_secret_is_reported_until_it_is_fixed_and_a_new_gener
         testing::credentials::assert_no_credential(&events_about(cluster, ns, "wrong"), "the events", USER, password);
     }
 }
+
+/// `GET` of `lab/app:v1`'s manifest through the proxy from `source`, with no
+/// token: the status.
+async fn manifest_status_from(source: std::net::IpAddr, proxy: u16, namespace: &str) -> u16 {
+    let url = format!("http://127.0.0.1:{proxy}/v2/namespaces/{namespace}/connectors/reg/lab/app/manifests/v1");
+    reqwest::Client::builder()
+        .local_address(source)
+        .build()
+        .unwrap()
+        .get(url)
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("the proxy answers")
+        .status()
+        .as_u16()
+}
+
+/// Waits up to 30 s for `source`'s GET to answer `want` (the proxy learns
+/// of pods through its watch).
+async fn eventually_status(source: &str, proxy: u16, namespace: &str, want: u16) {
+    let source: std::net::IpAddr = source.parse().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = manifest_status_from(source, proxy, namespace).await;
+        if got == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{source}: {got}, not {want}");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_pods_are_identified_by_their_address_as_the_api_server_reports_it() {
+    use testing::{CopyOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo};
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = OciLayout::new(dir.path()).unwrap();
+    layout.add_image("v1", &[4096], 5).unwrap();
+    Skopeo::new()
+        .unwrap()
+        .copy(
+            &layout.reference("v1"),
+            &registry.docker_reference("lab/app:v1"),
+            &CopyOptions::default().dest(RegistryAccess::plain_http().creds(USER, PASSWORD)),
+        )
+        .await
+        .unwrap();
+    let ns = "podip";
+    namespace(&client, ns).await;
+    cluster.kubectl_ok(
+        &["label", "namespace", ns, "connectors.cpaas.io/proxy-inject=true"],
+        None,
+    );
+    basic_auth_secret(cluster, ns, "robot", PASSWORD);
+    let spec = format!(
+        "{{connectorClassName: oci, address: \"{}\", auth: {{name: basicAuth, secretRef: {{name: robot}}}}}}",
+        registry.url()
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "reg", &spec)));
+    for account in ["builder", "stranger"] {
+        cluster.kubectl_ok(&["create", "serviceaccount", account, "-n", ns], None);
+    }
+    cluster.kubectl_ok(
+        &[
+            "create",
+            "rolebinding",
+            "builder",
+            "-n",
+            ns,
+            "--clusterrole",
+            "connectors-user",
+            "--serviceaccount",
+            &format!("{ns}:builder"),
+        ],
+        None,
+    );
+    // Pods as a kubelet would report them: running, at these addresses.
+    for (name, account, host_network, ip) in [
+        ("job", "builder", false, "127.0.0.21"),
+        ("host", "builder", true, "127.0.0.22"),
+        ("stranger", "stranger", false, "127.0.0.23"),
+    ] {
+        let pod = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  serviceAccountName: {account}\n  hostNetwork: {host_network}\n  containers: [{{name: app, image: \"{REGISTRY}/team/app:1\"}}]\n"
+        );
+        cluster.kubectl_ok(&["apply", "-f", "-"], Some(&pod));
+        let status = format!(r#"{{"status":{{"phase":"Running","podIP":"{ip}","podIPs":[{{"ip":"{ip}"}}]}}}}"#);
+        cluster.kubectl_ok(
+            &[
+                "patch",
+                "pod",
+                name,
+                "-n",
+                ns,
+                "--subresource",
+                "status",
+                "--type",
+                "merge",
+                "-p",
+                &status,
+            ],
+            None,
+        );
+    }
+    let proxy = cluster.component_port("connectors-proxy", "http");
+    // The running injected pod of a bound ServiceAccount: no token needed.
+    eventually_status("127.0.0.21", proxy, ns, 200).await;
+    // A pod of an unbound ServiceAccount is identified, and RBAC refuses it.
+    eventually_status("127.0.0.23", proxy, ns, 403).await;
+    // A hostNetwork pod shares its node's address: never an identity.
+    assert_eq!(
+        manifest_status_from("127.0.0.22".parse().unwrap(), proxy, ns).await,
+        401
+    );
+    // A deleted pod's address identifies nobody.
+    cluster.kubectl_ok(
+        &["delete", "pod", "job", "-n", ns, "--grace-period", "0", "--force"],
+        None,
+    );
+    eventually_status("127.0.0.21", proxy, ns, 401).await;
+}

@@ -6,6 +6,13 @@
 //! injected pod (curl bound to a loopback address), and a node pulling for
 //! its pods. Revocation and credential changes take effect without a
 //! restart, and the registry password appears in no response or log line.
+//!
+//! The stand-in stays here for what the real control plane (`tests/e2e.rs`,
+//! where tokens, RBAC and pod addresses are proven against kube-apiserver)
+//! cannot be made to show on demand: how many TokenReviews and
+//! SubjectAccessReviews a run of requests costs, a revocation answered at a
+//! chosen moment, one address claimed by two pods, and node identities
+//! before a kubelet runs.
 
 mod support;
 

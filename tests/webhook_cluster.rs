@@ -3,6 +3,11 @@
 //! wire format. Readiness follows the initial lists, admission reads the
 //! watched connectors, and a connector deleted by a watch event is gone from
 //! the next review.
+//!
+//! The stand-in stays here because it can hold the initial lists back (to
+//! show the webhook is not ready before them) and record what the webhook
+//! asked for; the API server calling the webhook runs against the real
+//! control plane in `tests/e2e.rs`.
 
 mod support;
 
