@@ -3,21 +3,17 @@
 //! real skopeo, given nothing but the volume's `config.json` as its auth
 //! file, pushes and pulls through the reverse proxy to a real registry whose
 //! password only the proxy's store holds. Digests are equal end to end. In
-//! cluster mode the plugin reads connectors from the API server and asks a
-//! SubjectAccessReview per mount.
+//! cluster mode (connectors from the API server, a SubjectAccessReview per
+//! mount) the plugin runs against the real control plane: `tests/e2e.rs`.
 
 mod support;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 use csi::proto::node_client::NodeClient;
-use csi::proto::volume_capability::{AccessMode, AccessType, MountVolume};
-use csi::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability};
-use serde_json::{Value, json};
+use csi::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest};
 use support::Process;
-use testing::apiserver::{CONNECTORS, FakeApiServer, NAMESPACES, Review};
 use testing::{CopyOptions, InspectOptions, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, StoreYaml};
 
 const USER: &str = "robot$csi+ci";
@@ -25,37 +21,9 @@ const PASSWORD: &str = "csi-registry-password-5d2e";
 const POD_TOKEN: &str = "csi-pod-token-first-81b3";
 const NEXT_POD_TOKEN: &str = "csi-pod-token-second-c4a0";
 
+/// The volume of pod `team/builder-0` naming `lab`.
 fn publish_request(target: &Path, token: &str) -> NodePublishVolumeRequest {
-    let context: HashMap<String, String> = [
-        ("csi.storage.k8s.io/ephemeral", "true".to_owned()),
-        ("csi.storage.k8s.io/pod.name", "builder-0".to_owned()),
-        ("csi.storage.k8s.io/pod.namespace", "team".to_owned()),
-        (
-            "csi.storage.k8s.io/pod.uid",
-            "2b0c7f9e-0000-4000-8000-000000000002".to_owned(),
-        ),
-        ("csi.storage.k8s.io/serviceAccount.name", "builder".to_owned()),
-        (
-            "csi.storage.k8s.io/serviceAccount.tokens",
-            serde_json::json!({"connectors-proxy": {"token": token, "expirationTimestamp": "2030-01-01T00:00:00Z"}})
-                .to_string(),
-        ),
-        ("connectors", "lab".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
-    NodePublishVolumeRequest {
-        volume_id: "csi-2b0c7f9e".into(),
-        target_path: target.to_string_lossy().into_owned(),
-        volume_capability: Some(VolumeCapability {
-            access_type: Some(AccessType::Mount(MountVolume::default())),
-            access_mode: Some(AccessMode { mode: 2 }),
-        }),
-        readonly: true,
-        volume_context: context,
-        ..Default::default()
-    }
+    support::csi::publish_request(target, token, ("team", "builder-0", "builder"), "lab")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,90 +171,4 @@ async fn skopeo_pushes_and_pulls_through_the_proxy_with_only_the_volume_auth_fil
         assert!(!plugin_logs.contains(token), "the plugin logged a token");
     }
     assert!(!proxy.log_text().contains(PASSWORD));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_cluster_mode_a_mount_needs_rbac_on_each_connector_it_names() {
-    let api = FakeApiServer::start(&[CONNECTORS, NAMESPACES]).await;
-    api.apply(
-        NAMESPACES,
-        json!({"metadata": {"name": "team", "labels": {"kubernetes.io/metadata.name": "team"}}}),
-    );
-    api.apply(
-        CONNECTORS,
-        json!({
-            "metadata": {"name": "lab", "namespace": "team"},
-            "spec": {"connectorClassName": "oci", "address": "https://registry.test", "auth": {"name": "basicAuth", "secretRef": {"name": "robot"}}},
-        }),
-    );
-    // RBAC: team/builder may use team/lab through the proxy subresource.
-    api.set_reviewer(Review::SubjectAccess, |review: &Value| {
-        let expected = json!({
-            "group": "connectors.alauda.io", "resource": "connectors", "subresource": "proxy",
-            "verb": "get", "namespace": "team", "name": "lab",
-        });
-        let allowed = review["spec"]["user"] == "system:serviceaccount:team:builder"
-            && review["spec"]["resourceAttributes"] == expected;
-        json!({"allowed": allowed})
-    });
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig("csi-sa-token")).unwrap();
-    let ca = certs::CertificateAuthority::generate("connectors csi test CA", Duration::from_secs(3600)).unwrap();
-    let ca_path = dir.path().join("proxy-ca.crt");
-    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
-    let socket = dir.path().join("plugins/connectors-csi/csi.sock");
-    let endpoint = format!("unix://{}", socket.display());
-    let kubeconfig = dir.path().join("kubeconfig");
-    let plugin = Process::start_until_with_env(
-        &[
-            "csi",
-            "--endpoint",
-            &endpoint,
-            "--node-id",
-            "node-a",
-            "--proxy-ca",
-            ca_path.to_str().unwrap(),
-            "--pull-address",
-            "proxy.test",
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
-        "csi listening",
-    );
-    let channel = csi::client::connect_unix(socket.clone(), Duration::from_secs(20))
-        .await
-        .unwrap();
-    let mut node = NodeClient::new(channel);
-    let target = dir.path().join("pods/builder-0/mount");
-    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-
-    // The connector arrives through the watch; then the mount succeeds.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        match node.node_publish_volume(publish_request(&target, POD_TOKEN)).await {
-            Ok(_) => break,
-            Err(status) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the mount never succeeded: {status:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    let config: Value = serde_json::from_slice(&std::fs::read(target.join("config.json")).unwrap()).unwrap();
-    assert!(config["auths"]["proxy.test"]["auth"].is_string(), "{config}");
-
-    // Another ServiceAccount of the namespace has no RoleBinding: refused.
-    let denied_target = dir.path().join("pods/intruder-0/mount");
-    std::fs::create_dir_all(denied_target.parent().unwrap()).unwrap();
-    let mut request = publish_request(&denied_target, POD_TOKEN);
-    request
-        .volume_context
-        .insert("csi.storage.k8s.io/serviceAccount.name".into(), "intruder".into());
-    let refused = node.node_publish_volume(request).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
-    assert!(refused.message().contains("team/lab"), "{}", refused.message());
-    assert!(!denied_target.join("config.json").exists());
-    assert!(api.review_count(Review::SubjectAccess) >= 2);
-    assert!(!plugin.log_text().contains(POD_TOKEN));
 }

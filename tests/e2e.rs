@@ -4,6 +4,8 @@
 //! from `manifests/` as a user installs it. One cluster serves every test
 //! here; each test works in namespaces of its own.
 
+mod support;
+
 use connector::Connector;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
@@ -1084,4 +1086,108 @@ async fn injected_pods_are_identified_by_their_address_as_the_api_server_reports
         None,
     );
     eventually_status("127.0.0.21", proxy, ns, 401).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csi_mount_needs_rbac_on_each_connector_it_names() {
+    use csi::proto::node_client::NodeClient;
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    let ns = "csi-team";
+    namespace(&client, ns).await;
+    let spec = "{connectorClassName: oci, address: \"https://127.0.0.2:5443\"}";
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "lab", spec)));
+    for account in ["builder", "intruder"] {
+        cluster.kubectl_ok(&["create", "serviceaccount", account, "-n", ns], None);
+    }
+    cluster.kubectl_ok(
+        &[
+            "create",
+            "rolebinding",
+            "builder",
+            "-n",
+            ns,
+            "--clusterrole",
+            "connectors-user",
+            "--serviceaccount",
+            &format!("{ns}:builder"),
+        ],
+        None,
+    );
+    // The plugin as its DaemonSet runs it: the connectors-csi
+    // ServiceAccount's token, the proxy CA the controller publishes.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = cluster.kubectl_ok(
+        &[
+            "get",
+            "configmap",
+            "connectors-proxy-ca",
+            "-n",
+            "connectors-csi",
+            "-o",
+            "jsonpath={.data.ca\\.crt}",
+        ],
+        None,
+    );
+    let ca_path = dir.path().join("ca.crt");
+    std::fs::write(&ca_path, ca).unwrap();
+    let kubeconfig = cluster.service_account_kubeconfig("connectors-csi", "connectors-csi");
+    let socket = dir.path().join("csi.sock");
+    let endpoint = format!("unix://{}", socket.display());
+    let plugin = support::Process::start_until_with_env(
+        &[
+            "csi",
+            "--endpoint",
+            &endpoint,
+            "--node-id",
+            "node-a",
+            "--proxy-ca",
+            ca_path.to_str().unwrap(),
+            "--pull-address",
+            "proxy.test",
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
+        "csi listening",
+    );
+    let channel = csi::client::connect_unix(socket, std::time::Duration::from_secs(20))
+        .await
+        .unwrap();
+    let mut node = NodeClient::new(channel);
+    let token = cluster.kubectl_ok(
+        &["create", "token", "builder", "-n", ns, "--audience", "connectors-proxy"],
+        None,
+    );
+    let token = token.trim();
+
+    // The connector arrives through the watch; then the mount succeeds.
+    let target = dir.path().join("pods/builder-0/mount");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    let request = support::csi::publish_request(&target, token, (ns, "builder-0", "builder"), "lab");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match node.node_publish_volume(request.clone()).await {
+            Ok(_) => break,
+            Err(status) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the mount never succeeded: {status:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        }
+    }
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(target.join("config.json")).unwrap()).unwrap();
+    assert!(config["auths"]["proxy.test"]["auth"].is_string(), "{config}");
+
+    // Another ServiceAccount of the namespace, without a RoleBinding: the
+    // real SubjectAccessReview refuses it.
+    let denied = dir.path().join("pods/intruder-0/mount");
+    std::fs::create_dir_all(denied.parent().unwrap()).unwrap();
+    let request = support::csi::publish_request(&denied, token, (ns, "intruder-0", "intruder"), "lab");
+    let refused = node.node_publish_volume(request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("csi-team/lab"), "{}", refused.message());
+    assert!(!denied.join("config.json").exists());
+    assert!(!plugin.log_text().contains(token), "the plugin logged a token");
 }

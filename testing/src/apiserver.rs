@@ -8,7 +8,7 @@
 //! injected 5xx answers and slow or refused requests, counting every
 //! TokenReview and SubjectAccessReview a flood of forged tokens causes
 //! (`access/tests/reviews.rs`), pods with chosen IPs, phases and nodes without
-//! a kubelet (`tests/proxy_cluster.rs`, `tests/csi.rs`), an egress policy
+//! a kubelet (`tests/proxy_cluster.rs`), an egress policy
 //! other than the installed one (`controller/tests/status.rs`), and the
 //! controller's lease and certificate edge cases (`controller/tests`: a
 //! clean hand-over, a near-expiry certificate, a caBundle changed by

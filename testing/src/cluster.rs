@@ -164,6 +164,28 @@ impl RealCluster {
         )
     }
 
+    /// A kubeconfig for ServiceAccount `namespace/name` (a TokenRequest
+    /// token, valid for an hour): a process using it has exactly what the
+    /// shipped RBAC grants that account. Written into the cluster's
+    /// directory; its path.
+    pub fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> PathBuf {
+        let token = self.kubectl_ok(&["create", "token", name, "-n", namespace, "--duration", "1h"], None);
+        let admin: serde_json::Value =
+            serde_json::from_str(&self.kubectl_ok(&["config", "view", "--raw", "--minify", "-o", "json"], None))
+                .expect("kubectl prints the kubeconfig as JSON");
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "e2e", "cluster": admin["clusters"][0]["cluster"]}],
+            "users": [{"name": name, "user": {"token": token.trim()}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": name, "namespace": namespace}}],
+            "current-context": "e2e",
+        });
+        let path = self.dir.join(format!("{namespace}-{name}.kubeconfig"));
+        std::fs::write(&path, config.to_string()).expect("the kubeconfig is written");
+        path
+    }
+
     /// The log of one control-plane program (`kube-apiserver`, ...).
     pub fn log(&self, program: &str) -> String {
         std::fs::read_to_string(self.dir.join("logs").join(format!("{program}.log"))).unwrap_or_default()

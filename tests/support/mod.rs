@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod csi;
 pub mod scripted;
 
 use std::net::SocketAddr;
