@@ -24,6 +24,31 @@ async fn namespace(client: &kube::Client, name: &str) {
     namespaces.create(&PostParams::default(), &object).await.unwrap();
 }
 
+/// Creates ServiceAccounts in `namespace`; those marked `true` get a
+/// RoleBinding to the shipped `connectors-user` role there.
+fn service_accounts(cluster: &RealCluster, namespace: &str, accounts: &[(&str, bool)]) {
+    for (account, bound) in accounts {
+        cluster.kubectl_ok(&["create", "serviceaccount", account, "-n", namespace], None);
+        if *bound {
+            let subject = format!("{namespace}:{account}");
+            cluster.kubectl_ok(
+                &[
+                    "create",
+                    "rolebinding",
+                    account,
+                    "-n",
+                    namespace,
+                    "--clusterrole",
+                    "connectors-user",
+                    "--serviceaccount",
+                    &subject,
+                ],
+                None,
+            );
+        }
+    }
+}
+
 fn connector_yaml(namespace: &str, name: &str, spec: &str) -> String {
     format!(
         "apiVersion: connectors.alauda.io/v1alpha1\nkind: Connector\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
@@ -397,25 +422,11 @@ async fn real_service_account_tokens_push_and_pull_through_the_proxy_and_no_othe
         registry.host_port()
     );
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "reg", &spec)));
-    for account in ["builder", "stranger", "shortlived"] {
-        cluster.kubectl_ok(&["create", "serviceaccount", account, "-n", ns], None);
-    }
-    for account in ["builder", "shortlived"] {
-        cluster.kubectl_ok(
-            &[
-                "create",
-                "rolebinding",
-                account,
-                "-n",
-                ns,
-                "--clusterrole",
-                "connectors-user",
-                "--serviceaccount",
-                &format!("{ns}:{account}"),
-            ],
-            None,
-        );
-    }
+    service_accounts(
+        cluster,
+        ns,
+        &[("builder", true), ("stranger", false), ("shortlived", true)],
+    );
     let token = |account: &str, audience: Option<&str>| {
         let mut args = vec!["create", "token", account, "-n", ns, "--duration", "1h"];
         if let Some(audience) = audience {
@@ -1025,23 +1036,7 @@ async fn injected_pods_are_identified_by_their_address_as_the_api_server_reports
         registry.url()
     );
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "reg", &spec)));
-    for account in ["builder", "stranger"] {
-        cluster.kubectl_ok(&["create", "serviceaccount", account, "-n", ns], None);
-    }
-    cluster.kubectl_ok(
-        &[
-            "create",
-            "rolebinding",
-            "builder",
-            "-n",
-            ns,
-            "--clusterrole",
-            "connectors-user",
-            "--serviceaccount",
-            &format!("{ns}:builder"),
-        ],
-        None,
-    );
+    service_accounts(cluster, ns, &[("builder", true), ("stranger", false)]);
     // Pods as a kubelet would report them: running, at these addresses.
     for (name, account, host_network, ip) in [
         ("job", "builder", false, "127.0.0.21"),
@@ -1097,23 +1092,7 @@ async fn a_csi_mount_needs_rbac_on_each_connector_it_names() {
     namespace(&client, ns).await;
     let spec = "{connectorClassName: oci, address: \"https://127.0.0.2:5443\"}";
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "lab", spec)));
-    for account in ["builder", "intruder"] {
-        cluster.kubectl_ok(&["create", "serviceaccount", account, "-n", ns], None);
-    }
-    cluster.kubectl_ok(
-        &[
-            "create",
-            "rolebinding",
-            "builder",
-            "-n",
-            ns,
-            "--clusterrole",
-            "connectors-user",
-            "--serviceaccount",
-            &format!("{ns}:builder"),
-        ],
-        None,
-    );
+    service_accounts(cluster, ns, &[("builder", true), ("intruder", false)]);
     // The plugin as its DaemonSet runs it: the connectors-csi
     // ServiceAccount's token, the proxy CA the controller publishes.
     let dir = tempfile::tempdir().unwrap();

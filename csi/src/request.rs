@@ -297,8 +297,7 @@ fn file_names(value: &str) -> Result<Vec<FileName>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::VolumeCapability;
-    use crate::proto::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
+    use crate::proto::volume_capability::{AccessType, BlockVolume};
 
     const TOKEN: &str = "eyJhbGciOi.secret-token.sig";
 
@@ -327,17 +326,11 @@ mod tests {
                 context.insert(k.to_string(), v.to_string());
             }
         }
-        NodePublishVolumeRequest {
-            volume_id: "csi-123".into(),
-            target_path: "/var/lib/kubelet/pods/c0ffee/volumes/kubernetes.io~csi/connectors-csi/mount".into(),
-            volume_capability: Some(VolumeCapability {
-                access_type: Some(AccessType::Mount(MountVolume::default())),
-                access_mode: Some(AccessMode { mode: 2 }),
-            }),
-            readonly: true,
-            volume_context: context,
-            ..Default::default()
-        }
+        crate::client::inline_volume_request(
+            "csi-123",
+            "/var/lib/kubelet/pods/c0ffee/volumes/kubernetes.io~csi/connectors-csi/mount",
+            context,
+        )
     }
 
     #[test]

@@ -3,8 +3,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use csi::proto::volume_capability::{AccessMode, AccessType, MountVolume};
-use csi::proto::{NodePublishVolumeRequest, VolumeCapability};
+use csi::proto::NodePublishVolumeRequest;
 
 /// A pod's inline `connectors-csi` volume naming `connectors`, for pod
 /// `pod` of ServiceAccount `account` in `namespace`, with `token` as its
@@ -34,15 +33,5 @@ pub fn publish_request(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    NodePublishVolumeRequest {
-        volume_id: "csi-2b0c7f9e".into(),
-        target_path: target.to_string_lossy().into_owned(),
-        volume_capability: Some(VolumeCapability {
-            access_type: Some(AccessType::Mount(MountVolume::default())),
-            access_mode: Some(AccessMode { mode: 2 }),
-        }),
-        readonly: true,
-        volume_context: context,
-        ..Default::default()
-    }
+    csi::client::inline_volume_request("csi-2b0c7f9e", &target.to_string_lossy(), context)
 }
