@@ -1170,3 +1170,61 @@ async fn a_csi_mount_needs_rbac_on_each_connector_it_names() {
     assert!(!denied.join("config.json").exists());
     assert!(!plugin.log_text().contains(token), "the plugin logged a token");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_near_expiry_serving_certificate_is_replaced_and_its_ca_kept() {
+    use certs::{CertificateAuthority, CertificateSummary};
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    let secrets: Api<Secret> = Api::namespaced(client, "connectors-system");
+    let text = |secret: &Secret, key: &str| String::from_utf8(secret.data.as_ref().unwrap()[key].0.clone()).unwrap();
+    let ca_secret = secrets.get("connectors-proxy-ca").await.unwrap();
+    let ca = CertificateAuthority::from_pem(&text(&ca_secret, "tls.crt"), &text(&ca_secret, "tls.key")).unwrap();
+    // The proxy's HTTPS certificate, issued again by its CA for the same
+    // names but for ten minutes: past two thirds of its life at once.
+    let mut serving = secrets.get("connectors-proxy-tls").await.unwrap();
+    let names = CertificateSummary::from_pem(&text(&serving, "tls.crt")).unwrap();
+    let short = ca
+        .issue_serving(
+            &names.dns_names,
+            &names.ip_addresses,
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap();
+    let data = serving.data.get_or_insert_default();
+    data.insert("tls.crt".into(), ByteString(short.cert_pem.clone().into_bytes()));
+    data.insert("tls.key".into(), ByteString(short.key_pem.clone().into_bytes()));
+    secrets
+        .replace("connectors-proxy-tls", &PostParams::default(), &serving)
+        .await
+        .unwrap();
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let renewed = loop {
+        let secret = secrets.get("connectors-proxy-tls").await.unwrap();
+        if text(&secret, "tls.crt") != short.cert_pem {
+            break text(&secret, "tls.crt");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the near-expiry certificate was not replaced"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let summary = CertificateSummary::from_pem(&renewed).unwrap();
+    let now = std::time::SystemTime::now();
+    assert!(!summary.due_for_renewal(now));
+    assert!(summary.remaining(now) > std::time::Duration::from_secs(300 * 24 * 3600));
+    assert_eq!(
+        (summary.dns_names, summary.ip_addresses),
+        (names.dns_names, names.ip_addresses)
+    );
+    certs::verify_serving_chain(&renewed, ca.cert_pem(), "connectors-proxy.connectors-system.svc").unwrap();
+    let kept = secrets.get("connectors-proxy-ca").await.unwrap();
+    assert_eq!(
+        kept.metadata.resource_version, ca_secret.metadata.resource_version,
+        "the CA was kept"
+    );
+}

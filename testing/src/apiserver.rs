@@ -11,9 +11,10 @@
 //! a kubelet (`tests/proxy_cluster.rs`), an egress policy
 //! other than the installed one (`controller/tests/status.rs`), and the
 //! controller's lease and certificate edge cases (`controller/tests`: a
-//! clean hand-over, a near-expiry certificate, a caBundle changed by
-//! someone else), whose main paths (status from real probes, failover,
-//! rotation) run against the real control plane in `tests/e2e.rs`.
+//! clean hand-over, a caBundle broken on purpose, which in the shared real
+//! cluster would fail every other test's admissions), whose main paths
+//! (status from real probes, failover, renewal, rotation) run against the
+//! real control plane in `tests/e2e.rs`.
 //!
 //! What it serves, per registered [`ResourceType`], for all namespaces or one:
 //!
