@@ -616,60 +616,80 @@ async fn the_controller_reports_real_probes_of_htpasswd_and_token_registries() {
     assert!(events.contains("Unauthorized"), "{events}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_second_controller_takes_the_lease_when_the_leader_dies() {
+/// The holder of the controller's Lease, once there is one (60 s).
+async fn lease_holder(client: &kube::Client, other_than: Option<&str>) -> String {
     use k8s_openapi::api::coordination::v1::Lease;
-    let cluster = cluster();
-    let client = cluster.admin().await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "connectors-system");
-    let holder = || async {
-        leases
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let holder = leases
             .get_opt("connectors-controller")
             .await
             .unwrap()
             .and_then(|l| l.spec)
-            .and_then(|s| s.holder_identity)
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let leader = loop {
-        if let Some(leader) = holder().await {
-            break leader;
-        }
-        assert!(std::time::Instant::now() < deadline, "no controller holds the lease");
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    };
-    // Replica i is `connectors-controller-local-i`; its pid file is
-    // `connectors-controller` (0) or `connectors-controller-i`.
-    let replica = leader.rsplit('-').next().unwrap();
-    let pid_file = if replica == "0" {
-        "connectors-controller".to_owned()
-    } else {
-        format!("connectors-controller-{replica}")
-    };
-    let pid = std::fs::read_to_string(cluster.dir.join("pids").join(format!("{pid_file}.pid"))).unwrap();
-    // A crash: no chance to release the lease.
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", pid.trim()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let killed_at = std::time::Instant::now();
-    let successor = loop {
-        if let Some(holder) = holder().await
-            && holder != leader
-        {
-            break holder;
+            .and_then(|s| s.holder_identity);
+        if let Some(holder) = holder.filter(|h| Some(h.as_str()) != other_than) {
+            return holder;
         }
         assert!(
-            killed_at.elapsed() < std::time::Duration::from_secs(45),
-            "nobody took the lease from {leader}"
+            std::time::Instant::now() < deadline,
+            "no controller but {other_than:?} took the lease"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The pid file of controller replica `holder` (`connectors-controller-local-i`:
+/// `connectors-controller` for 0, `connectors-controller-i` otherwise).
+fn replica_pid_file(cluster: &RealCluster, holder: &str) -> std::path::PathBuf {
+    let name = match holder.rsplit('-').next().unwrap() {
+        "0" => "connectors-controller".to_owned(),
+        i => format!("connectors-controller-{i}"),
+    };
+    cluster.dir.join("pids").join(format!("{name}.pid"))
+}
+
+/// Ends controller replica `holder` with `signal` as if its pod were gone:
+/// its pid file goes first, so e2e/run-deployments does not restart it.
+fn end_replica(cluster: &RealCluster, holder: &str, signal: &str) -> std::path::PathBuf {
+    let pid_file = replica_pid_file(cluster, holder);
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    std::fs::remove_file(&pid_file).unwrap();
+    let sent = std::process::Command::new("kill")
+        .args([signal, pid.trim()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+    pid_file
+}
+
+/// Brings an ended replica back, as its Deployment would with a new pod.
+async fn recreate_replica(pid_file: &std::path::Path) {
+    std::fs::write(pid_file, "gone").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::read_to_string(pid_file).unwrap_or_default() == "gone" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} was not started again",
+            pid_file.display()
         );
         tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_other_controller_takes_the_lease_after_a_crash_and_at_once_after_a_clean_stop() {
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    let leader = lease_holder(&client, None).await;
+    // A crash (the pod gone with no chance to release the lease): the other
+    // replica waits out the lease's 15 s.
+    let crashed = end_replica(cluster, &leader, "-KILL");
+    let killed_at = std::time::Instant::now();
+    let successor = lease_holder(&client, Some(&leader)).await;
     let took = killed_at.elapsed();
-    eprintln!("lease: {successor} took over from {leader} {took:?} after the kill");
+    eprintln!("lease: {successor} took over from {leader} {took:?} after a crash");
     assert!(successor.starts_with("connectors-controller-local-"), "{successor}");
-    // The lease lasts 15 s; the successor must not need much more.
     assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
     // The successor writes status.
     let ns = "succession";
@@ -677,6 +697,21 @@ async fn the_second_controller_takes_the_lease_when_the_leader_dies() {
     let spec = format!("{{connectorClassName: oci, address: \"http://{REGISTRY}\"}}");
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "after", &spec)));
     wait_condition(&client, ns, "after", "LivenessReady", "False", None).await;
+
+    // The crashed replica comes back; a clean stop (SIGTERM) of the leader
+    // releases the lease, and the other takes it within seconds.
+    recreate_replica(&crashed).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let stopped = end_replica(cluster, &successor, "-TERM");
+    let stopped_at = std::time::Instant::now();
+    let next = lease_holder(&client, Some(&successor)).await;
+    let took = stopped_at.elapsed();
+    eprintln!("lease: {next} took over from {successor} {took:?} after a clean stop");
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "a released lease took {took:?}"
+    );
+    recreate_replica(&stopped).await;
 }
 
 /// The leaf certificate the webhook serves now (DER).
