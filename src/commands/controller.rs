@@ -106,8 +106,9 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         health_limits: controller::health::limits(),
     };
     let health = super::bind(args.health_listen).await?;
+    let shutdown = super::webhook::shutdown_signal();
     tracing::info!(addr = %health.local_addr()?, identity = %settings.identity, "controller health endpoints listening");
-    ::controller::run(client, settings, health, super::webhook::shutdown_signal())
+    ::controller::run(client, settings, health, shutdown)
         .await
         .context("the controller's health server failed")
 }

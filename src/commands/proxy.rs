@@ -262,6 +262,12 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         }
         _ => Proxy::cluster(&args.cluster.settings(), args.forward.upstream_options()).await?,
     };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = super::webhook::shutdown_signal();
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop.send(true);
+    });
     let listener = super::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, mode = "reverse", "proxy listening");
     let limits = ServerLimits {
@@ -270,11 +276,6 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
         max_connections: args.max_connections,
     };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        super::webhook::shutdown_signal().await;
-        let _ = stop.send(true);
-    });
     let role = Role::Registry {
         metrics: args.metrics_listen.is_none(),
     };

@@ -68,8 +68,9 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         metrics: Arc::new(Metrics::default()),
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = super::webhook::shutdown_signal();
     tokio::spawn(async move {
-        super::webhook::shutdown_signal().await;
+        signal.await;
         let _ = stop.send(true);
     });
     let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {

@@ -63,32 +63,40 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         config,
         metrics: Arc::new(Metrics::default()),
     };
+    let shutdown = shutdown_signal();
     let listener = super::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "webhook listening");
     let limits = server::limits(Duration::from_secs(args.shutdown_grace_seconds));
-    server::serve_tls(listener, server::router(state), tls, limits, shutdown_signal())
+    server::serve_tls(listener, server::router(state), tls, limits, shutdown)
         .await
         .context("the webhook server failed")
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
+/// called, not when the future is first polled: a signal that arrives
+/// between "listening" and the first poll still shuts down cleanly instead
+/// of killing the process. Call it inside the runtime, before listening.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
+    let signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::terminate()).and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+    };
+    async move {
+        #[cfg(unix)]
+        match signals {
+            Ok((mut term, mut interrupt)) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = interrupt.recv() => {},
+                }
             }
-        };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
 }
