@@ -1077,6 +1077,9 @@ async fn injected_pods_are_identified_by_their_address_as_the_api_server_reports
         ("job", "builder", false, "127.0.0.21"),
         ("host", "builder", true, "127.0.0.22"),
         ("stranger", "stranger", false, "127.0.0.23"),
+        ("twin-a", "builder", false, "127.0.0.24"),
+        ("twin-b", "builder", false, "127.0.0.24"),
+        ("last", "builder", false, "127.0.0.25"),
     ] {
         let pod = format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  serviceAccountName: {account}\n  hostNetwork: {host_network}\n  containers: [{{name: app, image: \"{REGISTRY}/team/app:1\"}}]\n"
@@ -1110,6 +1113,18 @@ async fn injected_pods_are_identified_by_their_address_as_the_api_server_reports
         manifest_status_from("127.0.0.22".parse().unwrap(), proxy, ns).await,
         401
     );
+    // Once the last pod is seen, so are all before it (one watch, in order).
+    eventually_status("127.0.0.25", proxy, ns, 200).await;
+    // An address two pods claim identifies neither, until one is gone.
+    assert_eq!(
+        manifest_status_from("127.0.0.24".parse().unwrap(), proxy, ns).await,
+        401
+    );
+    cluster.kubectl_ok(
+        &["delete", "pod", "twin-b", "-n", ns, "--grace-period", "0", "--force"],
+        None,
+    );
+    eventually_status("127.0.0.24", proxy, ns, 200).await;
     // A deleted pod's address identifies nobody.
     cluster.kubectl_ok(
         &["delete", "pod", "job", "-n", ns, "--grace-period", "0", "--force"],

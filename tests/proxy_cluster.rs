@@ -11,8 +11,7 @@
 //! where tokens, RBAC and pod addresses are proven against kube-apiserver)
 //! cannot be made to show on demand: how many TokenReviews and
 //! SubjectAccessReviews a run of requests costs, a revocation answered at a
-//! chosen moment, one address claimed by two pods, and node identities
-//! before a kubelet runs.
+//! chosen moment, and node identities before a kubelet runs.
 
 mod support;
 
