@@ -13,8 +13,7 @@ use certs::CertificateAuthority;
 use connector::injection::InjectionConfig;
 use connector::store::{ConnectorStore, FileStore};
 use serving::ServerLimits;
-use testing::openings::{IDLE_OPENINGS, held_for};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use testing::openings::{IDLE_OPENINGS, get_on, held_for};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use webhook::server::{WebhookState, router, serve_tls};
@@ -34,18 +33,11 @@ fn limits() -> ServerLimits {
 }
 
 /// `GET path` with `Connection: close` on `stream`; the whole answer.
-async fn get<S>(mut stream: S, path: &str) -> String
+async fn get<S>(stream: S, path: &str) -> String
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: listener\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    tokio::time::timeout(HEAD_TIMEOUT + SLACK, stream.read_to_end(&mut answer))
-        .await
-        .unwrap_or_else(|_| panic!("no answer to GET {path}"))
-        .unwrap();
-    String::from_utf8_lossy(&answer).into_owned()
+    get_on(stream, path, HEAD_TIMEOUT + SLACK).await
 }
 
 /// A TLS client that trusts `ca`, speaking HTTP/1.1 to 127.0.0.1.

@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use serving::ServerLimits;
 use support::InProcessProxy;
-use testing::openings::{IDLE_OPENINGS, held_for};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use testing::openings::{IDLE_OPENINGS, get_on, held_for};
 use tokio::net::TcpStream;
 
 /// The head timeout of these listeners.
@@ -22,15 +21,7 @@ const SLACK: Duration = Duration::from_secs(3);
 /// `GET path` on a connection of its own; the whole answer, or a panic if
 /// none comes within the head timeout and its slack.
 async fn get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = String::new();
-    tokio::time::timeout(HEAD_TIMEOUT + SLACK, stream.read_to_string(&mut answer))
-        .await
-        .unwrap_or_else(|_| panic!("{addr}: no answer to GET {path}"))
-        .unwrap();
-    answer
+    get_on(TcpStream::connect(addr).await.unwrap(), path, HEAD_TIMEOUT + SLACK).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

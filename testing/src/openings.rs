@@ -32,3 +32,19 @@ where
         }
     }
 }
+
+/// `GET path` with `Connection: close` on `stream`: the whole answer, or a
+/// panic if it has not come within `patience`.
+pub async fn get_on<S>(mut stream: S, path: &str, patience: Duration) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let request = format!("GET {path} HTTP/1.1\r\nHost: listener\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(patience, stream.read_to_end(&mut answer))
+        .await
+        .unwrap_or_else(|_| panic!("no answer to GET {path} within {patience:?}"))
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
