@@ -20,7 +20,6 @@ use connector::ConnectorKey;
 use connector::address::RegistryAddress;
 use connector::keys;
 use connector::selection::parse_connector_list;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header;
 use hyper::service::service_fn;
@@ -241,7 +240,7 @@ impl ForwardProxy {
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<registry::body::BoxError>,
     {
-        let request = request.map(|b| registry::body::lingering(b.map_err(Into::into).boxed()));
+        let request = request.map(registry::body::from_client);
         let result = async {
             match route::parse_origin_route(request.uri().path(), key)? {
                 // NB: the tunnel is authenticated; a challenge here would

@@ -6,7 +6,6 @@
 
 use access::Caller;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::header;
 use hyper::{Method, Request, Response, StatusCode};
 use registry::body::{BoxError, ProxyBody};
@@ -25,7 +24,7 @@ impl Pipeline {
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
-        let request = request.map(|b| registry::body::lingering(b.map_err(Into::into).boxed()));
+        let request = request.map(registry::body::from_client);
         let mut connector = String::new();
         let result = self.reverse(request, &mut connector).await;
         self.answer(result, connector, Mode::Reverse)

@@ -28,17 +28,21 @@ const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 /// How much of it is read (and dropped) at most.
 const LINGER_BYTES: u64 = 256 * 1024 * 1024;
 
-/// A client's request body that, when dropped unfinished (the upstream
-/// answered early: a quota or size refusal, an error), is read on to its
-/// end in the background, for up to 30 s and 256 MiB.
+/// A client's request body as the proxy relays it. Dropped unfinished (the
+/// upstream answered early: a quota or size refusal, an error), it is read
+/// on to its end in the background, for up to 30 s and 256 MiB.
 ///
 /// NB: a server that stops reading an upload and closes makes the client's
 /// kernel reset the connection, and the client then sees a failed write
 /// instead of the answer; reading on lets it finish sending and read the
 /// upstream's status, as nginx's lingering close does.
-pub fn lingering(body: ProxyBody) -> ProxyBody {
+pub fn from_client<B>(body: B) -> ProxyBody
+where
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
     Lingering {
-        inner: Some(body),
+        inner: Some(body.map_err(Into::into).boxed()),
         finished: false,
     }
     .boxed()
