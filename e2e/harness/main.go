@@ -1,9 +1,11 @@
-// Command harness is the e2e control plane in one program, called as
+// Command harness is the e2e control plane and node in one program, called as
 //
 //	harness etcd --dir DIR --client-url URL --peer-url URL
 //	harness kube-apiserver FLAGS...
 //	harness kube-controller-manager FLAGS...
 //	harness kube-scheduler FLAGS...
+//	harness kubelet FLAGS...
+//	harness kube-proxy FLAGS...
 //	harness kubectl ARGS...
 //	harness pki --dir DIR --server URL
 //
@@ -14,6 +16,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 
@@ -22,12 +25,14 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: harness etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|pki ...")
+		fmt.Fprintln(os.Stderr, "usage: harness etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl|pki ...")
 		os.Exit(2)
 	}
 	program := os.Args[1]
@@ -44,6 +49,10 @@ func main() {
 		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
 	case "kube-scheduler":
 		os.Exit(cli.Run(scheduler.NewSchedulerCommand()))
+	case "kubelet":
+		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
+	case "kube-proxy":
+		os.Exit(cli.Run(proxy.NewProxyCommand()))
 	case "kubectl":
 		// NB: as kubectl's own main: errors are printed by CheckErr.
 		if err := cli.RunNoErrOutput(kubectl.NewDefaultKubectlCommand()); err != nil {

@@ -30,21 +30,40 @@ type clientIdentity struct {
 	file   string
 	user   string
 	groups []string
+	// also written as <certs>.crt and <certs>.key, when not empty
+	certs string
 }
 
+// The e2e node's name: its kubelet's identity is system:node:<name>.
+const nodeName = "e2e-node"
+
 var clients = []clientIdentity{
-	{"kubeconfig", "kubernetes-admin", []string{"system:masters"}},
-	{"controller-manager.kubeconfig", "system:kube-controller-manager", nil},
-	{"scheduler.kubeconfig", "system:kube-scheduler", nil},
+	{"kubeconfig", "kubernetes-admin", []string{"system:masters"}, ""},
+	{"controller-manager.kubeconfig", "system:kube-controller-manager", nil, ""},
+	{"scheduler.kubeconfig", "system:kube-scheduler", nil, ""},
+	{"kubelet.kubeconfig", "system:node:" + nodeName, []string{"system:nodes"}, ""},
+	{"kube-proxy.kubeconfig", "system:kube-proxy", nil, ""},
+	// The API server's client certificate for kubelet (logs, exec).
+	{"apiserver-kubelet-client.kubeconfig", "kube-apiserver-kubelet-client", []string{"system:masters"}, "apiserver-kubelet-client"},
 }
 
 // runPKI writes the cluster's certificates, keys and kubeconfigs to --dir:
-// a CA, the API server's serving certificate, the ServiceAccount signing
-// key, and a client certificate with a kubeconfig per client.
+// a CA, the API server's serving certificate (for loopback, the
+// `kubernetes` Service and every --ip), the ServiceAccount signing key, and
+// a client certificate with a kubeconfig per client.
 func runPKI(args []string) int {
 	flags := flag.NewFlagSet("pki", flag.ContinueOnError)
 	dir := flags.String("dir", "", "output directory")
 	server := flags.String("server", "", "the API server's URL, for the kubeconfigs")
+	var ips []net.IP
+	flags.Func("ip", "another address the API server's certificate names (repeatable)", func(value string) error {
+		ip := net.ParseIP(value)
+		if ip == nil {
+			return fmt.Errorf("not an IP address: %q", value)
+		}
+		ips = append(ips, ip)
+		return nil
+	})
 	if err := flags.Parse(args); err != nil {
 		return 2
 	}
@@ -52,14 +71,14 @@ func runPKI(args []string) int {
 		fmt.Fprintln(os.Stderr, "pki: --dir and --server are required")
 		return 2
 	}
-	if err := writePKI(*dir, *server); err != nil {
+	if err := writePKI(*dir, *server, ips); err != nil {
 		fmt.Fprintf(os.Stderr, "pki: %v\n", err)
 		return 1
 	}
 	return 0
 }
 
-func writePKI(dir, server string) error {
+func writePKI(dir, server string, ips []net.IP) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
@@ -77,7 +96,7 @@ func writePKI(dir, server string) error {
 			"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
 			"kubernetes.default.svc.cluster.local",
 		},
-		IPAddresses: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP(kubernetesServiceIP)},
+		IPAddresses: append([]net.IP{net.ParseIP("127.0.0.1"), net.ParseIP(kubernetesServiceIP)}, ips...),
 	}
 	servingKey, servingDER, err := issue(serving, caCert, caKey)
 	if err != nil {
@@ -111,6 +130,11 @@ func writePKI(dir, server string) error {
 		}
 		if err := writeKubeconfig(filepath.Join(dir, client.file), server, caCert, der, key); err != nil {
 			return err
+		}
+		if client.certs != "" {
+			if err := writeCert(dir, client.certs, der, key); err != nil {
+				return err
+			}
 		}
 	}
 	return nil
