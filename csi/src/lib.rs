@@ -7,15 +7,19 @@
 //! `request` validates what kubelet sends, `authorize` decides which connectors
 //! the pod may use, `render` turns that into file contents, `target` writes
 //! them atomically, and `server` is the gRPC shell around them (`client`
-//! dials it).
+//! dials it). `registration` registers the plugin with kubelet and `health`
+//! answers kubelet's liveness probe, so the plugin needs no sidecars.
 //!
 //! The files' environment comes from `connector::injection` and the
 //! decision from `access`; it must not depend on `proxy`, `webhook` or
 //! `registry`.
 
+pub mod authority;
 pub mod authorize;
 pub mod client;
 pub mod files;
+pub mod health;
+pub mod registration;
 pub mod render;
 pub mod request;
 pub mod server;

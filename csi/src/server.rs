@@ -12,7 +12,6 @@ use access::caller::Authorizer;
 use connector::keys;
 use connector::selection::format_connector_list;
 use connector::store::ConnectorStore;
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Code, Request, Response, Status};
 
 use crate::authorize::{self, AccessError};
@@ -100,15 +99,10 @@ impl Plugin {
     }
 }
 
-/// Serves both services on the unix socket at `socket` until `shutdown`
-/// completes. A socket left by an earlier run is replaced; the socket is
-/// removed on the way out. `on_listening` is called once it accepts.
-pub async fn serve_unix(
-    socket: &Path,
-    plugin: Plugin,
-    shutdown: impl Future<Output = ()> + Send,
-    on_listening: impl FnOnce(&Path),
-) -> Result<(), ServeError> {
+/// Listens on the unix socket at `socket`: a socket left by an earlier run
+/// is replaced, anything else there is refused, missing directories are
+/// created.
+pub(crate) fn bind_socket(socket: &Path) -> Result<tokio::net::UnixListener, ServeError> {
     let socket_error = |source| ServeError::Socket {
         path: socket.to_owned(),
         source,
@@ -126,14 +120,26 @@ pub async fn serve_unix(
     if let Some(parent) = socket.parent() {
         std::fs::create_dir_all(parent).map_err(socket_error)?;
     }
-    let listener = tokio::net::UnixListener::bind(socket).map_err(socket_error)?;
+    tokio::net::UnixListener::bind(socket).map_err(socket_error)
+}
+
+/// Serves both services on the unix socket at `socket` until `shutdown`
+/// completes. A socket left by an earlier run is replaced; the socket is
+/// removed on the way out. `on_listening` is called once it accepts.
+pub async fn serve_unix(
+    socket: &Path,
+    plugin: Plugin,
+    shutdown: impl Future<Output = ()> + Send,
+    on_listening: impl FnOnce(&Path),
+) -> Result<(), ServeError> {
+    let listener = bind_socket(socket)?;
     on_listening(socket);
     let served = tonic::transport::Server::builder()
         .add_service(IdentityServer::new(IdentityService {
             store: plugin.store.clone(),
         }))
         .add_service(NodeServer::new(NodeService { plugin }))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(crate::authority::incoming(listener), shutdown)
         .await;
     let _ = std::fs::remove_file(socket);
     Ok(served?)

@@ -586,3 +586,126 @@ fn endpoints_name_absolute_unix_sockets() {
         assert_eq!(got.as_deref(), want.map(Path::new), "{endpoint}");
     }
 }
+
+/// Calls `GetPluginInfo` on `socket` with gRPC C-core (Python's grpcio)
+/// and a `unix:` target, as `authority` when given: the name it returns,
+/// or the error.
+fn grpcio_plugin_name(socket: &Path, authority: Option<&str>) -> Result<String, String> {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ci-venv/bin/python");
+    assert!(python.exists(), "{} is missing: run bash .ci/install", python.display());
+    let script = r#"
+import sys, grpc
+options = [("grpc.default_authority", sys.argv[2])] if len(sys.argv) > 2 else []
+channel = grpc.insecure_channel("unix:" + sys.argv[1], options=options)
+call = channel.unary_unary("/csi.v1.Identity/GetPluginInfo",
+    request_serializer=lambda m: m, response_deserializer=lambda m: m)
+try:
+    reply = call(b"", timeout=10)
+except grpc.RpcError as e:
+    sys.stderr.write("%s: %s" % (e.code(), e.details()))
+    sys.exit(1)
+# GetPluginInfoResponse field 1 (name): tag, length, bytes.
+assert reply[0] == 0x0a, reply
+sys.stdout.write(reply[2:2 + reply[1]].decode())
+"#;
+    let mut command = std::process::Command::new(python);
+    command.arg("-c").arg(script).arg(socket);
+    if let Some(authority) = authority {
+        command.arg(authority);
+    }
+    let output = command.output().unwrap();
+    if output.status.success() {
+        Ok(String::from_utf8(output.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_c_core_clients_are_served_whatever_authority_their_unix_target_sends() {
+    let driver = Driver::start().await;
+    let socket = driver.dir.path().join("plugin/csi.sock");
+    let blocking = tokio::task::spawn_blocking(move || {
+        [
+            // grpcio's own: the percent-encoded socket path.
+            None,
+            // kubelet's plugin watcher's: the socket path itself.
+            Some("/var/lib/kubelet/plugins_registry/connectors-csi-reg.sock"),
+            // A proper one passes unchanged.
+            Some("localhost"),
+        ]
+        .map(|authority| (authority, grpcio_plugin_name(&socket, authority)))
+    });
+    for (authority, name) in blocking.await.unwrap() {
+        assert_eq!(name.as_deref(), Ok("connectors-csi"), "authority {authority:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_registers_itself_as_kubelets_plugin_watcher_asks_and_stops_when_refused() {
+    use csi::registration::proto::registration_client::RegistrationClient;
+    use csi::registration::proto::{InfoRequest, RegistrationStatus};
+    use csi::registration::{PluginEndpoint, RegistrationError, serve_registration};
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("plugins_registry/connectors-csi-reg.sock");
+    let info = PluginEndpoint {
+        name: "connectors-csi".to_owned(),
+        endpoint: "/var/lib/kubelet/plugins/connectors-csi/csi.sock".into(),
+    };
+    let statuses = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = statuses.clone();
+    let path = socket.clone();
+    let served = tokio::spawn(async move {
+        serve_registration(&path, info, std::future::pending(), move |status| {
+            seen.lock().unwrap().push(status.plugin_registered)
+        })
+        .await
+    });
+    let mut client = None;
+    for _ in 0..100 {
+        if socket.exists() {
+            client = Some(RegistrationClient::new(
+                csi::client::connect_unix(socket.clone(), Duration::from_secs(5))
+                    .await
+                    .unwrap(),
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut client = client.expect("the registration socket appears within 5s");
+    let plugin = client.get_info(InfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(plugin.r#type, "CSIPlugin");
+    assert_eq!(plugin.name, "connectors-csi");
+    assert_eq!(plugin.endpoint, "/var/lib/kubelet/plugins/connectors-csi/csi.sock");
+    assert_eq!(plugin.supported_versions, vec!["1.0.0".to_owned()]);
+
+    client
+        .notify_registration_status(RegistrationStatus {
+            plugin_registered: true,
+            error: String::new(),
+        })
+        .await
+        .unwrap();
+    client
+        .notify_registration_status(RegistrationStatus {
+            plugin_registered: false,
+            error: "driver name connectors-csi is taken".to_owned(),
+        })
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("a refusal ends registration")
+        .unwrap();
+    match outcome {
+        Err(RegistrationError::Refused(error)) => assert_eq!(error, "driver name connectors-csi is taken"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_eq!(*statuses.lock().unwrap(), vec![true, false]);
+    assert!(
+        !socket.exists(),
+        "the socket goes with the registration (kubelet deregisters)"
+    );
+}

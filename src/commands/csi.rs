@@ -5,6 +5,7 @@
 //! watched through the API server, and SubjectAccessReview decides whether
 //! the pod's ServiceAccount may use each connector its volume names.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,19 @@ pub struct Args {
     /// `spec.nodeName`).
     #[arg(long, env = "CONNECTORS_NODE_ID")]
     node_id: String,
+    /// Registers the plugin with kubelet: the socket to serve kubelet's
+    /// plugin registration on, in its `plugins_registry` directory (as the
+    /// container sees it). Needs `--kubelet-endpoint`.
+    #[arg(long, env = "CONNECTORS_CSI_REGISTRATION_SOCKET", requires = "kubelet_endpoint")]
+    registration_socket: Option<PathBuf>,
+    /// The CSI socket as the node sees it, which kubelet is told to dial:
+    /// `--endpoint`'s path on the host.
+    #[arg(long, env = "CONNECTORS_CSI_KUBELET_ENDPOINT", requires = "registration_socket")]
+    kubelet_endpoint: Option<PathBuf>,
+    /// Serves `/healthz` for kubelet's liveness probe here: 200 while the
+    /// plugin answers `Probe` ready on its own socket.
+    #[arg(long, env = "CONNECTORS_CSI_HEALTH_LISTEN")]
+    health_listen: Option<SocketAddr>,
     /// The store: YAML with the Namespaces and Connectors; reloaded when it
     /// changes.
     /// Standalone mode: the store file. Without it connectors are watched
@@ -88,12 +102,60 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         }
     };
     let plugin = csi::Plugin::new(store, authorizer, config, &args.node_id);
-    csi::serve_unix(
-        &socket,
-        plugin,
-        super::webhook::shutdown_signal(),
-        |path| tracing::info!(endpoint = %path.display(), node_id = %args.node_id, "csi listening"),
-    )
-    .await
-    .context("the CSI plugin failed")
+    // One signal stops every listener.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = super::webhook::shutdown_signal();
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop.send(true);
+    });
+    let until_stopped = || {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }
+    };
+    let node_id = args.node_id.clone();
+    let plugin_socket = socket.clone();
+    let serve_plugin = async {
+        csi::serve_unix(
+            &plugin_socket,
+            plugin,
+            until_stopped(),
+            |path| tracing::info!(endpoint = %path.display(), node_id = %node_id, "csi listening"),
+        )
+        .await
+        .context("the CSI plugin failed")
+    };
+    let register = async {
+        let (Some(registration), Some(endpoint)) = (&args.registration_socket, &args.kubelet_endpoint) else {
+            return Ok(());
+        };
+        let info = csi::registration::PluginEndpoint {
+            name: connector::keys::CSI_DRIVER.to_owned(),
+            endpoint: endpoint.clone(),
+        };
+        tracing::info!(socket = %registration.display(), endpoint = %endpoint.display(), "serving kubelet plugin registration");
+        csi::registration::serve_registration(registration, info, until_stopped(), |status| {
+            if status.plugin_registered {
+                tracing::info!("kubelet registered the plugin");
+            } else {
+                tracing::error!(error = %status.error, "kubelet refused the plugin");
+            }
+        })
+        .await
+        .context("registration with kubelet failed")
+    };
+    let health = async {
+        let Some(addr) = args.health_listen else {
+            return Ok(());
+        };
+        let listener = super::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "csi health endpoint listening");
+        csi::health::serve(listener, socket.clone(), until_stopped())
+            .await
+            .context("the CSI health server failed")
+    };
+    tokio::try_join!(serve_plugin, register, health)?;
+    Ok(())
 }

@@ -31,20 +31,38 @@ pub struct RealCluster {
 }
 
 static SHARED: OnceLock<RealCluster> = OnceLock::new();
+static WITH_NODE: OnceLock<RealCluster> = OnceLock::new();
 
 impl RealCluster {
     /// The cluster of this test binary, started by the first caller
     /// (building the harness first if its sources changed) with `product`
-    /// (the `connectors` binary) running its components. Panics with
-    /// `e2e/cluster`'s own message if it cannot start.
+    /// (the `connectors` binary) running its components as processes. Panics
+    /// with `e2e/cluster`'s own message if it cannot start.
     pub fn shared(product: &Path) -> &'static RealCluster {
-        SHARED.get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("connectors-e2e-{}", std::process::id()));
+        SHARED.get_or_init(|| Self::up(product, false))
+    }
+
+    /// The cluster of this test binary with a node (`E2E_NODE=1`): kubelet,
+    /// containerd and kube-proxy in a network namespace of their own, and
+    /// the product installed as pods from its image (built by
+    /// `image/build`). Needs root.
+    pub fn with_node() -> &'static RealCluster {
+        WITH_NODE.get_or_init(|| Self::up(Path::new(""), true))
+    }
+
+    fn up(product: &Path, node: bool) -> RealCluster {
+        {
+            let dir = std::env::temp_dir().join(format!(
+                "connectors-e2e-{}{}",
+                std::process::id(),
+                if node { "-node" } else { "" }
+            ));
             let root = workspace_root();
             let output = Command::new("bash")
                 .arg(root.join("e2e/cluster"))
                 .arg("up")
                 .arg(&dir)
+                .env("E2E_NODE", if node { "1" } else { "0" })
                 .env("E2E_CONNECTORS", product)
                 .env("E2E_OWNER_PID", std::process::id().to_string())
                 .env("E2E_REMOVE_DIR", "1")
@@ -65,7 +83,17 @@ impl RealCluster {
                 dir,
                 harness,
             }
-        })
+        }
+    }
+
+    /// A setting of the node (`netns`, `node_ip`, `host_ip`), from
+    /// `DIR/node.env`.
+    pub fn node_setting(&self, name: &str) -> String {
+        let env = std::fs::read_to_string(self.dir.join("node.env")).expect("the cluster has a node");
+        env.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("node.env has no {name}"))
+            .to_owned()
     }
 
     /// A client with cluster-admin rights.

@@ -138,8 +138,12 @@ pub struct RegistryOptions {
     pub tls: Option<RegistryTls>,
     /// `http.relativeurls`: upload `Location` headers without scheme and host.
     pub relative_urls: bool,
-    /// The loopback address to listen on.
+    /// The address to listen on: loopback, or with `netns` an address of
+    /// that namespace.
     pub ip: IpAddr,
+    /// Runs the registry in this network namespace (`/run/netns/<name>`, one
+    /// the tests made: the e2e node's), where the node's pods reach it.
+    pub netns: Option<String>,
     /// `log.level`: `error`, `warn`, `info` or `debug`. The access log
     /// (one combined-format line per request) is written at every level.
     pub log_level: String,
@@ -156,6 +160,7 @@ impl Default for RegistryOptions {
             tls: None,
             relative_urls: false,
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            netns: None,
             log_level: "warn".to_owned(),
             storage: None,
         }
@@ -199,6 +204,13 @@ impl RegistryOptions {
         self
     }
 
+    /// Runs in the network namespace `netns`, listening on `ip` there.
+    pub fn in_netns(mut self, netns: &str, ip: IpAddr) -> Self {
+        self.netns = Some(netns.to_owned());
+        self.ip = ip;
+        self
+    }
+
     /// Makes upload `Location` headers relative.
     pub fn relative_urls(mut self) -> Self {
         self.relative_urls = true;
@@ -230,8 +242,8 @@ impl Registry {
     /// waits until `GET /v2/` answers 200 or 401.
     pub async fn start(options: RegistryOptions) -> Result<Self> {
         assert!(
-            options.ip.is_loopback(),
-            "tests listen on 127.0.0.0/8 only, not {}",
+            options.ip.is_loopback() || options.netns.is_some(),
+            "tests listen on 127.0.0.0/8 or in their own network namespaces only, not {}",
             options.ip
         );
         let program = program::find("docker-registry")?;
@@ -250,7 +262,10 @@ impl Registry {
 
         let mut last_error = None;
         for _attempt in 0..PORT_ATTEMPTS {
-            let addr = free_port(options.ip)?;
+            let addr = match &options.netns {
+                None => free_port(options.ip)?,
+                Some(netns) => free_port_in(netns, options.ip)?,
+            };
             let config = config(&options, addr, &data_dir, auth.clone());
             fs::write(
                 &config_path,
@@ -264,7 +279,7 @@ impl Registry {
             if let Some((user, password)) = &credentials {
                 client = client.credentials(user, password);
             }
-            let mut child = spawn(&program, &config_path, &log_path, dir.path())?;
+            let mut child = spawn(&program, options.netns.as_deref(), &config_path, &log_path, dir.path())?;
             match wait_ready(&mut child, &client, &log_path).await {
                 Ok(()) => {
                     return Ok(Self {
@@ -482,10 +497,36 @@ fn free_port(ip: IpAddr) -> Result<SocketAddr> {
     listener.local_addr().map_err(io_error("find a free port"))
 }
 
-fn spawn(program: &Path, config: &Path, log_path: &Path, dir: &Path) -> Result<Child> {
+/// A free port on `ip` in the network namespace `netns`.
+fn free_port_in(netns: &str, ip: IpAddr) -> Result<SocketAddr> {
+    let output = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{netns}"))
+        .args(["python3", "-c"])
+        .arg("import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])")
+        .arg(ip.to_string())
+        .output()
+        .map_err(io_error("find a free port in the namespace"))?;
+    let port = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse::<u16>()
+        .map_err(|_| Error::Io {
+            action: format!("find a free port in {netns}"),
+            source: io::Error::other(String::from_utf8_lossy(&output.stderr).into_owned()),
+        })?;
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn spawn(program: &Path, netns: Option<&str>, config: &Path, log_path: &Path, dir: &Path) -> Result<Child> {
     let log = File::create(log_path).map_err(io_error("create the registry log"))?;
     let stderr = log.try_clone().map_err(io_error("share the registry log"))?;
-    let mut command = Command::new(program);
+    let mut command = match netns {
+        None => Command::new(program),
+        Some(netns) => {
+            let mut command = Command::new("nsenter");
+            command.arg(format!("--net=/run/netns/{netns}")).arg(program);
+            command
+        }
+    };
     command
         .arg("serve")
         .arg(config)
