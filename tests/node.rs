@@ -5,6 +5,7 @@
 //! Registries run in the node's network namespace, where its pods reach
 //! them; nothing leaves the machine.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -34,14 +35,11 @@ async fn node_registry(cluster: &RealCluster) -> Registry {
         .unwrap()
 }
 
-/// Pushes the product's image with one more layer, new to the node (a file
-/// of its own), to `registry` as `repository:tag`: containerd already holds
-/// the product's layer (the install imported it), so kubelet must fetch
-/// this one through the proxy.
-fn push_image(registry: &Registry, repository: &str) {
+/// Builds an image with buildah from `base` (an OCI archive; `None`:
+/// scratch) and `files` (host path, image path), and pushes it to
+/// `registry` as `repository:tag`.
+fn push_image(registry: &Registry, repository: &str, base: Option<&Path>, files: &[(&Path, &str)]) {
     let work = tempfile::tempdir().unwrap();
-    let stamp = work.path().join("stamp");
-    std::fs::write(&stamp, format!("{repository} {:?}\n", std::time::SystemTime::now())).unwrap();
     let buildah = |args: &[&str]| {
         let output = Command::new("buildah")
             .arg("--root")
@@ -59,9 +57,14 @@ fn push_image(registry: &Registry, repository: &str) {
         );
         String::from_utf8(output.stdout).unwrap().trim().to_owned()
     };
-    let base = format!("oci-archive:{}", product_image().display());
+    let base = base.map_or_else(
+        || "scratch".to_owned(),
+        |archive| format!("oci-archive:{}", archive.display()),
+    );
     let container = buildah(&["from", "--quiet", &base]);
-    buildah(&["copy", &container, stamp.to_str().unwrap(), "/stamp"]);
+    for (source, destination) in files {
+        buildah(&["copy", &container, source.to_str().unwrap(), destination]);
+    }
     let archive = work.path().join("image.tar");
     buildah(&[
         "commit",
@@ -137,7 +140,18 @@ async fn the_csi_plugin_registers_with_kubelet_by_itself() {
 async fn kubelet_pulls_an_unchanged_jobs_image_through_the_proxy_and_the_password_stays_in_the_connector() {
     let cluster = cluster();
     let registry = node_registry(cluster).await;
-    push_image(&registry, "demo/connectors:v0.2.0");
+    // The product's image with a layer of its own: containerd already holds
+    // the product's layer (the install imported it), so kubelet must fetch
+    // this one through the proxy.
+    let work = tempfile::tempdir().unwrap();
+    let stamp = work.path().join("stamp");
+    std::fs::write(&stamp, format!("{:?}\n", std::time::SystemTime::now())).unwrap();
+    push_image(
+        &registry,
+        "demo/connectors:v0.2.0",
+        Some(&product_image()),
+        &[(&stamp, "/stamp")],
+    );
     let digest = registry.manifest_digest("demo/connectors", "v0.2.0").await.unwrap();
     let namespace = "node-pulls";
     namespace_with_connector(cluster, namespace, &registry);
@@ -236,4 +250,114 @@ spec:
         "",
         "node files hold the password"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_publishes_the_csi_volume_with_the_pods_token_for_a_non_root_container() {
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    push_image(
+        &registry,
+        "tools/busybox:1",
+        None,
+        &[(Path::new("/bin/busybox"), "/bin/busybox")],
+    );
+    let namespace = "node-volume";
+    namespace_with_connector(cluster, namespace, &registry);
+
+    // A non-root container reads what the volume gives it and waits.
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: reader, namespace: {namespace}}}
+spec:
+  securityContext: {{runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000, runAsNonRoot: true}}
+  containers:
+    - name: reader
+      image: {registry}/tools/busybox:1
+      command: ["/bin/busybox", "sh", "-c"]
+      args:
+        - |
+          cd "$DOCKER_CONFIG" || exit 1
+          for f in config.json .env ca.crt context.token; do
+            /bin/busybox cat "$f" >/dev/null || exit 2
+          done
+          /bin/busybox grep -q '"auths"' config.json || exit 3
+          /bin/busybox grep -q BEGIN ca.crt || exit 4
+          echo read-all
+          exec /bin/busybox sleep 3600
+"#,
+        registry = registry.host_port()
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&pod));
+    let waited = cluster.kubectl(
+        &[
+            "-n",
+            namespace,
+            "wait",
+            "--for=condition=Ready",
+            "pod/reader",
+            "--timeout=120s",
+        ],
+        None,
+    );
+    let events = cluster.kubectl_ok(&["-n", namespace, "get", "events", "-o", "wide"], None);
+    assert!(
+        waited.status.success(),
+        "the pod runs: {}\n{events}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    let mut logs = String::new();
+    for _ in 0..30 {
+        logs = cluster.kubectl_ok(&["-n", namespace, "logs", "reader"], None);
+        if !logs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(logs.trim(), "read-all");
+
+    // On the node: kubelet published the volume under the pod's directory,
+    // the token file is not world-readable.
+    let uid = cluster.kubectl_ok(
+        &[
+            "-n",
+            namespace,
+            "get",
+            "pod",
+            "reader",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+        None,
+    );
+    let volume = Path::new("/var/lib/kubelet/pods")
+        .join(uid.trim())
+        .join("volumes/kubernetes.io~csi/connectors-csi/mount");
+    let token = volume.join("context.token");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token).unwrap().permissions());
+    assert_eq!(mode & 0o007, 0, "{} is {mode:o}", token.display());
+
+    // The volume goes with the pod.
+    cluster.kubectl_ok(
+        &[
+            "-n",
+            namespace,
+            "delete",
+            "pod",
+            "reader",
+            "--grace-period=1",
+            "--wait=true",
+        ],
+        None,
+    );
+    let mut gone = false;
+    for _ in 0..60 {
+        if !volume.exists() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(gone, "{} outlives the pod", volume.display());
 }

@@ -2,13 +2,14 @@
 //! the list, watch and get requests of kube-rs clients with the API server's
 //! own JSON, so code built on reflectors runs unchanged against it.
 //!
-//! The real control plane ([`crate::cluster`], `tests/e2e.rs`) is what proves
-//! the product against Kubernetes. This stand-in stays for what a real API
-//! server cannot be made to do on demand: a watch answered `410 Expired`,
-//! injected 5xx answers and slow or refused requests, counting every
+//! The real cluster ([`crate::cluster`]: `tests/e2e.rs`, and `tests/node.rs`
+//! with a real kubelet whose pulls the proxy authorizes by node) is what
+//! proves the product against Kubernetes. This stand-in stays for what a
+//! real API server cannot be made to do on demand: a watch answered `410
+//! Expired`, injected 5xx answers and slow or refused requests, counting every
 //! TokenReview and SubjectAccessReview a flood of forged tokens causes
-//! (`access/tests/reviews.rs`), pods with chosen IPs, phases and nodes without
-//! a kubelet (`tests/proxy_cluster.rs`), an egress policy
+//! (`access/tests/reviews.rs`), many pods and nodes with chosen IPs and
+//! phases at once, and their revocation timing (`tests/proxy_cluster.rs`), an egress policy
 //! other than the installed one (`controller/tests/status.rs`), and the
 //! controller's lease and certificate edge cases (`controller/tests`: a
 //! clean hand-over, a caBundle broken on purpose, which in the shared real

@@ -148,11 +148,19 @@ fn annotated_pod_gets_images_rewritten_and_everything_injected() {
             .map(|m| m["mountPath"].as_str().unwrap())
             .collect();
         assert_eq!(mounts, ["/var/run/connectors", "/var/run/connectors-ca"]);
+        let read_only: Vec<&Value> = container["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| &m["readOnly"])
+            .collect();
+        assert_eq!(read_only, [&Value::Bool(true), &Value::Bool(true)]);
     }
 
     let volumes = spec["volumes"].as_array().unwrap();
     assert_eq!(volumes[0]["csi"]["driver"], "connectors-csi");
-    assert_eq!(volumes[0]["csi"]["readOnly"], true);
+    // Writable at the pod's level, so that kubelet applies the fsGroup.
+    assert_eq!(volumes[0]["csi"]["readOnly"], false);
     assert_eq!(volumes[0]["csi"]["volumeAttributes"]["connectors"], "team/harbor");
     assert_eq!(
         volumes[1]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
