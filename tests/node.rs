@@ -116,6 +116,30 @@ subjects: [{{kind: ServiceAccount, name: default, namespace: {namespace}}}]
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&yaml));
 }
 
+/// Applies `yaml` and waits (two minutes at most) until `object` of
+/// `namespace` meets `condition`; returns the namespace's events.
+fn apply_and_wait(cluster: &RealCluster, namespace: &str, yaml: &str, condition: &str, object: &str) -> String {
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(yaml));
+    let waited = cluster.kubectl(
+        &[
+            "-n",
+            namespace,
+            "wait",
+            &format!("--for={condition}"),
+            object,
+            "--timeout=120s",
+        ],
+        None,
+    );
+    let events = cluster.kubectl_ok(&["-n", namespace, "get", "events", "-o", "wide"], None);
+    assert!(
+        waited.status.success(),
+        "{object} never met {condition}: {}\n{events}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+    events
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_csi_plugin_registers_with_kubelet_by_itself() {
     let cluster = cluster();
@@ -173,56 +197,30 @@ spec:
 "#,
         registry = registry.host_port()
     );
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&job));
-    let waited = cluster.kubectl(
-        &[
-            "-n",
-            namespace,
-            "wait",
-            "--for=condition=Complete",
-            "job/version",
-            "--timeout=120s",
-        ],
-        None,
-    );
-    let events = cluster.kubectl_ok(&["-n", namespace, "get", "events", "-o", "wide"], None);
-    assert!(
-        waited.status.success(),
-        "the Job completes: {}\n{events}",
-        String::from_utf8_lossy(&waited.stderr)
-    );
-
+    let events = apply_and_wait(cluster, namespace, &job, "condition=Complete", "job/version");
     // kubelet pulled the rewritten reference, the registry's manifest.
-    let image = cluster.kubectl_ok(
-        &[
-            "-n",
-            namespace,
-            "get",
-            "pods",
-            "-l",
-            "job-name=version",
-            "-o",
-            "jsonpath={.items[0].spec.containers[0].image}",
-        ],
-        None,
-    );
+    let of_the_pod = |path: &str| {
+        let jsonpath = format!("jsonpath={{.items[0].{path}}}");
+        cluster.kubectl_ok(
+            &[
+                "-n",
+                namespace,
+                "get",
+                "pods",
+                "-l",
+                "job-name=version",
+                "-o",
+                &jsonpath,
+            ],
+            None,
+        )
+    };
+    let image = of_the_pod("spec.containers[0].image");
     assert_eq!(
         image,
         format!("{PULL_ADDRESS}/namespaces/{namespace}/connectors/local/demo/connectors:v0.2.0")
     );
-    let image_id = cluster.kubectl_ok(
-        &[
-            "-n",
-            namespace,
-            "get",
-            "pods",
-            "-l",
-            "job-name=version",
-            "-o",
-            "jsonpath={.items[0].status.containerStatuses[0].imageID}",
-        ],
-        None,
-    );
+    let image_id = of_the_pod("status.containerStatuses[0].imageID");
     assert!(image_id.ends_with(&format!("@{digest}")), "{image_id} is {digest}");
     let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "job/version"], None);
     assert!(logs.starts_with("connectors "), "{logs}");
@@ -289,24 +287,7 @@ spec:
 "#,
         registry = registry.host_port()
     );
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&pod));
-    let waited = cluster.kubectl(
-        &[
-            "-n",
-            namespace,
-            "wait",
-            "--for=condition=Ready",
-            "pod/reader",
-            "--timeout=120s",
-        ],
-        None,
-    );
-    let events = cluster.kubectl_ok(&["-n", namespace, "get", "events", "-o", "wide"], None);
-    assert!(
-        waited.status.success(),
-        "the pod runs: {}\n{events}",
-        String::from_utf8_lossy(&waited.stderr)
-    );
+    apply_and_wait(cluster, namespace, &pod, "condition=Ready", "pod/reader");
     let mut logs = String::new();
     for _ in 0..30 {
         logs = cluster.kubectl_ok(&["-n", namespace, "logs", "reader"], None);
