@@ -342,3 +342,66 @@ spec:
     }
     assert!(gone, "{} outlives the pod", volume.display());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_keeps_working_while_a_webhook_pod_is_deleted() {
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    let namespace = "node-admission";
+    namespace_with_connector(cluster, namespace, &registry);
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{generateName: admitted-, namespace: {namespace}}}\nspec:\n  containers: [{{name: c, image: {}/tools/busybox:1}}]\n",
+        registry.host_port()
+    );
+    let webhook = cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=webhook",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+        None,
+    );
+    // The pod shuts down (its grace period) and a new one starts while pods
+    // are admitted (server-side dry runs: every webhook is called, nothing
+    // is stored).
+    cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-system",
+            "delete",
+            "pod",
+            webhook.trim(),
+            "--wait=false",
+        ],
+        None,
+    );
+    let mut failures = Vec::new();
+    let started = std::time::Instant::now();
+    let mut admitted = 0;
+    while started.elapsed() < Duration::from_secs(20) {
+        let created = cluster.kubectl(&["create", "--dry-run=server", "-o", "json", "-f", "-"], Some(&pod));
+        let stdout = String::from_utf8_lossy(&created.stdout);
+        if created.status.success() && stdout.contains("connectors.cpaas.io/") {
+            admitted += 1;
+        } else {
+            failures.push(format!("{}{stdout}", String::from_utf8_lossy(&created.stderr)));
+        }
+    }
+    println!(
+        "{admitted} admitted, {} failed while a webhook pod was replaced",
+        failures.len()
+    );
+    assert!(admitted >= 10, "only {admitted} admissions in 20 s");
+    assert!(
+        failures.is_empty(),
+        "{} of {} admissions failed: {:?}",
+        failures.len(),
+        admitted + failures.len(),
+        failures.first()
+    );
+}
