@@ -21,6 +21,32 @@ const PASSWORD: &str = "csi-registry-password-5d2e";
 const POD_TOKEN: &str = "csi-pod-token-first-81b3";
 const NEXT_POD_TOKEN: &str = "csi-pod-token-second-c4a0";
 
+/// `connectors csi` on `socket` with connectors from `store`, a fresh
+/// proxy CA (in `dir`) and `pull_address`, once it listens.
+fn start_plugin(dir: &Path, socket: &Path, store: &Path, pull_address: &str, extra: &[&str]) -> Process {
+    let ca = certs::CertificateAuthority::generate("connectors csi test CA", Duration::from_secs(3600)).unwrap();
+    let ca_path = dir.join("proxy-ca.crt");
+    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
+    let endpoint = format!("unix://{}", socket.display());
+    let mut args = vec![
+        "csi",
+        "--endpoint",
+        &endpoint,
+        "--node-id",
+        "node-a",
+        "--store",
+        store.to_str().unwrap(),
+        "--proxy-ca",
+        ca_path.to_str().unwrap(),
+        "--pull-address",
+        pull_address,
+        "--forward-proxy",
+        "127.0.0.1:3128",
+    ];
+    args.extend_from_slice(extra);
+    Process::start_until(&args, "csi listening")
+}
+
 /// The volume of pod `team/builder-0` naming `lab`.
 fn publish_request(target: &Path, token: &str) -> NodePublishVolumeRequest {
     support::csi::publish_request(target, token, ("team", "builder-0", "builder"), "lab")
@@ -65,30 +91,13 @@ async fn skopeo_pushes_and_pulls_through_the_proxy_with_only_the_volume_auth_fil
         "proxy listening",
     );
 
-    let ca = certs::CertificateAuthority::generate("connectors csi test CA", Duration::from_secs(3600)).unwrap();
-    let ca_path = dir.path().join("proxy-ca.crt");
-    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
     let socket = dir.path().join("plugins/connectors-csi/csi.sock");
-    let endpoint = format!("unix://{}", socket.display());
-    let pull_address = proxy_addr.to_string();
-    let plugin = Process::start_until(
-        &[
-            "csi",
-            "--endpoint",
-            &endpoint,
-            "--node-id",
-            "node-a",
-            "--store",
-            store.to_str().unwrap(),
-            "--proxy-ca",
-            ca_path.to_str().unwrap(),
-            "--pull-address",
-            &pull_address,
-            "--forward-proxy",
-            "127.0.0.1:3128",
-            "--pull-plain-http",
-        ],
-        "csi listening",
+    let plugin = start_plugin(
+        dir.path(),
+        &socket,
+        &store,
+        &proxy_addr.to_string(),
+        &["--pull-plain-http"],
     );
 
     // kubelet publishes the pod's volume.
@@ -202,29 +211,8 @@ fn csi_sanity_passes_every_test_a_node_only_ephemeral_plugin_answers() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store.yaml");
     std::fs::write(&store, StoreYaml::new("team").build()).unwrap();
-    let ca = certs::CertificateAuthority::generate("connectors csi test CA", Duration::from_secs(3600)).unwrap();
-    let ca_path = dir.path().join("proxy-ca.crt");
-    std::fs::write(&ca_path, ca.cert_pem()).unwrap();
     let socket = dir.path().join("csi.sock");
-    let endpoint = format!("unix://{}", socket.display());
-    let _plugin = Process::start_until(
-        &[
-            "csi",
-            "--endpoint",
-            &endpoint,
-            "--node-id",
-            "node-a",
-            "--store",
-            store.to_str().unwrap(),
-            "--proxy-ca",
-            ca_path.to_str().unwrap(),
-            "--pull-address",
-            "127.0.0.1:5080",
-            "--forward-proxy",
-            "127.0.0.1:3128",
-        ],
-        "csi listening",
-    );
+    let _plugin = start_plugin(dir.path(), &socket, &store, "127.0.0.1:5080", &[]);
     // The Identity and Node specs; the Controller, snapshot, group and
     // expansion specs test services this plugin does not offer (no
     // controller, inline ephemeral volumes only), and NodeUnpublishVolume's
