@@ -182,30 +182,6 @@ async fn skopeo_pushes_and_pulls_through_the_proxy_with_only_the_volume_auth_fil
     assert!(!proxy.log_text().contains(PASSWORD));
 }
 
-/// csi-sanity, built from `e2e/csi-sanity/go.mod` when missing or older
-/// than it.
-fn csi_sanity() -> std::path::PathBuf {
-    let module = support::root().join("e2e/csi-sanity");
-    let binary = support::root().join("target/e2e/csi-sanity");
-    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    if modified(&binary) < modified(&module.join("go.sum")) {
-        let output = std::process::Command::new("go")
-            .args(["build", "-trimpath", "-o"])
-            .arg(&binary)
-            .arg("github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity")
-            .current_dir(&module)
-            .env("CGO_ENABLED", "0")
-            .output()
-            .expect("go runs");
-        assert!(
-            output.status.success(),
-            "building csi-sanity failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    binary
-}
-
 #[test]
 fn csi_sanity_passes_every_test_a_node_only_ephemeral_plugin_answers() {
     let dir = tempfile::tempdir().unwrap();
@@ -218,17 +194,19 @@ fn csi_sanity_passes_every_test_a_node_only_ephemeral_plugin_answers() {
     // controller, inline ephemeral volumes only), and NodeUnpublishVolume's
     // "should remove target path" first creates a volume with the
     // Controller's CreateVolume.
-    let output = std::process::Command::new(csi_sanity())
-        .arg("--csi.endpoint")
-        .arg(&socket)
-        .arg("--csi.mountdir")
-        .arg(dir.path().join("target"))
-        .arg("--csi.stagingdir")
-        .arg(dir.path().join("staging"))
-        .args(["--ginkgo.no-color", "--ginkgo.focus", "Node Service|Identity Service"])
-        .args(["--ginkgo.skip", "should remove target path"])
-        .output()
-        .unwrap();
+    let output = std::process::Command::new(testing::program::go_tool(
+        "github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity",
+    ))
+    .arg("--csi.endpoint")
+    .arg(&socket)
+    .arg("--csi.mountdir")
+    .arg(dir.path().join("target"))
+    .arg("--csi.stagingdir")
+    .arg(dir.path().join("staging"))
+    .args(["--ginkgo.no-color", "--ginkgo.focus", "Node Service|Identity Service"])
+    .args(["--ginkgo.skip", "should remove target path"])
+    .output()
+    .unwrap();
     let report = String::from_utf8_lossy(&output.stdout);
     let summary = report
         .lines()

@@ -39,6 +39,11 @@ async fn node_registry(cluster: &RealCluster) -> Registry {
 /// scratch) and `files` (host path, image path), and pushes it to
 /// `registry` as `repository:tag`.
 fn push_image(registry: &Registry, repository: &str, base: Option<&Path>, files: &[(&Path, &str)]) {
+    push_image_with(registry, repository, base, files, &["--dest-tls-verify=false"]);
+}
+
+/// As [`push_image`], with `skopeo copy` options for the destination.
+fn push_image_with(registry: &Registry, repository: &str, base: Option<&Path>, files: &[(&Path, &str)], dest: &[&str]) {
     let work = tempfile::tempdir().unwrap();
     let buildah = |args: &[&str]| {
         let output = Command::new("buildah")
@@ -73,7 +78,8 @@ fn push_image(registry: &Registry, repository: &str, base: Option<&Path>, files:
         &format!("oci-archive:{}", archive.display()),
     ]);
     let output = Command::new("skopeo")
-        .args(["copy", "-q", "--dest-tls-verify=false"])
+        .args(["copy", "-q"])
+        .args(dest)
         .args(["--dest-creds", &format!("{USER}:{PASSWORD}")])
         .arg(format!("oci-archive:{}", archive.display()))
         .arg(registry.docker_reference(repository))
@@ -403,5 +409,85 @@ async fn admission_keeps_working_while_a_webhook_pod_is_deleted() {
         failures.len(),
         admitted + failures.len(),
         failures.first()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_client_in_a_pod_goes_through_the_forward_proxy_to_an_https_registry() {
+    use testing::TestTls;
+
+    let cluster = cluster();
+    let netns = cluster.node_setting("netns");
+    let ip: std::net::IpAddr = cluster.node_setting("node_ip").parse().unwrap();
+    let tls = TestTls::generate(&[], &[ip]).unwrap();
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD).tls(&tls).in_netns(&netns, ip))
+        .await
+        .unwrap();
+    // crane, static, as the pod's image; and an image for it to look up.
+    let crane = testing::program::go_tool("github.com/google/go-containerregistry/cmd/crane");
+    push_image_tls(&registry, &tls, "tools/crane:1", &[(&crane, "/crane")]);
+    let work = tempfile::tempdir().unwrap();
+    let stamp = work.path().join("stamp");
+    std::fs::write(&stamp, "forward mode\n").unwrap();
+    push_image_tls(&registry, &tls, "demo/target:v1", &[(&stamp, "/stamp")]);
+    let digest = registry.manifest_digest("demo/target", "v1").await.unwrap();
+
+    // The connector trusts the registry's CA; the pod trusts only what the
+    // webhook and the volume give it (the proxy CA in the bundle).
+    let namespace = "node-forward";
+    namespace_with_connector(cluster, namespace, &registry);
+    let ca_secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: registry-ca, namespace: {namespace}}}\nstringData:\n  ca.crt: |\n{}",
+        tls.ca_pem().lines().map(|l| format!("    {l}\n")).collect::<String>()
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&ca_secret));
+    cluster.kubectl_ok(
+        &[
+            "-n",
+            namespace,
+            "patch",
+            "connector",
+            "local",
+            "--type=merge",
+            "-p",
+            r#"{"spec": {"caCertSecretRef": {"name": "registry-ca"}}}"#,
+        ],
+        None,
+    );
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: crane, namespace: {namespace}}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsUser: 1000, fsGroup: 2000}}
+  containers:
+    - name: crane
+      image: {registry}/tools/crane:1
+      command: ["/crane", "digest", "{registry}/demo/target:v1"]
+"#,
+        registry = registry.host_port()
+    );
+    apply_and_wait(
+        cluster,
+        namespace,
+        &pod,
+        "jsonpath={.status.phase}=Succeeded",
+        "pod/crane",
+    );
+    let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "crane"], None);
+    assert_eq!(logs.trim(), digest, "crane saw the registry's manifest");
+}
+
+/// As [`push_image`], to a registry serving `tls`, from scratch.
+fn push_image_tls(registry: &Registry, tls: &testing::TestTls, repository: &str, files: &[(&Path, &str)]) {
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::write(certs.path().join("ca.crt"), tls.ca_pem()).unwrap();
+    push_image_with(
+        registry,
+        repository,
+        None,
+        files,
+        &["--dest-cert-dir", certs.path().to_str().unwrap()],
     );
 }

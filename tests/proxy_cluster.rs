@@ -501,30 +501,46 @@ async fn injected_pods_and_nodes_are_identified_by_source_address_and_nothing_el
     let direct = format!("{}/v2/lab/hello/manifests/v1", lab.registry.url());
     let forward = format!("http://{}", lab.forward_addr);
     let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
-    let (head, _) = curl(
-        &[
-            "-s",
-            "-o",
-            "/dev/null",
-            "-D",
-            "-",
-            "-H",
-            accept,
-            "-x",
-            &forward,
-            "--interface",
-            POD_IP,
-        ],
-        &direct,
-    )
-    .await;
+    // curl's arguments for a HEAD-like GET through `proxy` from `source`.
+    let through = |proxy: &str, source: Option<&str>| -> Vec<String> {
+        let mut args: Vec<String> = ["-s", "-o", "/dev/null", "-D", "-", "-H", accept, "-x", proxy]
+            .map(str::to_owned)
+            .into();
+        if let Some(ip) = source {
+            args.extend(["--interface".to_owned(), ip.to_owned()]);
+        }
+        args
+    };
+    let head_through = |proxy: String, source: Option<&'static str>| {
+        let args = through(&proxy, source);
+        let direct = direct.clone();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl(&args, &direct).await.0
+        }
+    };
+    let head = head_through(forward.clone(), Some(POD_IP)).await;
     assert_eq!(status_and_digest(&head), (200, lab.digest.clone()), "{head}");
-    let (head, _) = curl(
-        &["-s", "-o", "/dev/null", "-D", "-", "-H", accept, "-x", &forward],
-        &direct,
-    )
-    .await;
+    let head = head_through(forward.clone(), None).await;
     assert_eq!(status_and_digest(&head).0, 407, "{head}");
+    // The proxy URL the webhook injects names the connectors and carries no
+    // password: an unchanged client sends it as `Proxy-Authorization`
+    // with an empty password, and is still the pod at its address.
+    let injected = format!("http://team%2Fharbor@{}", lab.forward_addr);
+    for (source, expected) in [(Some(POD_IP), 200), (None, 407)] {
+        let head = head_through(injected.clone(), source).await;
+        assert_eq!(status_and_digest(&head).0, expected, "from {source:?}: {head}");
+    }
+    // A pod's first request may leave before its address reaches the
+    // proxy's informer: the forward proxy waits for it briefly.
+    let early = head_through(injected.clone(), Some("127.0.0.8"));
+    let create_pod = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        lab.api.apply(PODS, pod("team", "early", "127.0.0.8", "busybox", false));
+    };
+    let (head, ()) = tokio::join!(early, create_pod);
+    assert_eq!(status_and_digest(&head), (200, lab.digest.clone()), "{head}");
+    lab.api.delete(PODS, Some("team"), "early");
 
     // Nodes pull through reverse mode. A node may pull what its pods reference...
     assert_eq!(lab.get(Some(NODE_IP), None, hello).await, (200, lab.digest.clone()));

@@ -114,6 +114,13 @@ pub trait PeerIdentities: Send + Sync + 'static {
     /// and for an IP that two pods claim.
     fn pod(&self, ip: IpAddr) -> Option<Identity>;
 
+    /// As [`pod`](Self::pod), waiting briefly for an address not known yet:
+    /// a pod's first request can leave before kubelet has reported the
+    /// pod's IP and the informer has seen it.
+    fn pod_soon(&self, ip: IpAddr) -> BoxFuture<'_, Option<Identity>> {
+        Box::pin(std::future::ready(self.pod(ip)))
+    }
+
     /// The node whose address `ip` is.
     fn node(&self, ip: IpAddr) -> Option<String>;
 

@@ -542,6 +542,25 @@ impl PeerIdentities for PodIdentities {
         self.index().pods_by_ip.get(&ip).cloned().flatten()
     }
 
+    fn pod_soon(&self, ip: IpAddr) -> BoxFuture<'_, Option<Identity>> {
+        Box::pin(async move {
+            // NB: as pods_pulling: looks again only when a pod event arrived.
+            let deadline = tokio::time::Instant::now() + self.lag;
+            let mut changes = self.pod_changes.clone();
+            changes.mark_unchanged();
+            loop {
+                // NB: an address two pods claim is known and stays refused.
+                if let Some(claim) = self.index().pods_by_ip.get(&ip).cloned() {
+                    return claim;
+                }
+                match tokio::time::timeout_at(deadline, changes.changed()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) | Err(_) => return None,
+                }
+            }
+        })
+    }
+
     fn node(&self, ip: IpAddr) -> Option<String> {
         self.index().node_by_ip.get(&ip).cloned()
     }

@@ -144,6 +144,12 @@ impl Access {
         self.peers.as_ref()?.pod(peer.to_canonical())
     }
 
+    /// As [`pod_at`](Self::pod_at) for a caller's first request: waits
+    /// briefly for an address the informer has not seen yet.
+    pub async fn pod_soon_at(&self, peer: IpAddr) -> Option<Identity> {
+        self.peers.as_ref()?.pod_soon(peer.to_canonical()).await
+    }
+
     /// The identity a token proves.
     pub async fn authenticate(&self, token: &str) -> Result<Identity, Refusal> {
         match self.authenticator.authenticate(token).await {

@@ -67,6 +67,15 @@ node_requirements() {
     command -v "$tool" >/dev/null 2>&1 || die "the node needs $tool (bash .ci/install)"
   done
   [ -x /usr/lib/cni/bridge ] || die "the node needs the CNI plugins in /usr/lib/cni (bash .ci/install)"
+  local other
+  other="$(cat "$kubelet_owner" 2>/dev/null || true)"
+  if pgrep -x kubelet >/dev/null; then
+    die "a kubelet already runs on this machine and owns $kubelet_root"
+  fi
+  if [ -n "$other" ] && [ "$other" != "$dir" ] && [ -f "$other/pids/kubelet.pid" ] &&
+    kill -0 "$(cat "$other/pids/kubelet.pid")" 2>/dev/null; then
+    die "the e2e cluster in $other runs a node (one per machine): take it down first"
+  fi
 }
 
 # node_id: a short name for DIR, for the namespace, veth and cgroups.
@@ -294,15 +303,6 @@ node_up() {
   node_start containerd --config "$dir/node/containerd.toml"
   wait_for containerd 60 ctr_ version
   node_images
-  local other
-  other="$(cat "$kubelet_owner" 2>/dev/null || true)"
-  if pgrep -x kubelet >/dev/null; then
-    die "a kubelet already runs on this machine and owns $kubelet_root"
-  fi
-  if [ -n "$other" ] && [ "$other" != "$dir" ] && [ -f "$other/pids/kubelet.pid" ] &&
-    kill -0 "$(cat "$other/pids/kubelet.pid")" 2>/dev/null; then
-    die "the e2e cluster in $other runs a node (one per machine): take it down first"
-  fi
   mkdir -p "$kubelet_root"
   echo "$dir" >"$kubelet_owner"
   node_start kubelet --config "$dir/node/kubelet.yaml" \
@@ -353,7 +353,8 @@ pull_address=10.96.100.100
 # single-node cluster needs beside manifests/ (manifests/nodes.md): the
 # proxy's pinned ClusterIP as the pull address, node pulls identified by
 # address, egress allowed to the node's address (where the tests run their
-# registries), and containerd trusting the proxy CA for the pull address.
+# registries), and containerd trusting the proxy CA for the pull address;
+# and, as the cluster runs no DNS, the forward proxy by that address too.
 node_install() {
   local base image="$root/target/image/connectors.oci.tar"
   if [ -z "${E2E_IMAGE:-}" ]; then
@@ -370,6 +371,7 @@ node_install() {
   settings="$(
     cat <<PATCH
       - {op: replace, path: /data/CONNECTORS_PULL_ADDRESS, value: "$pull_address"}
+      - {op: replace, path: /data/CONNECTORS_FORWARD_PROXY, value: "$pull_address:3128"}
       - {op: add, path: /data/CONNECTORS_NODE_IDENTITY_BY_ADDRESS, value: "true"}
       - {op: add, path: /data/CONNECTORS_EGRESS_ALLOW, value: "$node_ip/32"}
 PATCH

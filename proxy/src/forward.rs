@@ -339,7 +339,7 @@ impl ForwardProxy {
     ) -> Result<(Identity, Vec<ConnectorKey>, Proof), ProxyError> {
         let access = self.pipeline.access();
         let Some(value) = headers.get(header::PROXY_AUTHORIZATION) else {
-            let identity = access.pod_at(peer.ip()).ok_or(access::Refusal::Anonymous)?;
+            let identity = access.pod_soon_at(peer.ip()).await.ok_or(access::Refusal::Anonymous)?;
             let keys = self.namespace_connectors(identity.service_account().map(|(ns, _)| ns).unwrap_or_default());
             return Ok((identity, keys, Proof::PodAddress(peer.ip())));
         };
@@ -347,18 +347,32 @@ impl ForwardProxy {
             .to_str()
             .ok()
             .and_then(basic_credentials)
-            .filter(|(_, token)| !token.is_empty())
             .ok_or(access::Refusal::Unreadable)?;
+        if token.is_empty() {
+            // The proxy URL the webhook injects names the connectors and
+            // carries no password; unchanged clients send it as it is. Such
+            // a caller is, as without the header, the injected pod at its
+            // address, and the list only narrows its connectors.
+            let identity = access.pod_soon_at(peer.ip()).await.ok_or(access::Refusal::Unreadable)?;
+            let keys = self.named_connectors(&username, &identity)?;
+            return Ok((identity, keys, Proof::PodAddress(peer.ip())));
+        }
         let identity = access.authenticate(&token).await?;
-        let namespace = identity.service_account().map(|(ns, _)| ns.to_owned());
-        let list = percent_encoding::percent_decode_str(&username).decode_utf8_lossy();
-        let keys = if list.trim().is_empty() {
-            // No list: every connector of the caller's own namespace.
-            self.namespace_connectors(namespace.as_deref().unwrap_or_default())
-        } else {
-            parse_connector_list(&list, namespace.as_deref().unwrap_or_default())?
-        };
+        let keys = self.named_connectors(&username, &identity)?;
         Ok((identity, keys, Proof::Token(token)))
+    }
+
+    /// The connectors the proxy URL's user names (percent-encoded), in the
+    /// caller's namespace unless qualified; no list: every connector of the
+    /// caller's namespace.
+    fn named_connectors(&self, username: &str, identity: &Identity) -> Result<Vec<ConnectorKey>, ProxyError> {
+        let namespace = identity.service_account().map(|(ns, _)| ns).unwrap_or_default();
+        let list = percent_encoding::percent_decode_str(username).decode_utf8_lossy();
+        if list.trim().is_empty() {
+            Ok(self.namespace_connectors(namespace))
+        } else {
+            Ok(parse_connector_list(&list, namespace)?)
+        }
     }
 
     /// Every connector of `namespace`.

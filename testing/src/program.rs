@@ -26,6 +26,36 @@ pub fn find(name: &str) -> Result<PathBuf, MissingProgram> {
         .ok_or_else(|| MissingProgram { name: name.to_owned() })
 }
 
+/// A Go tool pinned in `e2e/tools/go.mod` (`package`, e.g.
+/// `github.com/google/go-containerregistry/cmd/crane`), built statically
+/// into `target/e2e/<name>` when missing or older than the module's
+/// `go.sum`. Panics with the build's output when it fails.
+pub fn go_tool(package: &str) -> PathBuf {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the testing crate sits in the workspace");
+    let module = root.join("e2e/tools");
+    let name = package.rsplit('/').next().expect("a package path");
+    let binary = root.join("target/e2e").join(name);
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    if modified(&binary) < modified(&module.join("go.sum")) {
+        let output = std::process::Command::new("go")
+            .args(["build", "-trimpath", "-o"])
+            .arg(&binary)
+            .arg(package)
+            .current_dir(&module)
+            .env("CGO_ENABLED", "0")
+            .output()
+            .expect("go runs (the e2e tools are built with Go 1.26 or newer)");
+        assert!(
+            output.status.success(),
+            "building {package} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    binary
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
