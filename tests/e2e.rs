@@ -80,6 +80,14 @@ fn with_secret(address: &str, secret: &str) -> String {
     )
 }
 
+/// Connector `name` of `namespace` for `address`, with the Secret `robot`
+/// holding `USER`/`PASSWORD`.
+fn robot_connector(cluster: &RealCluster, namespace: &str, name: &str, address: &str) {
+    basic_auth_secret(cluster, namespace, "robot", PASSWORD);
+    let spec = with_secret(address, "robot");
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(namespace, name, &spec)));
+}
+
 fn connector_yaml(namespace: &str, name: &str, spec: &str) -> String {
     format!(
         "apiVersion: connectors.alauda.io/v1alpha1\nkind: Connector\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
@@ -427,9 +435,7 @@ async fn real_service_account_tokens_push_and_pull_through_the_proxy_and_no_othe
         .unwrap();
     let ns = "identity";
     namespace(&client, ns).await;
-    basic_auth_secret(cluster, ns, "robot", PASSWORD);
-    let spec = with_secret(&format!("http://{}", registry.host_port()), "robot");
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "reg", &spec)));
+    robot_connector(cluster, ns, "reg", &format!("http://{}", registry.host_port()));
     service_accounts(
         cluster,
         ns,
@@ -481,6 +487,7 @@ async fn real_service_account_tokens_push_and_pull_through_the_proxy_and_no_othe
     assert_eq!(manifest_status(proxy, ns, "reg", &builder).await, 200);
     // Only in the namespace its RoleBinding is in.
     namespace(&client, "identity-other").await;
+    let spec = with_secret(&format!("http://{}", registry.host_port()), "robot");
     cluster.kubectl_ok(
         &["apply", "-f", "-"],
         Some(&connector_yaml("identity-other", "reg", &spec)),
@@ -833,9 +840,7 @@ async fn a_healthy_connector_gets_every_condition_its_proxy_address_ca_and_a_rea
         .unwrap();
     let ns = "healthy";
     namespace(&client, ns).await;
-    basic_auth_secret(cluster, ns, "robot", PASSWORD);
-    let spec = with_secret(&registry.url(), "robot");
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "registry", &spec)));
+    robot_connector(cluster, ns, "registry", &registry.url());
     let ready = wait_condition(&client, ns, "registry", "Ready", "True", Some("Ready")).await;
     for (kind, reason) in [
         ("SecretReady", "SecretValid"),
@@ -1017,9 +1022,7 @@ async fn injected_pods_are_identified_by_their_address_as_the_api_server_reports
         &["label", "namespace", ns, "connectors.cpaas.io/proxy-inject=true"],
         None,
     );
-    basic_auth_secret(cluster, ns, "robot", PASSWORD);
-    let spec = with_secret(&registry.url(), "robot");
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "reg", &spec)));
+    robot_connector(cluster, ns, "reg", &registry.url());
     service_accounts(cluster, ns, &[("builder", true), ("stranger", false)]);
     // Pods as a kubelet would report them: running, at these addresses.
     for (name, account, host_network, ip) in [

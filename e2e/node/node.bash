@@ -41,8 +41,7 @@ service_cidr=10.96.0.0/16
 # go.mod, when sources changed.
 node_build() {
   local marker="$node_bin/containerd"
-  if [ -x "$marker" ] && [ -x "$node_bin/pause" ] &&
-    [ -z "$(find "$root/e2e/node" \( -name '*.go' -o -name go.mod -o -name go.sum \) -newer "$marker" -print -quit)" ]; then
+  if [ -x "$node_bin/pause" ] && ! stale "$marker" "$root/e2e/node"; then
     return
   fi
   mkdir -p "$node_bin"

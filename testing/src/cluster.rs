@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// The workspace root (this crate's parent).
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("the testing crate sits in the workspace")
@@ -51,38 +51,36 @@ impl RealCluster {
     }
 
     fn up(product: &Path, node: bool) -> RealCluster {
-        {
-            let dir = std::env::temp_dir().join(format!(
-                "connectors-e2e-{}{}",
-                std::process::id(),
-                if node { "-node" } else { "" }
-            ));
-            let root = workspace_root();
-            let output = Command::new("bash")
-                .arg(root.join("e2e/cluster"))
-                .arg("up")
-                .arg(&dir)
-                .env("E2E_NODE", if node { "1" } else { "0" })
-                .env("E2E_CONNECTORS", product)
-                .env("E2E_OWNER_PID", std::process::id().to_string())
-                .env("E2E_REMOVE_DIR", "1")
-                .stdin(Stdio::null())
-                .output()
-                .expect("bash runs e2e/cluster");
-            assert!(
-                output.status.success(),
-                "e2e/cluster up failed:\n{}{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-            let harness = std::env::var_os("E2E_HARNESS")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target/e2e/harness"));
-            RealCluster {
-                kubeconfig: dir.join("kubeconfig"),
-                dir,
-                harness,
-            }
+        let dir = std::env::temp_dir().join(format!(
+            "connectors-e2e-{}{}",
+            std::process::id(),
+            if node { "-node" } else { "" }
+        ));
+        let root = workspace_root();
+        let output = Command::new("bash")
+            .arg(root.join("e2e/cluster"))
+            .arg("up")
+            .arg(&dir)
+            .env("E2E_NODE", if node { "1" } else { "0" })
+            .env("E2E_CONNECTORS", product)
+            .env("E2E_OWNER_PID", std::process::id().to_string())
+            .env("E2E_REMOVE_DIR", "1")
+            .stdin(Stdio::null())
+            .output()
+            .expect("bash runs e2e/cluster");
+        assert!(
+            output.status.success(),
+            "e2e/cluster up failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let harness = std::env::var_os("E2E_HARNESS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target/e2e/harness"));
+        RealCluster {
+            kubeconfig: dir.join("kubeconfig"),
+            dir,
+            harness,
         }
     }
 

@@ -31,9 +31,7 @@ pub fn find(name: &str) -> Result<PathBuf, MissingProgram> {
 /// into `target/e2e/<name>` when missing or older than the module's
 /// `go.sum`. Panics with the build's output when it fails.
 pub fn go_tool(package: &str) -> PathBuf {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the testing crate sits in the workspace");
+    let root = crate::cluster::workspace_root();
     let module = root.join("e2e/tools");
     let name = package.rsplit('/').next().expect("a package path");
     let binary = root.join("target/e2e").join(name);
