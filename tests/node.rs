@@ -39,11 +39,19 @@ async fn node_registry(cluster: &RealCluster) -> Registry {
 /// scratch) and `files` (host path, image path), and pushes it to
 /// `registry` as `repository:tag`.
 fn push_image(registry: &Registry, repository: &str, base: Option<&Path>, files: &[(&Path, &str)]) {
-    push_image_with(registry, repository, base, files, &["--dest-tls-verify=false"]);
+    push_image_with(registry, repository, base, files, &[], &["--dest-tls-verify=false"]);
 }
 
-/// As [`push_image`], with `skopeo copy` options for the destination.
-fn push_image_with(registry: &Registry, repository: &str, base: Option<&Path>, files: &[(&Path, &str)], dest: &[&str]) {
+/// As [`push_image`], with `buildah config` options for the image and
+/// `skopeo copy` options for the destination.
+fn push_image_with(
+    registry: &Registry,
+    repository: &str,
+    base: Option<&Path>,
+    files: &[(&Path, &str)],
+    config: &[&str],
+    dest: &[&str],
+) {
     let work = tempfile::tempdir().unwrap();
     let buildah = |args: &[&str]| {
         let output = Command::new("buildah")
@@ -69,6 +77,9 @@ fn push_image_with(registry: &Registry, repository: &str, base: Option<&Path>, f
     let container = buildah(&["from", "--quiet", &base]);
     for (source, destination) in files {
         buildah(&["copy", &container, source.to_str().unwrap(), destination]);
+    }
+    if !config.is_empty() {
+        buildah(&[&["config"], config, &[container.as_str()]].concat());
     }
     let archive = work.path().join("image.tar");
     buildah(&[
@@ -125,7 +136,13 @@ subjects: [{{kind: ServiceAccount, name: default, namespace: {namespace}}}]
 /// Applies `yaml` and waits (two minutes at most) until `object` of
 /// `namespace` meets `condition`; returns the namespace's events.
 fn apply_and_wait(cluster: &RealCluster, namespace: &str, yaml: &str, condition: &str, object: &str) -> String {
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(yaml));
+    cluster.kubectl_ok(&["-n", namespace, "apply", "-f", "-"], Some(yaml));
+    wait_until(cluster, namespace, condition, object)
+}
+
+/// Waits (two minutes at most) until `object` of `namespace` meets
+/// `condition`; returns the namespace's events.
+fn wait_until(cluster: &RealCluster, namespace: &str, condition: &str, object: &str) -> String {
     let waited = cluster.kubectl(
         &[
             "-n",
@@ -488,6 +505,586 @@ fn push_image_tls(registry: &Registry, tls: &testing::TestTls, repository: &str,
         repository,
         None,
         files,
+        &[],
         &["--dest-cert-dir", certs.path().to_str().unwrap()],
     );
+}
+
+/// A root filesystem of this machine's own `paths` (files or directories)
+/// and the shared libraries of the programs among them.
+fn host_rootfs(paths: &[&str]) -> tempfile::TempDir {
+    let rootfs = tempfile::tempdir().unwrap();
+    let mut files: Vec<String> = paths.iter().map(|&path| path.to_owned()).collect();
+    for path in paths {
+        let ldd = Command::new("ldd").arg(path).output().unwrap();
+        if ldd.status.success() {
+            let libraries = String::from_utf8(ldd.stdout).unwrap();
+            files.extend(
+                libraries
+                    .split_whitespace()
+                    .filter(|word| word.starts_with('/'))
+                    .map(str::to_owned),
+            );
+        }
+    }
+    files.sort();
+    files.dedup();
+    let status = Command::new("cp")
+        .args(["-rL", "--parents"])
+        .args(&files)
+        .arg(rootfs.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "copying {files:?}");
+    rootfs
+}
+
+/// What `perl -Mbignum=bpi` needs of this machine's perl: the binary,
+/// perl-base and the modules bignum loads.
+fn perl_rootfs() -> tempfile::TempDir {
+    let output = Command::new("perl")
+        .args([
+            "-Mbignum=bpi",
+            "-we",
+            r#"my $x = "" . bpi(10); print "$_\n" for values %INC"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "perl: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let modules = String::from_utf8(output.stdout).unwrap();
+    let mut paths = vec!["/usr/bin/perl", "/usr/lib/x86_64-linux-gnu/perl-base"];
+    paths.extend(modules.lines().filter(|line| !line.contains("perl-base")));
+    host_rootfs(&paths)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_world_job_manifest_runs_unchanged_with_its_image_pulled_through_the_proxy() {
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    // The manifest's `perl` image, packed from this machine's perl.
+    let rootfs = perl_rootfs();
+    push_image_with(
+        &registry,
+        "library/perl:latest",
+        None,
+        &[(rootfs.path(), "/")],
+        &["--env", "PATH=/usr/bin:/bin"],
+        &["--dest-tls-verify=false"],
+    );
+    let digest = registry.manifest_digest("library/perl", "latest").await.unwrap();
+    let namespace = "node-pi";
+    namespace_with_connector(cluster, namespace, &registry);
+
+    // kubernetes/website's Job example, with one change: its image is in the
+    // local registry, not Docker Hub (nothing a test sends leaves the machine).
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/manifests/kubernetes__website__content_en_examples_controllers_job.yaml"),
+    )
+    .unwrap();
+    let job = manifest.replace(
+        "image: perl\n",
+        &format!("image: {}/library/perl\n", registry.host_port()),
+    );
+    assert_ne!(job, manifest, "the fixture names the image `perl`");
+    apply_and_wait(cluster, namespace, &job, "condition=Complete", "job/pi");
+
+    let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "job/pi"], None);
+    assert!(logs.starts_with("3.14159265358979323846264338327950288"), "{logs}");
+    let jsonpath = |path: &str| {
+        cluster.kubectl_ok(
+            &[
+                "-n",
+                namespace,
+                "get",
+                "pods",
+                "-l",
+                "job-name=pi",
+                "-o",
+                &format!("jsonpath={{.items[0].{path}}}"),
+            ],
+            None,
+        )
+    };
+    assert_eq!(
+        jsonpath("spec.containers[0].image"),
+        format!("{PULL_ADDRESS}/namespaces/{namespace}/connectors/local/library/perl")
+    );
+    let image_id = jsonpath("status.containerStatuses[0].imageID");
+    assert!(image_id.ends_with(&format!("@{digest}")), "{image_id} is {digest}");
+}
+
+/// The claims `iat` and `exp` of a JWT.
+fn token_times(token: &str) -> (u64, u64) {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    (claims["iat"].as_u64().unwrap(), claims["exp"].as_u64().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_republishes_the_volume_with_a_fresh_token_before_the_old_one_expires() {
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    push_image(
+        &registry,
+        "tools/busybox:1",
+        None,
+        &[(Path::new("/bin/busybox"), "/bin/busybox")],
+    );
+    let namespace = "node-refresh";
+    namespace_with_connector(cluster, namespace, &registry);
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: waiter, namespace: {namespace}}}
+spec:
+  securityContext: {{runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000, runAsNonRoot: true}}
+  terminationGracePeriodSeconds: 1
+  containers:
+    - name: waiter
+      image: {registry}/tools/busybox:1
+      command: ["/bin/busybox", "sleep", "3600"]
+"#,
+        registry = registry.host_port()
+    );
+    apply_and_wait(cluster, namespace, &pod, "condition=Ready", "pod/waiter");
+    let in_the_pod = || {
+        cluster.kubectl_ok(
+            &[
+                "-n",
+                namespace,
+                "exec",
+                "waiter",
+                "--",
+                "/bin/busybox",
+                "sh",
+                "-c",
+                r#"/bin/busybox cat "$DOCKER_CONFIG/context.token""#,
+            ],
+            None,
+        )
+    };
+    let first = in_the_pod();
+    let (issued, expires) = token_times(&first);
+    // The install asks for 600 s tokens; kubelet renews after 80% of that
+    // and republishes the volume at its next pod sync.
+    assert_eq!(expires - issued, 600, "the overlay's token lifetime");
+    let deadline = std::time::Instant::now() + Duration::from_secs(700);
+    let renewed = loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let current = in_the_pod();
+        if current != first {
+            assert!(now < expires, "renewed only after the old token expired");
+            break current;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token of {issued} was never renewed (expired at {expires})"
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    };
+    let (renewed_issued, renewed_expires) = token_times(&renewed);
+    assert!(
+        renewed_issued >= issued + 480,
+        "renewed at {renewed_issued}, issued at {issued}"
+    );
+    assert!(renewed_expires > expires);
+    // Every token-bearing file moved with it.
+    let config = cluster.kubectl_ok(
+        &[
+            "-n",
+            namespace,
+            "exec",
+            "waiter",
+            "--",
+            "/bin/busybox",
+            "sh",
+            "-c",
+            r#"/bin/busybox cat "$DOCKER_CONFIG/config.json""#,
+        ],
+        None,
+    );
+    let auth: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let auth = auth["auths"][PULL_ADDRESS]["auth"].as_str().unwrap();
+    let decoded =
+        String::from_utf8(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, auth).unwrap()).unwrap();
+    assert!(
+        decoded.ends_with(&format!(":{renewed}")),
+        "config.json holds the renewed token"
+    );
+    cluster.kubectl_ok(&["-n", namespace, "delete", "pod", "waiter", "--wait=false"], None);
+}
+
+/// Limits what the node's namespace sends into the pods' bridge (the
+/// registry's answers to the proxy) to `rate`, until dropped.
+struct SlowBridge {
+    netns: String,
+}
+
+impl SlowBridge {
+    fn new(cluster: &RealCluster, rate: &str) -> Self {
+        let netns = cluster.node_setting("netns");
+        let status = Command::new("ip")
+            .args(["netns", "exec", &netns, "tc", "qdisc", "replace", "dev", "cni0", "root"])
+            .args(["tbf", "rate", rate, "burst", "256kb", "latency", "500ms"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "tc on cni0");
+        SlowBridge { netns }
+    }
+}
+
+impl Drop for SlowBridge {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns,
+                "tc",
+                "qdisc",
+                "del",
+                "dev",
+                "cni0",
+                "root",
+            ])
+            .status();
+    }
+}
+
+/// containerd's downloads in progress (`ctr content active`), one per line.
+fn active_downloads(cluster: &RealCluster) -> Vec<String> {
+    let ctr = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e/node/ctr");
+    let output = Command::new(ctr)
+        .arg("--address")
+        .arg(cluster.dir.join("node/containerd.sock"))
+        .args(["--namespace", "k8s.io", "content", "active"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .skip(1)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_completes_when_the_proxy_pods_restart_in_the_middle_of_it() {
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    // A layer of 48 MiB that does not compress, behind a slow bridge: the
+    // pull takes seconds.
+    let work = tempfile::tempdir().unwrap();
+    let payload = work.path().join("payload");
+    let mut random = std::fs::File::open("/dev/urandom").unwrap();
+    let mut file = std::fs::File::create(&payload).unwrap();
+    std::io::copy(&mut std::io::Read::take(&mut random, 48 << 20), &mut file).unwrap();
+    push_image(
+        &registry,
+        "big/payload:v1",
+        None,
+        &[(Path::new("/bin/busybox"), "/bin/busybox"), (&payload, "/payload")],
+    );
+    let digest = registry.manifest_digest("big/payload", "v1").await.unwrap();
+    let namespace = "node-restart";
+    namespace_with_connector(cluster, namespace, &registry);
+    let slow = SlowBridge::new(cluster, "40mbit");
+
+    let job = format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: payload, namespace: {namespace}}}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers:
+        - name: payload
+          image: {registry}/big/payload:v1
+          command: ["/bin/busybox", "sh", "-c", "/bin/busybox test -s /payload && echo complete"]
+"#,
+        registry = registry.host_port()
+    );
+    cluster.kubectl_ok(&["-n", namespace, "apply", "-f", "-"], Some(&job));
+    // Mid-pull: containerd is writing a blob.
+    let mut downloading = Vec::new();
+    for _ in 0..600 {
+        downloading = active_downloads(cluster);
+        if !downloading.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!downloading.is_empty(), "containerd never started the pull");
+    let before = cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=proxy",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-system",
+            "delete",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=proxy",
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
+        ],
+        None,
+    );
+    // kubelet retries the pull (at the same pace) once new proxy pods serve.
+    let events = wait_until(cluster, namespace, "condition=Complete", "job/payload");
+    drop(slow);
+    // The first attempt broke: kubelet saw the pull fail, or containerd
+    // fetched a blob again (a retry or a resumed range).
+    let fetches = registry.access_log_lines("GET /v2/big/payload/blobs/sha256:");
+    let mut blobs: Vec<&str> = fetches
+        .iter()
+        .filter_map(|line| line.split("/blobs/").nth(1)?.split([' ', '"']).next())
+        .collect();
+    let total = blobs.len();
+    blobs.sort_unstable();
+    blobs.dedup();
+    assert!(
+        events.contains("ErrImagePull") || events.contains("Failed to pull") || total > blobs.len(),
+        "nothing shows the pull was cut: {fetches:?}\n{events}"
+    );
+    let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "job/payload"], None);
+    assert_eq!(logs.trim(), "complete");
+    let image_id = cluster.kubectl_ok(
+        &[
+            "-n",
+            namespace,
+            "get",
+            "pods",
+            "-l",
+            "job-name=payload",
+            "-o",
+            "jsonpath={.items[0].status.containerStatuses[0].imageID}",
+        ],
+        None,
+    );
+    assert!(image_id.ends_with(&format!("@{digest}")), "{image_id} is {digest}");
+    // New proxy pods serve again.
+    cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-system",
+            "rollout",
+            "status",
+            "deployment/connectors-proxy",
+            "--timeout=120s",
+        ],
+        None,
+    );
+    let after = cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=proxy",
+            "-o",
+            "name",
+        ],
+        None,
+    );
+    for pod in before.lines() {
+        assert!(!after.contains(pod), "{pod} was not replaced");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skopeo_and_crane_in_a_pod_copy_through_the_proxy_with_only_what_the_pod_got() {
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    // The clients: Debian's skopeo with its libraries, crane (static) and
+    // busybox for the shell.
+    let crane = testing::program::go_tool("github.com/google/go-containerregistry/cmd/crane");
+    let rootfs = host_rootfs(&["/usr/bin/skopeo", "/bin/busybox"]);
+    push_image_with(
+        &registry,
+        "tools/clients:1",
+        None,
+        &[(rootfs.path(), "/"), (&crane, "/usr/bin/crane")],
+        &["--env", "PATH=/usr/bin:/bin"],
+        &["--dest-tls-verify=false"],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let stamp = work.path().join("stamp");
+    std::fs::write(&stamp, "copied by clients in a pod\n").unwrap();
+    push_image(&registry, "demo/source:v1", None, &[(&stamp, "/stamp")]);
+    let digest = registry.manifest_digest("demo/source", "v1").await.unwrap();
+    let namespace = "node-clients";
+    namespace_with_connector(cluster, namespace, &registry);
+
+    // Reverse mode: the references name the proxy's path for the connector;
+    // auth (REGISTRY_AUTH_FILE, DOCKER_CONFIG) and trust (SSL_CERT_FILE)
+    // are what the webhook injected, pointing at the volume.
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: clients, namespace: {namespace}}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsUser: 1000, runAsGroup: 1000, fsGroup: 2000, runAsNonRoot: true}}
+  containers:
+    - name: clients
+      image: {registry}/tools/clients:1
+      env: [{{name: TMPDIR, value: /tmp}}, {{name: HOME, value: /tmp}}]
+      volumeMounts: [{{name: tmp, mountPath: /tmp}}]
+      command: ["/bin/busybox", "sh", "-ec"]
+      args:
+        - |
+          at={PULL_ADDRESS}/namespaces/{namespace}/connectors/local
+          skopeo --insecure-policy copy -q docker://$at/demo/source:v1 docker://$at/demo/by-skopeo:v1
+          skopeo --insecure-policy inspect --raw docker://$at/demo/by-skopeo:v1 >/dev/null
+          crane copy $at/demo/source:v1 $at/demo/by-crane:v1
+          echo "crane $(crane digest $at/demo/by-crane:v1)"
+  volumes: [{{name: tmp, emptyDir: {{}}}}]
+"#,
+        registry = registry.host_port()
+    );
+    let events = apply_and_wait(
+        cluster,
+        namespace,
+        &pod,
+        "jsonpath={.status.phase}=Succeeded",
+        "pod/clients",
+    );
+    let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "clients"], None);
+    assert!(logs.contains(&format!("crane {digest}")), "{logs}");
+    // The registry itself holds both copies, byte for byte.
+    for repository in ["demo/by-skopeo", "demo/by-crane"] {
+        let copied = registry.manifest_digest(repository, "v1").await.unwrap();
+        assert_eq!(copied, digest, "{repository}");
+    }
+    assert!(!events.contains(PASSWORD) && !logs.contains(PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buildkit_in_a_pod_builds_from_a_base_and_pushes_through_the_proxy_configured_by_the_volume() {
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    // buildkitd and buildctl (static), Debian's runc (the OCI worker wants
+    // one; a build without RUN never starts it) and busybox.
+    let buildkitd = testing::program::go_tool("github.com/moby/buildkit/cmd/buildkitd");
+    let buildctl = testing::program::go_tool("github.com/moby/buildkit/cmd/buildctl");
+    let rootfs = host_rootfs(&["/bin/busybox", "/usr/sbin/runc"]);
+    push_image_with(
+        &registry,
+        "tools/buildkit:1",
+        None,
+        &[
+            (rootfs.path(), "/"),
+            (&buildkitd, "/usr/bin/buildkitd"),
+            (&buildctl, "/usr/bin/buildctl"),
+        ],
+        &["--env", "PATH=/usr/bin:/usr/sbin:/bin"],
+        &["--dest-tls-verify=false"],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let stamp = work.path().join("stamp");
+    std::fs::write(&stamp, "the base\n").unwrap();
+    push_image(&registry, "demo/base:v1", None, &[(&stamp, "/base")]);
+    let namespace = "node-buildkit";
+    namespace_with_connector(cluster, namespace, &registry);
+
+    // The Dockerfile names the registry itself: buildkitd reaches it through
+    // the mirror the volume's buildkitd.toml sets (the registry wants a
+    // password buildkitd never sees). The push names the proxy's path,
+    // authorized by the token in the volume's config.json (DOCKER_CONFIG).
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: buildkit, namespace: {namespace}}}
+spec:
+  restartPolicy: Never
+  containers:
+    - name: buildkit
+      image: {registry}/tools/buildkit:1
+      securityContext: {{privileged: true}}
+      env: [{{name: TMPDIR, value: /var/lib/buildkit/tmp}}]
+      volumeMounts:
+        - {{name: state, mountPath: /var/lib/buildkit}}
+        - {{name: tmp, mountPath: /tmp}}
+      command: ["/bin/busybox", "sh", "-ec"]
+      args:
+        - |
+          /bin/busybox mkdir -p /var/lib/buildkit/tmp /tmp/context
+          cd /tmp/context
+          echo "FROM {registry}/demo/base:v1" >Dockerfile
+          echo "COPY hello.txt /hello.txt" >>Dockerfile
+          echo "built in a pod" >hello.txt
+          socket=/var/lib/buildkit/buildkitd.sock
+          buildkitd --config "$DOCKER_CONFIG/buildkitd.toml" --root /var/lib/buildkit \
+            --addr unix://$socket --otel-socket-path /var/lib/buildkit/otel.sock \
+            --oci-worker=true --oci-worker-binary=/usr/sbin/runc --oci-worker-snapshotter=native \
+            --oci-worker-platform=linux/amd64 --containerd-worker=false >/tmp/buildkitd.log 2>&1 &
+          for i in $(/bin/busybox seq 60); do [ -S $socket ] && break; /bin/busybox sleep 1; done
+          at={PULL_ADDRESS}/namespaces/{namespace}/connectors/local
+          buildctl --addr unix://$socket build --frontend dockerfile.v0 \
+            --local context=. --local dockerfile=. \
+            --output type=image,name=$at/demo/built:v1,push=true \
+            --metadata-file /tmp/metadata.json || {{ /bin/busybox cat /tmp/buildkitd.log; exit 1; }}
+          echo; /bin/busybox cat /tmp/metadata.json; echo
+  volumes:
+    - {{name: state, emptyDir: {{}}}}
+    - {{name: tmp, emptyDir: {{}}}}
+"#,
+        registry = registry.host_port()
+    );
+    let applied = cluster.kubectl(&["-n", namespace, "apply", "-f", "-"], Some(&pod));
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let waited = cluster.kubectl(
+        &[
+            "-n",
+            namespace,
+            "wait",
+            "--for=jsonpath={.status.phase}=Succeeded",
+            "pod/buildkit",
+            "--timeout=180s",
+        ],
+        None,
+    );
+    let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "buildkit"], None);
+    assert!(waited.status.success(), "the build failed: {logs}");
+    // buildctl's metadata file: `"containerimage.digest": "sha256:…"`.
+    let built = logs
+        .split("\"containerimage.digest\":")
+        .nth(1)
+        .and_then(|rest| rest.split('"').nth(1))
+        .unwrap_or_else(|| panic!("no image digest in {logs}"));
+    assert_eq!(registry.manifest_digest("demo/built", "v1").await.unwrap(), built);
+    // The base came from the registry (its manifest, fetched by the proxy
+    // with the connector's password).
+    let base = registry.access_log_lines("GET /v2/demo/base/manifests/");
+    assert!(base.iter().any(|line| line.contains(" 200 ")), "{}", registry.logs());
+    assert!(!logs.contains(PASSWORD));
 }

@@ -69,6 +69,36 @@ pub fn default_no_proxy(cluster_domain: &str, api_server: Option<&str>, cidrs: &
     entries
 }
 
+/// The `NO_PROXY` value: the configured entries and, unless one of them
+/// already covers it, the pull address's host, so that clients reach the
+/// reverse proxy directly rather than through the forward proxy (an IP
+/// pull address, as in a cluster without DNS for Services, matches no
+/// domain entry).
+fn no_proxy_with_pull_address(config: &InjectionConfig) -> String {
+    let host = address_host(&config.pull_address);
+    let covered = host.is_empty()
+        || config.no_proxy.iter().any(|entry| {
+            entry.eq_ignore_ascii_case(host)
+                || (entry.starts_with('.') && host.to_ascii_lowercase().ends_with(&entry.to_ascii_lowercase()))
+        });
+    let mut entries = config.no_proxy.clone();
+    if !covered {
+        entries.push(host.to_owned());
+    }
+    entries.join(",")
+}
+
+/// The host of `host[:port]` (IPv6 literals without their brackets).
+fn address_host(address: &str) -> &str {
+    if let Some(rest) = address.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match address.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => address,
+    }
+}
+
 /// Characters escaped in the user part of the proxy URL: all but the
 /// unreserved set and the `,` separating connectors.
 const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
@@ -103,7 +133,7 @@ pub fn forward_proxy_url_with_password(forward_proxy: &str, connectors: &[Connec
 pub fn container_env(config: &InjectionConfig, proxy_url: Option<&str>) -> Vec<(&'static str, String)> {
     let mut env: Vec<(&'static str, String)> = Vec::new();
     if let Some(proxy) = proxy_url {
-        let no_proxy = config.no_proxy.join(",");
+        let no_proxy = no_proxy_with_pull_address(config);
         env.extend([
             ("HTTP_PROXY", proxy.to_owned()),
             ("http_proxy", proxy.to_owned()),
@@ -130,4 +160,41 @@ pub fn container_env(config: &InjectionConfig, proxy_url: Option<&str>) -> Vec<(
         ),
     ]);
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_proxy_of(pull_address: &str) -> String {
+        let config = InjectionConfig::new(pull_address, "proxy:3128");
+        container_env(&config, Some("http://proxy:3128"))
+            .into_iter()
+            .find(|(name, _)| *name == "NO_PROXY")
+            .unwrap()
+            .1
+    }
+
+    #[test]
+    fn no_proxy_reaches_an_ip_pull_address_directly() {
+        let domains = default_no_proxy("cluster.local", None, &[]).join(",");
+        assert_eq!(no_proxy_of("10.96.100.100"), format!("{domains},10.96.100.100"));
+        assert_eq!(no_proxy_of("10.96.100.100:8443"), format!("{domains},10.96.100.100"));
+        assert_eq!(no_proxy_of("[fd00::10]:443"), format!("{domains},fd00::10"));
+        assert_eq!(
+            no_proxy_of("registry-proxy.example"),
+            format!("{domains},registry-proxy.example")
+        );
+    }
+
+    #[test]
+    fn no_proxy_lists_a_service_pull_address_once() {
+        let domains = default_no_proxy("cluster.local", None, &[]).join(",");
+        assert_eq!(no_proxy_of("connectors-proxy.connectors-system.svc"), domains);
+        assert_eq!(
+            no_proxy_of("connectors-proxy.connectors-system.svc.cluster.local:443"),
+            domains
+        );
+        assert_eq!(no_proxy_of("localhost:5000"), domains);
+    }
 }

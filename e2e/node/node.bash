@@ -389,6 +389,11 @@ patches:
   - target: {kind: ConfigMap, name: connectors-config}
     patch: |-
 $settings
+  # The shortest token lifetime the API allows (kubelet refreshes at 80%),
+  # so that a test sees kubelet republish the volume with a new token.
+  - target: {kind: CSIDriver, name: connectors-csi}
+    patch: |-
+      - {op: replace, path: /spec/tokenRequests/0/expirationSeconds, value: 600}
 YAML
   kubectl_ apply --server-side -k "$dir/overlay" >>"$logs/install.log" 2>&1 ||
     { tail -20 "$logs/install.log" >&2; die "installing manifests/ failed"; }
