@@ -323,21 +323,7 @@ spec:
 
     // On the node: kubelet published the volume under the pod's directory,
     // the token file is not world-readable.
-    let uid = cluster.kubectl_ok(
-        &[
-            "-n",
-            namespace,
-            "get",
-            "pod",
-            "reader",
-            "-o",
-            "jsonpath={.metadata.uid}",
-        ],
-        None,
-    );
-    let volume = Path::new("/var/lib/kubelet/pods")
-        .join(uid.trim())
-        .join("volumes/kubernetes.io~csi/connectors-csi/mount");
+    let volume = volume_on_the_node(cluster, namespace, "reader");
     let token = volume.join("context.token");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token).unwrap().permissions());
     assert_eq!(mode & 0o007, 0, "{} is {mode:o}", token.display());
@@ -1087,4 +1073,230 @@ spec:
     let base = registry.access_log_lines("GET /v2/demo/base/manifests/");
     assert!(base.iter().any(|line| line.contains(" 200 ")), "{}", registry.logs());
     assert!(!logs.contains(PASSWORD));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buildah_in_a_pod_builds_from_a_base_and_pushes_through_the_proxy() {
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    // Debian's buildah with its libraries and signature policy, and
+    // busybox. It runs as root in a privileged container (its storage is
+    // vfs; without user namespaces, root is what lets it own image files).
+    let rootfs = host_rootfs(&["/usr/bin/buildah", "/etc/containers/policy.json", "/bin/busybox"]);
+    // buildah looks its user up.
+    std::fs::write(rootfs.path().join("etc/passwd"), "root:x:0:0:root:/var/tmp:/bin/sh\n").unwrap();
+    std::fs::write(rootfs.path().join("etc/group"), "root:x:0:\n").unwrap();
+    push_image_with(
+        &registry,
+        "tools/buildah:1",
+        None,
+        &[(rootfs.path(), "/")],
+        &["--env", "PATH=/usr/bin:/bin"],
+        &["--dest-tls-verify=false"],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let stamp = work.path().join("stamp");
+    std::fs::write(&stamp, "the base\n").unwrap();
+    push_image(&registry, "demo/base:v1", None, &[(&stamp, "/base")]);
+    let namespace = "node-buildah";
+    namespace_with_connector(cluster, namespace, &registry);
+
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: buildah, namespace: {namespace}}}
+spec:
+  restartPolicy: Never
+  containers:
+    - name: buildah
+      image: {registry}/tools/buildah:1
+      securityContext: {{privileged: true}}
+      env: [{{name: TMPDIR, value: /var/tmp}}, {{name: HOME, value: /var/tmp}}]
+      volumeMounts:
+        - {{name: storage, mountPath: /var/lib/containers}}
+        - {{name: tmp, mountPath: /var/tmp}}
+        - {{name: run, mountPath: /run}}
+      command: ["/bin/busybox", "sh", "-ec"]
+      args:
+        - |
+          at={PULL_ADDRESS}/namespaces/{namespace}/connectors/local
+          b() {{ buildah --storage-driver vfs "$@"; }}
+          container=$(b from --quiet docker://$at/demo/base:v1)
+          echo "built by buildah in a pod" >/var/tmp/hello.txt
+          b copy $container /var/tmp/hello.txt /hello.txt
+          b commit --quiet $container built
+          b push --digestfile /var/tmp/digest built docker://$at/demo/by-buildah:v1
+          echo "buildah $(/bin/busybox cat /var/tmp/digest)"
+  volumes:
+    - {{name: storage, emptyDir: {{}}}}
+    - {{name: tmp, emptyDir: {{}}}}
+    - {{name: run, emptyDir: {{}}}}
+"#,
+        registry = registry.host_port()
+    );
+    let applied = cluster.kubectl(&["-n", namespace, "apply", "-f", "-"], Some(&pod));
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    let waited = cluster.kubectl(
+        &[
+            "-n",
+            namespace,
+            "wait",
+            "--for=jsonpath={.status.phase}=Succeeded",
+            "pod/buildah",
+            "--timeout=180s",
+        ],
+        None,
+    );
+    let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "buildah"], None);
+    assert!(waited.status.success(), "the build failed: {logs}");
+    let pushed = logs
+        .lines()
+        .find_map(|line| line.strip_prefix("buildah "))
+        .unwrap_or_else(|| panic!("no digest in {logs}"));
+    assert_eq!(registry.manifest_digest("demo/by-buildah", "v1").await.unwrap(), pushed);
+    assert!(!logs.contains(PASSWORD));
+}
+
+/// The node's directory of `pod`'s connectors volume.
+fn volume_on_the_node(cluster: &RealCluster, namespace: &str, pod: &str) -> std::path::PathBuf {
+    let uid = cluster.kubectl_ok(
+        &["-n", namespace, "get", "pod", pod, "-o", "jsonpath={.metadata.uid}"],
+        None,
+    );
+    Path::new("/var/lib/kubelet/pods")
+        .join(uid.trim())
+        .join("volumes/kubernetes.io~csi/connectors-csi/mount")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ko_on_the_node_builds_and_pushes_through_the_proxy_with_a_pods_volume_and_environment() {
+    // ko hands the build to the Go toolchain; in a pod it needs an image
+    // with the toolchain (a quarter of a gigabyte), so it runs on the node,
+    // in its network namespace, with exactly what a pod got: the injected
+    // environment, its paths pointed at the pod's volume on the node.
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    let ko = testing::program::go_tool("github.com/google/ko");
+    push_image(
+        &registry,
+        "tools/busybox:1",
+        None,
+        &[(Path::new("/bin/busybox"), "/bin/busybox")],
+    );
+    let namespace = "node-ko";
+    namespace_with_connector(cluster, namespace, &registry);
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: holder, namespace: {namespace}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {{runAsUser: 1000, fsGroup: 2000}}
+  containers:
+    - name: holder
+      image: {registry}/tools/busybox:1
+      command: ["/bin/busybox", "sleep", "3600"]
+"#,
+        registry = registry.host_port()
+    );
+    apply_and_wait(cluster, namespace, &pod, "condition=Ready", "pod/holder");
+    let volume = volume_on_the_node(cluster, namespace, "holder");
+    let mount_path = cluster.kubectl_ok(
+        &[
+            "-n",
+            namespace,
+            "get",
+            "pod",
+            "holder",
+            "-o",
+            "jsonpath={.spec.containers[0].env[?(@.name==\"DOCKER_CONFIG\")].value}",
+        ],
+        None,
+    );
+    let injected = cluster.kubectl_ok(
+        &[
+            "-n",
+            namespace,
+            "get",
+            "pod",
+            "holder",
+            "-o",
+            "jsonpath={range .spec.containers[0].env[*]}{.name}={.value}{\"\\n\"}{end}",
+        ],
+        None,
+    );
+    let mut env: Vec<(String, String)> = injected
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(name, value)| {
+            (
+                name.to_owned(),
+                value.replace(mount_path.trim(), volume.to_str().unwrap()),
+            )
+        })
+        .collect();
+    assert!(env.iter().any(|(name, _)| name == "HTTPS_PROXY"), "{injected}");
+
+    // A stdlib-only program on a base from the connector's registry.
+    let work = tempfile::tempdir().unwrap();
+    let stamp = work.path().join("stamp");
+    std::fs::write(&stamp, "the base\n").unwrap();
+    push_image(&registry, "demo/base:v1", None, &[(&stamp, "/base")]);
+    let module = work.path().join("hello");
+    std::fs::create_dir(&module).unwrap();
+    std::fs::write(module.join("go.mod"), "module example.com/hello\n\ngo 1.26\n").unwrap();
+    std::fs::write(
+        module.join("main.go"),
+        "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hello from ko\") }\n",
+    )
+    .unwrap();
+    let at = format!("{PULL_ADDRESS}/namespaces/{namespace}/connectors/local");
+    let go = Command::new("go").args(["env", "GOROOT", "GOCACHE"]).output().unwrap();
+    let go = String::from_utf8(go.stdout).unwrap();
+    let mut go = go.lines();
+    let (goroot, gocache) = (go.next().unwrap().to_owned(), go.next().unwrap().to_owned());
+    env.extend([
+        ("PATH".to_owned(), format!("{goroot}/bin:/usr/bin:/bin")),
+        ("HOME".to_owned(), work.path().to_str().unwrap().to_owned()),
+        ("GOCACHE".to_owned(), gocache),
+        ("GOPROXY".to_owned(), "off".to_owned()),
+        ("KO_DOCKER_REPO".to_owned(), format!("{at}/demo/ko")),
+        ("KO_DEFAULTBASEIMAGE".to_owned(), format!("{at}/demo/base:v1")),
+    ]);
+    let output = Command::new("ip")
+        .args(["netns", "exec", &cluster.node_setting("netns"), "env", "-i"])
+        .args(env.iter().map(|(name, value)| format!("{name}={value}")))
+        .arg(&ko)
+        .args(["build", "--bare", "--platform=linux/amd64", "."])
+        .current_dir(&module)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "ko: {stderr}");
+    assert!(!stderr.contains(PASSWORD));
+    let built = String::from_utf8(output.stdout).unwrap();
+    let digest = built
+        .trim()
+        .rsplit_once('@')
+        .map(|(_, digest)| digest.to_owned())
+        .unwrap_or_else(|| panic!("{built}"));
+    assert_eq!(registry.manifest_digest("demo/ko", "latest").await.unwrap(), digest);
+
+    // And kubelet runs what ko built, pulled through the proxy.
+    let job = format!(
+        r#"apiVersion: batch/v1
+kind: Job
+metadata: {{name: hello, namespace: {namespace}}}
+spec:
+  backoffLimit: 0
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: hello, image: "{registry}/demo/ko@{digest}"}}]
+"#,
+        registry = registry.host_port()
+    );
+    apply_and_wait(cluster, namespace, &job, "condition=Complete", "job/hello");
+    let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "job/hello"], None);
+    assert_eq!(logs.trim(), "hello from ko");
 }
