@@ -103,6 +103,11 @@ fn push_image_with(
 /// holds the password, and the `default` ServiceAccount bound to the
 /// shipped `connectors-user` role.
 fn namespace_with_connector(cluster: &RealCluster, namespace: &str, registry: &Registry) {
+    namespace_with_connector_named(cluster, namespace, "local", registry);
+}
+
+/// As [`namespace_with_connector`], with the Connector called `connector`.
+fn namespace_with_connector_named(cluster: &RealCluster, namespace: &str, connector: &str, registry: &Registry) {
     let yaml = format!(
         r#"apiVersion: v1
 kind: Namespace
@@ -116,7 +121,7 @@ stringData: {{username: "{USER}", password: "{PASSWORD}"}}
 ---
 apiVersion: connectors.alauda.io/v1alpha1
 kind: Connector
-metadata: {{name: local, namespace: {namespace}}}
+metadata: {{name: {connector}, namespace: {namespace}}}
 spec:
   connectorClassName: oci
   address: "{url}"
@@ -327,6 +332,12 @@ spec:
     let token = volume.join("context.token");
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&token).unwrap().permissions());
     assert_eq!(mode & 0o007, 0, "{} is {mode:o}", token.display());
+    // And kubelet's pod directory keeps the node's other users out of
+    // every file of the volume.
+    let closed = volume.ancestors().any(|dir| {
+        std::fs::metadata(dir).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o001 == 0)
+    });
+    assert!(closed, "every directory above {} lets others in", volume.display());
 
     // The volume goes with the pod.
     cluster.kubectl_ok(
@@ -439,24 +450,7 @@ async fn an_unchanged_client_in_a_pod_goes_through_the_forward_proxy_to_an_https
     // webhook and the volume give it (the proxy CA in the bundle).
     let namespace = "node-forward";
     namespace_with_connector(cluster, namespace, &registry);
-    let ca_secret = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: registry-ca, namespace: {namespace}}}\nstringData:\n  ca.crt: |\n{}",
-        tls.ca_pem().lines().map(|l| format!("    {l}\n")).collect::<String>()
-    );
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&ca_secret));
-    cluster.kubectl_ok(
-        &[
-            "-n",
-            namespace,
-            "patch",
-            "connector",
-            "local",
-            "--type=merge",
-            "-p",
-            r#"{"spec": {"caCertSecretRef": {"name": "registry-ca"}}}"#,
-        ],
-        None,
-    );
+    trust_registry_ca(cluster, namespace, "local", &tls);
     let pod = format!(
         r#"apiVersion: v1
 kind: Pod
@@ -1299,4 +1293,143 @@ spec:
     apply_and_wait(cluster, namespace, &job, "condition=Complete", "job/hello");
     let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "job/hello"], None);
     assert_eq!(logs.trim(), "hello from ko");
+}
+
+/// Makes `connector` of `namespace` trust the CA of `tls` (a Secret named
+/// by `caCertSecretRef`).
+fn trust_registry_ca(cluster: &RealCluster, namespace: &str, connector: &str, tls: &testing::TestTls) {
+    let ca_secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: registry-ca, namespace: {namespace}}}\nstringData:\n  ca.crt: |\n{}",
+        tls.ca_pem().lines().map(|l| format!("    {l}\n")).collect::<String>()
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&ca_secret));
+    cluster.kubectl_ok(
+        &[
+            "-n",
+            namespace,
+            "patch",
+            "connector",
+            connector,
+            "--type=merge",
+            "-p",
+            r#"{"spec": {"caCertSecretRef": {"name": "registry-ca"}}}"#,
+        ],
+        None,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seed_documents_volumes_and_snippets_work_unchanged_for_a_non_root_pod() {
+    use testing::TestTls;
+
+    let cluster = cluster();
+    let netns = cluster.node_setting("netns");
+    let ip: std::net::IpAddr = cluster.node_setting("node_ip").parse().unwrap();
+    let tls = TestTls::generate(&[], &[ip]).unwrap();
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD).tls(&tls).in_netns(&netns, ip))
+        .await
+        .unwrap();
+    let crane = testing::program::go_tool("github.com/google/go-containerregistry/cmd/crane");
+    let rootfs = host_rootfs(&["/usr/bin/skopeo", "/bin/busybox"]);
+    // busybox's applets by name, as a shell image has them.
+    std::fs::create_dir_all(rootfs.path().join("usr/bin")).unwrap();
+    for applet in ["sh", "cat", "grep", "stat", "tr"] {
+        std::os::unix::fs::symlink("/bin/busybox", rootfs.path().join("usr/bin").join(applet)).unwrap();
+    }
+    let certs = tempfile::tempdir().unwrap();
+    std::fs::write(certs.path().join("ca.crt"), tls.ca_pem()).unwrap();
+    let dest = ["--dest-cert-dir", certs.path().to_str().unwrap()];
+    push_image_with(
+        &registry,
+        "tools/clients:1",
+        None,
+        &[(rootfs.path(), "/"), (&crane, "/usr/bin/crane")],
+        &["--env", "PATH=/usr/bin:/bin"],
+        &dest,
+    );
+    let work = tempfile::tempdir().unwrap();
+    let stamp = work.path().join("stamp");
+    std::fs::write(&stamp, "seeds\n").unwrap();
+    push_image_with(&registry, "demo/source:v1", None, &[(&stamp, "/stamp")], &[], &dest);
+    let digest = registry.manifest_digest("demo/source", "v1").await.unwrap();
+    let namespace = "node-seeds";
+    namespace_with_connector_named(cluster, namespace, "harbor", &registry);
+    trust_registry_ca(cluster, namespace, "harbor", &tls);
+
+    // The seeds' volumes and snippets as they are; the pod runs as a user
+    // of its own, with no fsGroup, and mounts each volume where it likes.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/seeds");
+    let fixture = |name: &str| std::fs::read_to_string(fixtures.join(name)).unwrap();
+    let volumes: String = fixture("volumes.yaml")
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| format!("    {line}\n"))
+        .collect();
+    let snippet = |name: &str| -> String {
+        fixture(name)
+            .replace("{mount-path}", "opt/proxyconfig")
+            .lines()
+            .map(|line| format!("          {line}\n"))
+            .collect()
+    };
+    let at = format!("{PULL_ADDRESS}/namespaces/{namespace}/connectors/harbor");
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: seeds, namespace: {namespace}}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsUser: 1000, runAsGroup: 1000, runAsNonRoot: true}}
+  containers:
+    - name: client
+      image: {registry}/tools/clients:1
+      env: [{{name: HOME, value: /tmp}}, {{name: TMPDIR, value: /tmp}}]
+      command: ["/bin/busybox", "sh", "-ec"]
+      args:
+        - |
+{forward}          # Forward mode: the registry by its own name, the proxy's CA from the volume.
+          skopeo --insecure-policy inspect --raw --cert-dir /opt/proxyconfig docker://{registry}/demo/source:v1 >/tmp/forward.json
+          grep -q schemaVersion /tmp/forward.json
+{source}          # Reverse mode: the docker-config volume's config.json.
+          skopeo --insecure-policy copy -q --authfile /home/user/.docker/config.json \
+            docker://{at}/demo/source:v1 docker://{at}/demo/by-seed:v1
+          grep -q 'ca = \["/etc/buildkit/ca.crt"\]' /etc/buildkit/buildkitd.toml
+          echo "token $(stat -L -c '%a %u' /opt/proxyconfig/context.token /home/user/.docker/config.json | tr '\n' ' ')"
+          echo "seeds-ok $SSL_CERT_FILE"
+      volumeMounts:
+        - {{name: proxyconfig, mountPath: /opt/proxyconfig}}
+        - {{name: docker-config, mountPath: /home/user/.docker}}
+        - {{name: buildkitd-config, mountPath: /etc/buildkit}}
+        - {{name: tmp, mountPath: /tmp}}
+  volumes:
+{volumes}    - {{name: tmp, emptyDir: {{}}}}
+"#,
+        registry = registry.host_port(),
+        forward = snippet("forward-proxy.sh"),
+        source = snippet("source-env.sh"),
+    );
+    let applied = cluster.kubectl(&["-n", namespace, "apply", "-f", "-"], Some(&pod));
+    assert!(
+        applied.status.success(),
+        "{}\n{pod}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let waited = cluster.kubectl(
+        &[
+            "-n",
+            namespace,
+            "wait",
+            "--for=jsonpath={.status.phase}=Succeeded",
+            "pod/seeds",
+            "--timeout=150s",
+        ],
+        None,
+    );
+    let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "seeds"], None);
+    let events = cluster.kubectl_ok(&["-n", namespace, "get", "events"], None);
+    assert!(waited.status.success(), "the seeds' pod failed: {logs}\n{events}");
+    assert!(logs.contains("seeds-ok /opt/proxyconfig/ca-bundle.crt"), "{logs}");
+    assert_eq!(registry.manifest_digest("demo/by-seed", "v1").await.unwrap(), digest);
+    // The token files belong to the pod's user and group alone.
+    assert!(logs.contains("token 440 1000 440 1000 "), "{logs}");
 }

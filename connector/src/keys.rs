@@ -65,9 +65,18 @@ pub const CSI_ATTRIBUTE_CONNECTORS: &str = "connectors";
 pub const CSI_ATTRIBUTE_CONNECTOR_NAME: &str = "connector.name";
 pub const CSI_ATTRIBUTE_CONNECTOR_NAMESPACE: &str = "connector.namespace";
 
-/// CSI volume attribute choosing which files the volume holds
-/// (comma-separated file names; all of them when absent).
+/// CSI volume attribute choosing which files the volume holds beyond the
+/// built-in ones: comma-separated configuration names (`registry-config`,
+/// its legacy names `docker-config` and `config`, `buildkitd`) or file
+/// names, and `!<file>` to leave a file out; every file when absent.
 pub const CSI_ATTRIBUTE_CONFIGURATION_NAMES: &str = "configuration.names";
+/// CSI volume attribute with parameters per configuration, as JSON
+/// `{"<configuration>": {"<param>": "<value>"}}`.
+pub const CSI_ATTRIBUTE_CONFIGURATION_PARAMS: &str = "configuration.params";
+/// CSI volume attribute asking for a token lifetime (`30m`, `1h`). Accepted
+/// for the connector docs' volumes; kubelet renews the token before it
+/// expires, so files never go stale whatever it says.
+pub const CSI_ATTRIBUTE_TOKEN_EXPIRATION: &str = "token.expiration";
 
 /// The audience of the ServiceAccount tokens the proxy accepts, and the key
 /// of the token kubelet hands the CSI driver (CSIDriver `tokenRequests`).

@@ -37,6 +37,16 @@ impl FileName {
         FileName::Token,
     ];
 
+    /// The files every volume holds unless left out with `!<file>`.
+    pub const BUILT_IN: [FileName; 6] = [
+        FileName::Env,
+        FileName::HttpProxy,
+        FileName::HttpsProxy,
+        FileName::Ca,
+        FileName::CaBundle,
+        FileName::Token,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FileName::Env => keys::CSI_FILE_ENV,
@@ -66,19 +76,4 @@ impl FileName {
             FileName::Env | FileName::HttpProxy | FileName::HttpsProxy | FileName::DockerConfig | FileName::Token
         )
     }
-
-    /// The file's mode: read-only for owner and group where the token is
-    /// (readable by the pod through its fsGroup), world-readable otherwise.
-    pub fn mode(self) -> u32 {
-        if self.carries_token() {
-            TOKEN_FILE_MODE
-        } else {
-            PUBLIC_FILE_MODE
-        }
-    }
 }
-
-/// Mode of the files holding the token.
-pub(crate) const TOKEN_FILE_MODE: u32 = 0o440;
-/// Mode of the other files.
-pub(crate) const PUBLIC_FILE_MODE: u32 = 0o644;

@@ -64,10 +64,12 @@ pub enum RequestError {
         item: String,
         why: &'static str,
     },
-    #[error("volume attribute {attribute} names no file; known files: {known}", attribute = keys::CSI_ATTRIBUTE_CONFIGURATION_NAMES, known = FileName::known_list())]
-    NoFiles,
-    #[error("volume attribute {attribute} names an unknown file {0:?}; known files: {known}", attribute = keys::CSI_ATTRIBUTE_CONFIGURATION_NAMES, known = FileName::known_list())]
+    #[error("volume attribute {attribute} names an unknown configuration or file {0:?}; known configurations: {configurations}; known files: {known}", attribute = keys::CSI_ATTRIBUTE_CONFIGURATION_NAMES, configurations = configuration_list(), known = FileName::known_list())]
     UnknownFile(String),
+    #[error("volume attribute {attribute} must be a JSON object of {{\"<configuration>\": {{\"<param>\": \"<value>\"}}}} naming known configurations ({configurations})", attribute = keys::CSI_ATTRIBUTE_CONFIGURATION_PARAMS, configurations = configuration_list())]
+    InvalidParams,
+    #[error("volume attribute {attribute} {0:?} is not a duration such as 30m or 1h", attribute = keys::CSI_ATTRIBUTE_TOKEN_EXPIRATION)]
+    InvalidExpiration(String),
 }
 
 pub type Result<T, E = RequestError> = std::result::Result<T, E>;
@@ -141,6 +143,12 @@ impl PublishRequest {
             Some(names) => file_names(names)?,
             None => FileName::ALL.to_vec(),
         };
+        if let Some(params) = context.get(keys::CSI_ATTRIBUTE_CONFIGURATION_PARAMS) {
+            configuration_params(params)?;
+        }
+        if let Some(expiration) = context.get(keys::CSI_ATTRIBUTE_TOKEN_EXPIRATION) {
+            duration_seconds(expiration).ok_or_else(|| RequestError::InvalidExpiration(expiration.clone()))?;
+        }
         Ok(Self {
             volume_id,
             target_path,
@@ -279,19 +287,92 @@ fn connectors(context: &HashMap<String, String>, pod_namespace: &str) -> Result<
     })
 }
 
+/// The configurations of the built-in connector classes and the files each
+/// adds to the built-in ones (`.env`, the proxy URLs, the CA files and the
+/// token): `registry-config` (with its legacy names) and `buildkitd`.
+const CONFIGURATIONS: &[(&str, FileName)] = &[
+    ("registry-config", FileName::DockerConfig),
+    ("docker-config", FileName::DockerConfig),
+    ("config", FileName::DockerConfig),
+    ("buildkitd", FileName::Buildkitd),
+];
+
+fn configuration_list() -> String {
+    CONFIGURATIONS
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The files of `configuration.names`: the built-in files, every named
+/// configuration's and every named file, less each `!<file>`; in a fixed
+/// order.
 fn file_names(value: &str) -> Result<Vec<FileName>> {
-    let mut wanted = Vec::new();
+    let mut wanted: Vec<FileName> = FileName::BUILT_IN.to_vec();
+    let mut excluded = Vec::new();
     for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let file = FileName::parse(item).ok_or_else(|| RequestError::UnknownFile(item.to_owned()))?;
-        if !wanted.contains(&file) {
-            wanted.push(file);
+        if let Some(file) = item.strip_prefix('!') {
+            let file = file.trim();
+            excluded.push(FileName::parse(file).ok_or_else(|| RequestError::UnknownFile(item.to_owned()))?);
+            continue;
         }
+        let file = CONFIGURATIONS
+            .iter()
+            .find(|(name, _)| *name == item)
+            .map(|(_, file)| *file)
+            .or_else(|| FileName::parse(item))
+            .ok_or_else(|| RequestError::UnknownFile(item.to_owned()))?;
+        wanted.push(file);
     }
-    if wanted.is_empty() {
-        return Err(RequestError::NoFiles);
+    Ok(FileName::ALL
+        .iter()
+        .copied()
+        .filter(|f| wanted.contains(f) && !excluded.contains(f))
+        .collect())
+}
+
+/// Checks `configuration.params`: an object of known configurations, each
+/// an object of string values. The built-in configurations take no
+/// parameters yet, so valid ones change nothing.
+fn configuration_params(value: &str) -> Result<()> {
+    let parsed: HashMap<String, HashMap<String, String>> =
+        serde_json::from_str(value).map_err(|_| RequestError::InvalidParams)?;
+    if parsed
+        .keys()
+        .all(|name| CONFIGURATIONS.iter().any(|(known, _)| known == name))
+    {
+        Ok(())
+    } else {
+        Err(RequestError::InvalidParams)
     }
-    // A fixed order, whatever the attribute's order.
-    Ok(FileName::ALL.iter().copied().filter(|f| wanted.contains(f)).collect())
+}
+
+/// A Go-style duration of hours, minutes and seconds (`30m`, `1h30m`,
+/// `90s`) in seconds; `None` when it is not one or is zero.
+fn duration_seconds(value: &str) -> Option<u64> {
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    for c in value.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        let amount: u64 = digits.parse().ok()?;
+        total = total.checked_add(amount.checked_mul(unit)?)?;
+        digits.clear();
+    }
+    (digits.is_empty() && total > 0).then_some(total)
 }
 
 #[cfg(test)]
@@ -383,9 +464,24 @@ mod tests {
             ),
             (
                 &[("connectors", "a"), ("configuration.names", "config.json,nope")],
-                "unknown file \"nope\"",
+                "unknown configuration or file \"nope\"",
             ),
-            (&[("connectors", "a"), ("configuration.names", " , ")], "names no file"),
+            (
+                &[("connectors", "a"), ("configuration.names", "!nope")],
+                "unknown configuration or file \"!nope\"",
+            ),
+            (
+                &[("connectors", "a"), ("configuration.params", r#"{"nope": {"a": "b"}}"#)],
+                "configuration.params must be a JSON object",
+            ),
+            (
+                &[("connectors", "a"), ("configuration.params", r#"{"buildkitd": "b"}"#)],
+                "configuration.params must be a JSON object",
+            ),
+            (
+                &[("connectors", "a"), ("token.expiration", "soon")],
+                "token.expiration \"soon\" is not a duration",
+            ),
         ];
         for (attributes, want) in cases {
             let error = PublishRequest::parse(&request(attributes)).unwrap_err().to_string();
@@ -424,14 +520,72 @@ mod tests {
         assert_eq!(PublishRequest::parse(&r).unwrap_err(), RequestError::MissingVolumeId);
     }
 
+    fn files_of(names: &str) -> Vec<&'static str> {
+        let parsed = PublishRequest::parse(&request(&[("connectors", "a"), ("configuration.names", names)])).unwrap();
+        parsed.files.iter().map(|f| f.as_str()).collect()
+    }
+
     #[test]
-    fn configuration_names_choose_files_in_a_fixed_order() {
-        let parsed = PublishRequest::parse(&request(&[
-            ("connectors", "a"),
-            ("configuration.names", "ca.crt, config.json,ca.crt"),
-        ]))
-        .unwrap();
-        assert_eq!(parsed.files, vec![FileName::DockerConfig, FileName::Ca]);
+    fn configuration_names_add_files_to_the_built_in_ones_in_a_fixed_order() {
+        let built_in = [
+            ".env",
+            "http.proxy",
+            "https.proxy",
+            "ca.crt",
+            "ca-bundle.crt",
+            "context.token",
+        ];
+        assert_eq!(files_of(" , "), built_in);
+        // The connector docs' names for config.json: current and legacy.
+        for name in ["registry-config", "docker-config", "config", "config.json"] {
+            let files = files_of(name);
+            assert!(files.contains(&"config.json"), "{name}: {files:?}");
+            assert!(!files.contains(&"buildkitd.toml"), "{name}: {files:?}");
+            assert_eq!(files.len(), built_in.len() + 1);
+        }
+        assert_eq!(
+            files_of("buildkitd, registry-config,buildkitd"),
+            [
+                ".env",
+                "http.proxy",
+                "https.proxy",
+                "config.json",
+                "buildkitd.toml",
+                "ca.crt",
+                "ca-bundle.crt",
+                "context.token"
+            ]
+        );
+    }
+
+    #[test]
+    fn exclusions_leave_files_out_after_the_merge() {
+        assert_eq!(
+            files_of("registry-config,!context.token,!http.proxy, !https.proxy"),
+            [".env", "config.json", "ca.crt", "ca-bundle.crt"]
+        );
+        assert_eq!(files_of("!buildkitd.toml"), files_of(" , "), "excluding what is absent");
+    }
+
+    #[test]
+    fn params_and_token_expiration_are_accepted() {
+        for (attribute, value) in [
+            (
+                "configuration.params",
+                r#"{"registry-config": {"mirrorRepository": "x"}}"#,
+            ),
+            ("configuration.params", "{}"),
+            ("token.expiration", "30m"),
+            ("token.expiration", "1h30m"),
+            ("token.expiration", "600s"),
+        ] {
+            PublishRequest::parse(&request(&[("connectors", "a"), (attribute, value)]))
+                .unwrap_or_else(|e| panic!("{attribute}={value}: {e}"));
+        }
+        for bad in ["", "0m", "30", "m", "1d", "-5m", "99999999999999999999h"] {
+            assert_eq!(duration_seconds(bad), None, "{bad:?}");
+        }
+        assert_eq!(duration_seconds("1h30m15s"), Some(5415));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use connector::store::ConnectorStore;
 use tonic::{Code, Request, Response, Status};
 
 use crate::authorize::{self, AccessError};
+use crate::pod::{NoPods, PodLookup};
 use crate::proto::identity_server::{Identity, IdentityServer};
 use crate::proto::node_server::{Node, NodeServer};
 use crate::proto::*;
@@ -60,6 +61,7 @@ pub struct Plugin {
     store: Arc<dyn ConnectorStore>,
     authorizer: Arc<dyn Authorizer>,
     config: Arc<RenderConfig>,
+    pods: Arc<dyn PodLookup>,
     node_id: String,
     // NB: publications of one target must not interleave (kubelet may
     // republish while an unpublish is pending); the writes are short, so
@@ -78,9 +80,17 @@ impl Plugin {
             store,
             authorizer,
             config: Arc::new(config),
+            pods: Arc::new(NoPods),
             node_id: node_id.into(),
             filesystem: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Reads how each pod uses its volume through `pods` (where it is
+    /// mounted, as whom the containers run); without, the defaults hold.
+    pub fn with_pods(mut self, pods: Arc<dyn PodLookup>) -> Self {
+        self.pods = pods;
+        self
     }
 
     /// Runs a filesystem change off the async threads, one at a time.
@@ -209,7 +219,15 @@ impl Node for NodeService {
             );
             denied(error)
         })?;
-        let files = render::render(&plugin.config, &request.pod, &routes, &request.token, &request.files);
+        let volume = plugin.pods.volume_use(&request.pod, &request.volume_id).await;
+        let files = render::render(
+            &plugin.config,
+            &request.pod,
+            &routes,
+            &request.token,
+            &request.files,
+            volume.as_ref(),
+        );
         let target = request.target_path.clone();
         let changed = plugin
             .with_filesystem(move || target::write_volume(&target, &files))
@@ -242,6 +260,7 @@ impl Node for NodeService {
             .plugin
             .with_filesystem(move || target::remove_volume(&target))
             .await?;
+        self.plugin.pods.forget(&request.volume_id);
         tracing::info!(
             volume_id = %request.volume_id,
             target = %request.target_path.display(),

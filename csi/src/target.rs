@@ -15,7 +15,7 @@
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -126,7 +126,9 @@ fn is_current(target: &Path, files: &[VolumeFile]) -> bool {
         && files.iter().all(|file| {
             let path = target.join(file.name.as_str());
             fs::read_link(&path).is_ok_and(|to| to == Path::new(DATA_LINK).join(file.name.as_str()))
-                && fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o7777 == file.mode)
+                && fs::metadata(&path).is_ok_and(|m| {
+                    m.permissions().mode() & 0o7777 == file.mode && m.uid() == file.uid && m.gid() == file.gid
+                })
                 && fs::read(&path).is_ok_and(|contents| contents == file.contents)
         })
 }
@@ -218,6 +220,10 @@ fn write_files(dir: &Path, files: &[VolumeFile]) -> Result<()> {
             .open(&path)
             .map_err(at("create", &path))?;
         handle.write_all(&file.contents).map_err(at("write", &path))?;
+        if (file.uid, file.gid) != (0, 0) {
+            std::os::unix::fs::fchown(&handle, Some(file.uid), Some(file.gid))
+                .map_err(at("set the owner of", &path))?;
+        }
         // NB: the umask may have narrowed the mode at creation.
         handle
             .set_permissions(fs::Permissions::from_mode(file.mode))
@@ -249,11 +255,15 @@ mod tests {
                 name: FileName::Token,
                 contents: token.as_bytes().to_vec(),
                 mode: 0o440,
+                uid: 0,
+                gid: 0,
             },
             VolumeFile {
                 name: FileName::Ca,
                 contents: b"ca".to_vec(),
                 mode: 0o644,
+                uid: 0,
+                gid: 0,
             },
         ]
     }

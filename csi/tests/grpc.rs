@@ -279,11 +279,12 @@ async fn publish_renders_every_file_with_the_pod_token_and_the_right_modes() {
         buildkitd.contains("[registry.\"docker.io\"]\n  mirrors = [\"127.0.0.1:5080/namespaces/team/connectors/hub\"]")
     );
 
-    // .env: a real shell sources it and sees what the webhook would inject.
+    // .env: a real shell sources it (no `set -a`: every line is exported)
+    // and sees what the webhook would inject.
     let env = read(&target, FileName::Env);
     let output = std::process::Command::new("sh")
         .arg("-c")
-        .arg(r#"set -a; . "$1"; printf '%s\n' "$HTTPS_PROXY" "$http_proxy" "$NO_PROXY" "$SSL_CERT_FILE" "$DOCKER_CONFIG" "$REGISTRY_AUTH_FILE" "$NODE_EXTRA_CA_CERTS""#)
+        .arg(r#". "$1"; printf '%s\n' "$HTTPS_PROXY" "$http_proxy" "$NO_PROXY" "$SSL_CERT_FILE" "$DOCKER_CONFIG" "$REGISTRY_AUTH_FILE" "$NODE_EXTRA_CA_CERTS""#)
         .arg("sh")
         .arg(target.join(".env"))
         .env_clear()
@@ -306,9 +307,11 @@ async fn publish_renders_every_file_with_the_pod_token_and_the_right_modes() {
         ]
     );
 
-    // Modes: the token is readable by owner and group only.
+    // Modes: with no pod spec to say who the pod runs as (standalone), the
+    // token files are read-only for whichever user the image chooses, as
+    // kubelet's projected tokens; the node's pod directories keep others out.
     for name in FileName::ALL {
-        let want = if name.carries_token() { 0o440 } else { 0o644 };
+        let want = if name.carries_token() { 0o444 } else { 0o644 };
         assert_eq!(mode(&target, name), want, "{}", name.as_str());
         assert_eq!(
             read(&target, name).contains(FIRST_TOKEN) || name == FileName::DockerConfig,
@@ -398,8 +401,9 @@ async fn unpublish_removes_the_volume_and_is_idempotent() {
 }
 
 #[tokio::test]
-async fn configuration_names_limit_the_files_written() {
+async fn configuration_names_choose_the_files_written() {
     let driver = Driver::start().await;
+    // The connector docs' configuration name and exclusions.
     let target = driver.target("pod-d");
     driver
         .publish(publish_request(
@@ -408,7 +412,10 @@ async fn configuration_names_limit_the_files_written() {
             &[
                 ("connectors", ""),
                 ("connector.name", "harbor"),
-                ("configuration.names", "config.json,ca.crt"),
+                (
+                    "configuration.names",
+                    "docker-config,!http.proxy,!https.proxy,!context.token,!.env",
+                ),
             ],
         ))
         .await
@@ -419,7 +426,7 @@ async fn configuration_names_limit_the_files_written() {
         .filter(|n| !n.starts_with(".."))
         .collect();
     visible.sort();
-    assert_eq!(visible, ["ca.crt", "config.json"]);
+    assert_eq!(visible, ["ca-bundle.crt", "ca.crt", "config.json"]);
 }
 
 #[tokio::test]

@@ -381,14 +381,14 @@ impl<'a> PodPatch<'a> {
         let keys = self.keys;
         let mut additions = Vec::new();
         if !has(keys::CSI_VOLUME) {
-            // NB: not `readOnly` here (every container mounts it read-only):
-            // kubelet applies the pod's fsGroup only to writable volumes, and
-            // the token files (0440) are the pod's through its fsGroup.
+            // NB: the CSI plugin gives the token files to the pod's group or
+            // user itself (from the pod's spec), so the volume is read-only
+            // as the connector docs require.
             additions.push(json!({
                 "name": keys::CSI_VOLUME,
                 "csi": {
                     "driver": keys::CSI_DRIVER,
-                    "readOnly": false,
+                    "readOnly": true,
                     "volumeAttributes": {keys::CSI_ATTRIBUTE_CONNECTORS: format_connector_list(keys)},
                 },
             }));

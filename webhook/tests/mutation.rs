@@ -159,8 +159,9 @@ fn annotated_pod_gets_images_rewritten_and_everything_injected() {
 
     let volumes = spec["volumes"].as_array().unwrap();
     assert_eq!(volumes[0]["csi"]["driver"], "connectors-csi");
-    // Writable at the pod's level, so that kubelet applies the fsGroup.
-    assert_eq!(volumes[0]["csi"]["readOnly"], false);
+    // Read-only, as the connector docs require: the CSI plugin gives the
+    // token files to the pod's group or user itself.
+    assert_eq!(volumes[0]["csi"]["readOnly"], true);
     assert_eq!(volumes[0]["csi"]["volumeAttributes"]["connectors"], "team/harbor");
     assert_eq!(
         volumes[1]["downwardAPI"]["items"][0]["fieldRef"]["fieldPath"],
