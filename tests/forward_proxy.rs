@@ -36,7 +36,7 @@ struct Lab {
     dir: tempfile::TempDir,
     /// Holds the interception CA as `ca.crt`, for `--cert-dir`.
     trust_dir: PathBuf,
-    _tls: TestTls,
+    tls: TestTls,
 }
 
 impl Lab {
@@ -71,7 +71,9 @@ impl Lab {
         )
         .unwrap();
         let state = dir.path().join("state");
-        let resolve = format!("registry.test:{port}:127.0.0.1");
+        // NB: public.test is the same server under a name no connector
+        // has: a stand-in for a public host.
+        let resolve = format!("registry.test:{port}:127.0.0.1,public.test:{port}:127.0.0.1");
         let mut args = vec![
             "proxy",
             // NB: the registries of these tests listen on loopback.
@@ -106,7 +108,7 @@ impl Lab {
             forward,
             dir,
             trust_dir,
-            _tls: tls,
+            tls,
         }
     }
 
@@ -330,7 +332,13 @@ async fn connect(forward: SocketAddr, target: &str, proxy_authorization: Option<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callers_and_hosts_the_proxy_must_not_serve_are_refused() {
-    let lab = Lab::start(&["--forward-tunnel-host", "169.254.169.254"]).await;
+    let lab = Lab::start(&[
+        "--forward-tunnels",
+        "listed",
+        "--forward-tunnel-host",
+        "169.254.169.254",
+    ])
+    .await;
     let registry = format!("registry.test:{}", lab.registry.port());
     let before = lab.registry.access_log_lines("/v2/").len();
 
@@ -387,6 +395,51 @@ async fn callers_and_hosts_the_proxy_must_not_serve_are_refused() {
     lab.assert_no_credential_in_logs();
 }
 
+/// Unchanged workloads keep their egress once `HTTPS_PROXY` is injected:
+/// an HTTPS host of no connector gets a blind tunnel (its own certificate,
+/// no credential) when the egress policy allows its address; a private
+/// address is refused; `--forward-tunnels off` refuses every tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_https_hosts_get_a_blind_tunnel_unless_private_or_switched_off() {
+    // The lab's registry, by a name no connector has, stands in for a
+    // public host (the lab allows loopback as egress).
+    let lab = Lab::start(&[]).await;
+    let host = format!("public.test:{}", lab.registry.port());
+    let roots = certs::root_store_from_pem(lab.tls.ca_pem()).unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(certs::client_config(roots, &[b"http/1.1"]).unwrap()));
+    let name = rustls::pki_types::ServerName::try_from("registry.test").unwrap();
+    for user in ["", "team%2Flab", "team%2Fghost", "other%2Fsecret"] {
+        let (stream, head) = connect(lab.forward, &host, Some(&basic(user, TEAM_TOKEN))).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{user}: {head}");
+        // The registry's own certificate, through: the proxy is not in it.
+        let mut tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name.clone(), stream))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{user}: not a blind tunnel: {e}"));
+        let request = format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 401"), "no credential was added: {answer}");
+    }
+    for private in ["10.1.2.3:443", "169.254.169.254:443", "[fd00::1]:443"] {
+        let (_, head) = connect(lab.forward, private, Some(&basic("", TEAM_TOKEN))).await;
+        assert!(head.starts_with("HTTP/1.1 403"), "{private}: {head}");
+    }
+    let (_, head) = connect(lab.forward, &host, None).await;
+    assert!(head.starts_with("HTTP/1.1 407"), "tunnels are for callers only: {head}");
+    lab.assert_no_credential_in_logs();
+
+    let off = Lab::start(&["--forward-tunnels", "off"]).await;
+    let host = format!("public.test:{}", off.registry.port());
+    let (_, head) = connect(off.forward, &host, Some(&basic("", TEAM_TOKEN))).await;
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+}
+
 /// A second tunnel to the same host resumes the first one's TLS session
 /// instead of a full handshake, and still has to pass the CONNECT's checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -427,8 +480,14 @@ async fn a_second_tunnel_to_a_host_resumes_the_tls_session() {
         [Some(rustls::HandshakeKind::Full), Some(rustls::HandshakeKind::Resumed)]
     );
 
-    // Resuming is no way around the caller checks.
-    let (_, head) = connect(lab.forward, &registry, Some(&basic("team%2Flab", OTHER_TOKEN))).await;
-    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    // Resuming is no way around the caller checks: a caller refused the
+    // connector gets what any other host gets, a blind tunnel, never the
+    // proxy's certificate.
+    let (stream, head) = connect(lab.forward, &registry, Some(&basic("team%2Flab", OTHER_TOKEN))).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let intercepted = tokio::time::timeout(Duration::from_secs(10), connector.connect(name.clone(), stream))
+        .await
+        .unwrap();
+    assert!(intercepted.is_err(), "a refused caller was intercepted");
     lab.assert_no_credential_in_logs();
 }

@@ -87,3 +87,35 @@ fn mutate_fails_clearly_on_an_unknown_connector_or_bad_input() {
     assert!(!status.success());
     assert!(stderr.contains("missing.yaml"), "{stderr}");
 }
+
+#[test]
+fn mutate_reads_yaml_as_kubectl_and_passes_what_it_does_not_select_through_byte_for_byte() {
+    // A Helm-rendered shape: YAML 1.1 octal modes and booleans, comments,
+    // flow style, a document that is not a pod.
+    let untouched = "# Source: chart/templates/configmap.yaml\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}   # keep me\ndata:\n  enabled: \"yes\"\n";
+    let unselected = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: other\n  namespace: default\nspec:\n  template:\n    spec:\n      automountServiceAccountToken: no\n      containers: [{name: a, image: harbor.example.com/x/y:1}]\n      volumes:\n        - name: scripts\n          configMap: {name: scripts, defaultMode: 0755}\n";
+    let selected = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: team-a}\nspec:\n  enableServiceLinks: off\n  containers: [{name: a, image: harbor.example.com/x/y:1}]\n  volumes:\n    - name: scripts\n      configMap: {name: scripts, defaultMode: 0755}\n";
+    let manifest = format!("{untouched}---\n{unselected}---\n{selected}");
+    let (status, stdout, stderr) = support::run(
+        &["mutate", "--store", "examples/store.yaml", "-f", "-"],
+        Some(&manifest),
+        support::root(),
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(
+        stdout.starts_with(&format!("{untouched}---\n{unselected}---\n")),
+        "documents not selected come back as they were:\n{stdout}"
+    );
+    let documents = connector::yaml::parse_documents(&stdout).unwrap();
+    let pod = &documents[2];
+    assert!(
+        pod["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .contains("/namespaces/team-a/connectors/harbor/x/y:1")
+    );
+    // Every value it had keeps its meaning: 0755 is octal, off is false.
+    assert_eq!(pod["spec"]["volumes"][0]["configMap"]["defaultMode"], 493);
+    assert_eq!(pod["spec"]["enableServiceLinks"], false);
+    assert!(!stdout.contains("755.0"), "{stdout}");
+}

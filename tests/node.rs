@@ -1433,3 +1433,72 @@ spec:
     // The token files belong to the pod's user and group alone.
     assert!(logs.contains("token 440 1000 440 1000 "), "{logs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_with_image_pull_secrets_for_the_registry_still_pulls_through_the_proxy() {
+    // The imagePullSecrets practice of ../shared/docs/seeds/004: a
+    // docker-registry Secret for the registry's own host, on the pod. After
+    // the rewrite kubelet pulls from the proxy's address, for which the
+    // Secret has no entry: it is not used (a wrong password changes
+    // nothing) and can go.
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    push_image(
+        &registry,
+        "tools/busybox:1",
+        None,
+        &[(Path::new("/bin/busybox"), "/bin/busybox")],
+    );
+    let namespace = "node-pull-secrets";
+    namespace_with_connector(cluster, namespace, &registry);
+    for (secret, password) in [("registry-secret", PASSWORD), ("stale-secret", "an-old-password")] {
+        cluster.kubectl_ok(
+            &[
+                "-n",
+                namespace,
+                "create",
+                "secret",
+                "docker-registry",
+                secret,
+                &format!("--docker-server={}", registry.host_port()),
+                &format!("--docker-username={USER}"),
+                &format!("--docker-password={password}"),
+            ],
+            None,
+        );
+        let pod = format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: with-{secret}, namespace: {namespace}}}
+spec:
+  restartPolicy: Never
+  imagePullSecrets: [{{name: {secret}}}]
+  containers:
+    - name: main
+      image: {registry}/tools/busybox:1
+      command: ["/bin/busybox", "true"]
+"#,
+            registry = registry.host_port()
+        );
+        apply_and_wait(
+            cluster,
+            namespace,
+            &pod,
+            "jsonpath={.status.phase}=Succeeded",
+            &format!("pod/with-{secret}"),
+        );
+        let image = cluster.kubectl_ok(
+            &[
+                "-n",
+                namespace,
+                "get",
+                "pod",
+                &format!("with-{secret}"),
+                "-o",
+                "jsonpath={.spec.containers[0].image}",
+            ],
+            None,
+        );
+        assert!(image.starts_with(PULL_ADDRESS), "{image}");
+    }
+}

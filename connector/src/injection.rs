@@ -63,29 +63,73 @@ pub fn default_no_proxy(cluster_domain: &str, api_server: Option<&str>, cidrs: &
         format!(".{domain}"),
     ];
     entries.extend(api_server.map(str::to_owned));
+    // NB: hosts on private addresses (company services, in-cluster IPs)
+    // keep going direct as before injection; names always go through the
+    // proxy, which is how a connector's registry is reached.
+    entries.extend(PRIVATE_RANGES.iter().map(|range| (*range).to_owned()));
     entries.extend(cidrs.iter().cloned());
     let mut seen = std::collections::HashSet::new();
     entries.retain(|e| !e.is_empty() && seen.insert(e.clone()));
     entries
 }
 
+/// The private address ranges (RFC 1918 and IPv6 unique local) every
+/// default `NO_PROXY` lists.
+pub const PRIVATE_RANGES: [&str; 4] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"];
+
 /// The `NO_PROXY` value: the configured entries and, unless one of them
 /// already covers it, the pull address's host, so that clients reach the
 /// reverse proxy directly rather than through the forward proxy (an IP
 /// pull address, as in a cluster without DNS for Services, matches no
 /// domain entry).
-fn no_proxy_with_pull_address(config: &InjectionConfig) -> String {
+fn no_proxy_with_pull_address(config: &InjectionConfig, connector_hosts: &[&str]) -> String {
     let host = address_host(&config.pull_address);
     let covered = host.is_empty()
         || config.no_proxy.iter().any(|entry| {
             entry.eq_ignore_ascii_case(host)
                 || (entry.starts_with('.') && host.to_ascii_lowercase().ends_with(&entry.to_ascii_lowercase()))
         });
-    let mut entries = config.no_proxy.clone();
+    // A connector whose registry is an address in a listed range must still
+    // be reached through the proxy: that range is left out.
+    let connector_ips: Vec<std::net::IpAddr> = connector_hosts
+        .iter()
+        .filter_map(|host| address_host(host).parse().ok())
+        .collect();
+    let mut entries: Vec<String> = config
+        .no_proxy
+        .iter()
+        .filter(|entry| !connector_ips.iter().any(|ip| cidr_contains(entry, *ip)))
+        .cloned()
+        .collect();
     if !covered {
         entries.push(host.to_owned());
     }
     entries.join(",")
+}
+
+/// Whether `entry`, when it is a CIDR or an address, covers `ip`.
+fn cidr_contains(entry: &str, ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let (network, bits) = match entry.split_once('/') {
+        Some((network, bits)) => (network, bits.parse::<u32>().ok()),
+        None => (entry, None),
+    };
+    let Ok(network) = network.parse::<IpAddr>() else {
+        return false;
+    };
+    match (network, ip) {
+        (IpAddr::V4(network), IpAddr::V4(ip)) => {
+            let bits = bits.unwrap_or(32).min(32);
+            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            u32::from(network) & mask == u32::from(ip) & mask
+        }
+        (IpAddr::V6(network), IpAddr::V6(ip)) => {
+            let bits = bits.unwrap_or(128).min(128);
+            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - bits) };
+            u128::from(network) & mask == u128::from(ip) & mask
+        }
+        _ => false,
+    }
 }
 
 /// The host of `host[:port]` (IPv6 literals without their brackets).
@@ -130,10 +174,14 @@ pub fn forward_proxy_url_with_password(forward_proxy: &str, connectors: &[Connec
 /// trust bundle variables and the registry auth file variables, all pointing
 /// into the configuration volume. The CSI driver writes the same list into
 /// the volume's `.env`.
-pub fn container_env(config: &InjectionConfig, proxy_url: Option<&str>) -> Vec<(&'static str, String)> {
+pub fn container_env(
+    config: &InjectionConfig,
+    proxy_url: Option<&str>,
+    connector_hosts: &[&str],
+) -> Vec<(&'static str, String)> {
     let mut env: Vec<(&'static str, String)> = Vec::new();
     if let Some(proxy) = proxy_url {
-        let no_proxy = no_proxy_with_pull_address(config);
+        let no_proxy = no_proxy_with_pull_address(config, connector_hosts);
         env.extend([
             ("HTTP_PROXY", proxy.to_owned()),
             ("http_proxy", proxy.to_owned()),
@@ -168,7 +216,7 @@ mod tests {
 
     fn no_proxy_of(pull_address: &str) -> String {
         let config = InjectionConfig::new(pull_address, "proxy:3128");
-        container_env(&config, Some("http://proxy:3128"))
+        container_env(&config, Some("http://proxy:3128"), &[])
             .into_iter()
             .find(|(name, _)| *name == "NO_PROXY")
             .unwrap()
@@ -196,5 +244,33 @@ mod tests {
             domains
         );
         assert_eq!(no_proxy_of("localhost:5000"), domains);
+    }
+}
+
+#[cfg(test)]
+mod private_range_tests {
+    use super::*;
+
+    fn no_proxy(connector_hosts: &[&str]) -> Vec<String> {
+        let config = InjectionConfig::new("connectors-proxy.connectors-system.svc", "proxy:3128");
+        let env = container_env(&config, Some("http://proxy:3128"), connector_hosts);
+        let value = &env.iter().find(|(name, _)| *name == "NO_PROXY").unwrap().1;
+        value.split(',').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn private_ranges_go_direct_unless_a_connector_lives_there() {
+        let all = no_proxy(&["harbor.example.com", "registry-1.docker.io"]);
+        for range in PRIVATE_RANGES {
+            assert!(all.iter().any(|e| e == range), "{range}: {all:?}");
+        }
+        let without = no_proxy(&["10.20.30.40:5000", "[fd12::1]:443", "harbor.example.com"]);
+        assert!(!without.iter().any(|e| e == "10.0.0.0/8"), "{without:?}");
+        assert!(!without.iter().any(|e| e == "fc00::/7"), "{without:?}");
+        assert!(without.iter().any(|e| e == "192.168.0.0/16"), "{without:?}");
+        assert!(cidr_contains("172.16.0.0/12", "172.31.255.1".parse().unwrap()));
+        assert!(!cidr_contains("172.16.0.0/12", "172.32.0.1".parse().unwrap()));
+        assert!(cidr_contains("10.1.2.3", "10.1.2.3".parse().unwrap()));
+        assert!(!cidr_contains(".svc", "10.1.2.3".parse().unwrap()));
     }
 }

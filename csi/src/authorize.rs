@@ -19,7 +19,10 @@ use connector::store::ResolvedConnector;
 /// Why a connector cannot go into the volume.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
-    #[error("service account {namespace}/{service_account} may not use connector {connector}")]
+    #[error(
+        "service account {namespace}/{service_account} may not use connector {connector}: bind it to the ClusterRole connectors-user where the connector is (kubectl -n {connector_namespace} create rolebinding {service_account}-uses-connectors --clusterrole=connectors-user --serviceaccount={namespace}:{service_account})",
+        connector_namespace = connector.namespace
+    )]
     Denied {
         namespace: String,
         service_account: String,

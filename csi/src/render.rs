@@ -81,7 +81,7 @@ pub fn render(
         .iter()
         .map(|&name| {
             let contents = match name {
-                FileName::Env => env_file(config, &proxy_url, mount_paths),
+                FileName::Env => env_file(config, &proxy_url, mount_paths, connectors),
                 FileName::HttpProxy | FileName::HttpsProxy => proxy_url.clone(),
                 FileName::DockerConfig => docker_config(config, pod, token),
                 FileName::Buildkitd => buildkitd_toml(config, connectors, &mount_paths[0]),
@@ -150,7 +150,12 @@ const DIR_VARIABLE: &str = "connectors_dir";
 /// The webhook's container environment, with the proxy URL carrying the
 /// token and the paths pointing where the pod mounts this volume; each line
 /// exported, so `source .env` (or `. ./.env`) hands it to child processes.
-fn env_file(config: &RenderConfig, proxy_url: &str, mount_paths: &[String]) -> String {
+fn env_file(
+    config: &RenderConfig,
+    proxy_url: &str,
+    mount_paths: &[String],
+    connectors: &[ResolvedConnector],
+) -> String {
     let mut injection = config.injection.clone();
     // NB: the webhook points NODE_EXTRA_CA_CERTS at its downwardAPI volume
     // when it has the CA; this volume has its own copy.
@@ -173,7 +178,8 @@ fn env_file(config: &RenderConfig, proxy_url: &str, mount_paths: &[String]) -> S
         );
         injection.config_mount_path = placeholder.clone();
     }
-    for (name, value) in container_env(&injection, Some(proxy_url)) {
+    let hosts: Vec<&str> = connectors.iter().map(ResolvedConnector::registry_host).collect();
+    for (name, value) in container_env(&injection, Some(proxy_url), &hosts) {
         let value = match value.strip_prefix(&placeholder) {
             Some(rest) => format!("\"${DIR_VARIABLE}\"{}", shell_value(rest)),
             None => shell_value(&value),

@@ -544,7 +544,7 @@ async fn bad_requests_get_the_right_code_and_never_show_the_token() {
             "another namespace's connector",
             request(&[("connectors", "other/private")]),
             Code::PermissionDenied,
-            "service account team/builder may not use connector other/private",
+            "service account team/builder may not use connector other/private: bind it to the ClusterRole connectors-user where the connector is (kubectl -n other create rolebinding builder-uses-connectors --clusterrole=connectors-user --serviceaccount=team:builder)",
         ),
         (
             "another namespace's missing connector",

@@ -35,14 +35,18 @@ use url::Url;
 use crate::error::{Dialect, ProxyError, json_response};
 use crate::pipeline::{Mode, Pipeline};
 use crate::route::{self, Route};
-use crate::tunnel::{self, TunnelHost};
+use crate::tunnel::{self, TunnelHost, Tunnels};
 use serving::{OpeningDeadline, ServerLimits, accept_and_drain, drain_on_stop};
 
 /// Options of forward mode.
 #[derive(Debug, Clone, Default)]
 pub struct ForwardOptions {
-    /// Non-connector hosts that get a blind tunnel (no interception, no
-    /// credential). Everything else is refused.
+    /// Which non-connector destinations get a blind tunnel (no
+    /// interception, no credential). The library's default is `Listed`;
+    /// the command's is `allowed`.
+    pub tunnels: Tunnels,
+    /// Non-connector hosts that get a blind tunnel under
+    /// [`Tunnels::Listed`].
     pub tunnel_hosts: Vec<TunnelHost>,
     /// Let tunnels ignore the egress policy (deprecated: allow the
     /// networks with `--egress-allow` instead).
@@ -417,17 +421,14 @@ impl ForwardProxy {
                 }
             }
         }
-        if let Some(refusal) = denied {
-            // NB: the caller is told the same as for a connector that does
-            // not exist, so naming another namespace's connectors cannot
-            // probe which of them exist and where; the audit line has why.
-            return Err(ProxyError::NotAConnectorHost {
-                host: host.to_owned(),
-                port,
-                denied: Some(Box::new(refusal)),
-            });
-        }
-        if scheme == "https" && self.options.tunnel_hosts.iter().any(|t| t.matches(host, port)) {
+        // NB: a caller refused a connector is answered as if it had named
+        // none (a blind tunnel where tunnels go, else a refusal), so naming
+        // another namespace's connectors cannot probe which of them exist
+        // and where; the audit line has why.
+        if scheme == "https" && self.options.tunnels.admits(&self.options.tunnel_hosts, host, port) {
+            if let Some(refusal) = &denied {
+                tracing::info!(%host, port, %refusal, "connector refused; the host gets a blind tunnel as any other");
+            }
             let addresses = tunnel::checked_addresses(
                 &self.options.pins,
                 &self.options.egress,
@@ -441,7 +442,7 @@ impl ForwardProxy {
         Err(ProxyError::NotAConnectorHost {
             host: host.to_owned(),
             port,
-            denied: None,
+            denied: denied.map(Box::new),
         })
     }
 }

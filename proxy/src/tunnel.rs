@@ -13,6 +13,52 @@ use tokio::net::TcpStream;
 
 use crate::error::ProxyError;
 
+/// Which non-connector HTTPS destinations forward mode tunnels blindly
+/// (no interception, no credential).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Tunnels {
+    /// Any destination the egress policy allows (public addresses, and what
+    /// `--egress-allow` lists), so that unchanged workloads keep their
+    /// egress once `HTTPS_PROXY` is injected.
+    Allowed,
+    /// Only the `--forward-tunnel-host` hosts (their addresses still
+    /// checked by the egress policy).
+    #[default]
+    Listed,
+    /// None: forward mode serves connector hosts only.
+    Off,
+}
+
+/// Why a `--forward-tunnels` value was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid tunnel setting {0:?}: expected allowed, listed or off")]
+pub struct TunnelsError(String);
+
+impl std::str::FromStr for Tunnels {
+    type Err = TunnelsError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        match value {
+            "allowed" => Ok(Tunnels::Allowed),
+            "listed" => Ok(Tunnels::Listed),
+            "off" => Ok(Tunnels::Off),
+            other => Err(TunnelsError(other.to_owned())),
+        }
+    }
+}
+
+impl Tunnels {
+    /// Whether a CONNECT to a non-connector `host`:`port` gets a tunnel
+    /// (before the egress policy checks its addresses).
+    pub fn admits(self, listed: &[TunnelHost], host: &str, port: u16) -> bool {
+        match self {
+            Tunnels::Allowed => true,
+            Tunnels::Listed => listed.iter().any(|t| t.matches(host, port)),
+            Tunnels::Off => false,
+        }
+    }
+}
+
 /// A host allowed through a blind tunnel: `name`, or `*.suffix` for every
 /// name under it; with an optional `:port` (any port when absent).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,6 +162,20 @@ mod tests {
         assert!(!one.matches("objects.example.com", 8443));
         for bad in ["", "*.", "a/b", "h:port"] {
             assert!(bad.parse::<TunnelHost>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_tunnel_switch_admits_all_listed_or_none() {
+        let listed: Vec<TunnelHost> = vec!["*.cdn.example.com".parse().unwrap()];
+        for (tunnels, host, admitted) in [
+            (Tunnels::Allowed, "api.github.com", true),
+            (Tunnels::Allowed, "a.cdn.example.com", true),
+            (Tunnels::Listed, "api.github.com", false),
+            (Tunnels::Listed, "a.cdn.example.com", true),
+            (Tunnels::Off, "a.cdn.example.com", false),
+        ] {
+            assert_eq!(tunnels.admits(&listed, host, 443), admitted, "{tunnels:?} {host}");
         }
     }
 

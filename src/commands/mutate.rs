@@ -42,7 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let output = if args.patch {
         serde_json::to_string_pretty(&mutated.patches)? + "\n"
     } else {
-        webhook::manifest::to_yaml(&mutated.documents)?
+        webhook::manifest::mutated_to_yaml(&mutated.documents, &mutated.unchanged)?
     };
     super::write_stdout(&output)
 }

@@ -17,7 +17,7 @@ use anyhow::Context;
 use certs::CertificateAuthority;
 use proxy::forward::ForwardOptions;
 use proxy::server::Role;
-use proxy::tunnel::TunnelHost;
+use proxy::tunnel::{TunnelHost, Tunnels};
 use proxy::{ClusterSettings, Proxy, StandaloneSettings, UpstreamOptions};
 use registry::egress::{EgressAllow, EgressPolicy};
 use registry::resolve::{Pin, Pins};
@@ -57,8 +57,16 @@ pub struct ForwardArgs {
     /// Repeatable.
     #[arg(long = "resolve", env = "CONNECTORS_RESOLVE", value_delimiter = ',')]
     pub resolve: Vec<Pin>,
-    /// Non-connector hosts that get a blind tunnel (`NAME`, `*.SUFFIX`,
-    /// optionally `:PORT`); every other host is refused. Repeatable.
+    /// Which non-connector HTTPS destinations forward mode tunnels blindly
+    /// (no interception, no credential): `allowed` (any the egress policy
+    /// allows: public addresses and `--egress-allow`), `listed` (only
+    /// `--forward-tunnel-host`) or `off`. A tunnel leaves from the proxy,
+    /// so a pod's own egress NetworkPolicy does not apply to it.
+    #[arg(long, env = "CONNECTORS_FORWARD_TUNNELS", default_value = "allowed")]
+    pub forward_tunnels: Tunnels,
+    /// Non-connector hosts that get a blind tunnel with
+    /// `--forward-tunnels listed` (`NAME`, `*.SUFFIX`, optionally `:PORT`).
+    /// Repeatable.
     #[arg(
         long = "forward-tunnel-host",
         env = "CONNECTORS_FORWARD_TUNNEL_HOSTS",
@@ -103,6 +111,7 @@ impl ForwardArgs {
 
     pub fn forward_options(&self) -> ForwardOptions {
         ForwardOptions {
+            tunnels: self.forward_tunnels,
             tunnel_hosts: self.tunnel_hosts.clone(),
             tunnel_to_private_addresses: self.forward_tunnel_to_private_addresses,
             pins: Pins::new(self.resolve.clone()),

@@ -63,6 +63,9 @@ pub struct ObjectPatch {
 pub struct Mutated {
     pub documents: Vec<Value>,
     pub patches: Vec<ObjectPatch>,
+    /// Per document, its text as read when nothing in it was selected:
+    /// written back byte for byte.
+    pub unchanged: Vec<Option<String>>,
 }
 
 /// Parses multi-document YAML (also `kind: List`) and mutates every selected
@@ -75,9 +78,17 @@ pub fn mutate_manifest(
     default_namespace: &str,
     force_namespace: Option<&str>,
 ) -> Result<Mutated> {
-    let documents = connector::yaml::parse_documents(yaml).map_err(Error::Yaml)?;
+    // NB: each document's text is parsed on its own, so that one left
+    // unchanged can be written back as it was read.
+    let mut documents = Vec::new();
+    for text in connector::yaml::split_documents(yaml) {
+        let parsed = connector::yaml::parse_documents(text).map_err(Error::Yaml)?;
+        let single = parsed.len() == 1;
+        documents.extend(parsed.into_iter().map(|document| (document, single.then_some(text))));
+    }
     let mut out = Mutated::default();
-    for mut document in documents {
+    for (mut document, text) in documents {
+        let before = out.patches.len();
         if document.get("kind").and_then(Value::as_str) == Some("List") {
             if let Some(items) = document.get_mut("items").and_then(Value::as_array_mut) {
                 for item in items {
@@ -101,6 +112,8 @@ pub fn mutate_manifest(
                 &mut out.patches,
             )?;
         }
+        let unchanged = out.patches.len() == before;
+        out.unchanged.push(text.filter(|_| unchanged).map(str::to_owned));
         out.documents.push(document);
     }
     Ok(out)
@@ -205,12 +218,27 @@ fn prefix_op(prefix: &PointerBuf, op: PatchOperation) -> PatchOperation {
 
 /// The documents as multi-document YAML.
 pub fn to_yaml(documents: &[Value]) -> Result<String> {
+    let unchanged = vec![None; documents.len()];
+    mutated_to_yaml(documents, &unchanged)
+}
+
+/// The documents as multi-document YAML: those in `unchanged` as they were
+/// read, the others serialised.
+pub fn mutated_to_yaml(documents: &[Value], unchanged: &[Option<String>]) -> Result<String> {
     let mut out = String::new();
     for (i, document) in documents.iter().enumerate() {
         if i > 0 {
             out.push_str("---\n");
         }
-        out.push_str(&connector::yaml::to_string(document).map_err(Error::Encode)?);
+        match unchanged.get(i).and_then(Option::as_deref) {
+            Some(text) => {
+                out.push_str(text);
+                if !text.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            None => out.push_str(&connector::yaml::to_string(document).map_err(Error::Encode)?),
+        }
     }
     Ok(out)
 }

@@ -228,7 +228,8 @@ impl<'a> PodPatch<'a> {
         // NB: hostNetwork pods share the node's address, so the proxy cannot
         // tell them apart by source IP; they get no proxy environment.
         let proxy = (!host_network).then(|| forward_proxy_url(&config.forward_proxy, keys));
-        let env = container_env(config, proxy.as_deref());
+        let hosts: Vec<&str> = routes.iter().map(ResolvedConnector::registry_host).collect();
+        let env = container_env(config, proxy.as_deref(), &hosts);
         let env = env
             .into_iter()
             .map(|(name, value)| (name, json!({"name": name, "value": value})))
