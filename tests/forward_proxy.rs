@@ -395,6 +395,19 @@ async fn callers_and_hosts_the_proxy_must_not_serve_are_refused() {
     lab.assert_no_credential_in_logs();
 }
 
+/// `GET /v2/` for `host` over `tls` (one request, then the connection
+/// closes): the whole answer.
+async fn get_v2<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(tls: &mut S, host: &str) -> String {
+    let request = format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Unchanged workloads keep their egress once `HTTPS_PROXY` is injected:
 /// an HTTPS host of no connector gets a blind tunnel (its own certificate,
 /// no credential) when the egress policy allows its address; a private
@@ -416,14 +429,7 @@ async fn other_https_hosts_get_a_blind_tunnel_unless_private_or_switched_off() {
             .await
             .unwrap()
             .unwrap_or_else(|e| panic!("{user}: not a blind tunnel: {e}"));
-        let request = format!("GET /v2/ HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        tls.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
-            .await
-            .unwrap()
-            .unwrap();
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = get_v2(&mut tls, &host).await;
         assert!(answer.starts_with("HTTP/1.1 401"), "no credential was added: {answer}");
     }
     for private in ["10.1.2.3:443", "169.254.169.254:443", "[fd00::1]:443"] {
@@ -462,14 +468,7 @@ async fn a_second_tunnel_to_a_host_resumes_the_tls_session() {
         kinds.push(tls.get_ref().1.handshake_kind());
         // Reading the answer also takes in the session tickets the proxy
         // sends after the handshake.
-        let request = format!("GET /v2/ HTTP/1.1\r\nHost: {registry}\r\nConnection: close\r\n\r\n");
-        tls.write_all(request.as_bytes()).await.unwrap();
-        let mut answer = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer))
-            .await
-            .unwrap()
-            .unwrap();
-        let answer = String::from_utf8_lossy(&answer);
+        let answer = get_v2(&mut tls, &registry).await;
         assert!(
             answer.starts_with("HTTP/1.1 200"),
             "the credential is injected: {answer}"

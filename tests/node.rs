@@ -42,6 +42,37 @@ fn push_image(registry: &Registry, repository: &str, base: Option<&Path>, files:
     push_image_with(registry, repository, base, files, &[], &["--dest-tls-verify=false"]);
 }
 
+/// Pushes `tools/busybox:1`: the machine's static busybox, from scratch.
+fn push_busybox(registry: &Registry) {
+    push_image(
+        registry,
+        "tools/busybox:1",
+        None,
+        &[(Path::new("/bin/busybox"), "/bin/busybox")],
+    );
+}
+
+/// Pushes a one-file image from scratch (`/stamp` holding `contents`) as
+/// `repository:tag`, with `skopeo copy` options `dest`.
+fn push_stamp(registry: &Registry, repository: &str, contents: &str, dest: &[&str]) {
+    let work = tempfile::tempdir().unwrap();
+    let stamp = work.path().join("stamp");
+    std::fs::write(&stamp, contents).unwrap();
+    push_image_with(registry, repository, None, &[(&stamp, "/stamp")], &[], dest);
+}
+
+/// Pushes an image of client tools from scratch: `files` and a `PATH`.
+fn push_tools(registry: &Registry, repository: &str, files: &[(&Path, &str)], path: &str) {
+    push_image_with(
+        registry,
+        repository,
+        None,
+        files,
+        &["--env", &format!("PATH={path}")],
+        &["--dest-tls-verify=false"],
+    );
+}
+
 /// As [`push_image`], with `buildah config` options for the image and
 /// `skopeo copy` options for the destination.
 fn push_image_with(
@@ -97,6 +128,35 @@ fn push_image_with(
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Applies a pod that runs to completion and returns its logs, once it
+/// succeeded (within `seconds`); fails with its logs and the namespace's
+/// events otherwise.
+fn run_pod(cluster: &RealCluster, namespace: &str, pod: &str, yaml: &str, seconds: u32) -> String {
+    let applied = cluster.kubectl(&["-n", namespace, "apply", "-f", "-"], Some(yaml));
+    assert!(
+        applied.status.success(),
+        "{}\n{yaml}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let waited = cluster.kubectl(
+        &[
+            "-n",
+            namespace,
+            "wait",
+            "--for=jsonpath={.status.phase}=Succeeded",
+            &format!("pod/{pod}"),
+            &format!("--timeout={seconds}s"),
+        ],
+        None,
+    );
+    let logs = cluster.kubectl_ok(&["-n", namespace, "logs", pod], None);
+    if !waited.status.success() {
+        let events = cluster.kubectl_ok(&["-n", namespace, "get", "events"], None);
+        panic!("pod {pod} did not succeed: {logs}\n{events}");
+    }
+    logs
 }
 
 /// An opted-in namespace with a Connector for `registry` whose Secret
@@ -282,12 +342,7 @@ spec:
 async fn kubelet_publishes_the_csi_volume_with_the_pods_token_for_a_non_root_container() {
     let cluster = cluster();
     let registry = node_registry(cluster).await;
-    push_image(
-        &registry,
-        "tools/busybox:1",
-        None,
-        &[(Path::new("/bin/busybox"), "/bin/busybox")],
-    );
+    push_busybox(&registry);
     let namespace = "node-volume";
     namespace_with_connector(cluster, namespace, &registry);
 
@@ -615,12 +670,7 @@ fn token_times(token: &str) -> (u64, u64) {
 async fn kubelet_republishes_the_volume_with_a_fresh_token_before_the_old_one_expires() {
     let cluster = cluster();
     let registry = node_registry(cluster).await;
-    push_image(
-        &registry,
-        "tools/busybox:1",
-        None,
-        &[(Path::new("/bin/busybox"), "/bin/busybox")],
-    );
+    push_busybox(&registry);
     let namespace = "node-refresh";
     namespace_with_connector(cluster, namespace, &registry);
     let pod = format!(
@@ -908,18 +958,18 @@ async fn skopeo_and_crane_in_a_pod_copy_through_the_proxy_with_only_what_the_pod
     // busybox for the shell.
     let crane = testing::program::go_tool("github.com/google/go-containerregistry/cmd/crane");
     let rootfs = host_rootfs(&["/usr/bin/skopeo", "/bin/busybox"]);
-    push_image_with(
+    push_tools(
         &registry,
         "tools/clients:1",
-        None,
         &[(rootfs.path(), "/"), (&crane, "/usr/bin/crane")],
-        &["--env", "PATH=/usr/bin:/bin"],
+        "/usr/bin:/bin",
+    );
+    push_stamp(
+        &registry,
+        "demo/source:v1",
+        "copied by clients in a pod\n",
         &["--dest-tls-verify=false"],
     );
-    let work = tempfile::tempdir().unwrap();
-    let stamp = work.path().join("stamp");
-    std::fs::write(&stamp, "copied by clients in a pod\n").unwrap();
-    push_image(&registry, "demo/source:v1", None, &[(&stamp, "/stamp")]);
     let digest = registry.manifest_digest("demo/source", "v1").await.unwrap();
     let namespace = "node-clients";
     namespace_with_connector(cluster, namespace, &registry);
@@ -977,22 +1027,17 @@ async fn buildkit_in_a_pod_builds_from_a_base_and_pushes_through_the_proxy_confi
     let buildkitd = testing::program::go_tool("github.com/moby/buildkit/cmd/buildkitd");
     let buildctl = testing::program::go_tool("github.com/moby/buildkit/cmd/buildctl");
     let rootfs = host_rootfs(&["/bin/busybox", "/usr/sbin/runc"]);
-    push_image_with(
+    push_tools(
         &registry,
         "tools/buildkit:1",
-        None,
         &[
             (rootfs.path(), "/"),
             (&buildkitd, "/usr/bin/buildkitd"),
             (&buildctl, "/usr/bin/buildctl"),
         ],
-        &["--env", "PATH=/usr/bin:/usr/sbin:/bin"],
-        &["--dest-tls-verify=false"],
+        "/usr/bin:/usr/sbin:/bin",
     );
-    let work = tempfile::tempdir().unwrap();
-    let stamp = work.path().join("stamp");
-    std::fs::write(&stamp, "the base\n").unwrap();
-    push_image(&registry, "demo/base:v1", None, &[(&stamp, "/base")]);
+    push_stamp(&registry, "demo/base:v1", "the base\n", &["--dest-tls-verify=false"]);
     let namespace = "node-buildkit";
     namespace_with_connector(cluster, namespace, &registry);
 
@@ -1040,21 +1085,7 @@ spec:
 "#,
         registry = registry.host_port()
     );
-    let applied = cluster.kubectl(&["-n", namespace, "apply", "-f", "-"], Some(&pod));
-    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
-    let waited = cluster.kubectl(
-        &[
-            "-n",
-            namespace,
-            "wait",
-            "--for=jsonpath={.status.phase}=Succeeded",
-            "pod/buildkit",
-            "--timeout=180s",
-        ],
-        None,
-    );
-    let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "buildkit"], None);
-    assert!(waited.status.success(), "the build failed: {logs}");
+    let logs = run_pod(cluster, namespace, "buildkit", &pod, 180);
     // buildctl's metadata file: `"containerimage.digest": "sha256:…"`.
     let built = logs
         .split("\"containerimage.digest\":")
@@ -1080,18 +1111,8 @@ async fn buildah_in_a_pod_builds_from_a_base_and_pushes_through_the_proxy() {
     // buildah looks its user up.
     std::fs::write(rootfs.path().join("etc/passwd"), "root:x:0:0:root:/var/tmp:/bin/sh\n").unwrap();
     std::fs::write(rootfs.path().join("etc/group"), "root:x:0:\n").unwrap();
-    push_image_with(
-        &registry,
-        "tools/buildah:1",
-        None,
-        &[(rootfs.path(), "/")],
-        &["--env", "PATH=/usr/bin:/bin"],
-        &["--dest-tls-verify=false"],
-    );
-    let work = tempfile::tempdir().unwrap();
-    let stamp = work.path().join("stamp");
-    std::fs::write(&stamp, "the base\n").unwrap();
-    push_image(&registry, "demo/base:v1", None, &[(&stamp, "/base")]);
+    push_tools(&registry, "tools/buildah:1", &[(rootfs.path(), "/")], "/usr/bin:/bin");
+    push_stamp(&registry, "demo/base:v1", "the base\n", &["--dest-tls-verify=false"]);
     let namespace = "node-buildah";
     namespace_with_connector(cluster, namespace, &registry);
 
@@ -1128,21 +1149,7 @@ spec:
 "#,
         registry = registry.host_port()
     );
-    let applied = cluster.kubectl(&["-n", namespace, "apply", "-f", "-"], Some(&pod));
-    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
-    let waited = cluster.kubectl(
-        &[
-            "-n",
-            namespace,
-            "wait",
-            "--for=jsonpath={.status.phase}=Succeeded",
-            "pod/buildah",
-            "--timeout=180s",
-        ],
-        None,
-    );
-    let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "buildah"], None);
-    assert!(waited.status.success(), "the build failed: {logs}");
+    let logs = run_pod(cluster, namespace, "buildah", &pod, 180);
     let pushed = logs
         .lines()
         .find_map(|line| line.strip_prefix("buildah "))
@@ -1171,12 +1178,7 @@ async fn ko_on_the_node_builds_and_pushes_through_the_proxy_with_a_pods_volume_a
     let cluster = cluster();
     let registry = node_registry(cluster).await;
     let ko = testing::program::go_tool("github.com/google/ko");
-    push_image(
-        &registry,
-        "tools/busybox:1",
-        None,
-        &[(Path::new("/bin/busybox"), "/bin/busybox")],
-    );
+    push_busybox(&registry);
     let namespace = "node-ko";
     namespace_with_connector(cluster, namespace, &registry);
     let pod = format!(
@@ -1232,10 +1234,8 @@ spec:
     assert!(env.iter().any(|(name, _)| name == "HTTPS_PROXY"), "{injected}");
 
     // A stdlib-only program on a base from the connector's registry.
+    push_stamp(&registry, "demo/base:v1", "the base\n", &["--dest-tls-verify=false"]);
     let work = tempfile::tempdir().unwrap();
-    let stamp = work.path().join("stamp");
-    std::fs::write(&stamp, "the base\n").unwrap();
-    push_image(&registry, "demo/base:v1", None, &[(&stamp, "/base")]);
     let module = work.path().join("hello");
     std::fs::create_dir(&module).unwrap();
     std::fs::write(module.join("go.mod"), "module example.com/hello\n\ngo 1.26\n").unwrap();
@@ -1347,10 +1347,7 @@ async fn the_seed_documents_volumes_and_snippets_work_unchanged_for_a_non_root_p
         &["--env", "PATH=/usr/bin:/bin"],
         &dest,
     );
-    let work = tempfile::tempdir().unwrap();
-    let stamp = work.path().join("stamp");
-    std::fs::write(&stamp, "seeds\n").unwrap();
-    push_image_with(&registry, "demo/source:v1", None, &[(&stamp, "/stamp")], &[], &dest);
+    push_stamp(&registry, "demo/source:v1", "seeds\n", &dest);
     let digest = registry.manifest_digest("demo/source", "v1").await.unwrap();
     let namespace = "node-seeds";
     namespace_with_connector_named(cluster, namespace, "harbor", &registry);
@@ -1408,26 +1405,7 @@ spec:
         forward = snippet("forward-proxy.sh"),
         source = snippet("source-env.sh"),
     );
-    let applied = cluster.kubectl(&["-n", namespace, "apply", "-f", "-"], Some(&pod));
-    assert!(
-        applied.status.success(),
-        "{}\n{pod}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    let waited = cluster.kubectl(
-        &[
-            "-n",
-            namespace,
-            "wait",
-            "--for=jsonpath={.status.phase}=Succeeded",
-            "pod/seeds",
-            "--timeout=150s",
-        ],
-        None,
-    );
-    let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "seeds"], None);
-    let events = cluster.kubectl_ok(&["-n", namespace, "get", "events"], None);
-    assert!(waited.status.success(), "the seeds' pod failed: {logs}\n{events}");
+    let logs = run_pod(cluster, namespace, "seeds", &pod, 150);
     assert!(logs.contains("seeds-ok /opt/proxyconfig/ca-bundle.crt"), "{logs}");
     assert_eq!(registry.manifest_digest("demo/by-seed", "v1").await.unwrap(), digest);
     // The token files belong to the pod's user and group alone.
@@ -1443,12 +1421,7 @@ async fn a_pod_with_image_pull_secrets_for_the_registry_still_pulls_through_the_
     // nothing) and can go.
     let cluster = cluster();
     let registry = node_registry(cluster).await;
-    push_image(
-        &registry,
-        "tools/busybox:1",
-        None,
-        &[(Path::new("/bin/busybox"), "/bin/busybox")],
-    );
+    push_busybox(&registry);
     let namespace = "node-pull-secrets";
     namespace_with_connector(cluster, namespace, &registry);
     for (secret, password) in [("registry-secret", PASSWORD), ("stale-secret", "an-old-password")] {
