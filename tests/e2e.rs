@@ -579,7 +579,7 @@ async fn the_controller_reports_real_probes_of_htpasswd_and_token_registries() {
         let status = ready.status.unwrap();
         assert_eq!(
             status.proxy.and_then(|p| p.http_address).map(|a| a.url).as_deref(),
-            Some(format!("http://connectors-proxy.connectors-system.svc/namespaces/{ns}/connectors/{name}").as_str()),
+            Some(format!("http://c-{name}.{ns}.svc.cluster.local").as_str()),
             "{name}"
         );
     }
@@ -862,6 +862,13 @@ async fn a_healthy_connector_gets_every_condition_its_proxy_address_ca_and_a_rea
     assert_eq!(status.observed_generation, ready.metadata.generation);
     let address = status.proxy.as_ref().unwrap().http_address.as_ref().unwrap();
     assert_eq!(address.audience.as_deref(), Some("connectors-proxy"));
+    // The connector docs' address: a Service of the connector's own.
+    assert_eq!(address.url, "http://c-registry.healthy.svc.cluster.local");
+    let service = condition_of(&ready, "ProxyServiceReady");
+    assert_eq!(
+        (service.status.as_str(), service.reason.as_deref()),
+        ("True", Some("ServiceReady"))
+    );
     // The proxy CA the controller bootstrapped is published in the status.
     let api: Api<Connector> = Api::namespaced(client.clone(), ns);
     let ca = eventually("CACerts in the status", MINUTE, || async {
@@ -891,6 +898,78 @@ async fn a_healthy_connector_gets_every_condition_its_proxy_address_ca_and_a_rea
         testing::credentials::assert_no_credential(text, what, USER, PASSWORD);
     }
     assert!(!status.contains(USER), "the status names the robot: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connector_gets_a_service_of_its_own_unless_the_name_is_taken_and_it_goes_with_the_connector() {
+    use k8s_openapi::api::core::v1::Service;
+    use testing::{Registry, RegistryOptions};
+    let cluster = cluster();
+    let client = cluster.admin().await;
+    let registry = Registry::start(RegistryOptions::htpasswd(USER, PASSWORD))
+        .await
+        .unwrap();
+    let ns = "own-services";
+    namespace(&client, ns).await;
+    // A user's Service that happens to have the name the connector `taken`
+    // would get.
+    let theirs = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: c-taken, namespace: {ns}}}\nspec: {{ports: [{{port: 8080}}], selector: {{app: theirs}}}}\n"
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&theirs));
+    robot_connector(cluster, ns, "taken", &registry.url());
+    robot_connector(cluster, ns, "mine", &registry.url());
+
+    let mine = wait_condition(&client, ns, "mine", "ProxyServiceReady", "True", Some("ServiceReady")).await;
+    let url = mine.status.and_then(|s| s.proxy?.http_address).map(|a| a.url);
+    assert_eq!(url.as_deref(), Some("http://c-mine.own-services.svc.cluster.local"));
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let service = services.get("c-mine").await.unwrap();
+    let spec = service.spec.as_ref().unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("ExternalName"));
+    assert_eq!(
+        spec.external_name.as_deref(),
+        Some("connectors-proxy.connectors-system.svc.cluster.local")
+    );
+    let owner = &service.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("Connector", mine.metadata.uid.as_deref().unwrap())
+    );
+
+    let taken = wait_condition(
+        &client,
+        ns,
+        "taken",
+        "ProxyServiceReady",
+        "False",
+        Some("ServiceConflict"),
+    )
+    .await;
+    let url = taken.status.and_then(|s| s.proxy?.http_address).map(|a| a.url);
+    assert_eq!(
+        url.as_deref(),
+        Some("http://connectors-proxy.connectors-system.svc/namespaces/own-services/connectors/taken"),
+        "the shared address while the name is taken"
+    );
+    let untouched = services.get("c-taken").await.unwrap();
+    assert_eq!(untouched.spec.as_ref().unwrap().type_.as_deref(), Some("ClusterIP"));
+    assert!(
+        untouched.metadata.owner_references.is_none(),
+        "the user's Service was changed"
+    );
+    wait_condition(&client, ns, "taken", "Ready", "True", None).await;
+
+    // The Service goes with its connector (the garbage collector).
+    let connectors: Api<Connector> = Api::namespaced(client.clone(), ns);
+    connectors.delete("mine", &Default::default()).await.unwrap();
+    eventually("c-mine deleted with its connector", MINUTE, || async {
+        match services.get_opt("c-mine").await.unwrap() {
+            None => Ok(()),
+            Some(_) => Err("still there".to_owned()),
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -265,8 +265,39 @@ async fn kubelet_pulls_an_unchanged_jobs_image_through_the_proxy_and_the_passwor
         &[(&stamp, "/stamp")],
     );
     let digest = registry.manifest_digest("demo/connectors", "v0.2.0").await.unwrap();
+    // The connector and its Secret live in a platform namespace, shared;
+    // the workload namespace only opts in and names it, and its
+    // ServiceAccount is bound to connectors-user where the connector is.
+    let platform = "node-platform";
     let namespace = "node-pulls";
-    namespace_with_connector(cluster, namespace, &registry);
+    namespace_with_connector(cluster, platform, &registry);
+    cluster.kubectl_ok(
+        &[
+            "-n",
+            platform,
+            "annotate",
+            "connector",
+            "local",
+            "connectors.cpaas.io/shared=true",
+        ],
+        None,
+    );
+    let workload = format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: {namespace}
+  labels: {{connectors.cpaas.io/proxy-inject: "true"}}
+  annotations: {{connectors.cpaas.io/connector: {platform}/local}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {namespace}-uses-connectors, namespace: {platform}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: connectors-user}}
+subjects: [{{kind: ServiceAccount, name: default, namespace: {namespace}}}]
+"#
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&workload));
 
     // An unchanged Job: the image names the registry itself.
     let job = format!(
@@ -306,7 +337,7 @@ spec:
     let image = of_the_pod("spec.containers[0].image");
     assert_eq!(
         image,
-        format!("{PULL_ADDRESS}/namespaces/{namespace}/connectors/local/demo/connectors:v0.2.0")
+        format!("{PULL_ADDRESS}/namespaces/{platform}/connectors/local/demo/connectors:v0.2.0")
     );
     let image_id = of_the_pod("status.containerStatuses[0].imageID");
     assert!(image_id.ends_with(&format!("@{digest}")), "{image_id} is {digest}");
@@ -321,7 +352,7 @@ spec:
     // the node's holds it.
     let pod = cluster.kubectl_ok(&["-n", namespace, "get", "pods", "-o", "json"], None);
     let secrets = cluster.kubectl_ok(&["-n", namespace, "get", "secrets", "-o", "name"], None);
-    assert_eq!(secrets.trim(), "secret/registry-robot", "no Secret but the connector's");
+    assert_eq!(secrets.trim(), "", "the workload namespace holds no Secret");
     for (what, text) in [("the pod", &pod), ("the events", &events), ("the logs", &logs)] {
         assert!(!text.contains(PASSWORD), "{what} show the password");
     }
@@ -1370,12 +1401,39 @@ async fn the_seed_documents_volumes_and_snippets_work_unchanged_for_a_non_root_p
             .collect()
     };
     let at = format!("{PULL_ADDRESS}/namespaces/{namespace}/connectors/harbor");
+    // Seed 001: the connector's status names its own Service, and
+    // reverse-mode references start with that host.
+    let service_host = format!("c-harbor.{namespace}.svc.cluster.local");
+    let mut url = String::new();
+    for _ in 0..60 {
+        url = cluster.kubectl_ok(
+            &[
+                "-n",
+                namespace,
+                "get",
+                "connector",
+                "harbor",
+                "-o",
+                "jsonpath={.status.proxy.httpAddress.url}",
+            ],
+            None,
+        );
+        if url == format!("http://{service_host}") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(url, format!("http://{service_host}"));
+    let by_service = format!("{service_host}/namespaces/{namespace}/connectors/harbor");
+    // NB: this cluster runs no DNS; the pod's hosts file gives the answer
+    // cluster DNS would (the ExternalName's target, the proxy's ClusterIP).
     let pod = format!(
         r#"apiVersion: v1
 kind: Pod
 metadata: {{name: seeds, namespace: {namespace}}}
 spec:
   restartPolicy: Never
+  hostAliases: [{{ip: "{PULL_ADDRESS}", hostnames: ["{service_host}"]}}]
   securityContext: {{runAsUser: 1000, runAsGroup: 1000, runAsNonRoot: true}}
   containers:
     - name: client
@@ -1390,6 +1448,9 @@ spec:
 {source}          # Reverse mode: the docker-config volume's config.json.
           skopeo --insecure-policy copy -q --authfile /home/user/.docker/config.json \
             docker://{at}/demo/source:v1 docker://{at}/demo/by-seed:v1
+          # The status address (plain HTTP, as the docs' insecure registry).
+          skopeo --insecure-policy copy -q --authfile /home/user/.docker/config.json --dest-tls-verify=false \
+            docker://{at}/demo/source:v1 docker://{by_service}/demo/by-service:v1
           grep -q 'ca = \["/etc/buildkit/ca.crt"\]' /etc/buildkit/buildkitd.toml
           echo "token $(stat -L -c '%a %u' /opt/proxyconfig/context.token /home/user/.docker/config.json | tr '\n' ' ')"
           echo "seeds-ok $SSL_CERT_FILE"
@@ -1408,6 +1469,7 @@ spec:
     let logs = run_pod(cluster, namespace, "seeds", &pod, 150);
     assert!(logs.contains("seeds-ok /opt/proxyconfig/ca-bundle.crt"), "{logs}");
     assert_eq!(registry.manifest_digest("demo/by-seed", "v1").await.unwrap(), digest);
+    assert_eq!(registry.manifest_digest("demo/by-service", "v1").await.unwrap(), digest);
     // The token files belong to the pod's user and group alone.
     assert!(logs.contains("token 440 1000 440 1000 "), "{logs}");
 }

@@ -73,6 +73,28 @@ pub fn default_no_proxy(cluster_domain: &str, api_server: Option<&str>, cidrs: &
     entries
 }
 
+/// Longest Service name (an RFC 1035 label).
+const MAX_SERVICE_NAME: usize = 63;
+
+/// The name of connector `name`'s own Service, `c-<name>`, when that is a
+/// valid Service name (an RFC 1035 label: connector names may hold dots);
+/// otherwise the invalid name, for messages.
+pub fn service_name(name: &str) -> Result<String, String> {
+    let service = format!("c-{name}");
+    let valid = service.len() <= MAX_SERVICE_NAME
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !service.ends_with('-');
+    if valid { Ok(service) } else { Err(service) }
+}
+
+/// The host pods reach a connector's Service at:
+/// `c-<name>.<namespace>.svc.<domain>`.
+pub fn service_host(service: &str, namespace: &str, cluster_domain: &str) -> String {
+    format!("{service}.{namespace}.svc.{}", cluster_domain.trim_matches('.'))
+}
+
 /// The private address ranges (RFC 1918 and IPv6 unique local) every
 /// default `NO_PROXY` lists.
 pub const PRIVATE_RANGES: [&str; 4] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"];

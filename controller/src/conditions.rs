@@ -13,6 +13,7 @@ pub(crate) const SECRET_READY: &str = "SecretReady";
 pub(crate) const LIVENESS_READY: &str = "LivenessReady";
 pub(crate) const AUTH_READY: &str = "AuthReady";
 pub(crate) const READY: &str = "Ready";
+pub(crate) const PROXY_SERVICE_READY: &str = "ProxyServiceReady";
 
 /// The address workloads use for a connector: `<proxy_url>/namespaces/<ns>/connectors/<name>`.
 pub fn proxy_address(proxy_url: &str, namespace: &str, name: &str) -> String {
@@ -49,25 +50,7 @@ pub fn next_status(
     ];
     let conditions = checks
         .into_iter()
-        .map(|(type_, check)| {
-            let old = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
-            let status = check.verdict.as_str();
-            let last_transition_time = match old {
-                Some(old) if old.status == status && old.last_transition_time.is_some() => {
-                    old.last_transition_time.clone()
-                }
-                _ => Some(now.to_owned()),
-            };
-            Condition {
-                type_: type_.to_owned(),
-                status: status.to_owned(),
-                reason: Some(check.reason.to_owned()),
-                message: Some(check.message.clone()),
-                last_transition_time,
-                last_probe_time: Some(now.to_owned()),
-                observed_generation: generation,
-            }
-        })
+        .map(|(type_, check)| condition(previous, type_, check, generation, now))
         .collect();
     ConnectorStatus {
         observed_generation: generation,
@@ -76,6 +59,51 @@ pub fn next_status(
             http_address: Some(http_address),
         }),
     }
+}
+
+/// Condition `type_` from `check`, keeping the previous
+/// `lastTransitionTime` unless the status changed.
+fn condition(
+    previous: Option<&ConnectorStatus>,
+    type_: &str,
+    check: &Check,
+    generation: Option<i64>,
+    now: &str,
+) -> Condition {
+    let old = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_));
+    let status = check.verdict.as_str();
+    let last_transition_time = match old {
+        Some(old) if old.status == status && old.last_transition_time.is_some() => old.last_transition_time.clone(),
+        _ => Some(now.to_owned()),
+    };
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: Some(check.reason.to_owned()),
+        message: Some(check.message.clone()),
+        last_transition_time,
+        last_probe_time: Some(now.to_owned()),
+        observed_generation: generation,
+    }
+}
+
+/// Adds the informational `ProxyServiceReady` (the per-connector Service;
+/// not part of `Ready`: the shared proxy address works without it).
+pub fn with_proxy_service(
+    previous: Option<&ConnectorStatus>,
+    mut status: ConnectorStatus,
+    check: &Check,
+    generation: Option<i64>,
+    now: &str,
+) -> ConnectorStatus {
+    let condition = condition(previous, PROXY_SERVICE_READY, check, generation, now);
+    let at = status
+        .conditions
+        .iter()
+        .position(|c| c.type_ == READY)
+        .unwrap_or(status.conditions.len());
+    status.conditions.insert(at, condition);
+    status
 }
 
 /// `Ready`: True when all three checks are; otherwise the first failing

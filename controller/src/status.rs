@@ -25,7 +25,8 @@ use tokio::time::Instant;
 
 use crate::conditions;
 use crate::metrics::{Metrics, ProbeLabels};
-use crate::probe::{Prober, SecretLookup};
+use crate::probe::{Check, Prober, SecretLookup, Verdict};
+use crate::service::{self, ServiceSettings, ServiceState};
 
 /// The field manager and event reporter name.
 pub(crate) const CONTROLLER_NAME: &str = "connectors-controller";
@@ -52,8 +53,12 @@ pub enum Error {
 /// How the status reconciler behaves.
 #[derive(Debug, Clone)]
 pub struct StatusSettings {
-    /// The proxy's base URL; addresses are `<proxy_url>/namespaces/<ns>/connectors/<name>`.
+    /// The proxy's base URL; addresses are `<proxy_url>/namespaces/<ns>/connectors/<name>`
+    /// unless the connector has a Service of its own.
     pub proxy_url: String,
+    /// Gives each connector a Service of its own (`c-<name>`) and its
+    /// address; `None`: the shared proxy address only.
+    pub services: Option<ServiceSettings>,
     /// Re-probe healthy connectors this often.
     pub probe_interval: Duration,
     /// The first retry after a failed probe; doubled up to the interval.
@@ -195,6 +200,37 @@ fn everything_again(
     )
 }
 
+/// `ProxyServiceReady` for a Service state; `shared` is the address the
+/// status keeps when the Service is not there.
+fn service_check(state: &ServiceState, shared: &str) -> Check {
+    match state {
+        ServiceState::Ready { url } => Check {
+            verdict: Verdict::True,
+            reason: "ServiceReady",
+            message: format!("{url} reaches the proxy"),
+        },
+        ServiceState::Conflict { service } => Check {
+            verdict: Verdict::False,
+            reason: "ServiceConflict",
+            message: format!(
+                "a Service {service} exists that this connector does not own; it is left alone and the address is {shared}"
+            ),
+        },
+        ServiceState::Unnamable { service } => Check {
+            verdict: Verdict::False,
+            reason: "InvalidServiceName",
+            message: format!(
+                "{service} is not a valid Service name (at most 63 lowercase letters, digits and '-'); the address is {shared}"
+            ),
+        },
+        ServiceState::Failed { why } => Check {
+            verdict: Verdict::Unknown,
+            reason: "ServiceError",
+            message: format!("{why}; the address is {shared} meanwhile"),
+        },
+    }
+}
+
 fn error_policy(_connector: Arc<Connector>, error: &Error, context: Arc<Context>) -> Action {
     tracing::warn!(%error, "connector reconcile failed");
     Action::requeue(context.settings.initial_backoff)
@@ -262,14 +298,27 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
     let healthy = report.healthy();
     let result = if healthy { "success" } else { "failure" };
     context.metrics.probes.get_or_create(&ProbeLabels { result }).inc();
+    let shared = conditions::proxy_address(&context.settings.proxy_url, &namespace, &name);
+    let service = match &context.settings.services {
+        Some(settings) => Some(service::ensure(&context.client, &connector, settings).await),
+        None => None,
+    };
+    let url = match &service {
+        Some(ServiceState::Ready { url }) => url.clone(),
+        _ => shared.clone(),
+    };
     let address = HttpAddress {
-        url: conditions::proxy_address(&context.settings.proxy_url, &namespace, &name),
+        url,
         ca_certs: proxy_ca,
         audience: Some(connector::keys::PROXY_TOKEN_AUDIENCE.to_owned()),
     };
     let now = conditions::now_timestamp();
     let current = connector.status.as_ref();
-    let next = conditions::next_status(current, &report, connector.metadata.generation, address, &now);
+    let mut next = conditions::next_status(current, &report, connector.metadata.generation, address, &now);
+    if let Some(state) = &service {
+        let check = service_check(state, &shared);
+        next = conditions::with_proxy_service(current, next, &check, connector.metadata.generation, &now);
+    }
 
     // NB: leadership may have been lost while probing.
     if !*context.leader.borrow() {
@@ -360,6 +409,7 @@ mod tests {
     fn failed_probes_back_off_exponentially_up_to_the_interval() {
         let settings = StatusSettings {
             proxy_url: String::new(),
+            services: None,
             probe_interval: Duration::from_secs(300),
             initial_backoff: Duration::from_secs(10),
             concurrency: 1,

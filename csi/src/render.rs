@@ -32,6 +32,25 @@ pub struct RenderConfig {
     pub system_roots_pem: String,
     /// True when the reverse proxy (the pull address) speaks plain HTTP.
     pub pull_plain_http: bool,
+    /// The cluster's DNS domain: each connector is also reached at its own
+    /// Service, `http://c-<name>.<ns>.svc.<domain>` (the address in its
+    /// status).
+    pub cluster_domain: String,
+}
+
+/// The hosts of the connectors' own Services (plain HTTP, port 80).
+fn connector_hosts(config: &RenderConfig, connectors: &[ResolvedConnector]) -> Vec<String> {
+    connectors
+        .iter()
+        .filter_map(|c| {
+            let service = connector::injection::service_name(&c.key.name).ok()?;
+            Some(connector::injection::service_host(
+                &service,
+                &c.key.namespace,
+                &config.cluster_domain,
+            ))
+        })
+        .collect()
 }
 
 /// One rendered file.
@@ -83,7 +102,7 @@ pub fn render(
             let contents = match name {
                 FileName::Env => env_file(config, &proxy_url, mount_paths, connectors),
                 FileName::HttpProxy | FileName::HttpsProxy => proxy_url.clone(),
-                FileName::DockerConfig => docker_config(config, pod, token),
+                FileName::DockerConfig => docker_config(config, pod, token, connectors),
                 FileName::Buildkitd => buildkitd_toml(config, connectors, &mount_paths[0]),
                 FileName::Ca => with_final_newline(&config.proxy_ca_pem),
                 FileName::CaBundle => ca_bundle(config),
@@ -204,13 +223,14 @@ pub(crate) fn shell_value(value: &str) -> String {
 /// The docker/podman auth file: the token as the password for the reverse
 /// proxy host. The user name is the pod's service account, for readability;
 /// the proxy reads only the password.
-fn docker_config(config: &RenderConfig, pod: &PodInfo, token: &ProxyToken) -> String {
+fn docker_config(config: &RenderConfig, pod: &PodInfo, token: &ProxyToken, connectors: &[ResolvedConnector]) -> String {
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", pod.service_account, token.expose()));
-    let document = json!({
-        "auths": {
-            config.injection.pull_address.as_str(): {"auth": auth},
-        },
-    });
+    let mut auths = serde_json::Map::new();
+    auths.insert(config.injection.pull_address.clone(), json!({"auth": auth}));
+    for host in connector_hosts(config, connectors) {
+        auths.insert(host, json!({"auth": auth}));
+    }
+    let document = json!({"auths": auths});
     let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
     text.push('\n');
     text
@@ -227,6 +247,11 @@ fn buildkitd_toml(config: &RenderConfig, connectors: &[ResolvedConnector], mount
         out.push_str("  http = true\n");
     }
     let _ = writeln!(out, "  ca = [{}]", toml_string(&ca));
+    // Each connector's own Service speaks plain HTTP (the connector docs'
+    // reverse-proxy address).
+    for host in connector_hosts(config, connectors) {
+        let _ = writeln!(out, "\n[registry.{}]\n  http = true", toml_string(&host));
+    }
     let mut seen: Vec<&str> = Vec::new();
     for connector in connectors {
         // The first connector for a registry host wins, as in the webhook.
@@ -282,6 +307,7 @@ mod tests {
             proxy_ca_pem: "-----BEGIN CERTIFICATE-----\nPROXY\n-----END CERTIFICATE-----".into(),
             system_roots_pem: "-----BEGIN CERTIFICATE-----\nROOT\n-----END CERTIFICATE-----\n".into(),
             pull_plain_http: true,
+            cluster_domain: "cluster.local".into(),
         }
     }
 
@@ -341,6 +367,14 @@ mod tests {
         let auth = docker["auths"]["proxy.example:8080"]["auth"].as_str().unwrap();
         let decoded = base64::engine::general_purpose::STANDARD.decode(auth).unwrap();
         assert_eq!(decoded, b"builder:tok:en/1");
+        // And for each connector's own Service, the address in its status.
+        for host in [
+            "c-harbor.team.svc.cluster.local",
+            "c-harbor2.team.svc.cluster.local",
+            "c-hub.ops.svc.cluster.local",
+        ] {
+            assert_eq!(docker["auths"][host]["auth"], auth, "{host}");
+        }
         let bundle = file(&files, FileName::CaBundle);
         assert!(bundle.contains("ROOT\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nPROXY"));
         // Without the pod's spec: readable by whichever user the image
@@ -471,7 +505,7 @@ mod tests {
             None,
         );
         let toml = file(&files, FileName::Buildkitd);
-        let want = "\n[registry.\"proxy.example:8080\"]\n  http = true\n  ca = [\"/var/run/connectors/ca.crt\"]\n\n[registry.\"harbor.example.com\"]\n  mirrors = [\"proxy.example:8080/namespaces/team/connectors/harbor\"]\n\n[registry.\"docker.io\"]\n  mirrors = [\"proxy.example:8080/namespaces/ops/connectors/hub\"]\n";
+        let want = "\n[registry.\"proxy.example:8080\"]\n  http = true\n  ca = [\"/var/run/connectors/ca.crt\"]\n\n[registry.\"c-harbor.team.svc.cluster.local\"]\n  http = true\n\n[registry.\"c-harbor2.team.svc.cluster.local\"]\n  http = true\n\n[registry.\"c-hub.ops.svc.cluster.local\"]\n  http = true\n\n[registry.\"harbor.example.com\"]\n  mirrors = [\"proxy.example:8080/namespaces/team/connectors/harbor\"]\n\n[registry.\"docker.io\"]\n  mirrors = [\"proxy.example:8080/namespaces/ops/connectors/hub\"]\n";
         assert!(toml.ends_with(want), "{toml}");
     }
 

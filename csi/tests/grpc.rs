@@ -65,6 +65,7 @@ impl Driver {
             proxy_ca_pem: proxy_ca_pem.clone(),
             system_roots_pem: csi::trust::load_system_roots(Path::new(csi::trust::DEFAULT_SYSTEM_ROOTS)).unwrap(),
             pull_plain_http: true,
+            cluster_domain: "cluster.local".into(),
         };
         let store = Arc::new(FileStore::from_yaml(&store()).unwrap());
         let plugin = Plugin::new(store, Arc::new(SameNamespace), config, "node-a");
@@ -243,15 +244,27 @@ async fn publish_renders_every_file_with_the_pod_token_and_the_right_modes() {
         );
     }
 
-    // Docker auth for the reverse proxy host: anything:<token>.
+    // Docker auth for the reverse proxy host and each connector's own
+    // Service host: anything:<token>.
     let config: serde_json::Value = serde_json::from_str(&read(&target, FileName::DockerConfig)).unwrap();
     let auths = config["auths"].as_object().unwrap();
-    assert_eq!(auths.keys().collect::<Vec<_>>(), vec![PULL_ADDRESS]);
-    let auth = base64::engine::general_purpose::STANDARD
-        .decode(auths[PULL_ADDRESS]["auth"].as_str().unwrap())
-        .unwrap();
-    let auth = String::from_utf8(auth).unwrap();
-    assert_eq!(auth.split_once(':').unwrap().1, FIRST_TOKEN);
+    let mut hosts: Vec<&String> = auths.keys().collect();
+    hosts.sort();
+    assert_eq!(
+        hosts,
+        [
+            PULL_ADDRESS,
+            "c-harbor.team.svc.cluster.local",
+            "c-hub.team.svc.cluster.local"
+        ]
+    );
+    for host in hosts {
+        let auth = base64::engine::general_purpose::STANDARD
+            .decode(auths[host]["auth"].as_str().unwrap())
+            .unwrap();
+        let auth = String::from_utf8(auth).unwrap();
+        assert_eq!(auth.split_once(':').unwrap().1, FIRST_TOKEN, "{host}");
+    }
 
     assert_eq!(read(&target, FileName::Token), FIRST_TOKEN);
 

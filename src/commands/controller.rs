@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use ::controller::service::ServiceSettings;
 use ::controller::{BootstrapSettings, LeaseTiming, Settings, StatusSettings};
 use anyhow::Context;
 
@@ -86,6 +87,15 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         lease: LeaseTiming::default(),
         status: StatusSettings {
             proxy_url: args.proxy_url,
+            services: Some(ServiceSettings {
+                proxy_host: format!(
+                    "{}.{}.svc.{}",
+                    args.proxy_service,
+                    args.namespace,
+                    args.cluster_domain.trim_matches('.')
+                ),
+                cluster_domain: args.cluster_domain.clone(),
+            }),
             probe_interval,
             initial_backoff: Duration::from_secs(10).min(probe_interval),
             concurrency: 4,

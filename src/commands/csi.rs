@@ -84,6 +84,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         proxy_ca_pem,
         system_roots_pem,
         pull_plain_http: args.pull_plain_http,
+        cluster_domain: args.injection.cluster_domain.clone(),
     };
     let (store, authorizer, pods): (Arc<dyn ConnectorStore>, Arc<dyn Authorizer>, Arc<dyn PodLookup>) =
         match &args.store {

@@ -104,6 +104,9 @@ pub fn settings(identity: &str) -> Settings {
         },
         status: StatusSettings {
             proxy_url: PROXY_URL.to_owned(),
+            // NB: the stand-in API server serves no Services; the real one
+            // does (tests/e2e.rs).
+            services: None,
             probe_interval: Duration::from_secs(300),
             initial_backoff: Duration::from_secs(10),
             concurrency: 4,
