@@ -1537,3 +1537,89 @@ spec:
         assert!(image.starts_with(PULL_ADDRESS), "{image}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_pod_keeps_its_egress_to_other_https_hosts_and_is_refused_private_addresses() {
+    use testing::TestTls;
+
+    let cluster = cluster();
+    let netns = cluster.node_setting("netns");
+    let ip: std::net::IpAddr = cluster.node_setting("node_ip").parse().unwrap();
+    // The connector's registry, and a stand-in for a public HTTPS host that
+    // no connector names (the install's egress policy allows the node's
+    // address, as it would a public one).
+    let registry = node_registry(cluster).await;
+    let tls = TestTls::generate(&[], &[ip]).unwrap();
+    let public = Registry::start(RegistryOptions::anonymous().tls(&tls).in_netns(&netns, ip))
+        .await
+        .unwrap();
+    let crane = testing::program::go_tool("github.com/google/go-containerregistry/cmd/crane");
+    let rootfs = host_rootfs(&["/bin/busybox"]);
+    push_tools(
+        &registry,
+        "tools/crane:1",
+        &[(rootfs.path(), "/"), (&crane, "/usr/bin/crane")],
+        "/usr/bin:/bin",
+    );
+    push_image_tls(
+        &public,
+        &tls,
+        "demo/public:v1",
+        &[(Path::new("/bin/busybox"), "/busybox")],
+    );
+    let digest = public.manifest_digest("demo/public", "v1").await.unwrap();
+    let namespace = "node-egress";
+    namespace_with_connector(cluster, namespace, &registry);
+    let ca = format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: public-ca, namespace: {namespace}}}\ndata:\n  ca.crt: |\n{}",
+        tls.ca_pem().lines().map(|l| format!("    {l}\n")).collect::<String>()
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&ca));
+
+    // The pod trusts only the public host's own CA: it can reach it only
+    // through a blind tunnel, never through the proxy's interception.
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: egress, namespace: {namespace}}}
+spec:
+  restartPolicy: Never
+  securityContext: {{runAsUser: 1000, fsGroup: 2000}}
+  containers:
+    - name: egress
+      image: {registry}/tools/crane:1
+      env: [{{name: SSL_CERT_FILE, value: /public/ca.crt}}]
+      volumeMounts: [{{name: public-ca, mountPath: /public}}, {{name: tmp, mountPath: /tmp}}]
+      command: ["/bin/busybox", "sh", "-ec"]
+      args:
+        - |
+          echo "public $(crane digest {public}/demo/public:v1)"
+          # The metadata address, through the proxy (NO_PROXY sends only
+          # the private ranges direct).
+          if crane digest 169.254.169.254:443/x/y:z 2>/tmp/error; then echo "reached the metadata address"; exit 1; fi
+          /bin/busybox cat /tmp/error
+          /bin/busybox grep -q Forbidden /tmp/error && echo refused-private
+  volumes:
+    - {{name: public-ca, configMap: {{name: public-ca}}}}
+    - {{name: tmp, emptyDir: {{}}}}
+"#,
+        registry = registry.host_port(),
+        public = public.host_port()
+    );
+    let logs = run_pod(cluster, namespace, "egress", &pod, 120);
+    assert!(logs.contains(&format!("public {digest}")), "{logs}");
+    assert!(logs.contains("refused-private"), "{logs}");
+    let env = cluster.kubectl_ok(
+        &[
+            "-n",
+            namespace,
+            "get",
+            "pod",
+            "egress",
+            "-o",
+            "jsonpath={.spec.containers[0].env[?(@.name==\"HTTPS_PROXY\")].value}",
+        ],
+        None,
+    );
+    assert!(env.contains(":3128"), "the pod got the injected proxy: {env}");
+}
