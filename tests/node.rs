@@ -130,6 +130,23 @@ fn push_image_with(
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
 }
 
+/// A field (`jsonpath` below the pod) of the pod of Job `job`.
+fn job_pod_field(cluster: &RealCluster, namespace: &str, job: &str, path: &str) -> String {
+    cluster.kubectl_ok(
+        &[
+            "-n",
+            namespace,
+            "get",
+            "pods",
+            "-l",
+            &format!("job-name={job}"),
+            "-o",
+            &format!("jsonpath={{.items[0].{path}}}"),
+        ],
+        None,
+    )
+}
+
 /// Applies a pod that runs to completion and returns its logs, once it
 /// succeeded (within `seconds`); fails with its logs and the namespace's
 /// events otherwise.
@@ -318,22 +335,7 @@ spec:
     );
     let events = apply_and_wait(cluster, namespace, &job, "condition=Complete", "job/version");
     // kubelet pulled the rewritten reference, the registry's manifest.
-    let of_the_pod = |path: &str| {
-        let jsonpath = format!("jsonpath={{.items[0].{path}}}");
-        cluster.kubectl_ok(
-            &[
-                "-n",
-                namespace,
-                "get",
-                "pods",
-                "-l",
-                "job-name=version",
-                "-o",
-                &jsonpath,
-            ],
-            None,
-        )
-    };
+    let of_the_pod = |path: &str| job_pod_field(cluster, namespace, "version", path);
     let image = of_the_pod("spec.containers[0].image");
     assert_eq!(
         image,
@@ -661,21 +663,7 @@ async fn a_real_world_job_manifest_runs_unchanged_with_its_image_pulled_through_
 
     let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "job/pi"], None);
     assert!(logs.starts_with("3.14159265358979323846264338327950288"), "{logs}");
-    let jsonpath = |path: &str| {
-        cluster.kubectl_ok(
-            &[
-                "-n",
-                namespace,
-                "get",
-                "pods",
-                "-l",
-                "job-name=pi",
-                "-o",
-                &format!("jsonpath={{.items[0].{path}}}"),
-            ],
-            None,
-        )
-    };
+    let jsonpath = |path: &str| job_pod_field(cluster, namespace, "pi", path);
     assert_eq!(
         jsonpath("spec.containers[0].image"),
         format!("{PULL_ADDRESS}/namespaces/{namespace}/connectors/local/library/perl")
@@ -937,19 +925,7 @@ spec:
     );
     let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "job/payload"], None);
     assert_eq!(logs.trim(), "complete");
-    let image_id = cluster.kubectl_ok(
-        &[
-            "-n",
-            namespace,
-            "get",
-            "pods",
-            "-l",
-            "job-name=payload",
-            "-o",
-            "jsonpath={.items[0].status.containerStatuses[0].imageID}",
-        ],
-        None,
-    );
+    let image_id = job_pod_field(cluster, namespace, "payload", "status.containerStatuses[0].imageID");
     assert!(image_id.ends_with(&format!("@{digest}")), "{image_id} is {digest}");
     // New proxy pods serve again.
     cluster.kubectl_ok(

@@ -156,13 +156,8 @@ fn cidr_contains(entry: &str, ip: std::net::IpAddr) -> bool {
 
 /// The host of `host[:port]` (IPv6 literals without their brackets).
 fn address_host(address: &str) -> &str {
-    if let Some(rest) = address.strip_prefix('[') {
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match address.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => host,
-        _ => address,
-    }
+    let (host, _) = crate::reference::split_host_port(address);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 /// Characters escaped in the user part of the proxy URL: all but the

@@ -280,7 +280,7 @@ pub fn canonical_registry_host(host: &str) -> String {
 }
 
 /// Splits `host[:port]`; an unbracketed string with several colons is all host.
-fn split_host_port(host: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_host_port(host: &str) -> (&str, Option<&str>) {
     if host.starts_with('[') {
         if let Some(end) = host.find(']') {
             let (hostname, rest) = host.split_at(end + 1);

@@ -12,13 +12,11 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use access::caller::BoxFuture;
 use connector::keys;
 use k8s_openapi::api::core::v1::{Pod, PodSecurityContext, SecurityContext};
 
 use crate::request::PodInfo;
-
-/// A boxed future, as the lookups return.
-pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// What the pod's spec says about one of its connectors volumes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

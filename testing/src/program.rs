@@ -36,6 +36,9 @@ pub fn go_tool(package: &str) -> PathBuf {
     let name = package.rsplit('/').next().expect("a package path");
     let binary = root.join("target/e2e").join(name);
     let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    // NB: tests running side by side may want the same tool; one builds it.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     if modified(&binary) < modified(&module.join("go.sum")) {
         let output = std::process::Command::new("go")
             .args(["build", "-trimpath", "-o"])
