@@ -5,6 +5,7 @@ mod controller;
 mod crd;
 mod csi;
 mod mutate;
+mod node_pull;
 mod proxy;
 mod up;
 mod webhook;
@@ -48,6 +49,9 @@ pub enum Command {
     Certs(certs::Args),
     /// Serve the CSI node plugin that renders per-pod client configuration.
     Csi(csi::Args),
+    /// Serve the node pull endpoint: kubelet pulls rewritten images from it
+    /// on the node's loopback, with no node configuration.
+    NodePull(node_pull::Args),
     /// Run the leader-elected controller: Connector status and certificates.
     Controller(controller::Args),
 }
@@ -62,6 +66,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Certs(args) => certs::run(args),
         Command::Csi(args) => block_on(csi::serve(args)),
         Command::Controller(args) => block_on(controller::serve(args)),
+        Command::NodePull(args) => block_on(node_pull::serve(args)),
     }
 }
 

@@ -31,6 +31,12 @@ const PASSWORD: &str = "Pa55-cluster-never-leaks-7d21";
 const BUILDER_TOKEN: &str = "builder-token-5c1d";
 const WRONG_AUDIENCE_TOKEN: &str = "wrong-audience-token-0b7e";
 const BUILDER: &str = "system:serviceaccount:team:builder";
+/// The node pull endpoint's projected token, bound to its pod on node-a.
+const NODE_PULLER_TOKEN: &str = "node-puller-token-9a3f";
+/// A token of the endpoint's ServiceAccount bound to no pod (a TokenRequest
+/// by hand).
+const UNBOUND_PULLER_TOKEN: &str = "unbound-puller-token-44c0";
+const NODE_PULLER: &str = "system:serviceaccount:connectors-csi:connectors-node-pull";
 
 /// The longest any step waits for something to happen.
 const WAIT: Duration = Duration::from_secs(15);
@@ -97,6 +103,24 @@ fn review_token(review: &Value) -> Value {
             },
             "audiences": ["connectors-proxy"],
         }),
+        NODE_PULLER_TOKEN | UNBOUND_PULLER_TOKEN if audiences.contains(&"connectors-proxy") => {
+            let mut extra = json!({"authentication.kubernetes.io/pod-name": ["connectors-node-pull-x7k2p"]});
+            if token == NODE_PULLER_TOKEN {
+                extra["authentication.kubernetes.io/node-name"] = json!(["node-a"]);
+            } else {
+                extra = json!({});
+            }
+            json!({
+                "authenticated": true,
+                "user": {
+                    "username": NODE_PULLER,
+                    "uid": "6f0c2f4e-1111-4c55-9d1e-000000000009",
+                    "groups": ["system:serviceaccounts", "system:serviceaccounts:connectors-csi", "system:authenticated"],
+                    "extra": extra,
+                },
+                "audiences": ["connectors-proxy"],
+            })
+        }
         // NB: the API server answers a token for another audience with
         // authenticated=false and an error.
         WRONG_AUDIENCE_TOKEN => json!({
@@ -610,5 +634,158 @@ async fn a_node_address_is_not_the_node_unless_the_admin_says_so() {
     assert_eq!(lab.get(Some(NODE_IP), None, hello).await.0, 401);
     // Injected pods are still known by their own addresses.
     assert_eq!(lab.get(Some(POD_IP), None, hello).await, (200, lab.digest.clone()));
+    lab.assert_no_credential_anywhere("");
+}
+
+/// What a node pull endpoint needs of the lab: where to write its files,
+/// the proxy's HTTPS address and CA.
+struct LabFiles {
+    dir: std::path::PathBuf,
+    tls_addr: SocketAddr,
+    ca: String,
+}
+
+impl LabFiles {
+    /// `connectors node-pull` in front of the lab's proxy (HTTPS), with
+    /// `token` as its projected token; returns the endpoint and its address.
+    fn start(&self, name: &str, token: &str, pod_credentials: &str) -> (Process, SocketAddr) {
+        let ca = self.dir.join("node-pull-ca.crt");
+        std::fs::write(&ca, &self.ca).unwrap();
+        let token_file = self.dir.join(format!("{name}.token"));
+        std::fs::write(&token_file, format!("{token}\n")).unwrap();
+        let proxy = format!("https://{}", self.tls_addr);
+        Process::start(
+            &[
+                "node-pull",
+                "--listen",
+                "127.0.0.1:0",
+                "--proxy",
+                &proxy,
+                "--proxy-ca",
+                ca.to_str().unwrap(),
+                "--token-file",
+                token_file.to_str().unwrap(),
+                "--pod-credentials",
+                pod_credentials,
+            ],
+            "node pull endpoint listening",
+        )
+    }
+}
+
+/// curl against a node pull endpoint; returns the response head and body.
+async fn curl_endpoint(endpoint: SocketAddr, args: &[&str], path: &str) -> (String, String) {
+    let url = format!("http://{endpoint}{path}");
+    let (out, _) = curl(&[&["-s", "-D", "-"][..], args].concat(), &url).await;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) => (head.to_owned(), body.to_owned()),
+        None => (out, String::new()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_pull_endpoint_relays_pulls_as_the_node_its_pod_runs_on_and_nothing_else() {
+    // By-address node identities off, as in the default install: the node
+    // is proven by the endpoint's pod-bound token alone.
+    let lab = &Lab::start_with(false).await;
+    let hello = &lab.manifest_path("lab/hello");
+    let (endpoint, at) = tokio::task::spawn_blocking({
+        let (dir, tls_addr, ca) = (lab.dir.path().to_owned(), lab.tls_addr, lab.tls.ca_pem().to_owned());
+        move || {
+            let lab = LabFiles { dir, tls_addr, ca };
+            lab.start("bound", NODE_PULLER_TOKEN, "forward")
+        }
+    })
+    .await
+    .unwrap();
+    let accept = "Accept: application/vnd.oci.image.manifest.v1+json";
+
+    // A container runtime's pull, in plain HTTP to loopback: skopeo copies
+    // the image the node's pod references, digests equal.
+    let out = lab.dir.path().join("pulled");
+    let pulled = skopeo()
+        .copy(
+            &format!("docker://{at}/namespaces/team/connectors/harbor/lab/hello:v1"),
+            &format!("oci:{}:v1", out.display()),
+            &CopyOptions::default().src(RegistryAccess::plain_http()),
+        )
+        .await;
+    assert!(pulled.is_ok(), "{pulled:?}\n{}", endpoint.log_text());
+    let (head, _) = curl_endpoint(at, &["-I", "-H", accept], hello).await;
+    assert_eq!(status_and_digest(&head), (200, lab.digest.clone()), "{head}");
+
+    // The node rule, as for a node by address: no other repository, no push.
+    let (head, body) = curl_endpoint(at, &["-H", accept], &lab.manifest_path("lab/other")).await;
+    assert_eq!(status_and_digest(&head).0, 403, "{head}{body}");
+    assert!(body.contains("node node-a"), "{body}");
+    let (head, body) = curl_endpoint(
+        at,
+        &["-X", "POST"],
+        "/v2/namespaces/team/connectors/harbor/lab/hello/blobs/uploads/",
+    )
+    .await;
+    assert_eq!(status_and_digest(&head).0, 405, "{head}");
+    assert!(body.contains("only pulls"), "{body}");
+
+    // A pull bringing a pod's own token (kubelet's credential provider) is
+    // decided as that pod's ServiceAccount, challenge and all.
+    let builder = format!("caller:{BUILDER_TOKEN}");
+    let (head, _) = curl_endpoint(at, &["-I", "-H", accept, "-u", &builder], hello).await;
+    assert_eq!(status_and_digest(&head), (200, lab.digest.clone()), "{head}");
+    let (head, _) = curl_endpoint(at, &["-I", "-H", accept, "-u", "caller:forged"], hello).await;
+    assert_eq!(status_and_digest(&head).0, 401, "{head}");
+    assert!(head.to_ascii_lowercase().contains("www-authenticate"), "{head}");
+    lab.builder_allowed.store(false, Ordering::SeqCst);
+    eventually("the revoked builder is refused through the endpoint", || async move {
+        let (head, _) = curl_endpoint(
+            at,
+            &["-I", "-H", accept, "-u", &format!("caller:{BUILDER_TOKEN}")],
+            hello,
+        )
+        .await;
+        status_and_digest(&head).0 == 403
+    })
+    .await;
+    lab.builder_allowed.store(true, Ordering::SeqCst);
+
+    // Required pod credentials close the endpoint to the node's other
+    // processes; an unbound token of the endpoint's ServiceAccount is no node.
+    let (strict, strict_at) = tokio::task::spawn_blocking({
+        let (dir, tls_addr, ca) = (lab.dir.path().to_owned(), lab.tls_addr, lab.tls.ca_pem().to_owned());
+        move || LabFiles { dir, tls_addr, ca }.start("strict", NODE_PULLER_TOKEN, "require")
+    })
+    .await
+    .unwrap();
+    let (head, body) = curl_endpoint(strict_at, &["-H", accept], hello).await;
+    assert_eq!(status_and_digest(&head).0, 401, "{head}");
+    assert!(body.contains("credential provider"), "{body}");
+    // (after the builder's revocation above has left the decision cache)
+    eventually("the builder pulls through the strict endpoint", || async move {
+        let (head, _) = curl_endpoint(
+            strict_at,
+            &["-I", "-H", accept, "-u", &format!("caller:{BUILDER_TOKEN}")],
+            hello,
+        )
+        .await;
+        status_and_digest(&head) == (200, lab.digest.clone())
+    })
+    .await;
+    let (unbound, unbound_at) = tokio::task::spawn_blocking({
+        let (dir, tls_addr, ca) = (lab.dir.path().to_owned(), lab.tls_addr, lab.tls.ca_pem().to_owned());
+        move || LabFiles { dir, tls_addr, ca }.start("unbound", UNBOUND_PULLER_TOKEN, "forward")
+    })
+    .await
+    .unwrap();
+    let (head, body) = curl_endpoint(unbound_at, &["-H", accept], hello).await;
+    assert_eq!(status_and_digest(&head).0, 403, "{head}{body}");
+    assert!(body.contains("bound to no node"), "{body}");
+
+    for (name, process) in [("endpoint", &endpoint), ("strict", &strict), ("unbound", &unbound)] {
+        let log = process.log_text();
+        for token in [NODE_PULLER_TOKEN, UNBOUND_PULLER_TOKEN, BUILDER_TOKEN] {
+            assert!(!log.contains(token), "the {name} endpoint logged a token: {log}");
+        }
+        testing::credentials::assert_no_credential(&log, "the endpoint's logs", USER, PASSWORD);
+    }
     lab.assert_no_credential_anywhere("");
 }

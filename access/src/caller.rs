@@ -66,6 +66,9 @@ pub struct Identity {
     pub uid: String,
     /// The user's groups.
     pub groups: Vec<String>,
+    /// The node the token is bound to (a pod's projected token: TokenReview's
+    /// `authentication.kubernetes.io/node-name`), if any.
+    pub node: Option<String>,
 }
 
 impl Identity {
@@ -148,6 +151,7 @@ impl Identity {
                 format!("system:serviceaccounts:{namespace}"),
                 "system:authenticated".to_owned(),
             ],
+            node: None,
         }
     }
 }
@@ -217,6 +221,7 @@ impl StaticTokens {
                             .collect()
                     })
                     .unwrap_or_default(),
+                node: None,
             };
             match tokens.entry(token.clone()) {
                 Entry::Occupied(first) => {
@@ -389,6 +394,7 @@ mod tests {
             username: username.into(),
             uid: uid.into(),
             groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+            node: None,
         }
     }
 

@@ -75,6 +75,10 @@ impl<K: Eq + Hash + Clone, V: Clone> ExpiringCache<K, V> {
     }
 }
 
+/// The TokenReview `extra` key naming the node a pod-bound token's pod
+/// runs on.
+pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+
 /// API reviews a process may make per second, with as many in one burst:
 /// a flood of forged tokens or random connector names costs the API server
 /// at most this many reviews a second, beyond what the caches answer.
@@ -199,10 +203,18 @@ impl TokenReviews {
         let Some(username) = user.username.filter(|u| !u.is_empty()) else {
             return Ok(None);
         };
+        let node = user
+            .extra
+            .as_ref()
+            .and_then(|extra| extra.get(NODE_NAME_EXTRA))
+            .and_then(|values| values.first())
+            .filter(|node| !node.is_empty())
+            .cloned();
         Ok(Some(Identity {
             username,
             uid: user.uid.unwrap_or_default(),
             groups: user.groups.unwrap_or_default(),
+            node,
         }))
     }
 

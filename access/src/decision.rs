@@ -59,6 +59,9 @@ pub enum Refusal {
     /// The authorization service could not answer.
     #[error("cannot authorize the caller now: {0}")]
     AuthorizationUnavailable(#[source] CallerError),
+    /// The node pull endpoint's token is bound to no node.
+    #[error("{username} pulls for a node, but its token is bound to no node (use the pod's projected token)")]
+    UnboundNodePuller { username: String },
     /// A node asked for something the node rule does not allow.
     #[error("node {node}: {why}")]
     NodeDenied { node: String, why: String },
@@ -86,6 +89,7 @@ pub struct Access {
     authorizer: Arc<dyn Authorizer>,
     peers: Option<Arc<dyn PeerIdentities>>,
     nodes_by_address: bool,
+    node_puller: Option<String>,
 }
 
 impl Access {
@@ -95,7 +99,17 @@ impl Access {
             authorizer,
             peers: None,
             nodes_by_address: false,
+            node_puller: None,
         }
+    }
+
+    /// Takes a token of `username` (the node pull endpoint's ServiceAccount)
+    /// as the node its pod-bound token names: the endpoint on each node
+    /// relays kubelet's pulls with its own token, and the API server, not
+    /// the endpoint, says which node that is.
+    pub fn with_node_puller(mut self, username: Option<String>) -> Self {
+        self.node_puller = username.filter(|u| !u.is_empty());
+        self
     }
 
     /// Also takes a request from a node's address as that node (off by
@@ -120,7 +134,18 @@ impl Access {
     /// the source address.
     pub async fn identify(&self, token: Option<Option<&str>>, peer: Option<IpAddr>) -> Result<Caller, Refusal> {
         match token {
-            Some(Some(token)) => return self.authenticate(token).await.map(Caller::Token),
+            Some(Some(token)) => {
+                let identity = self.authenticate(token).await?;
+                if self.node_puller.as_ref() == Some(&identity.username) {
+                    return match identity.node {
+                        Some(node) => Ok(Caller::Node(node)),
+                        None => Err(Refusal::UnboundNodePuller {
+                            username: identity.username,
+                        }),
+                    };
+                }
+                return Ok(Caller::Token(identity));
+            }
             Some(None) => return Err(Refusal::Unreadable),
             None => {}
         }
@@ -225,7 +250,7 @@ mod tests {
     use futures::executor::block_on;
 
     use super::*;
-    use crate::caller::{BoxFuture, SameNamespace, StaticTokens};
+    use crate::caller::{Authenticator, BoxFuture, SameNamespace, StaticTokens};
 
     struct Peers;
 
@@ -304,6 +329,55 @@ mod tests {
         let other_ns = ConnectorKey::new("prod", "harbor");
         let denied = block_on(access.authorize_caller(&node, &other_ns, "app", true)).unwrap_err();
         assert!(denied.to_string().contains("may use the connector"), "{denied}");
+    }
+
+    /// Tokens as TokenReview answers for pod-bound tokens: the node puller's
+    /// bound to node-a, and one of it bound to no pod.
+    struct BoundTokens;
+
+    impl Authenticator for BoundTokens {
+        fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, crate::caller::Result<Option<Identity>>> {
+            let puller = |node: Option<&str>| Identity {
+                node: node.map(str::to_owned),
+                ..Identity::of_service_account("connectors-csi", "connectors-node-pull")
+            };
+            let identity = match token {
+                "bound" => Some(puller(Some("node-a"))),
+                "unbound" => Some(puller(None)),
+                "job" => Some(Identity {
+                    node: Some("node-a".into()),
+                    ..Identity::of_service_account("lab", "job")
+                }),
+                _ => None,
+            };
+            Box::pin(std::future::ready(Ok(identity)))
+        }
+    }
+
+    #[test]
+    fn the_node_pull_endpoints_token_is_the_node_its_pod_runs_on_and_nothing_more() {
+        let access = Access::new(Arc::new(BoundTokens), Arc::new(SameNamespace))
+            .with_peer_identities(Arc::new(Peers))
+            .with_node_puller(Some("system:serviceaccount:connectors-csi:connectors-node-pull".into()));
+        let node = block_on(access.identify(Some(Some("bound")), None)).unwrap();
+        assert_eq!(node, Caller::Node("node-a".into()));
+        let lab = ConnectorKey::new("lab", "harbor");
+        assert!(block_on(access.authorize_caller(&node, &lab, "app", true)).is_ok());
+        let other = block_on(access.authorize_caller(&node, &lab, "other", true)).unwrap_err();
+        assert!(other.to_string().contains("no pod bound"), "{other}");
+        let push = block_on(access.authorize_caller(&node, &lab, "app", false)).unwrap_err();
+        assert!(push.to_string().contains("may only pull"), "{push}");
+        let unbound = block_on(access.identify(Some(Some("unbound")), None)).unwrap_err();
+        assert!(matches!(unbound, Refusal::UnboundNodePuller { .. }), "{unbound}");
+        assert!(!unbound.is_unauthenticated() && !unbound.is_unavailable());
+        // Any other pod's token stays that pod's ServiceAccount, whatever
+        // node it is bound to.
+        let job = block_on(access.identify(Some(Some("job")), None)).unwrap();
+        assert!(matches!(job, Caller::Token(ref identity) if identity.username == "system:serviceaccount:lab:job"));
+        // Without the setting, the puller's token is an ordinary identity.
+        let off = Access::new(Arc::new(BoundTokens), Arc::new(SameNamespace)).with_node_puller(Some(String::new()));
+        let plain = block_on(off.identify(Some(Some("bound")), None)).unwrap();
+        assert!(matches!(plain, Caller::Token(_)), "{plain:?}");
     }
 
     #[test]

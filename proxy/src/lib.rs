@@ -4,6 +4,8 @@
 //! - [`reverse`] (served by [`server`]): `/v2/namespaces/<ns>/connectors/<name>/...`.
 //! - [`forward`]: `HTTP_PROXY`/`HTTPS_PROXY`, CONNECT with TLS interception
 //!   of connector hosts, blind [`tunnel`]s for allow-listed hosts.
+//! - [`node_pull`]: the node pull endpoint, a loopback relay on each node
+//!   that container runtimes pull rewritten images from.
 //! - [`pipeline`]: connector resolution and the relay to the registry with
 //!   the connector's credential; [`headers`] is its header policy, [`route`]
 //!   its URL mapping.
@@ -19,6 +21,7 @@ pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod metrics;
+pub mod node_pull;
 pub mod pipeline;
 pub mod process;
 pub mod reverse;

@@ -64,6 +64,9 @@ pub struct ClusterSettings {
     /// [`Access::with_node_identities_by_address`] for who else sends from
     /// it). Off unless the admin turns it on.
     pub node_identity_by_address: bool,
+    /// The node pull endpoint's user name
+    /// (`system:serviceaccount:<ns>:<name>`), see [`Access::with_node_puller`].
+    pub node_puller: Option<String>,
     /// The most TokenReviews, and SubjectAccessReviews, sent per second.
     pub reviews_per_second: u32,
 }
@@ -117,7 +120,7 @@ impl Proxy {
             SubjectAccessReviews::new(client.clone(), settings.authorization, settings.authorization_cache)
                 .with_reviews_per_second(settings.reviews_per_second),
         );
-        let mut access = Access::new(authenticator, authorizer);
+        let mut access = Access::new(authenticator, authorizer).with_node_puller(settings.node_puller.clone());
         let synced = store.clone();
         let ready: Readiness = if settings.peer_identities {
             let peers = PodIdentities::spawn(client, settings.node_pull_wait);

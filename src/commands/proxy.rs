@@ -229,6 +229,12 @@ pub struct ClusterArgs {
     /// modes) send from that address too.
     #[arg(long, env = "CONNECTORS_NODE_IDENTITY_BY_ADDRESS")]
     node_identity_by_address: bool,
+    /// The ServiceAccount (`namespace/name`) of the node pull endpoint
+    /// (`connectors node-pull`): its pod-bound token is taken as the node
+    /// the API server says its pod runs on, and pulls only what the node
+    /// rule allows. Empty turns node pulls through the endpoint off.
+    #[arg(long, env = "CONNECTORS_NODE_PULLER", default_value = "connectors-csi/connectors-node-pull", value_parser = parse_service_account)]
+    node_puller: String,
     /// The most TokenReviews, and SubjectAccessReviews, sent to the API
     /// server per second beyond what the caches answer (a flood of forged
     /// tokens or random connector names costs no more).
@@ -246,8 +252,25 @@ impl ClusterArgs {
             node_pull_wait: Duration::from_millis(self.node_pull_wait_milliseconds),
             peer_identities: self.peer_identities,
             node_identity_by_address: self.node_identity_by_address,
+            node_puller: Some(self.node_puller.clone()).filter(|u| !u.is_empty()),
             reviews_per_second: self.reviews_per_second,
         }
+    }
+}
+
+/// `namespace/name` of a ServiceAccount, as the user name Kubernetes gives
+/// it; empty for none.
+fn parse_service_account(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    let Some((namespace, name)) = value.split_once('/') else {
+        return Err(format!("expected namespace/name, got {value:?}"));
+    };
+    let identity = access::caller::Identity::of_service_account(namespace, name);
+    match identity.service_account() {
+        Some(_) => Ok(identity.username),
+        None => Err(format!("{value:?} is not a ServiceAccount's namespace/name")),
     }
 }
 
