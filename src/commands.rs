@@ -104,13 +104,19 @@ pub fn init_logging(format: LogFormat, verbose: bool) {
 #[derive(clap::Args, Clone)]
 pub struct InjectionArgs {
     /// `host[:port]` of the reverse proxy as nodes reach it; rewritten images
-    /// start with it.
+    /// start with it. The default is the node pull endpoint
+    /// (`connectors node-pull`) on each node's loopback.
+    #[arg(long, env = "CONNECTORS_PULL_ADDRESS", default_value = "127.0.0.1:7480")]
+    pub pull_address: String,
+    /// `host[:port]` of the reverse proxy's HTTPS as pods reach it (the
+    /// volume's `config.json` and `buildkitd.toml`); the pull address when
+    /// empty.
     #[arg(
         long,
-        env = "CONNECTORS_PULL_ADDRESS",
+        env = "CONNECTORS_PROXY_ADDRESS",
         default_value = "connectors-proxy.connectors-system.svc"
     )]
-    pub pull_address: String,
+    pub proxy_address: String,
     /// `host:port` of the forward proxy as pods reach it.
     #[arg(
         long,
@@ -143,6 +149,9 @@ impl InjectionArgs {
     pub fn config(&self) -> anyhow::Result<InjectionConfig> {
         use anyhow::Context;
         let mut config = InjectionConfig::new(&self.pull_address, &self.forward_proxy);
+        if !self.proxy_address.is_empty() {
+            config.proxy_address = self.proxy_address.clone();
+        }
         config.install_namespace = self.install_namespace.clone();
         config.config_mount_path = self.config_mount_path.clone();
         config.no_proxy = default_no_proxy(&self.cluster_domain, self.api_server.as_deref(), &self.no_proxy_cidrs);

@@ -22,8 +22,8 @@ const POD_TOKEN: &str = "csi-pod-token-first-81b3";
 const NEXT_POD_TOKEN: &str = "csi-pod-token-second-c4a0";
 
 /// `connectors csi` on `socket` with connectors from `store`, a fresh
-/// proxy CA (in `dir`) and `pull_address`, once it listens.
-fn start_plugin(dir: &Path, socket: &Path, store: &Path, pull_address: &str, extra: &[&str]) -> Process {
+/// proxy CA (in `dir`) and `proxy_address`, once it listens.
+fn start_plugin(dir: &Path, socket: &Path, store: &Path, proxy_address: &str, extra: &[&str]) -> Process {
     let ca = certs::CertificateAuthority::generate("connectors csi test CA", Duration::from_secs(3600)).unwrap();
     let ca_path = dir.join("proxy-ca.crt");
     std::fs::write(&ca_path, ca.cert_pem()).unwrap();
@@ -38,8 +38,8 @@ fn start_plugin(dir: &Path, socket: &Path, store: &Path, pull_address: &str, ext
         store.to_str().unwrap(),
         "--proxy-ca",
         ca_path.to_str().unwrap(),
-        "--pull-address",
-        pull_address,
+        "--proxy-address",
+        proxy_address,
         "--forward-proxy",
         "127.0.0.1:3128",
     ];

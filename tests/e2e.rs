@@ -277,7 +277,7 @@ async fn pods(
 /// The proxy's form of `repository:tag` of [`REGISTRY`] for connector
 /// `namespace/local`, as the shipped config.env's pull address gives it.
 fn rewritten(namespace: &str, repository: &str) -> String {
-    format!("connectors-proxy.connectors-system.svc/namespaces/{namespace}/connectors/local/{repository}")
+    format!("127.0.0.1:7480/namespaces/{namespace}/connectors/local/{repository}")
 }
 
 fn image_of(pod: &k8s_openapi::api::core::v1::Pod) -> String {
@@ -1203,7 +1203,7 @@ async fn a_csi_mount_needs_rbac_on_each_connector_it_names() {
             "node-a",
             "--proxy-ca",
             ca_path.to_str().unwrap(),
-            "--pull-address",
+            "--proxy-address",
             "proxy.test",
         ],
         &[("KUBECONFIG", kubeconfig.to_str().unwrap())],

@@ -16,11 +16,14 @@ fn mutate_prints_the_example_job_with_its_images_rewritten() {
     let spec = &job["spec"]["template"]["spec"];
     assert_eq!(
         spec["initContainers"][0]["image"],
-        "connectors-proxy.connectors-system.svc/namespaces/team-a/connectors/dockerhub/library/busybox:1.36"
+        "127.0.0.1:7480/namespaces/team-a/connectors/dockerhub/library/busybox:1.36"
     );
-    assert!(spec["containers"][0]["image"].as_str().unwrap().starts_with(
-        "connectors-proxy.connectors-system.svc/namespaces/team-a/connectors/harbor/tools/skopeo:v1.16@sha256:"
-    ));
+    assert!(
+        spec["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:7480/namespaces/team-a/connectors/harbor/tools/skopeo:v1.16@sha256:")
+    );
     assert_eq!(spec["containers"][1]["image"], "quay.io/prometheus/busybox:latest");
     assert_eq!(spec["volumes"][0]["csi"]["driver"], "connectors-csi");
     assert!(!stdout.contains("change-me"), "the credential never appears in output");

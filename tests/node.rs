@@ -14,8 +14,11 @@ use testing::{Registry, RegistryOptions};
 
 const USER: &str = "robot";
 const PASSWORD: &str = "node-pull-s3cret";
-/// The proxy's pinned ClusterIP, the pull address of the e2e install.
-const PULL_ADDRESS: &str = "10.96.100.100";
+/// Where kubelet pulls rewritten images: the node pull endpoint on the
+/// node's loopback, as the shipped config.env says.
+const PULL_ADDRESS: &str = "127.0.0.1:7480";
+/// The proxy's pinned ClusterIP, where pods reach it (the cluster runs no DNS).
+const PROXY_ADDRESS: &str = "10.96.100.100";
 
 fn cluster() -> &'static RealCluster {
     RealCluster::with_node()
@@ -345,6 +348,27 @@ spec:
     assert!(image_id.ends_with(&format!("@{digest}")), "{image_id} is {digest}");
     let logs = cluster.kubectl_ok(&["-n", namespace, "logs", "job/version"], None);
     assert!(logs.starts_with("connectors "), "{logs}");
+    // Nothing on the node names the proxy: containerd has no registry
+    // configuration at all, and the proxy takes no node by its address;
+    // the node pull endpoint's pod-bound token proved the node.
+    let certs_d: Vec<_> = std::fs::read_dir(cluster.dir.join("node/certs.d"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(certs_d.is_empty(), "containerd has registry configuration: {certs_d:?}");
+    let by_address = cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-system",
+            "get",
+            "configmap",
+            "connectors-config",
+            "-o",
+            "jsonpath={.data.CONNECTORS_NODE_IDENTITY_BY_ADDRESS}",
+        ],
+        None,
+    );
+    assert_eq!(by_address, "", "node identity by address is off, as shipped");
     // The new layer came from the registry, through the proxy.
     let fetched = registry.access_log_lines("GET /v2/demo/connectors/blobs/sha256:");
     assert!(fetched.iter().any(|line| line.contains(" 200 ")), "{}", registry.logs());
@@ -767,7 +791,7 @@ spec:
         None,
     );
     let auth: serde_json::Value = serde_json::from_str(&config).unwrap();
-    let auth = auth["auths"][PULL_ADDRESS]["auth"].as_str().unwrap();
+    let auth = auth["auths"][PROXY_ADDRESS]["auth"].as_str().unwrap();
     let decoded =
         String::from_utf8(base64::Engine::decode(&base64::engine::general_purpose::STANDARD, auth).unwrap()).unwrap();
     assert!(
@@ -999,7 +1023,7 @@ spec:
       command: ["/bin/busybox", "sh", "-ec"]
       args:
         - |
-          at={PULL_ADDRESS}/namespaces/{namespace}/connectors/local
+          at={PROXY_ADDRESS}/namespaces/{namespace}/connectors/local
           skopeo --insecure-policy copy -q docker://$at/demo/source:v1 docker://$at/demo/by-skopeo:v1
           skopeo --insecure-policy inspect --raw docker://$at/demo/by-skopeo:v1 >/dev/null
           crane copy $at/demo/source:v1 $at/demo/by-crane:v1
@@ -1080,7 +1104,7 @@ spec:
             --oci-worker=true --oci-worker-binary=/usr/sbin/runc --oci-worker-snapshotter=native \
             --oci-worker-platform=linux/amd64 --containerd-worker=false >/tmp/buildkitd.log 2>&1 &
           for i in $(/bin/busybox seq 60); do [ -S $socket ] && break; /bin/busybox sleep 1; done
-          at={PULL_ADDRESS}/namespaces/{namespace}/connectors/local
+          at={PROXY_ADDRESS}/namespaces/{namespace}/connectors/local
           buildctl --addr unix://$socket build --frontend dockerfile.v0 \
             --local context=. --local dockerfile=. \
             --output type=image,name=$at/demo/built:v1,push=true \
@@ -1141,7 +1165,7 @@ spec:
       command: ["/bin/busybox", "sh", "-ec"]
       args:
         - |
-          at={PULL_ADDRESS}/namespaces/{namespace}/connectors/local
+          at={PROXY_ADDRESS}/namespaces/{namespace}/connectors/local
           b() {{ buildah --storage-driver vfs "$@"; }}
           container=$(b from --quiet docker://$at/demo/base:v1)
           echo "built by buildah in a pod" >/var/tmp/hello.txt
@@ -1251,7 +1275,7 @@ spec:
         "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hello from ko\") }\n",
     )
     .unwrap();
-    let at = format!("{PULL_ADDRESS}/namespaces/{namespace}/connectors/local");
+    let at = format!("{PROXY_ADDRESS}/namespaces/{namespace}/connectors/local");
     let go = Command::new("go").args(["env", "GOROOT", "GOCACHE"]).output().unwrap();
     let go = String::from_utf8(go.stdout).unwrap();
     let mut go = go.lines();
@@ -1376,7 +1400,7 @@ async fn the_seed_documents_volumes_and_snippets_work_unchanged_for_a_non_root_p
             .map(|line| format!("          {line}\n"))
             .collect()
     };
-    let at = format!("{PULL_ADDRESS}/namespaces/{namespace}/connectors/harbor");
+    let at = format!("{PROXY_ADDRESS}/namespaces/{namespace}/connectors/harbor");
     // Seed 001: the connector's status names its own Service, and
     // reverse-mode references start with that host.
     let service_host = format!("c-harbor.{namespace}.svc.cluster.local");
@@ -1409,7 +1433,7 @@ kind: Pod
 metadata: {{name: seeds, namespace: {namespace}}}
 spec:
   restartPolicy: Never
-  hostAliases: [{{ip: "{PULL_ADDRESS}", hostnames: ["{service_host}"]}}]
+  hostAliases: [{{ip: "{PROXY_ADDRESS}", hostnames: ["{service_host}"]}}]
   securityContext: {{runAsUser: 1000, runAsGroup: 1000, runAsNonRoot: true}}
   containers:
     - name: client

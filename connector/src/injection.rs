@@ -17,8 +17,12 @@ pub struct InjectionConfig {
     /// The namespace the product runs in; its pods are never mutated.
     pub install_namespace: String,
     /// `host[:port]` of the reverse proxy as nodes reach it; rewritten images
-    /// start with it.
+    /// start with it. The node pull endpoint's loopback address by default.
     pub pull_address: String,
+    /// `host[:port]` of the reverse proxy's HTTPS as pods reach it: the
+    /// volume's `config.json` and `buildkitd.toml` name it. The pull address
+    /// unless set apart (a node's loopback is nothing inside a pod).
+    pub proxy_address: String,
     /// `host:port` of the forward proxy (HTTP CONNECT) as pods reach it.
     pub forward_proxy: String,
     /// The `NO_PROXY` entries, in order.
@@ -36,9 +40,11 @@ impl InjectionConfig {
     /// The defaults of an install in `connectors-system` with cluster domain
     /// `cluster.local`.
     pub fn new(pull_address: impl Into<String>, forward_proxy: impl Into<String>) -> Self {
+        let pull_address = pull_address.into();
         Self {
             install_namespace: keys::DEFAULT_INSTALL_NAMESPACE.to_owned(),
-            pull_address: pull_address.into(),
+            proxy_address: pull_address.clone(),
+            pull_address,
             forward_proxy: forward_proxy.into(),
             no_proxy: default_no_proxy("cluster.local", None, &[]),
             config_mount_path: "/var/run/connectors".to_owned(),
@@ -100,17 +106,11 @@ pub fn service_host(service: &str, namespace: &str, cluster_domain: &str) -> Str
 pub const PRIVATE_RANGES: [&str; 4] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"];
 
 /// The `NO_PROXY` value: the configured entries and, unless one of them
-/// already covers it, the pull address's host, so that clients reach the
-/// reverse proxy directly rather than through the forward proxy (an IP
-/// pull address, as in a cluster without DNS for Services, matches no
-/// domain entry).
-fn no_proxy_with_pull_address(config: &InjectionConfig, connector_hosts: &[&str]) -> String {
-    let host = address_host(&config.pull_address);
-    let covered = host.is_empty()
-        || config.no_proxy.iter().any(|entry| {
-            entry.eq_ignore_ascii_case(host)
-                || (entry.starts_with('.') && host.to_ascii_lowercase().ends_with(&entry.to_ascii_lowercase()))
-        });
+/// already covers it, the hosts of the proxy address and the pull address,
+/// so that clients reach the reverse proxy directly rather than through the
+/// forward proxy (an IP address, as in a cluster without DNS for Services,
+/// matches no domain entry).
+fn no_proxy_with_proxy_addresses(config: &InjectionConfig, connector_hosts: &[&str]) -> String {
     // A connector whose registry is an address in a listed range must still
     // be reached through the proxy: that range is left out.
     let connector_ips: Vec<std::net::IpAddr> = connector_hosts
@@ -123,8 +123,16 @@ fn no_proxy_with_pull_address(config: &InjectionConfig, connector_hosts: &[&str]
         .filter(|entry| !connector_ips.iter().any(|ip| cidr_contains(entry, *ip)))
         .cloned()
         .collect();
-    if !covered {
-        entries.push(host.to_owned());
+    for address in [&config.proxy_address, &config.pull_address] {
+        let host = address_host(address);
+        let covered = host.is_empty()
+            || config.no_proxy.iter().chain(&entries).any(|entry| {
+                entry.eq_ignore_ascii_case(host)
+                    || (entry.starts_with('.') && host.to_ascii_lowercase().ends_with(&entry.to_ascii_lowercase()))
+            });
+        if !covered {
+            entries.push(host.to_owned());
+        }
     }
     entries.join(",")
 }
@@ -198,7 +206,7 @@ pub fn container_env(
 ) -> Vec<(&'static str, String)> {
     let mut env: Vec<(&'static str, String)> = Vec::new();
     if let Some(proxy) = proxy_url {
-        let no_proxy = no_proxy_with_pull_address(config, connector_hosts);
+        let no_proxy = no_proxy_with_proxy_addresses(config, connector_hosts);
         env.extend([
             ("HTTP_PROXY", proxy.to_owned()),
             ("http_proxy", proxy.to_owned()),
@@ -261,6 +269,16 @@ mod tests {
             domains
         );
         assert_eq!(no_proxy_of("localhost:5000"), domains);
+    }
+
+    #[test]
+    fn no_proxy_names_the_proxy_address_pods_use_beside_a_loopback_pull_address() {
+        let domains = default_no_proxy("cluster.local", None, &[]).join(",");
+        let mut config = InjectionConfig::new("127.0.0.1:7480", "proxy:3128");
+        config.proxy_address = "10.96.100.100".into();
+        let env = container_env(&config, Some("http://proxy:3128"), &[]);
+        let no_proxy = &env.iter().find(|(name, _)| *name == "NO_PROXY").unwrap().1;
+        assert_eq!(no_proxy, &format!("{domains},10.96.100.100"));
     }
 }
 

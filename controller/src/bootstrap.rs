@@ -83,8 +83,10 @@ pub struct BootstrapSettings {
     pub namespace: String,
     pub csi_namespace: String,
     pub proxy_service: String,
-    /// `host[:port]` of the reverse proxy as nodes reach it; its host is a SAN.
-    pub pull_address: Option<String>,
+    /// `host[:port]` addresses clients reach the reverse proxy's HTTPS at
+    /// (the pods' proxy address, a pull address nodes reach): their hosts
+    /// are SANs, but for loopback ones (the node pull endpoint, plain HTTP).
+    pub addresses: Vec<String>,
     pub cluster_domain: String,
     pub webhook_service: String,
     /// Names and addresses besides the Service's under which the API server
@@ -103,9 +105,12 @@ impl BootstrapSettings {
             service_names(&self.proxy_service, &self.namespace, &self.cluster_domain),
             Vec::new(),
         );
-        if let Some(host) = self.pull_address.as_deref().and_then(address_host) {
+        for host in self.addresses.iter().filter_map(|address| address_host(address)) {
             match host.parse::<IpAddr>() {
-                Ok(ip) => ips.push(ip),
+                Ok(ip) if ip.is_loopback() => {}
+                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                Ok(_) => {}
+                Err(_) if host.eq_ignore_ascii_case("localhost") => {}
                 Err(_) if !dns.contains(&host) => dns.push(host),
                 Err(_) => {}
             }
@@ -606,12 +611,17 @@ mod tests {
     }
 
     #[test]
-    fn proxy_names_cover_the_service_and_the_pull_address() {
+    fn proxy_names_cover_the_service_and_the_addresses_clients_reach_over_tls() {
         let settings = BootstrapSettings {
             namespace: "connectors-system".into(),
             csi_namespace: "connectors-csi".into(),
             proxy_service: "connectors-proxy".into(),
-            pull_address: Some("10.1.2.3:30443".into()),
+            addresses: vec![
+                "10.1.2.3:30443".into(),
+                "127.0.0.1:7480".into(),
+                "localhost:7480".into(),
+                "proxy.example.com".into(),
+            ],
             cluster_domain: "cluster.local".into(),
             webhook_service: "connectors-webhook".into(),
             webhook_extra_names: Vec::new(),
@@ -626,8 +636,10 @@ mod tests {
                 "connectors-proxy.connectors-system",
                 "connectors-proxy.connectors-system.svc",
                 "connectors-proxy.connectors-system.svc.cluster.local",
+                "proxy.example.com",
             ]
         );
+        // The node pull endpoint's loopback address speaks plain HTTP.
         assert_eq!(ips, ["10.1.2.3".parse::<IpAddr>().unwrap()]);
     }
 }

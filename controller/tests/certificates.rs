@@ -106,14 +106,14 @@ async fn bootstrap_creates_certificates_that_chain_to_their_cas_and_a_second_rep
     let proxy_tls = wait_secret(&client, "connectors-proxy-tls").await;
     let leaf = CertificateSummary::from_pem(&text(&proxy_tls, "tls.crt")).unwrap();
     assert_eq!(leaf.dns_names, service_names("connectors-proxy"));
-    assert_eq!(leaf.ip_addresses, ["127.0.0.5".parse::<IpAddr>().unwrap()]);
+    assert_eq!(leaf.ip_addresses, ["10.96.0.5".parse::<IpAddr>().unwrap()]);
     assert!(!leaf.is_ca);
     assert_eq!(text(&proxy_tls, "ca.crt"), ca.cert_pem());
     certs::load_private_key_pem(&text(&proxy_tls, "tls.key")).unwrap();
     for name in service_names("connectors-proxy")
         .iter()
         .map(String::as_str)
-        .chain(["127.0.0.5"])
+        .chain(["10.96.0.5"])
     {
         verify_serving_chain(&text(&proxy_tls, "tls.crt"), ca.cert_pem(), name).unwrap();
     }

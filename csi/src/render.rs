@@ -30,7 +30,7 @@ pub struct RenderConfig {
     pub proxy_ca_pem: String,
     /// The system's root certificates, PEM.
     pub system_roots_pem: String,
-    /// True when the reverse proxy (the pull address) speaks plain HTTP.
+    /// True when the reverse proxy (the proxy address) speaks plain HTTP.
     pub pull_plain_http: bool,
     /// The cluster's DNS domain: each connector is also reached at its own
     /// Service, `http://c-<name>.<ns>.svc.<domain>` (the address in its
@@ -226,7 +226,7 @@ pub(crate) fn shell_value(value: &str) -> String {
 fn docker_config(config: &RenderConfig, pod: &PodInfo, token: &ProxyToken, connectors: &[ResolvedConnector]) -> String {
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", pod.service_account, token.expose()));
     let mut auths = serde_json::Map::new();
-    auths.insert(config.injection.pull_address.clone(), json!({"auth": auth}));
+    auths.insert(config.injection.proxy_address.clone(), json!({"auth": auth}));
     for host in connector_hosts(config, connectors) {
         auths.insert(host, json!({"auth": auth}));
     }
@@ -239,7 +239,7 @@ fn docker_config(config: &RenderConfig, pod: &PodInfo, token: &ProxyToken, conne
 /// buildkitd's registry configuration: each connector's registry mirrored
 /// through its reverse proxy path, and the proxy host trusted with the CA.
 fn buildkitd_toml(config: &RenderConfig, connectors: &[ResolvedConnector], mount_path: &str) -> String {
-    let pull = &config.injection.pull_address;
+    let pull = &config.injection.proxy_address;
     let ca = format!("{}/{}", mount_path.trim_end_matches('/'), keys::CSI_FILE_CA);
     let mut out = String::from("# Written by the connectors CSI driver: pulls go through the connectors proxy.\n");
     let _ = writeln!(out, "\n[registry.{}]", toml_string(pull));

@@ -344,16 +344,16 @@ node_down() {
   node_cgroups_down
 }
 
-# The proxy's pinned ClusterIP, which nodes pull rewritten images from
-# (manifests/nodes.md, "A pinned ClusterIP").
-pull_address=10.96.100.100
+# The proxy's pinned ClusterIP: pods reach the proxy there (the cluster runs
+# no DNS). Nodes pull from the node pull endpoint on their loopback, as in
+# the default install: nothing on the node names the proxy.
+proxy_address=10.96.100.100
 
-# node_install: the product as pods, from its image, with only what a real
-# single-node cluster needs beside manifests/ (manifests/nodes.md): the
-# proxy's pinned ClusterIP as the pull address, node pulls identified by
-# address, egress allowed to the node's address (where the tests run their
-# registries), and containerd trusting the proxy CA for the pull address;
-# and, as the cluster runs no DNS, the forward proxy by that address too.
+# node_install: the product as pods, from its image, with only what a
+# single-node cluster without DNS needs beside manifests/: the proxy's
+# pinned ClusterIP as the address pods (and the node pull endpoint) reach it
+# and as the forward proxy's, and egress allowed to the node's address
+# (where the tests run their registries). The node itself is not touched.
 node_install() {
   local base image="$root/target/image/connectors.oci.tar"
   if [ -z "${E2E_IMAGE:-}" ]; then
@@ -369,9 +369,8 @@ node_install() {
   local settings
   settings="$(
     cat <<PATCH
-      - {op: replace, path: /data/CONNECTORS_PULL_ADDRESS, value: "$pull_address"}
-      - {op: replace, path: /data/CONNECTORS_FORWARD_PROXY, value: "$pull_address:3128"}
-      - {op: add, path: /data/CONNECTORS_NODE_IDENTITY_BY_ADDRESS, value: "true"}
+      - {op: replace, path: /data/CONNECTORS_PROXY_ADDRESS, value: "$proxy_address"}
+      - {op: replace, path: /data/CONNECTORS_FORWARD_PROXY, value: "$proxy_address:3128"}
       - {op: add, path: /data/CONNECTORS_EGRESS_ALLOW, value: "$node_ip/32"}
 PATCH
   )"
@@ -385,7 +384,7 @@ resources:
 patches:
   - target: {kind: Service, name: connectors-proxy, namespace: connectors-system}
     patch: |-
-      - {op: add, path: /spec/clusterIP, value: "$pull_address"}
+      - {op: add, path: /spec/clusterIP, value: "$proxy_address"}
   - target: {kind: ConfigMap, name: connectors-config}
     patch: |-
 $settings
@@ -402,18 +401,6 @@ YAML
     wait_for "deployment $deployment" 180 kubectl_ -n connectors-system wait \
       --for condition=Available --timeout 5s "deployment/$deployment"
   done
-  # containerd trusts the proxy CA for the pull address (hosts.toml is read
-  # at each pull).
-  wait_for "the proxy CA" 60 kubectl_ -n connectors-system get configmap connectors-proxy-ca
-  local certs="$dir/node/certs.d/$pull_address"
-  mkdir -p "$certs"
-  kubectl_ -n connectors-system get configmap connectors-proxy-ca \
-    -o jsonpath='{.data.ca\.crt}' >"$certs/ca.crt"
-  cat >"$certs/hosts.toml" <<TOML
-server = "https://$pull_address"
-
-[host."https://$pull_address"]
-  capabilities = ["pull", "resolve"]
-  ca = "$certs/ca.crt"
-TOML
+  wait_for "the node pull endpoint" 180 kubectl_ -n connectors-csi rollout status \
+    --timeout 5s daemonset/connectors-node-pull
 }

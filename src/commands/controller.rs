@@ -29,9 +29,14 @@ pub struct Args {
     #[arg(long, env = "CONNECTORS_PROXY_SERVICE", default_value = "connectors-proxy")]
     proxy_service: String,
     /// `host[:port]` of the reverse proxy as nodes reach it; its host is
-    /// added to the proxy's serving certificate.
+    /// added to the proxy's serving certificate (unless it is loopback: the
+    /// node pull endpoint speaks plain HTTP).
     #[arg(long, env = "CONNECTORS_PULL_ADDRESS")]
     pull_address: Option<String>,
+    /// `host[:port]` of the reverse proxy's HTTPS as pods reach it; its host
+    /// is added to the proxy's serving certificate.
+    #[arg(long, env = "CONNECTORS_PROXY_ADDRESS")]
+    proxy_address: Option<String>,
     /// The cluster's DNS domain.
     #[arg(long, env = "CONNECTORS_CLUSTER_DOMAIN", default_value = "cluster.local")]
     cluster_domain: String,
@@ -104,7 +109,11 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
             namespace: args.namespace,
             csi_namespace: args.csi_namespace,
             proxy_service: args.proxy_service,
-            pull_address: args.pull_address.filter(|a| !a.is_empty()),
+            addresses: [args.proxy_address, args.pull_address]
+                .into_iter()
+                .flatten()
+                .filter(|a| !a.is_empty())
+                .collect(),
             cluster_domain: args.cluster_domain,
             webhook_service: args.webhook_service,
             webhook_extra_names: args.webhook_sans,

@@ -57,7 +57,7 @@ pub struct Args {
     /// with the proxy CA; when missing, the platform's trust store is used.
     #[arg(long, env = "CONNECTORS_SYSTEM_ROOTS", default_value = DEFAULT_SYSTEM_ROOTS)]
     system_roots: PathBuf,
-    /// The reverse proxy (the pull address) speaks plain HTTP, as in
+    /// The reverse proxy (the proxy address) speaks plain HTTP, as in
     /// standalone mode; buildkitd is told so.
     #[arg(long, env = "CONNECTORS_PULL_PLAIN_HTTP")]
     pull_plain_http: bool,

@@ -209,6 +209,7 @@ struct PodPatch<'a> {
     config: &'a InjectionConfig,
     mode: Mode,
     pull_host: String,
+    proxy_host: String,
     env: Vec<(&'static str, Value)>,
     original_images: BTreeMap<String, String>,
     images_rewritten: usize,
@@ -243,6 +244,7 @@ impl<'a> PodPatch<'a> {
             config,
             mode,
             pull_host: canonical_registry_host(&config.pull_address),
+            proxy_host: canonical_registry_host(&config.proxy_address),
             env,
             original_images: BTreeMap::new(),
             images_rewritten: 0,
@@ -290,10 +292,18 @@ impl<'a> PodPatch<'a> {
         if host == self.pull_host {
             return Ok(());
         }
-        let Some(route) = self.routes.iter().find(|r| r.registry_host() == host) else {
-            return Ok(());
+        // An image already in the proxy's form at the address pods use (a
+        // digest pushed from a pod, ko's output) is pulled by the node from
+        // the pull address, path unchanged.
+        let at_proxy = host == self.proxy_host && reference.path().starts_with("namespaces/");
+        let prefix = if at_proxy {
+            String::new()
+        } else {
+            let Some(route) = self.routes.iter().find(|r| r.registry_host() == host) else {
+                return Ok(());
+            };
+            route.key.proxy_path()
         };
-        let prefix = route.key.proxy_path();
         // NB: checked, so a name made too long by the prefix is denied now
         // rather than by the next pass, which could not parse it.
         let rewritten = reference

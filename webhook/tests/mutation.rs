@@ -668,3 +668,45 @@ fn an_image_too_long_for_the_proxy_path_is_denied_on_the_first_pass() {
         "{error}"
     );
 }
+
+#[test]
+fn an_image_in_the_proxys_form_at_the_pods_address_is_pulled_from_the_pull_address() {
+    // The node pull endpoint's loopback for images, the Service for pods: a
+    // digest a pod pushed (ko's output) names the Service, which nodes
+    // cannot pull from.
+    let mut config = config();
+    config.pull_address = "127.0.0.1:7480".into();
+    config.proxy_address = "connectors-proxy.connectors-system.svc".into();
+    let pushed = format!("connectors-proxy.connectors-system.svc/namespaces/team/connectors/harbor/proj/app@{DIGEST}");
+    let input = pod(
+        json!({"connectors.cpaas.io/connector": "harbor"}),
+        json!({"containers": [
+            {"name": "built", "image": pushed},
+            {"name": "app", "image": "harbor.example.com/proj/app:v1"},
+            {"name": "pulled", "image": "127.0.0.1:7480/namespaces/team/connectors/harbor/proj/app:v1"},
+            {"name": "other", "image": "connectors-proxy.connectors-system.svc/lib/tool:1"},
+        ]}),
+    );
+    let outcome = mutate_pod(&input, "team", Mode::Create, &store(), &config).unwrap();
+    let Outcome::Patched { patch, .. } = &outcome else {
+        panic!("not patched: {outcome:?}");
+    };
+    let mut patched = input.clone();
+    json_patch::patch(&mut patched, patch).unwrap();
+    let images: Vec<&str> = patched["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["image"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        images,
+        [
+            format!("127.0.0.1:7480/namespaces/team/connectors/harbor/proj/app@{DIGEST}").as_str(),
+            "127.0.0.1:7480/namespaces/team/connectors/harbor/proj/app:v1",
+            "127.0.0.1:7480/namespaces/team/connectors/harbor/proj/app:v1",
+            // Not the proxy's path form: no connector, left as written.
+            "connectors-proxy.connectors-system.svc/lib/tool:1",
+        ]
+    );
+}

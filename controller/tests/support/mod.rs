@@ -115,7 +115,7 @@ pub fn settings(identity: &str) -> Settings {
             namespace: NAMESPACE.to_owned(),
             csi_namespace: CSI_NAMESPACE.to_owned(),
             proxy_service: "connectors-proxy".to_owned(),
-            pull_address: Some("127.0.0.5:30443".to_owned()),
+            addresses: vec!["10.96.0.5:30443".to_owned(), "127.0.0.1:7480".to_owned()],
             cluster_domain: "cluster.local".to_owned(),
             webhook_service: "connectors-webhook".to_owned(),
             webhook_extra_names: Vec::new(),
