@@ -3,6 +3,7 @@
 mod certs;
 mod controller;
 mod crd;
+mod credential_provider;
 mod csi;
 mod mutate;
 mod node_pull;
@@ -49,6 +50,9 @@ pub enum Command {
     Certs(certs::Args),
     /// Serve the CSI node plugin that renders per-pod client configuration.
     Csi(csi::Args),
+    /// kubelet's image credential provider: the pod's own token for a pull
+    /// (reads a CredentialProviderRequest on stdin).
+    CredentialProvider,
     /// Serve the node pull endpoint: kubelet pulls rewritten images from it
     /// on the node's loopback, with no node configuration.
     NodePull(node_pull::Args),
@@ -67,6 +71,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Csi(args) => block_on(csi::serve(args)),
         Command::Controller(args) => block_on(controller::serve(args)),
         Command::NodePull(args) => block_on(node_pull::serve(args)),
+        Command::CredentialProvider => credential_provider::run(),
     }
 }
 

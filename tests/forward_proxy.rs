@@ -490,3 +490,50 @@ async fn a_second_tunnel_to_a_host_resumes_the_tls_session() {
     assert!(intercepted.is_err(), "a refused caller was intercepted");
     lab.assert_no_credential_in_logs();
 }
+
+/// `http_proxy` is injected too: a plain-HTTP host of no connector
+/// (`apt-get` over `http://`) is relayed as the client sent it, with its
+/// own credentials and none of ours, where the tunnel policy admits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_plain_http_hosts_are_relayed_as_they_are_unless_private_or_switched_off() {
+    // A plain-HTTP registry with a password of its own stands in for a
+    // public plain-HTTP host (the lab allows loopback as egress).
+    let plain = Registry::start(RegistryOptions::htpasswd("own-user", "own-password"))
+        .await
+        .unwrap();
+    let url = format!("http://127.0.0.1:{}/v2/", plain.port());
+    let curl = |forward: SocketAddr, extra: &'static [&'static str], url: String| async move {
+        let proxy = format!("http://127.0.0.1:{}", forward.port());
+        let user = format!(":{TEAM_TOKEN}");
+        let output = tokio::process::Command::new("curl")
+            .args(["-s", "-i", "--max-time", "10", "-x", &proxy, "--proxy-user", &user])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let lab = Lab::start(&[]).await;
+    // The host's own challenge: no credential of ours was added.
+    let answer = curl(lab.forward, &[], url.clone()).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("www-authenticate: basic"),
+        "{answer}"
+    );
+    // The client's own credential for that host goes through.
+    let answer = curl(lab.forward, &["-u", "own-user:own-password"], url.clone()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let answer = curl(lab.forward, &["-I", "-u", "own-user:own-password"], url.clone()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for private in ["http://10.1.2.3/", "http://169.254.169.254/latest/meta-data/"] {
+        let answer = curl(lab.forward, &[], private.to_owned()).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{private}: {answer}");
+    }
+    lab.assert_no_credential_in_logs();
+
+    let off = Lab::start(&["--forward-tunnels", "off"]).await;
+    let answer = curl(off.forward, &[], url).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+}

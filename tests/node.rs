@@ -1623,3 +1623,107 @@ spec:
     );
     assert!(env.contains(":3128"), "the pod got the injected proxy: {env}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_credential_provider_kubelet_pulls_as_the_pods_service_account() {
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    push_busybox(&registry);
+    // The harness's kubelet runs `connectors credential-provider` for this
+    // namespace's images only (e2e/node/node.bash).
+    let namespace = "node-hardened";
+    namespace_with_connector(cluster, namespace, &registry);
+    // Not opted in: no rewrite, no volume, and the proxy counts none of its
+    // pods for the node rule, so only a pod's own token can authorize
+    // these pulls.
+    cluster.kubectl_ok(
+        &["label", "namespace", namespace, "connectors.cpaas.io/proxy-inject-"],
+        None,
+    );
+    let rbac = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/credential-provider.yaml");
+    cluster.kubectl_ok(&["apply", "-f", rbac.to_str().unwrap()], None);
+    cluster.kubectl_ok(&["-n", namespace, "create", "serviceaccount", "stranger"], None);
+    let image = format!("{PULL_ADDRESS}/namespaces/{namespace}/connectors/local/tools/busybox:1");
+    let pod = |name: &str, service_account: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  serviceAccountName: {service_account}
+  restartPolicy: Never
+  containers:
+    - name: app
+      image: {image}
+      imagePullPolicy: Always
+      command: ["/bin/busybox", "echo", "pulled as the pod"]
+"#
+        )
+    };
+
+    // The default ServiceAccount may use the connector: its pull passes.
+    let logs = run_pod(cluster, namespace, "allowed", &pod("allowed", "default"), 120);
+    assert_eq!(logs.trim(), "pulled as the pod");
+    let written = cluster.kubectl_ok(
+        &[
+            "-n",
+            namespace,
+            "get",
+            "pod",
+            "allowed",
+            "-o",
+            "jsonpath={.spec.containers[0].image}",
+        ],
+        None,
+    );
+    assert_eq!(written, image, "the pod was not mutated");
+
+    // A ServiceAccount without the RoleBinding is refused, by name.
+    cluster.kubectl_ok(
+        &["-n", namespace, "apply", "-f", "-"],
+        Some(&pod("refused", "stranger")),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let reason = cluster.kubectl_ok(
+            &[
+                "-n",
+                namespace,
+                "get",
+                "pod",
+                "refused",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].state.waiting.reason}",
+            ],
+            None,
+        );
+        if reason == "ErrImagePull" || reason == "ImagePullBackOff" {
+            break;
+        }
+        let events = cluster.kubectl_ok(&["-n", namespace, "get", "events"], None);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the refused pull never failed: {reason}\n{events}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+    let events = cluster.kubectl_ok(&["-n", namespace, "get", "events"], None);
+    assert!(events.contains("403"), "{events}");
+    let proxy_logs = cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-system",
+            "logs",
+            "-l",
+            "app.kubernetes.io/component=proxy",
+            "--tail=-1",
+        ],
+        None,
+    );
+    let refusal = format!("system:serviceaccount:{namespace}:stranger may not use connector {namespace}/local");
+    assert!(
+        proxy_logs.contains(&refusal),
+        "no refusal of the stranger in the proxy's logs"
+    );
+    assert!(!proxy_logs.contains(PASSWORD), "the proxy logged the password");
+}

@@ -261,8 +261,9 @@ fn token_digest(token: &str) -> [u8; 32] {
     key
 }
 
-/// The `exp` claim of a JWT (seconds since the epoch), if it is one.
-fn jwt_expiry(token: &str) -> Option<Duration> {
+/// The `exp` claim of a JWT (seconds since the epoch), if it is one. Read,
+/// not verified.
+pub fn jwt_expiry(token: &str) -> Option<Duration> {
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))

@@ -215,6 +215,28 @@ EOF
 }
 EOF
   : >"$node/resolv.conf"
+  # kubelet's image credential provider, the hardened node pull mode
+  # (manifests/nodes.md, "Pulls as the pod"): the product's own binary, for
+  # the images of one namespace only, so that every other pull goes the
+  # default install's way (the node pull endpoint's own token).
+  local plugin="${E2E_CONNECTORS:-$root/target/debug/connectors}"
+  [ -x "$plugin" ] || die "no product binary at $plugin for kubelet's credential provider (cargo build, or set E2E_CONNECTORS)"
+  mkdir -p "$node/credential-provider"
+  ln -sf "$(readlink -f "$plugin")" "$node/credential-provider/connectors"
+  cat >"$node/credential-provider.yaml" <<EOF
+apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+  - name: connectors
+    apiVersion: credentialprovider.kubelet.k8s.io/v1
+    args: ["credential-provider"]
+    matchImages: ["127.0.0.1:7480/namespaces/node-hardened"]
+    defaultCacheDuration: 1m
+    tokenAttributes:
+      serviceAccountTokenAudience: connectors-proxy
+      cacheType: Token
+      requireServiceAccount: true
+EOF
   cat >"$node/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -307,7 +329,9 @@ node_up() {
   node_start kubelet --config "$dir/node/kubelet.yaml" \
     --kubeconfig "$dir/pki/kubelet.kubeconfig" \
     --root-dir "$kubelet_root" --cert-dir "$dir/node/kubelet-pki" \
-    --hostname-override e2e-node --node-ip "$node_ip"
+    --hostname-override e2e-node --node-ip "$node_ip" \
+    --image-credential-provider-config "$dir/node/credential-provider.yaml" \
+    --image-credential-provider-bin-dir "$dir/node/credential-provider"
   node_start kube-proxy --config "$dir/node/kube-proxy.yaml"
   wait_for "the node" 120 kubectl_ wait --for condition=Ready --timeout 5s node/e2e-node
 }

@@ -67,9 +67,6 @@ pub enum ProxyError {
         port: u16,
         denied: Option<Box<Refusal>>,
     },
-    /// An absolute-form request for anything but a plain-HTTP connector.
-    #[error("{host}:{port} is not a plain-HTTP connector registry; nothing else is forwarded in absolute form")]
-    NotPlainHttpConnector { host: String, port: u16 },
     /// No connector of that name.
     #[error("connector {0} does not exist")]
     UnknownConnector(ConnectorKey),
@@ -89,6 +86,9 @@ pub enum ProxyError {
     RedirectRefused(String),
     #[error("the registry redirected to an invalid URL")]
     InvalidRedirect,
+    /// A plain-HTTP request to a host of no connector could not be relayed.
+    #[error("{host}:{port} could not be reached: {reason}")]
+    Unrelayable { host: String, port: u16, reason: String },
     #[error("unmappable Location")]
     UnmappableLocation,
     /// A tunnel target did not resolve, or only to addresses the egress
@@ -130,7 +130,6 @@ impl ProxyError {
             Self::Refused(_)
             | Self::CredentialRefused(_)
             | Self::NotAConnectorHost { .. }
-            | Self::NotPlainHttpConnector { .. }
             | Self::Egress(EgressError::Refused(_)) => Class::Denied,
             Self::Upstream(error) if error.is_timeout() => Class::GatewayTimeout,
             Self::Connector { .. }
@@ -138,6 +137,7 @@ impl ProxyError {
             | Self::RedirectRefused(_)
             | Self::InvalidRedirect
             | Self::UnmappableLocation
+            | Self::Unrelayable { .. }
             | Self::Egress(_) => Class::BadGateway,
         }
     }

@@ -6,8 +6,9 @@
 //! an injected pod may also be known by its source address. A CONNECT to a
 //! named connector's host is intercepted: TLS is terminated with a leaf
 //! minted for that host and every request goes through the same
-//! [`Pipeline`] as reverse mode. Other hosts are refused, or
-//! blind-tunnelled when allow-listed ([`crate::tunnel`]).
+//! [`Pipeline`] as reverse mode. Other hosts are refused, or, as the tunnel
+//! policy says ([`crate::tunnel`]), blind-tunnelled (CONNECT) or relayed as
+//! they are (plain HTTP), never with a credential.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
@@ -121,7 +122,7 @@ impl ForwardProxy {
     }
 
     /// Answers one request on the forward listener: CONNECT, or an
-    /// absolute-form request for a plain-HTTP registry.
+    /// absolute-form `http://` request.
     pub async fn handle(
         self: Arc<Self>,
         request: Request<Incoming>,
@@ -134,7 +135,7 @@ impl ForwardProxy {
             self.absolute(request, peer).await
         } else {
             Err(ProxyError::BadRequest(
-                "this is a forward proxy: send CONNECT, or an absolute-form request for a plain-HTTP registry",
+                "this is a forward proxy: send CONNECT, or an absolute-form http:// request",
             ))
         };
         result.unwrap_or_else(|error| {
@@ -308,8 +309,9 @@ impl ForwardProxy {
         Ok(Arc::new(config))
     }
 
-    /// An absolute-form request (`GET http://host/v2/...`) for a plain-HTTP
-    /// connector registry.
+    /// An absolute-form request (`GET http://host/...`): for a plain-HTTP
+    /// connector registry through the pipeline; for any other host the
+    /// tunnel policy admits, relayed as it is.
     async fn absolute(&self, request: Request<Incoming>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
         let uri = request.uri().clone();
         if uri.scheme_str() != Some("http") {
@@ -320,8 +322,14 @@ impl ForwardProxy {
         let (host, port) = absolute_target(&uri).ok_or(ProxyError::BadRequest("the URL has no host"))?;
         // NB: one request, proved just now: nothing to prove again.
         let (identity, keys, _) = self.caller(request.headers(), peer).await?;
-        let Plan::Intercept(key) = self.plan(&host, port, "http", &identity, &keys).await? else {
-            return Err(ProxyError::NotPlainHttpConnector { host, port });
+        let key = match self.plan(&host, port, "http", &identity, &keys).await? {
+            Plan::Intercept(key) => key,
+            // A host of no connector, as tunnels go: relayed as it is, with
+            // no credential of ours (`apt-get` over `http://`).
+            Plan::Tunnel(addresses) => {
+                tracing::debug!(%peer, caller = %identity.username, %host, port, "plain HTTP relayed");
+                return tunnel::relay_plain(request, &host, port, &addresses).await;
+            }
         };
         let (mut parts, body) = request.into_parts();
         parts.uri = uri
@@ -425,7 +433,7 @@ impl ForwardProxy {
         // none (a blind tunnel where tunnels go, else a refusal), so naming
         // another namespace's connectors cannot probe which of them exist
         // and where; the audit line has why.
-        if scheme == "https" && self.options.tunnels.admits(&self.options.tunnel_hosts, host, port) {
+        if self.options.tunnels.admits(&self.options.tunnel_hosts, host, port) {
             if let Some(refusal) = &denied {
                 tracing::info!(%host, port, %refusal, "connector refused; the host gets a blind tunnel as any other");
             }

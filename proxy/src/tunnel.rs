@@ -12,6 +12,7 @@ use registry::upstream::CONNECT_TIMEOUT;
 use tokio::net::TcpStream;
 
 use crate::error::ProxyError;
+use registry::body::ProxyBody;
 
 /// Which non-connector HTTPS destinations forward mode tunnels blindly
 /// (no interception, no credential).
@@ -145,6 +146,101 @@ pub async fn tunnel(mut client: TokioIo<hyper::upgrade::Upgraded>, addresses: &[
         }
     }
     tracing::info!(%peer, error = last_error.unwrap_or_default(), "tunnel could not connect");
+}
+
+/// How long a relayed plain-HTTP host may take to answer with headers.
+const PLAIN_RESPONSE_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Relays one absolute-form `http://` request to a host of no connector at
+/// one of its checked `addresses`, as the client sent it but for the
+/// proxy's own headers: origin-form target, `Host` kept, hop-by-hop and
+/// `Proxy-Authorization` dropped. No credential of ours is added; both
+/// bodies stream.
+pub async fn relay_plain(
+    request: hyper::Request<hyper::body::Incoming>,
+    host: &str,
+    port: u16,
+    addresses: &[SocketAddr],
+) -> Result<hyper::Response<ProxyBody>, ProxyError> {
+    use http_body_util::BodyExt as _;
+    let unrelayable = |reason: String| ProxyError::Unrelayable {
+        host: host.to_owned(),
+        port,
+        reason,
+    };
+    let (mut parts, body) = request.into_parts();
+    let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .map_err(|_| ProxyError::BadRequest("the URL has no usable path"))?;
+    drop_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(hyper::header::PROXY_AUTHORIZATION);
+    if !parts.headers.contains_key(hyper::header::HOST)
+        && let Some(value) = authority.and_then(|a| hyper::header::HeaderValue::from_str(&a).ok())
+    {
+        parts.headers.insert(hyper::header::HOST, value);
+    }
+    let mut last_error = String::from("no address");
+    let mut stream = None;
+    for address in addresses {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+            Ok(Ok(connected)) => {
+                let _ = connected.set_nodelay(true);
+                stream = Some(connected);
+                break;
+            }
+            Ok(Err(error)) => last_error = error.to_string(),
+            Err(_) => last_error = "connect timed out".to_owned(),
+        }
+    }
+    let stream = stream.ok_or_else(|| unrelayable(last_error))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unrelayable(e.to_string()))?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "relayed plain-HTTP connection ended with an error");
+        }
+    });
+    let sent = tokio::time::timeout(
+        PLAIN_RESPONSE_HEADER_TIMEOUT,
+        sender.send_request(hyper::Request::from_parts(parts, body)),
+    )
+    .await
+    .map_err(|_| unrelayable("no response headers in time".to_owned()))?
+    .map_err(|e| unrelayable(e.to_string()))?;
+    let (mut parts, body) = sent.into_parts();
+    drop_hop_by_hop(&mut parts.headers);
+    Ok(hyper::Response::from_parts(parts, body.map_err(Into::into).boxed()))
+}
+
+/// Removes the hop-by-hop headers (RFC 9110 §7.6.1) and those `Connection`
+/// names.
+fn drop_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let named: Vec<hyper::header::HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| hyper::header::HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        "connection",
+        "proxy-connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(name);
+    }
 }
 
 #[cfg(test)]
