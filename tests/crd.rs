@@ -46,3 +46,23 @@ fn the_crd_declares_the_documented_api() {
     assert!(status["proxy"]["properties"]["httpAddress"]["properties"]["url"].is_object());
     assert!(status["conditions"].is_object() && status["observedGeneration"].is_object());
 }
+
+#[test]
+fn the_connector_class_crd_is_cluster_scoped_with_configurations_by_name() {
+    let crd: serde_json::Value = connector::yaml::parse_documents(&connector::crd::crd_yaml())
+        .unwrap()
+        .remove(1);
+    assert_eq!(crd["metadata"]["name"], "connectorclasses.connectors.alauda.io");
+    assert_eq!(crd["spec"]["scope"], "Cluster");
+    let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
+    for field in ["auth", "authProbes", "configurations", "params", "address"] {
+        assert!(spec[field].is_object(), "{field}");
+    }
+    let configurations = &spec["configurations"];
+    assert_eq!(configurations["x-kubernetes-list-type"], "map");
+    assert!(configurations["items"]["properties"]["data"]["additionalProperties"].is_object());
+    // The shipped classes are objects of this CRD.
+    for class in connector::class::built_in() {
+        assert_eq!(class.metadata.namespace, None);
+    }
+}

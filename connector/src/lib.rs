@@ -1,4 +1,4 @@
-//! The connectors domain: the `Connector` resource, image references, which
+//! The connectors domain: the `Connector` and `ConnectorClass` resources, image references, which
 //! connectors a pod selects, the stores that hold connectors in memory, and
 //! the injection contract (what a selected pod gets).
 //!
@@ -6,6 +6,7 @@
 //! every other crate builds on it.
 
 pub mod address;
+pub mod class;
 pub mod crd;
 pub mod injection;
 pub mod keys;
@@ -14,4 +15,5 @@ pub mod selection;
 pub mod store;
 pub mod yaml;
 
+pub use class::ConnectorClass;
 pub use crd::{Connector, ConnectorKey, ConnectorSpec, ConnectorStatus};

@@ -12,7 +12,7 @@ pub mod file;
 pub mod kube;
 
 pub use file::FileStore;
-pub use kube::{KubeSecretStore, KubeStore};
+pub use kube::{KubeClassStore, KubeSecretStore, KubeStore};
 
 /// The labels and annotations of a namespace: all that selection needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,6 +107,18 @@ pub trait ConnectorStore: Send + Sync + 'static {
     /// True once the store holds a complete view (the initial list of every
     /// watched kind has arrived). Readiness probes report this.
     fn has_synced(&self) -> bool;
+}
+
+/// Read access to the ConnectorClasses (cluster-scoped), answered from memory.
+pub trait ClassStore: Send + Sync + 'static {
+    /// The class `name`, if it exists.
+    fn connector_class(&self, name: &str) -> Option<Arc<crate::ConnectorClass>>;
+}
+
+impl<T: ClassStore + ?Sized> ClassStore for Arc<T> {
+    fn connector_class(&self, name: &str) -> Option<Arc<crate::ConnectorClass>> {
+        (**self).connector_class(name)
+    }
 }
 
 /// Read access to the Secrets connectors reference (the proxy's view; the

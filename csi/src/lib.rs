@@ -25,6 +25,7 @@ pub mod render;
 pub mod request;
 pub mod server;
 pub mod target;
+pub mod template;
 pub mod trust;
 
 /// The CSI v1 messages and the Identity and Node services, generated from

@@ -10,8 +10,10 @@
 //! Only pulls pass (`GET` and `HEAD` under `/v2/`). A request that carries
 //! its own credential (kubelet's credential provider handing over the
 //! pod's token) goes on with that credential instead, so the proxy decides
-//! as that pod's ServiceAccount; [`PodCredentials::Require`] refuses pulls
-//! without one, which closes the endpoint to the node's other processes.
+//! as that pod's ServiceAccount. Runtimes send a credential only when
+//! challenged, so a refusal of the node is answered with a Basic challenge;
+//! [`PodCredentials::Require`] challenges every pull without one, which
+//! closes the endpoint to the node's other processes.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -222,11 +224,11 @@ impl NodePull {
         let (authorization, own) = match (brought, self.settings.pod_credentials) {
             (Some(value), PodCredentials::Forward | PodCredentials::Require) => (value, false),
             (None, PodCredentials::Require) => {
-                return oci_error(
+                return challenge(oci_error(
                     StatusCode::UNAUTHORIZED,
                     "UNAUTHORIZED",
                     "this node pull endpoint takes only pulls with the pod's credential (kubelet's credential provider)",
-                );
+                ));
             }
             (_, _) => (loaded.authorization.clone(), true),
         };
@@ -274,10 +276,21 @@ impl NodePull {
         let mut answer = Response::new(incoming.map_err(Into::into).boxed());
         *answer.status_mut() = status;
         copy_headers(&parts.headers, answer.headers_mut(), FORWARDED_RESPONSE_HEADERS);
-        // NB: a challenge to our own token would send the runtime after
-        // the proxy's token realm, which it cannot use; the refusal stands.
-        if !own && let Some(challenge) = parts.headers.get(header::WWW_AUTHENTICATE) {
-            answer.headers_mut().insert(header::WWW_AUTHENTICATE, challenge.clone());
+        // NB: runtimes send a credential only after a challenge. A refusal
+        // of the node becomes one, so a runtime holding the pod's credential
+        // (kubelet's credential provider) presents it; one that holds none
+        // reports the refusal's message. A refused pod credential is
+        // challenged again in the same scheme (Basic: it goes on as it is),
+        // never with the proxy's own realm, which the node cannot use.
+        let refused = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+        let challenge_it = match (own, self.settings.pod_credentials) {
+            (true, PodCredentials::Forward) => refused,
+            (false, _) => status == StatusCode::UNAUTHORIZED,
+            (true, _) => false,
+        };
+        if challenge_it {
+            *answer.status_mut() = StatusCode::UNAUTHORIZED;
+            return challenge(answer);
         }
         answer
     }
@@ -383,6 +396,16 @@ fn text(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
     response
 }
 
+/// The endpoint's own challenge: Basic, since a pod's credential goes on
+/// to the proxy as the runtime sends it.
+fn challenge(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"connectors node pull\""),
+    );
+    response
+}
+
 fn oci_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     let document = serde_json::json!({"errors": [{"code": code, "message": message}]});
     let mut response = Response::new(body::full(document.to_string()));
@@ -400,9 +423,54 @@ pub async fn serve(
     limits: serving::ServerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let relay = relay.clone();
-        async move { Ok::<_, std::convert::Infallible>(relay.handle(request).await) }
-    });
-    serving::http::serve(listener, limits, None, service, shutdown).await
+    let accept_limits = limits.clone();
+    serving::accept_and_drain(listener, &accept_limits, shutdown, move |stream, peer, mut stopping| {
+        let (relay, limits) = (relay.clone(), limits.clone());
+        async move {
+            let Some(stream) = refuse_tls(stream, limits.header_read_timeout).await else {
+                tracing::debug!(%peer, "closed: a TLS handshake, or nothing, before a request");
+                return;
+            };
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let relay = relay.clone();
+                async move { Ok::<_, std::convert::Infallible>(relay.handle(request).await) }
+            });
+            let builder = serving::http::builder(&limits);
+            let io = hyper_util::rt::TokioIo::new(serving::OpeningDeadline::new(stream, limits.header_read_timeout));
+            let connection = builder.serve_connection(io, service);
+            if let Err(error) = serving::drain_on_stop!(std::pin::pin!(connection), stopping) {
+                tracing::debug!(%peer, error = ?error, "connection ended with an error");
+            }
+        }
+    })
+    .await
 }
+
+/// containerd (and Docker) try TLS first on a loopback registry and fall
+/// back to plain HTTP when the answer to their ClientHello is an HTTP
+/// response, as Go's servers give it. A connection that opens with a TLS
+/// handshake record gets that answer at once and is closed (`None`), so
+/// that the fallback costs one round trip rather than a handshake timeout.
+async fn refuse_tls(mut stream: tokio::net::TcpStream, within: Duration) -> Option<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut first = [0_u8; 1];
+    let peeked = tokio::time::timeout(within, stream.peek(&mut first)).await.ok()?.ok()?;
+    if peeked == 0 || first[0] != TLS_HANDSHAKE_RECORD {
+        return Some(stream);
+    }
+    let answer = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\nthe node pull endpoint speaks plain HTTP\n";
+    let _ = tokio::time::timeout(within, stream.write_all(answer)).await;
+    let _ = stream.shutdown().await;
+    // NB: as Go's server does: read what the client sent until it closes
+    // (briefly), so that closing with unread bytes does not reset the
+    // connection before the client has read the answer.
+    let mut sink = [0_u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    None
+}
+
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;

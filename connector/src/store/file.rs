@@ -54,6 +54,7 @@ pub struct Snapshot {
     addresses: BTreeMap<ConnectorKey, Arc<RegistryAddress>>,
     namespaces: BTreeMap<String, NamespaceMeta>,
     secrets: BTreeMap<(String, String), Arc<Secret>>,
+    classes: BTreeMap<String, Arc<crate::ConnectorClass>>,
 }
 
 impl Snapshot {
@@ -100,7 +101,7 @@ impl Snapshot {
             name: name.clone(),
             why,
         };
-        if name.is_empty() && matches!(kind.as_str(), "Connector" | "Namespace" | "Secret") {
+        if name.is_empty() && matches!(kind.as_str(), "Connector" | "Namespace" | "Secret" | "ConnectorClass") {
             return Err(invalid("metadata.name is required".into()));
         }
         match kind.as_str() {
@@ -127,6 +128,11 @@ impl Snapshot {
                         annotations: namespace.metadata.annotations.unwrap_or_default(),
                     },
                 );
+            }
+            "ConnectorClass" => {
+                let class: crate::ConnectorClass =
+                    serde_json::from_value(object).map_err(|e| invalid(e.to_string()))?;
+                self.classes.insert(name, Arc::new(class));
             }
             "Secret" => {
                 let secret: Secret = serde_json::from_value(object).map_err(|e| invalid(e.to_string()))?;
@@ -226,6 +232,22 @@ fn read_snapshot(path: &Path) -> Result<(Snapshot, Option<SystemTime>)> {
     let modified = std::fs::metadata(path).and_then(|m| m.modified()).map_err(read)?;
     let text = std::fs::read_to_string(path).map_err(read)?;
     Ok((Snapshot::parse(&text)?, Some(modified)))
+}
+
+/// The file's classes; a class the file does not define is the shipped one
+/// of that name (`manifests/classes.yaml`), so a store file needs none.
+impl super::ClassStore for FileStore {
+    fn connector_class(&self, name: &str) -> Option<Arc<crate::ConnectorClass>> {
+        if let Some(class) = self.snapshot().classes.get(name) {
+            return Some(class.clone());
+        }
+        static BUILT_IN: std::sync::OnceLock<Vec<Arc<crate::ConnectorClass>>> = std::sync::OnceLock::new();
+        BUILT_IN
+            .get_or_init(|| crate::class::built_in().into_iter().map(Arc::new).collect())
+            .iter()
+            .find(|class| class.metadata.name.as_deref() == Some(name))
+            .cloned()
+    }
 }
 
 impl super::SecretStore for FileStore {

@@ -183,6 +183,36 @@ impl SecretStore for KubeSecretStore {
     }
 }
 
+/// A [`ClassStore`](super::ClassStore) backed by a reflector over the
+/// cluster's ConnectorClasses.
+#[derive(Clone)]
+pub struct KubeClassStore {
+    classes: Store<crate::ConnectorClass>,
+}
+
+impl KubeClassStore {
+    /// Starts the reflector on the current tokio runtime.
+    pub fn spawn(client: Client) -> Self {
+        let (classes, writer) = reflector::store();
+        let api: Api<crate::ConnectorClass> = Api::all(client);
+        let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()).default_backoff());
+        tokio::spawn(drain("connectorclasses", stream));
+        Self { classes }
+    }
+
+    /// True once the first list has arrived.
+    pub fn has_synced(&self) -> bool {
+        // NB: a store that has seen its first list answers `ready` at once.
+        futures::FutureExt::now_or_never(self.classes.wait_until_ready()).is_some_and(|r| r.is_ok())
+    }
+}
+
+impl super::ClassStore for KubeClassStore {
+    fn connector_class(&self, name: &str) -> Option<Arc<crate::ConnectorClass>> {
+        self.classes.get(&ObjectRef::new(name))
+    }
+}
+
 /// A flag set (and `message` logged) once both reflector stores have
 /// received their first complete list.
 pub fn synced_flag<A, B>(a: &Store<A>, b: &Store<B>, message: &'static str) -> Arc<AtomicBool>
