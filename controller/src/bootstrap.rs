@@ -252,7 +252,41 @@ impl Bootstrap {
         let webhook_ca = self.ensure_ca(WEBHOOK_CA_SECRET, "connectors webhook CA").await?;
         let (dns, ips) = self.settings.webhook_names();
         self.ensure_leaf(WEBHOOK_TLS_SECRET, &webhook_ca, &dns, &ips).await?;
-        self.sync_ca_bundle(webhook_ca.cert_pem()).await
+        self.sync_ca_bundle(webhook_ca.cert_pem()).await?;
+        if let Err(error) = self.ensure_classes().await {
+            // NB: an install without the ConnectorClass CRD still gets its
+            // certificates.
+            tracing::warn!(%error, "failed to create the shipped ConnectorClasses");
+        }
+        Ok(())
+    }
+
+    /// Creates each shipped ConnectorClass (`manifests/classes.yaml`) that
+    /// does not exist. A class that exists is the admin's: never changed.
+    /// (They are not in the kustomization: a custom resource cannot be
+    /// applied with its CRD in one `kubectl apply`.)
+    async fn ensure_classes(&self) -> Result<(), Error> {
+        let api: Api<connector::ConnectorClass> = Api::all(self.client.clone());
+        for mut class in connector::class::built_in() {
+            let name = class.metadata.name.clone().unwrap_or_default();
+            let error = self.api_error("create", "ConnectorClass", "", &name);
+            if api
+                .get_opt(&name)
+                .await
+                .map_err(self.api_error("read", "ConnectorClass", "", &name))?
+                .is_some()
+            {
+                continue;
+            }
+            self.ensure_leader()?;
+            class.metadata.resource_version = None;
+            match api.create(&PostParams::default(), &class).await {
+                Ok(_) => tracing::info!(class = %name, "created the shipped ConnectorClass"),
+                Err(kube::Error::Api(status)) if status.code == 409 => {}
+                Err(source) => return Err(error(source)),
+            }
+        }
+        Ok(())
     }
 
     fn secrets(&self) -> Api<Secret> {

@@ -9,6 +9,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::probe::{Check, ProbeReport, Verdict};
 
+pub(crate) const CONNECTOR_CLASS_READY: &str = "ConnectorClassReady";
 pub(crate) const SECRET_READY: &str = "SecretReady";
 pub(crate) const LIVENESS_READY: &str = "LivenessReady";
 pub(crate) const AUTH_READY: &str = "AuthReady";
@@ -36,13 +37,15 @@ fn format_time(time: Timestamp) -> String {
 /// `lastProbeTime = now`.
 pub fn next_status(
     previous: Option<&ConnectorStatus>,
+    class: &Check,
     report: &ProbeReport,
     generation: Option<i64>,
     http_address: HttpAddress,
     now: &str,
 ) -> ConnectorStatus {
-    let ready = aggregate(report);
+    let ready = aggregate(class, report);
     let checks = [
+        (CONNECTOR_CLASS_READY, class),
         (SECRET_READY, &report.secret),
         (LIVENESS_READY, &report.liveness),
         (AUTH_READY, &report.auth),
@@ -106,10 +109,10 @@ pub fn with_proxy_service(
     status
 }
 
-/// `Ready`: True when all three checks are; otherwise the first failing
-/// (then the first unknown) check's reason and message.
-fn aggregate(report: &ProbeReport) -> Check {
-    let checks = [&report.secret, &report.liveness, &report.auth];
+/// `Ready`: True when the class and all three probes are; otherwise the
+/// first failing (then the first unknown) check's reason and message.
+fn aggregate(class: &Check, report: &ProbeReport) -> Check {
+    let checks = [class, &report.secret, &report.liveness, &report.auth];
     let first = |verdict| checks.iter().find(|c| c.verdict == verdict);
     match first(Verdict::False).or_else(|| first(Verdict::Unknown)) {
         None => Check {
@@ -196,6 +199,10 @@ mod tests {
         }
     }
 
+    fn class_ok() -> Check {
+        check(Verdict::True, "ConnectorClassReady")
+    }
+
     fn address() -> HttpAddress {
         HttpAddress {
             url: proxy_address("http://proxy/", "team", "harbor"),
@@ -206,11 +213,20 @@ mod tests {
 
     #[test]
     fn transition_times_change_only_with_the_status() {
-        let first = next_status(None, &report(Verdict::True), Some(1), address(), "2025-01-01T00:00:00Z");
-        assert_eq!(first.conditions.len(), 4);
-        assert_eq!(first.conditions[3].status, "True");
+        let first = next_status(
+            None,
+            &class_ok(),
+            &report(Verdict::True),
+            Some(1),
+            address(),
+            "2025-01-01T00:00:00Z",
+        );
+        assert_eq!(first.conditions.len(), 5);
+        assert_eq!(first.conditions[0].type_, CONNECTOR_CLASS_READY);
+        assert_eq!(first.conditions[4].status, "True");
         let second = next_status(
             Some(&first),
+            &class_ok(),
             &report(Verdict::True),
             Some(1),
             address(),
@@ -226,6 +242,7 @@ mod tests {
         assert!(transitions(Some(&first), &second).is_empty());
         let third = next_status(
             Some(&second),
+            &class_ok(),
             &report(Verdict::False),
             Some(1),
             address(),
@@ -236,7 +253,7 @@ mod tests {
             .map(|c| c.type_.as_str())
             .collect();
         assert_eq!(changed, [AUTH_READY, READY]);
-        let ready = &third.conditions[3];
+        let ready = &third.conditions[4];
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_deref()),
             ("False", Some("Unauthorized"))
@@ -251,11 +268,25 @@ mod tests {
     #[test]
     fn only_changes_or_stale_probe_times_are_written() {
         let now = now_timestamp();
-        let current = next_status(None, &report(Verdict::True), Some(1), address(), &now);
-        let same = next_status(Some(&current), &report(Verdict::True), Some(1), address(), &now);
+        let current = next_status(None, &class_ok(), &report(Verdict::True), Some(1), address(), &now);
+        let same = next_status(
+            Some(&current),
+            &class_ok(),
+            &report(Verdict::True),
+            Some(1),
+            address(),
+            &now,
+        );
         assert!(!needs_write(Some(&current), &same, Duration::from_secs(300)));
         assert!(needs_write(Some(&current), &same, Duration::ZERO));
-        let newer_generation = next_status(Some(&current), &report(Verdict::True), Some(2), address(), &now);
+        let newer_generation = next_status(
+            Some(&current),
+            &class_ok(),
+            &report(Verdict::True),
+            Some(2),
+            address(),
+            &now,
+        );
         assert!(needs_write(Some(&current), &newer_generation, Duration::from_secs(300)));
         assert!(needs_write(None, &same, Duration::from_secs(300)));
     }

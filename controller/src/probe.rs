@@ -1,7 +1,8 @@
 //! Probes of a connector's registry: is its Secret usable, is the registry
 //! alive (`GET /v2/` answers 200 or 401), and does the credential really
 //! authenticate (the `/v2/` challenge followed through a token exchange or a
-//! Basic retry, plus Harbor's `/api/v2.0/users/current`).
+//! Basic retry, plus the request the connector's class names for its auth
+//! type, e.g. Harbor's `/api/v2.0/users/current`).
 //!
 //! NB: results carry reasons and messages for status conditions and events,
 //! which anyone who may read the Connector sees: they never hold the
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use connector::Connector;
 use connector::address::RegistryAddress;
+use connector::class::HttpProbe;
 use http_body_util::BodyExt;
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, Request, StatusCode};
@@ -86,6 +88,16 @@ pub struct ProbeReport {
 }
 
 impl ProbeReport {
+    /// Nothing probed, for `why` (every check `Unknown`).
+    pub fn not_probed(reason: &'static str, why: &str) -> Self {
+        let check = || Check::unknown(reason, why);
+        Self {
+            secret: check(),
+            liveness: check(),
+            auth: check(),
+        }
+    }
+
     /// True when every check passed.
     pub fn healthy(&self) -> bool {
         [&self.secret, &self.liveness, &self.auth]
@@ -126,7 +138,16 @@ impl Prober {
     }
 
     /// Probes `connector` with its credential and CA Secrets.
-    pub async fn probe(&self, connector: &Connector, credential: &SecretLookup, ca: &SecretLookup) -> ProbeReport {
+    /// `auth_probe` is the connector's class's request for its auth type
+    /// (Harbor's `/api/v2.0/users/current`), made once `/v2/` accepted the
+    /// credential.
+    pub async fn probe(
+        &self,
+        connector: &Connector,
+        auth_probe: Option<&HttpProbe>,
+        credential: &SecretLookup,
+        ca: &SecretLookup,
+    ) -> ProbeReport {
         let address = match RegistryAddress::parse(&connector.spec.address) {
             Ok(address) => address,
             Err(error) => {
@@ -191,7 +212,7 @@ impl Prober {
         } else {
             let context = AuthContext {
                 upstream: &upstream,
-                connector,
+                auth_probe,
                 ping: &ping,
             };
             self.check_auth(&context, &anonymous).await
@@ -234,10 +255,10 @@ impl Prober {
                 None => Check::failed("UnsupportedChallenge", "the registry answered 401 without a challenge"),
             }
         };
-        if registry_check.verdict != Verdict::True || cx.connector.spec.connector_class_name != "harbor" {
-            return registry_check;
+        match cx.auth_probe {
+            Some(probe) if registry_check.verdict == Verdict::True => self.class_probe(cx, credential, probe).await,
+            _ => registry_check,
         }
-        self.harbor_current_user(cx, credential).await
     }
 
     /// The token exchange the proxy makes (realm checked, then `GET` the
@@ -330,19 +351,28 @@ impl Prober {
     }
 
     /// Harbor: `GET /api/v2.0/users/current` with Basic must answer 200.
-    async fn harbor_current_user(&self, cx: &AuthContext<'_>, credential: &UpstreamCredential) -> Check {
-        let url = cx.upstream.url("api/v2.0/users/current");
+    /// The class's request with the credential (Basic): 200 proves it.
+    async fn class_probe(&self, cx: &AuthContext<'_>, credential: &UpstreamCredential, probe: &HttpProbe) -> Check {
+        let url = cx.upstream.url(probe.path.trim_start_matches('/'));
+        let method = if probe.method.as_deref() == Some("HEAD") {
+            Method::HEAD
+        } else {
+            Method::GET
+        };
         match self
-            .get(&cx.upstream.client, &url, Some(&credential.basic_header()))
+            .send(&cx.upstream.client, method, &url, Some(&credential.basic_header()))
             .await
         {
             Ok(answer) if answer.status == StatusCode::OK => Check::ok(
                 "Authenticated",
-                "Harbor accepts the connector's credential for its registry and its API",
+                format!(
+                    "the registry accepts the connector's credential, and so does {}",
+                    probe.path
+                ),
             ),
             Ok(answer) if matches!(answer.status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => Check::failed(
                 "Unauthorized",
-                format!("Harbor's API refused the connector's credential ({})", answer.status),
+                format!("{} refused the connector's credential ({})", probe.path, answer.status),
             ),
             Ok(answer) => Check::failed("UnexpectedStatus", format!("GET {url} answered {}", answer.status)),
             Err(error) => Check::failed("Unreachable", format!("GET {url} failed: {error}")),
@@ -352,7 +382,17 @@ impl Prober {
     /// One GET with a deadline over the headers and the (bounded) body.
     /// Redirects are not followed.
     async fn get(&self, client: &UpstreamClient, url: &str, authorization: Option<&str>) -> Result<Answer, GetError> {
-        let mut request = Request::builder().method(Method::GET).uri(url);
+        self.send(client, Method::GET, url, authorization).await
+    }
+
+    async fn send(
+        &self,
+        client: &UpstreamClient,
+        method: Method,
+        url: &str,
+        authorization: Option<&str>,
+    ) -> Result<Answer, GetError> {
+        let mut request = Request::builder().method(method).uri(url);
         if let (Some(headers), Some(value)) = (request.headers_mut(), authorization) {
             headers.insert(
                 header::AUTHORIZATION,
@@ -400,7 +440,7 @@ enum GetError {
 
 struct AuthContext<'a> {
     upstream: &'a Upstream,
-    connector: &'a Connector,
+    auth_probe: Option<&'a HttpProbe>,
     ping: &'a str,
 }
 

@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use connector::Connector;
 use connector::crd::HttpAddress;
+use connector::store::{ClassStore, KubeClassStore};
+use connector::{Connector, ConnectorClass};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
@@ -25,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::conditions;
 use crate::metrics::{Metrics, ProbeLabels};
-use crate::probe::{Check, Prober, SecretLookup, Verdict};
+use crate::probe::{Check, ProbeReport, Prober, SecretLookup, Verdict};
 use crate::service::{self, ServiceSettings, ServiceState};
 
 /// The field manager and event reporter name.
@@ -74,6 +75,7 @@ struct Fingerprint {
     credential_version: Option<String>,
     ca_version: Option<String>,
     proxy_ca: Option<String>,
+    class_version: Option<String>,
 }
 
 struct Schedule {
@@ -91,6 +93,7 @@ struct Context {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     schedules: Mutex<HashMap<String, Schedule>>,
+    classes: KubeClassStore,
 }
 
 /// Runs the reconciler until `shutdown` resolves.
@@ -108,6 +111,8 @@ pub async fn run(
 ) {
     let connectors: Api<Connector> = Api::all(client.clone());
     let secrets: Api<Secret> = Api::all(client.clone());
+    let class_api: Api<ConnectorClass> = Api::all(client.clone());
+    let classes = KubeClassStore::spawn(client.clone());
     let controller = Controller::new(connectors, watcher::Config::default())
         .with_config(ControllerConfig::default().concurrency(settings.concurrency.max(1)));
     let store = controller.store();
@@ -136,11 +141,17 @@ pub async fn run(
         recorder,
         metrics,
         schedules: Mutex::new(HashMap::new()),
+        classes,
     });
     let mapper_store = store.clone();
+    let class_store = store.clone();
     let run = controller
         .watches(secrets, watcher::Config::default(), move |secret: Secret| {
             connectors_referencing(&mapper_store, &secret)
+        })
+        // A class created, changed or deleted: its connectors again.
+        .watches(class_api, watcher::Config::default(), move |class: ConnectorClass| {
+            connectors_of_class(&class_store, &class.name_any())
         })
         .reconcile_all_on(everything_again(leader, proxy_ca, context.clone()))
         .graceful_shutdown_on(shutdown)
@@ -168,6 +179,50 @@ fn connectors_referencing(store: &Store<Connector>, secret: &Secret) -> Vec<Obje
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
+}
+
+/// Connectors of class `name`.
+fn connectors_of_class(store: &Store<Connector>, name: &str) -> Vec<ObjectRef<Connector>> {
+    store
+        .state()
+        .iter()
+        .filter(|c| c.spec.connector_class_name == name)
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+/// `ConnectorClassReady`: the class the connector names exists and offers
+/// its auth type.
+fn class_check(connector: &Connector, class: Option<&ConnectorClass>) -> Check {
+    let name = &connector.spec.connector_class_name;
+    let Some(class) = class else {
+        return Check {
+            verdict: Verdict::False,
+            reason: "ConnectorClassNotFound",
+            message: format!("ConnectorClass {name} does not exist (kubectl get connectorclasses lists those that do)"),
+        };
+    };
+    if let Some(auth) = connector
+        .spec
+        .auth
+        .as_ref()
+        .filter(|auth| !class.has_auth_type(&auth.name))
+    {
+        return Check {
+            verdict: Verdict::False,
+            reason: "AuthTypeNotSupported",
+            message: format!(
+                "ConnectorClass {name} has no auth type {} (it has: {})",
+                auth.name,
+                class.auth_type_list()
+            ),
+        };
+    }
+    Check {
+        verdict: Verdict::True,
+        reason: "ConnectorClassReady",
+        message: format!("ConnectorClass {name} offers what the connector names"),
+    }
 }
 
 /// A trigger each time this replica becomes the leader or the proxy CA
@@ -277,11 +332,17 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
     let credential = read_secret(&context.client, &namespace, credential_name).await?;
     let ca = read_secret(&context.client, &namespace, ca_name).await?;
     let proxy_ca = context.proxy_ca.borrow().clone();
+    if !context.classes.has_synced() {
+        // NB: a class not listed yet is not a missing class.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let class = context.classes.connector_class(&connector.spec.connector_class_name);
     let fingerprint = Fingerprint {
         generation: connector.metadata.generation,
         credential_version: version(&credential),
         ca_version: version(&ca),
         proxy_ca: proxy_ca.clone(),
+        class_version: class.as_ref().and_then(|c| c.metadata.resource_version.clone()),
     };
     let previous_failures = {
         let schedules = context.schedules.lock().unwrap_or_else(|e| e.into_inner());
@@ -294,8 +355,19 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
         }
     };
 
-    let report = context.prober.probe(&connector, &credential, &ca).await;
-    let healthy = report.healthy();
+    let class_check = class_check(&connector, class.as_deref());
+    let report = match &class {
+        Some(class) if class_check.verdict == Verdict::True => {
+            let auth_probe = connector
+                .spec
+                .auth
+                .as_ref()
+                .and_then(|auth| class.auth_probe(&auth.name));
+            context.prober.probe(&connector, auth_probe, &credential, &ca).await
+        }
+        _ => ProbeReport::not_probed("ConnectorClassNotReady", "the connector's class is not usable"),
+    };
+    let healthy = report.healthy() && class_check.verdict == Verdict::True;
     let result = if healthy { "success" } else { "failure" };
     context.metrics.probes.get_or_create(&ProbeLabels { result }).inc();
     let shared = conditions::proxy_address(&context.settings.proxy_url, &namespace, &name);
@@ -314,7 +386,14 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
     };
     let now = conditions::now_timestamp();
     let current = connector.status.as_ref();
-    let mut next = conditions::next_status(current, &report, connector.metadata.generation, address, &now);
+    let mut next = conditions::next_status(
+        current,
+        &class_check,
+        &report,
+        connector.metadata.generation,
+        address,
+        &now,
+    );
     if let Some(state) = &service {
         let check = service_check(state, &shared);
         next = conditions::with_proxy_service(current, next, &check, connector.metadata.generation, &now);

@@ -60,3 +60,130 @@ async fn a_registry_at_a_refused_address_is_never_dialed_and_its_status_says_onl
     );
     running.stop().await;
 }
+
+/// A stand-in Harbor: `/v2/` takes the robot's Basic credential; its API
+/// (`/api/v2.0/users/current`) takes it only while `api_allows` holds.
+async fn stand_in_harbor(api_allows: std::sync::Arc<std::sync::atomic::AtomicBool>) -> std::net::SocketAddr {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use base64::Engine;
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}"))
+    );
+    let authorized = move |headers: &HeaderMap| {
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) == Some(expected.as_str())
+    };
+    let challenge = [(header::WWW_AUTHENTICATE, "Basic realm=\"harbor\"")];
+    let v2 = {
+        let authorized = authorized.clone();
+        move |headers: HeaderMap| async move {
+            if authorized(&headers) {
+                (StatusCode::OK, challenge, "{}")
+            } else {
+                (StatusCode::UNAUTHORIZED, challenge, "{}")
+            }
+        }
+    };
+    let current = move |headers: HeaderMap| async move {
+        if authorized(&headers) && api_allows.load(std::sync::atomic::Ordering::SeqCst) {
+            (StatusCode::OK, r#"{"username": "robot$team+ci"}"#)
+        } else {
+            (StatusCode::UNAUTHORIZED, r#"{"errors": [{"code": "UNAUTHORIZED"}]}"#)
+        }
+    };
+    let app = axum::Router::new()
+        .route("/v2/", axum::routing::get(v2))
+        .route("/api/v2.0/users/current", axum::routing::get(current));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// The class decides: Harbor's class proves the credential on its API as
+/// well as on `/v2/`, OCI's does not; a Connector naming a class that does
+/// not exist (or an auth type its class lacks) says so, and recovers once
+/// the class appears. The shipped classes are created by the controller.
+#[tokio::test]
+async fn the_connectors_class_decides_its_probes_and_a_missing_class_is_named() {
+    let api_allows = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let harbor = format!("http://{}", stand_in_harbor(api_allows.clone()).await);
+    let api = api_server().await;
+    api.apply(SECRETS, stored_basic_auth_secret(TEAM, "robot", USER, PASSWORD));
+    api.apply(CONNECTORS, connector(TEAM, "harbor", "harbor", &harbor, Some("robot")));
+    api.apply(CONNECTORS, connector(TEAM, "as-oci", "oci", &harbor, Some("robot")));
+    api.apply(CONNECTORS, connector(TEAM, "quay", "quay", &harbor, Some("robot")));
+    let mut token_auth = connector(TEAM, "token", "harbor", &harbor, Some("robot"));
+    token_auth["spec"]["auth"]["name"] = serde_json::json!("tokenAuth");
+    api.apply(CONNECTORS, token_auth);
+    let running = start(&api, settings("controller-a")).await;
+    let client = client_as(&api, "test").await;
+
+    // Harbor's API refuses the robot: /v2/ alone would have said Ready.
+    let refused = wait_condition(&client, TEAM, "harbor", "AuthReady", "False", "Unauthorized").await;
+    let message = condition(&refused, "AuthReady")
+        .unwrap()
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(message.contains("/api/v2.0/users/current"), "{message}");
+    assert_eq!(condition(&refused, "ConnectorClassReady").unwrap().status, "True");
+    wait_condition(&client, TEAM, "as-oci", "Ready", "True", "Ready").await;
+    let missing = wait_condition(
+        &client,
+        TEAM,
+        "quay",
+        "ConnectorClassReady",
+        "False",
+        "ConnectorClassNotFound",
+    )
+    .await;
+    let ready = condition(&missing, "Ready").unwrap();
+    assert_eq!(ready.reason.as_deref(), Some("ConnectorClassNotFound"));
+    assert!(
+        ready.message.as_deref().unwrap_or_default().contains("quay"),
+        "{ready:?}"
+    );
+    let unsupported = wait_condition(
+        &client,
+        TEAM,
+        "token",
+        "ConnectorClassReady",
+        "False",
+        "AuthTypeNotSupported",
+    )
+    .await;
+    let message = condition(&unsupported, "ConnectorClassReady")
+        .unwrap()
+        .message
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        message.contains("tokenAuth") && message.contains("basicAuth"),
+        "{message}"
+    );
+
+    // The shipped classes exist (the controller created them); a new class
+    // is data: a copy of oci under another name.
+    let classes: kube::Api<connector::ConnectorClass> = kube::Api::all(client.clone());
+    let mut quay = classes
+        .get("oci")
+        .await
+        .expect("the controller created the shipped oci class");
+    quay.metadata = kube::core::ObjectMeta {
+        name: Some("quay".into()),
+        ..Default::default()
+    };
+    classes.create(&Default::default(), &quay).await.unwrap();
+    wait_condition(&client, TEAM, "quay", "Ready", "True", "Ready").await;
+
+    // Harbor's API accepts the robot now: the next probe (a Secret change
+    // re-probes at once) says Ready.
+    api_allows.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut secret = stored_basic_auth_secret(TEAM, "robot", USER, PASSWORD);
+    secret["metadata"]["labels"] = serde_json::json!({"touched": "yes"});
+    api.apply(SECRETS, secret);
+    wait_condition(&client, TEAM, "harbor", "Ready", "True", "Ready").await;
+    running.stop().await;
+    testing::credentials::assert_no_credential(&logs().text(), "the controller's logs", USER, PASSWORD);
+}

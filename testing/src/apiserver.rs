@@ -80,6 +80,15 @@ pub const CONNECTORS: ResourceType = ResourceType {
     namespaced: true,
 };
 
+/// `connectors.alauda.io/v1alpha1` ConnectorClasses (cluster-scoped).
+pub const CONNECTOR_CLASSES: ResourceType = ResourceType {
+    group: "connectors.alauda.io",
+    version: "v1alpha1",
+    kind: "ConnectorClass",
+    plural: "connectorclasses",
+    namespaced: false,
+};
+
 /// Core `v1` Namespaces.
 pub const NAMESPACES: ResourceType = ResourceType {
     group: "",

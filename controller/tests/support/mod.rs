@@ -18,7 +18,7 @@ use kube::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 use testing::apiserver::{
-    CONFIG_MAPS, CONNECTORS, EVENTS, FakeApiServer, LEASES, MUTATING_WEBHOOK_CONFIGURATIONS, SECRETS,
+    CONFIG_MAPS, CONNECTOR_CLASSES, CONNECTORS, EVENTS, FakeApiServer, LEASES, MUTATING_WEBHOOK_CONFIGURATIONS, SECRETS,
 };
 
 pub const NAMESPACE: &str = "connectors-system";
@@ -74,6 +74,7 @@ pub async fn api_server() -> FakeApiServer {
     logs();
     FakeApiServer::start(&[
         CONNECTORS,
+        CONNECTOR_CLASSES,
         SECRETS,
         CONFIG_MAPS,
         LEASES,
