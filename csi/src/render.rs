@@ -8,11 +8,14 @@
 
 use std::fmt::Write as _;
 
-use base64::Engine;
 use connector::ConnectorKey;
 use connector::injection::{InjectionConfig, container_env, forward_proxy_url_with_password};
 use connector::keys;
-use connector::store::ResolvedConnector;
+use std::sync::Arc;
+
+use connector::ConnectorClass;
+use connector::class::ClassConfiguration;
+use connector::store::{ClassStore, ResolvedConnector};
 use serde_json::json;
 
 pub use crate::files::FileName;
@@ -38,25 +41,11 @@ pub struct RenderConfig {
     pub cluster_domain: String,
 }
 
-/// The hosts of the connectors' own Services (plain HTTP, port 80).
-fn connector_hosts(config: &RenderConfig, connectors: &[ResolvedConnector]) -> Vec<String> {
-    connectors
-        .iter()
-        .filter_map(|c| {
-            let service = connector::injection::service_name(&c.key.name).ok()?;
-            Some(connector::injection::service_host(
-                &service,
-                &c.key.namespace,
-                &config.cluster_domain,
-            ))
-        })
-        .collect()
-}
-
 /// One rendered file.
 #[derive(Clone, PartialEq, Eq)]
 pub struct VolumeFile {
-    pub name: FileName,
+    /// A plain file name (no `/`).
+    pub name: String,
     pub contents: Vec<u8>,
     pub mode: u32,
     /// The owner and group the file is given.
@@ -68,7 +57,7 @@ impl std::fmt::Debug for VolumeFile {
     // NB: contents may hold the token.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VolumeFile")
-            .field("name", &self.name.as_str())
+            .field("name", &self.name)
             .field("bytes", &self.contents.len())
             .field("mode", &format_args!("{:o}", self.mode))
             .field("owner", &format_args!("{}:{}", self.uid, self.gid))
@@ -82,7 +71,6 @@ impl std::fmt::Debug for VolumeFile {
 /// readable by any user of the pod).
 pub fn render(
     config: &RenderConfig,
-    pod: &PodInfo,
     connectors: &[ResolvedConnector],
     token: &ProxyToken,
     files: &[FileName],
@@ -102,8 +90,6 @@ pub fn render(
             let contents = match name {
                 FileName::Env => env_file(config, &proxy_url, mount_paths, connectors),
                 FileName::HttpProxy | FileName::HttpsProxy => proxy_url.clone(),
-                FileName::DockerConfig => docker_config(config, pod, token, connectors),
-                FileName::Buildkitd => buildkitd_toml(config, connectors, &mount_paths[0]),
                 FileName::Ca => with_final_newline(&config.proxy_ca_pem),
                 FileName::CaBundle => ca_bundle(config),
                 FileName::Token => token.expose().to_owned(),
@@ -114,7 +100,7 @@ pub fn render(
                 (PUBLIC_FILE_MODE, 0, 0)
             };
             VolumeFile {
-                name,
+                name: name.as_str().to_owned(),
                 contents: contents.into_bytes(),
                 mode,
                 uid,
@@ -122,6 +108,285 @@ pub fn render(
             }
         })
         .collect()
+}
+
+/// Why a volume's class configurations could not be rendered: a mount
+/// error kubelet reports on the pod. Never holds the token.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigurationError {
+    #[error("ConnectorClass {class} (of connector {connector}) does not exist")]
+    MissingClass { class: String, connector: String },
+    #[error(
+        "no class of this volume's connectors ({classes}) offers configuration or file {name:?}; they offer: {offered}"
+    )]
+    NotOffered {
+        name: String,
+        classes: String,
+        offered: String,
+    },
+    #[error("configuration {configuration} of ConnectorClass {class} names file {file:?}: {why}")]
+    InvalidFile {
+        configuration: String,
+        class: String,
+        file: String,
+        why: &'static str,
+    },
+    #[error("configuration.params names {name:?}, which this volume does not mount")]
+    UnknownParamsConfiguration { name: String },
+    #[error("configuration.params: configuration {configuration} has no parameter {param:?} (it has: {known})")]
+    UnknownParam {
+        configuration: String,
+        param: String,
+        known: String,
+    },
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
+}
+
+/// The class configurations a volume asks for (`configuration.names`,
+/// `configuration.params`).
+pub struct ConfigurationRequest<'a> {
+    pub names: &'a [String],
+    pub params: &'a std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+/// Renders the configurations of the connectors' classes that `request`
+/// names: a configuration's name (or alias) renders all its files, a file
+/// name the one file of the configuration that has it. Where several
+/// classes offer a name, the last connector's class wins (as in the
+/// connector docs). Files that hold the token belong to the pod's user or
+/// group, as the built-in token files do.
+pub fn render_configurations(
+    config: &RenderConfig,
+    pod: &PodInfo,
+    connectors: &[ResolvedConnector],
+    classes: &dyn ClassStore,
+    token: &ProxyToken,
+    request: &ConfigurationRequest<'_>,
+    volume: Option<&VolumeUse>,
+) -> Result<Vec<VolumeFile>, ConfigurationError> {
+    if request.names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut found: Vec<Arc<ConnectorClass>> = Vec::new();
+    for connector in connectors.iter().rev() {
+        let name = &connector.connector.spec.connector_class_name;
+        let class = classes
+            .connector_class(name)
+            .ok_or_else(|| ConfigurationError::MissingClass {
+                class: name.clone(),
+                connector: connector.key.to_string(),
+            })?;
+        if !found.iter().any(|c| c.metadata.name == class.metadata.name) {
+            found.push(class);
+        }
+    }
+    let mut chosen: Vec<(&ConnectorClass, &ClassConfiguration, Option<&str>)> = Vec::new();
+    for name in request.names {
+        let by_name = found
+            .iter()
+            .find_map(|class| class.configuration(name).map(|c| (class.as_ref(), c, None)));
+        let by_file = || {
+            found.iter().find_map(|class| {
+                class
+                    .spec
+                    .configurations
+                    .iter()
+                    .find(|c| c.data.contains_key(name))
+                    .map(|c| (class.as_ref(), c, Some(name.as_str())))
+            })
+        };
+        let choice = by_name.or_else(by_file).ok_or_else(|| ConfigurationError::NotOffered {
+            name: name.clone(),
+            classes: found
+                .iter()
+                .filter_map(|c| c.metadata.name.as_deref())
+                .collect::<Vec<_>>()
+                .join(", "),
+            offered: offered(&found),
+        })?;
+        chosen.push(choice);
+    }
+    for configuration in request.params.keys() {
+        if !chosen.iter().any(|(_, c, _)| &c.name == configuration) {
+            return Err(ConfigurationError::UnknownParamsConfiguration {
+                name: configuration.clone(),
+            });
+        }
+    }
+    let mount_path = volume
+        .and_then(|v| v.mount_paths.first())
+        .cloned()
+        .unwrap_or_else(|| config.injection.config_mount_path.clone());
+    let values = template_values(config, pod, connectors, token, &mount_path);
+    let owner = TokenOwner::of(volume);
+    let mut files: Vec<VolumeFile> = Vec::new();
+    for (class, configuration, only) in chosen {
+        let class_name = class.metadata.name.clone().unwrap_or_default();
+        let mut values = values.clone();
+        values["configurations"] = params_of(configuration, request.params.get(&configuration.name))?;
+        for (file, template) in &configuration.data {
+            if only.is_some_and(|only| only != file) {
+                continue;
+            }
+            let invalid = |why| ConfigurationError::InvalidFile {
+                configuration: configuration.name.clone(),
+                class: class_name.clone(),
+                file: file.clone(),
+                why,
+            };
+            if !crate::request::is_file_or_configuration_name(file) {
+                return Err(invalid("a file name of letters, digits, '.', '_' and '-' only"));
+            }
+            if FileName::parse(file).is_some() {
+                return Err(invalid("the name of a built-in file"));
+            }
+            let contents = crate::template::render(file, template, &values)?;
+            // NB: a template that reads the token (or the proxy URL holding
+            // it) may encode it (config.json's base64): such a file is the
+            // pod's alone, as the built-in token files are.
+            let reads_token = ["context.token", "proxy.url"]
+                .iter()
+                .any(|value| template.contains(value));
+            let (mode, uid, gid) = if reads_token || contents.contains(token.expose()) {
+                (owner.mode, owner.uid, owner.gid)
+            } else {
+                (PUBLIC_FILE_MODE, 0, 0)
+            };
+            // NB: a later configuration's file of the same name wins.
+            files.retain(|f| &f.name != file);
+            files.push(VolumeFile {
+                name: file.clone(),
+                contents: contents.into_bytes(),
+                mode,
+                uid,
+                gid,
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// `configuration (files), …` of `classes`, for messages.
+fn offered(classes: &[Arc<ConnectorClass>]) -> String {
+    let mut names: Vec<String> = Vec::new();
+    for configuration in classes.iter().flat_map(|c| c.spec.configurations.iter()) {
+        let files: Vec<&str> = configuration.data.keys().map(String::as_str).collect();
+        let entry = format!("{} ({})", configuration.name, files.join(", "));
+        if !names.contains(&entry) {
+            names.push(entry);
+        }
+    }
+    names.join(", ")
+}
+
+/// `.configurations`: the configuration's parameters, defaults overridden
+/// by the volume's `configuration.params`.
+fn params_of(
+    configuration: &ClassConfiguration,
+    given: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<serde_json::Value, ConfigurationError> {
+    let mut params = serde_json::Map::new();
+    for param in &configuration.params {
+        params.insert(param.name.clone(), json!(param.default.clone().unwrap_or_default()));
+    }
+    for (name, value) in given.into_iter().flatten() {
+        if !params.contains_key(name) {
+            return Err(ConfigurationError::UnknownParam {
+                configuration: configuration.name.clone(),
+                param: name.clone(),
+                known: configuration
+                    .params
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        params.insert(name.clone(), json!(value));
+    }
+    Ok(serde_json::Value::Object(params))
+}
+
+/// What templates see (README, "Connector classes"): the connectors
+/// (`.connectors`, the last as `.connector`), the pod and its token and
+/// where the proxy is (`.context`), the class's proxy address
+/// (`.connectorclass.proxyAddress`, as the connector docs name it).
+fn template_values(
+    config: &RenderConfig,
+    pod: &PodInfo,
+    connectors: &[ResolvedConnector],
+    token: &ProxyToken,
+    mount_path: &str,
+) -> serde_json::Value {
+    let proxy_address = &config.injection.proxy_address;
+    let keys: Vec<ConnectorKey> = connectors.iter().map(|c| c.key.clone()).collect();
+    let mut mirrored: Vec<&str> = Vec::new();
+    let list: Vec<serde_json::Value> = connectors
+        .iter()
+        .map(|c| {
+            let registry_host = c.registry_host();
+            // NB: the first connector for a registry host wins, as in the
+            // webhook; the proxy itself is never mirrored.
+            let mirror = registry_host != proxy_address.as_str() && !mirrored.contains(&registry_host);
+            if mirror {
+                mirrored.push(registry_host);
+            }
+            let proxy_host = connector::injection::service_name(&c.key.name)
+                .map(|service| connector::injection::service_host(&service, &c.key.namespace, &config.cluster_domain))
+                .unwrap_or_default();
+            let proxy_address = c
+                .connector
+                .status
+                .as_ref()
+                .and_then(|s| s.proxy.as_ref())
+                .and_then(|p| p.http_address.as_ref())
+                .map(|a| a.url.clone())
+                .unwrap_or_else(|| {
+                    if proxy_host.is_empty() {
+                        String::new()
+                    } else {
+                        format!("http://{proxy_host}")
+                    }
+                });
+            json!({
+                "name": c.key.name,
+                "namespace": c.key.namespace,
+                "key": c.key.to_string(),
+                "className": c.connector.spec.connector_class_name,
+                "address": c.connector.spec.address,
+                "registryHost": registry_host,
+                "mirror": mirror,
+                "proxyPath": c.key.proxy_path(),
+                "proxyHost": proxy_host,
+                "proxyAddress": proxy_address,
+                "metadata": {"name": c.key.name, "namespace": c.key.namespace},
+                "spec": serde_json::to_value(&c.connector.spec).unwrap_or_default(),
+                "status": {"proxyAddress": proxy_address},
+            })
+        })
+        .collect();
+    let mount = mount_path.trim_end_matches('/');
+    json!({
+        "connector": list.last().cloned().unwrap_or_default(),
+        "connectors": list,
+        "context": {
+            "token": token.expose(),
+            "serviceAccount": pod.service_account,
+            "namespace": pod.namespace,
+            "podName": pod.name,
+            "mountPath": mount,
+            "proxy": {
+                "address": proxy_address,
+                "plainHttp": config.pull_plain_http,
+                "caCert": config.proxy_ca_pem,
+                "caFile": format!("{mount}/{}", keys::CSI_FILE_CA),
+                "forward": config.injection.forward_proxy,
+                "url": forward_proxy_url_with_password(&config.injection.forward_proxy, &keys, token.expose()),
+            },
+        },
+        "connectorclass": {"proxyAddress": proxy_address},
+    })
 }
 
 /// Who may read the token-bearing files. kubelet applies no fsGroup to a
@@ -220,71 +485,6 @@ pub(crate) fn shell_value(value: &str) -> String {
     }
 }
 
-/// The docker/podman auth file: the token as the password for the reverse
-/// proxy host. The user name is the pod's service account, for readability;
-/// the proxy reads only the password.
-fn docker_config(config: &RenderConfig, pod: &PodInfo, token: &ProxyToken, connectors: &[ResolvedConnector]) -> String {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", pod.service_account, token.expose()));
-    let mut auths = serde_json::Map::new();
-    auths.insert(config.injection.proxy_address.clone(), json!({"auth": auth}));
-    for host in connector_hosts(config, connectors) {
-        auths.insert(host, json!({"auth": auth}));
-    }
-    let document = json!({"auths": auths});
-    let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
-    text.push('\n');
-    text
-}
-
-/// buildkitd's registry configuration: each connector's registry mirrored
-/// through its reverse proxy path, and the proxy host trusted with the CA.
-fn buildkitd_toml(config: &RenderConfig, connectors: &[ResolvedConnector], mount_path: &str) -> String {
-    let pull = &config.injection.proxy_address;
-    let ca = format!("{}/{}", mount_path.trim_end_matches('/'), keys::CSI_FILE_CA);
-    let mut out = String::from("# Written by the connectors CSI driver: pulls go through the connectors proxy.\n");
-    let _ = writeln!(out, "\n[registry.{}]", toml_string(pull));
-    if config.pull_plain_http {
-        out.push_str("  http = true\n");
-    }
-    let _ = writeln!(out, "  ca = [{}]", toml_string(&ca));
-    // Each connector's own Service speaks plain HTTP (the connector docs'
-    // reverse-proxy address).
-    for host in connector_hosts(config, connectors) {
-        let _ = writeln!(out, "\n[registry.{}]\n  http = true", toml_string(&host));
-    }
-    let mut seen: Vec<&str> = Vec::new();
-    for connector in connectors {
-        // The first connector for a registry host wins, as in the webhook.
-        let host = connector.registry_host();
-        if seen.contains(&host) || host == pull.as_str() {
-            continue;
-        }
-        seen.push(host);
-        let mirror = format!("{pull}/{}", connector.key.proxy_path());
-        let _ = writeln!(out, "\n[registry.{}]", toml_string(host));
-        let _ = writeln!(out, "  mirrors = [{}]", toml_string(&mirror));
-    }
-    out
-}
-
-/// A TOML basic string.
-fn toml_string(value: &str) -> String {
-    let mut out = String::with_capacity(value.len() + 2);
-    out.push('"');
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(out, "\\u{:04X}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 fn ca_bundle(config: &RenderConfig) -> String {
     certs::bundle::join_pem(&config.system_roots_pem, &config.proxy_ca_pem)
 }
@@ -299,6 +499,8 @@ fn with_final_newline(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+
     use super::*;
 
     fn config() -> RenderConfig {
@@ -338,21 +540,42 @@ mod tests {
         ]
     }
 
-    fn file(files: &[VolumeFile], name: FileName) -> String {
+    fn file(files: &[VolumeFile], name: &str) -> String {
         let f = files.iter().find(|f| f.name == name).unwrap();
         String::from_utf8(f.contents.clone()).unwrap()
+    }
+
+    /// The shipped classes' configurations `names`.
+    fn configured(names: &[&str], token: &ProxyToken, volume: Option<&VolumeUse>) -> Vec<VolumeFile> {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = Default::default();
+        let request = ConfigurationRequest {
+            names: &names,
+            params: &params,
+        };
+        let classes = connector::class::BuiltInClasses;
+        render_configurations(&config(), &pod(), &routes(), &classes, token, &request, volume).unwrap()
+    }
+
+    fn carries_token(file: &VolumeFile, token: &ProxyToken) -> bool {
+        FileName::parse(&file.name).map_or_else(
+            || String::from_utf8_lossy(&file.contents).contains(token.expose()),
+            FileName::carries_token,
+        )
     }
 
     #[test]
     fn every_file_is_rendered_with_its_mode() {
         let token = ProxyToken::new("tok:en/1");
-        let files = render(&config(), &pod(), &routes(), &token, &FileName::ALL, None);
+        let mut files = render(&config(), &routes(), &token, &FileName::BUILT_IN, None);
+        assert_eq!(files.len(), 6);
+        files.extend(configured(&["registry-config", "buildkitd"], &token, None));
         assert_eq!(files.len(), 8);
         let url = "http://team%2Fharbor,team%2Fharbor2,ops%2Fhub:tok%3Aen%2F1@proxy.example:3128";
-        assert_eq!(file(&files, FileName::HttpProxy), url);
-        assert_eq!(file(&files, FileName::HttpsProxy), url);
-        assert_eq!(file(&files, FileName::Token), "tok:en/1");
-        let env = file(&files, FileName::Env);
+        assert_eq!(file(&files, "http.proxy"), url);
+        assert_eq!(file(&files, "https.proxy"), url);
+        assert_eq!(file(&files, "context.token"), "tok:en/1");
+        let env = file(&files, ".env");
         assert!(env.contains(&format!("\nexport HTTPS_PROXY={url}\n")), "{env}");
         assert!(
             env.contains("\nexport REGISTRY_AUTH_FILE=/var/run/connectors/config.json\n"),
@@ -363,7 +586,7 @@ mod tests {
             "{env}"
         );
         assert!(env.contains("\nexport NO_PROXY=localhost,127.0.0.1,::1,"), "{env}");
-        let docker: serde_json::Value = serde_json::from_str(&file(&files, FileName::DockerConfig)).unwrap();
+        let docker: serde_json::Value = serde_json::from_str(&file(&files, "config.json")).unwrap();
         let auth = docker["auths"]["proxy.example:8080"]["auth"].as_str().unwrap();
         let decoded = base64::engine::general_purpose::STANDARD.decode(auth).unwrap();
         assert_eq!(decoded, b"builder:tok:en/1");
@@ -375,12 +598,12 @@ mod tests {
         ] {
             assert_eq!(docker["auths"][host]["auth"], auth, "{host}");
         }
-        let bundle = file(&files, FileName::CaBundle);
+        let bundle = file(&files, "ca-bundle.crt");
         assert!(bundle.contains("ROOT\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nPROXY"));
         // Without the pod's spec: readable by whichever user the image
         // chooses, as kubelet's projected tokens.
         for f in &files {
-            let want = if f.name.carries_token() { 0o444 } else { 0o644 };
+            let want = if carries_token(f, &token) { 0o444 } else { 0o644 };
             assert_eq!((f.mode, f.uid, f.gid), (want, 0, 0), "{:?}", f.name);
         }
         assert!(!format!("{files:?}").contains("tok:en"));
@@ -404,10 +627,16 @@ mod tests {
             (used(&["/cfg"], None, None), (0o444, 0, 0)),
         ];
         for (volume, want) in cases {
-            let files = render(&config(), &pod(), &routes(), &token, &FileName::ALL, Some(&volume));
+            let mut files = render(&config(), &routes(), &token, &FileName::BUILT_IN, Some(&volume));
+            files.extend(configured(&["registry-config", "buildkitd"], &token, Some(&volume)));
+            assert!(
+                files
+                    .iter()
+                    .any(|f| f.name == "config.json" && carries_token(f, &token))
+            );
             for f in &files {
                 let got = (f.mode, f.uid, f.gid);
-                if f.name.carries_token() {
+                if carries_token(f, &token) {
                     assert_eq!(got, want, "{volume:?} {:?}", f.name);
                 } else {
                     assert_eq!(got, (0o644, 0, 0), "{volume:?} {:?}", f.name);
@@ -419,34 +648,28 @@ mod tests {
     #[test]
     fn paths_point_where_the_pod_mounts_the_volume() {
         let token = ProxyToken::new("t");
-        let files = render(
-            &config(),
-            &pod(),
-            &routes(),
-            &token,
-            &FileName::ALL,
-            Some(&used(&["/root/.docker"], None, None)),
-        );
-        let env = file(&files, FileName::Env);
+        let volume = used(&["/root/.docker"], None, None);
+        let mut files = render(&config(), &routes(), &token, &FileName::BUILT_IN, Some(&volume));
+        files.extend(configured(&["buildkitd"], &token, Some(&volume)));
+        let env = file(&files, ".env");
         assert!(
             env.contains("\nexport SSL_CERT_FILE=/root/.docker/ca-bundle.crt\n"),
             "{env}"
         );
         assert!(env.contains("\nexport DOCKER_CONFIG=/root/.docker\n"), "{env}");
         assert!(!env.contains("/var/run/connectors"), "{env}");
-        let toml = file(&files, FileName::Buildkitd);
+        let toml = file(&files, "buildkitd.toml");
         assert!(toml.contains("ca = [\"/root/.docker/ca.crt\"]"), "{toml}");
 
         // Different paths in different containers: .env finds its own.
         let files = render(
             &config(),
-            &pod(),
             &routes(),
             &token,
             &[FileName::Env],
             Some(&used(&["/opt/connectors", "/a b"], None, None)),
         );
-        let env = file(&files, FileName::Env);
+        let env = file(&files, ".env");
         assert!(
             env.contains("\nconnectors_dir=/opt/connectors\nfor d in /opt/connectors '/a b'; do"),
             "{env}"
@@ -473,7 +696,7 @@ mod tests {
                 user: None,
                 group: None,
             };
-            let files = render(&config(), &pod(), &routes(), &token, &[FileName::Env], Some(&volume));
+            let files = render(&config(), &routes(), &token, &[FileName::Env], Some(&volume));
             std::fs::write(mount.join(".env"), &files[0].contents).unwrap();
             let output = std::process::Command::new("sh")
                 .arg("-c")
@@ -496,17 +719,135 @@ mod tests {
 
     #[test]
     fn buildkitd_mirrors_each_registry_once_through_its_connector() {
-        let files = render(
-            &config(),
-            &pod(),
-            &routes(),
-            &ProxyToken::new("t"),
-            &[FileName::Buildkitd],
-            None,
-        );
-        let toml = file(&files, FileName::Buildkitd);
+        let files = configured(&["buildkitd"], &ProxyToken::new("t"), None);
+        let toml = file(&files, "buildkitd.toml");
         let want = "\n[registry.\"proxy.example:8080\"]\n  http = true\n  ca = [\"/var/run/connectors/ca.crt\"]\n\n[registry.\"c-harbor.team.svc.cluster.local\"]\n  http = true\n\n[registry.\"c-harbor2.team.svc.cluster.local\"]\n  http = true\n\n[registry.\"c-hub.ops.svc.cluster.local\"]\n  http = true\n\n[registry.\"harbor.example.com\"]\n  mirrors = [\"proxy.example:8080/namespaces/team/connectors/harbor\"]\n\n[registry.\"docker.io\"]\n  mirrors = [\"proxy.example:8080/namespaces/ops/connectors/hub\"]\n";
         assert!(toml.ends_with(want), "{toml}");
+    }
+
+    /// A registry that needs other client files gets a class of its own:
+    /// YAML, no code.
+    struct Classes(Vec<Arc<ConnectorClass>>);
+
+    impl ClassStore for Classes {
+        fn connector_class(&self, name: &str) -> Option<Arc<ConnectorClass>> {
+            self.0
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some(name))
+                .cloned()
+        }
+    }
+
+    #[test]
+    fn a_new_class_is_yaml_its_templates_read_the_documented_values_and_params() {
+        let npm: ConnectorClass = serde_json::from_value(
+            connector::yaml::parse_documents(
+                r#"
+apiVersion: connectors.alauda.io/v1alpha1
+kind: ConnectorClass
+metadata: {name: oci}
+spec:
+  configurations:
+    - name: npmrc
+      params: [{name: registry, default: "https://registry.npmjs.org/"}, {name: strict}]
+      data:
+        .npmrc: |
+          registry={{ .configurations.registry }}
+          https-proxy={{ .context.proxy.url }}
+          strict-ssl={{ default "true" .configurations.strict }}
+          cafile={{ .context.proxy.caFile }}
+          {{- range .connectors }}
+          ; {{ .key }} at {{ .proxyHost }} ({{ .className }}, {{ .spec.address }})
+          {{- end }}
+        settings.txt: "{{ .connector.name }} {{ .connectorclass.proxyAddress }} {{ .context.serviceAccount }}"
+"#,
+            )
+            .unwrap()
+            .remove(0),
+        )
+        .unwrap();
+        let classes = Classes(vec![Arc::new(npm)]);
+        let token = ProxyToken::new("t0k");
+        let names = vec!["npmrc".to_owned()];
+        let mut params = std::collections::BTreeMap::new();
+        params.insert(
+            "npmrc".to_owned(),
+            std::collections::BTreeMap::from([("strict".to_owned(), "false".to_owned())]),
+        );
+        let request = ConfigurationRequest {
+            names: &names,
+            params: &params,
+        };
+        let volume = used(&["/home/node"], Some(1000), Some(2000));
+        let files =
+            render_configurations(&config(), &pod(), &routes(), &classes, &token, &request, Some(&volume)).unwrap();
+        let npmrc = file(&files, ".npmrc");
+        assert!(npmrc.starts_with("registry=https://registry.npmjs.org/\nhttps-proxy=http://team%2Fharbor,team%2Fharbor2,ops%2Fhub:t0k@proxy.example:3128\nstrict-ssl=false\ncafile=/home/node/ca.crt\n"), "{npmrc}");
+        assert!(
+            npmrc.contains("; ops/hub at c-hub.ops.svc.cluster.local (oci, https://registry-1.docker.io)"),
+            "{npmrc}"
+        );
+        assert_eq!(file(&files, "settings.txt"), "hub proxy.example:8080 builder");
+        let npmrc_file = files.iter().find(|f| f.name == ".npmrc").unwrap();
+        assert_eq!(
+            (npmrc_file.mode, npmrc_file.uid, npmrc_file.gid),
+            (0o440, 1000, 2000),
+            "it holds the token"
+        );
+        let settings = files.iter().find(|f| f.name == "settings.txt").unwrap();
+        assert_eq!(settings.mode, 0o644);
+        // One file of a configuration, by its name.
+        let one = vec!["settings.txt".to_owned()];
+        let empty = Default::default();
+        let request = ConfigurationRequest {
+            names: &one,
+            params: &empty,
+        };
+        let files = render_configurations(&config(), &pod(), &routes(), &classes, &token, &request, None).unwrap();
+        assert_eq!(
+            files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(),
+            ["settings.txt"]
+        );
+
+        // What is not offered, and parameters that do not exist, are named.
+        let missing = vec!["registry-config".to_owned()];
+        let request = ConfigurationRequest {
+            names: &missing,
+            params: &empty,
+        };
+        let error = render_configurations(&config(), &pod(), &routes(), &classes, &token, &request, None).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "no class of this volume's connectors (oci) offers configuration or file \"registry-config\"; they offer: npmrc (.npmrc, settings.txt)"
+        );
+        params.insert(
+            "npmrc".to_owned(),
+            std::collections::BTreeMap::from([("nope".to_owned(), "x".to_owned())]),
+        );
+        let request = ConfigurationRequest {
+            names: &names,
+            params: &params,
+        };
+        let error = render_configurations(&config(), &pod(), &routes(), &classes, &token, &request, None).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("has no parameter \"nope\" (it has: registry, strict)"),
+            "{error}"
+        );
+        let none = Classes(Vec::new());
+        let request = ConfigurationRequest {
+            names: &names,
+            params: &empty,
+        };
+        let error = render_configurations(&config(), &pod(), &routes(), &none, &token, &request, None).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("ConnectorClass oci (of connector ops/hub) does not exist"),
+            "{error}"
+        );
+        assert!(!format!("{error:?}").contains("t0k"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! here carries any value read from the tokens attribute, and [`ProxyToken`]
 //! prints as `<redacted>`, so neither logs nor gRPC errors can leak it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
@@ -64,9 +64,9 @@ pub enum RequestError {
         item: String,
         why: &'static str,
     },
-    #[error("volume attribute {attribute} names an unknown configuration or file {0:?}; known configurations: {configurations}; known files: {known}", attribute = keys::CSI_ATTRIBUTE_CONFIGURATION_NAMES, configurations = configuration_list(), known = FileName::known_list())]
+    #[error("volume attribute {attribute} item {0:?} is not a configuration or file name (letters, digits, '.', '_', '-'; '!' before a file leaves it out)", attribute = keys::CSI_ATTRIBUTE_CONFIGURATION_NAMES)]
     UnknownFile(String),
-    #[error("volume attribute {attribute} must be a JSON object of {{\"<configuration>\": {{\"<param>\": \"<value>\"}}}} naming known configurations ({configurations})", attribute = keys::CSI_ATTRIBUTE_CONFIGURATION_PARAMS, configurations = configuration_list())]
+    #[error("volume attribute {attribute} must be a JSON object of {{\"<configuration>\": {{\"<param>\": \"<value>\"}}}}", attribute = keys::CSI_ATTRIBUTE_CONFIGURATION_PARAMS)]
     InvalidParams,
     #[error("volume attribute {attribute} {0:?} is not a duration such as 30m or 1h", attribute = keys::CSI_ATTRIBUTE_TOKEN_EXPIRATION)]
     InvalidExpiration(String),
@@ -115,9 +115,21 @@ pub struct PublishRequest {
     pub token_expiration: Option<String>,
     /// The connectors, in the order named, without duplicates.
     pub connectors: Vec<ConnectorKey>,
-    /// The files to write, in a fixed order.
+    /// The built-in files to write, in a fixed order.
     pub files: Vec<FileName>,
+    /// The class configurations (or files of one) asked for, in order,
+    /// without duplicates; resolved against the connectors' classes.
+    pub configurations: Vec<String>,
+    /// File names left out after the merge (`!<file>`).
+    pub exclusions: Vec<String>,
+    /// `configuration.params`: per configuration, parameter values.
+    pub params: BTreeMap<String, BTreeMap<String, String>>,
 }
+
+/// What a volume without `configuration.names` mounts besides the built-in
+/// files: what the injected environment points at (`DOCKER_CONFIG`,
+/// buildkitd's configuration).
+pub const DEFAULT_CONFIGURATIONS: [&str; 2] = ["registry-config", "buildkitd"];
 
 impl PublishRequest {
     /// Validates `request`; names relative to the pod's namespace are made
@@ -139,13 +151,18 @@ impl PublishRequest {
         let pod = pod_info(context)?;
         let (token, token_expiration) = proxy_token(context)?;
         let connectors = connectors(context, &pod.namespace)?;
-        let files = match context.get(keys::CSI_ATTRIBUTE_CONFIGURATION_NAMES) {
-            Some(names) => file_names(names)?,
-            None => FileName::ALL.to_vec(),
+        let names = match context.get(keys::CSI_ATTRIBUTE_CONFIGURATION_NAMES) {
+            Some(names) => configuration_names(names)?,
+            None => Names {
+                files: FileName::BUILT_IN.to_vec(),
+                configurations: DEFAULT_CONFIGURATIONS.map(str::to_owned).to_vec(),
+                exclusions: Vec::new(),
+            },
         };
-        if let Some(params) = context.get(keys::CSI_ATTRIBUTE_CONFIGURATION_PARAMS) {
-            configuration_params(params)?;
-        }
+        let params = match context.get(keys::CSI_ATTRIBUTE_CONFIGURATION_PARAMS) {
+            Some(params) => configuration_params(params)?,
+            None => BTreeMap::new(),
+        };
         if let Some(expiration) = context.get(keys::CSI_ATTRIBUTE_TOKEN_EXPIRATION) {
             duration_seconds(expiration).ok_or_else(|| RequestError::InvalidExpiration(expiration.clone()))?;
         }
@@ -156,7 +173,10 @@ impl PublishRequest {
             token,
             token_expiration,
             connectors,
-            files,
+            files: names.files,
+            configurations: names.configurations,
+            exclusions: names.exclusions,
+            params,
         })
     }
 }
@@ -287,62 +307,61 @@ fn connectors(context: &HashMap<String, String>, pod_namespace: &str) -> Result<
     })
 }
 
-/// The configurations of the built-in connector classes and the files each
-/// adds to the built-in ones (`.env`, the proxy URLs, the CA files and the
-/// token): `registry-config` (with its legacy names) and `buildkitd`.
-const CONFIGURATIONS: &[(&str, FileName)] = &[
-    ("registry-config", FileName::DockerConfig),
-    ("docker-config", FileName::DockerConfig),
-    ("config", FileName::DockerConfig),
-    ("buildkitd", FileName::Buildkitd),
-];
-
-fn configuration_list() -> String {
-    CONFIGURATIONS
-        .iter()
-        .map(|(name, _)| *name)
-        .collect::<Vec<_>>()
-        .join(", ")
+/// What `configuration.names` asks for.
+struct Names {
+    files: Vec<FileName>,
+    configurations: Vec<String>,
+    exclusions: Vec<String>,
 }
 
-/// The files of `configuration.names`: the built-in files, every named
-/// configuration's and every named file, less each `!<file>`; in a fixed
-/// order.
-fn file_names(value: &str) -> Result<Vec<FileName>> {
-    let mut wanted: Vec<FileName> = FileName::BUILT_IN.to_vec();
-    let mut excluded = Vec::new();
+/// A name of a configuration or of a file (`registry-config`,
+/// `config.json`, `settings.xml`): letters, digits, `.`, `_` and `-`, not
+/// `.` or `..`, at most 253 bytes.
+pub fn is_file_or_configuration_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// `configuration.names`: the built-in files (always, unless left out),
+/// every named configuration or file of one, less each `!<file>`.
+fn configuration_names(value: &str) -> Result<Names> {
+    let mut names = Names {
+        files: Vec::new(),
+        configurations: Vec::new(),
+        exclusions: Vec::new(),
+    };
     for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if let Some(file) = item.strip_prefix('!') {
-            let file = file.trim();
-            excluded.push(FileName::parse(file).ok_or_else(|| RequestError::UnknownFile(item.to_owned()))?);
-            continue;
+        let (excluded, name) = match item.strip_prefix('!') {
+            Some(name) => (true, name.trim()),
+            None => (false, item),
+        };
+        if !is_file_or_configuration_name(name) {
+            return Err(RequestError::UnknownFile(item.to_owned()));
         }
-        let file = CONFIGURATIONS
-            .iter()
-            .find(|(name, _)| *name == item)
-            .map(|(_, file)| *file)
-            .or_else(|| FileName::parse(item))
-            .ok_or_else(|| RequestError::UnknownFile(item.to_owned()))?;
-        wanted.push(file);
+        if excluded {
+            names.exclusions.push(name.to_owned());
+        } else if FileName::parse(name).is_none() && !names.configurations.iter().any(|c| c == name) {
+            names.configurations.push(name.to_owned());
+        }
     }
-    Ok(FileName::ALL
-        .iter()
-        .copied()
-        .filter(|f| wanted.contains(f) && !excluded.contains(f))
-        .collect())
+    names.files = FileName::BUILT_IN
+        .into_iter()
+        .filter(|f| !names.exclusions.iter().any(|e| e == f.as_str()))
+        .collect();
+    Ok(names)
 }
 
-/// Checks `configuration.params`: an object of known configurations, each
-/// an object of string values. The built-in configurations take no
-/// parameters yet, so valid ones change nothing.
-fn configuration_params(value: &str) -> Result<()> {
-    let parsed: HashMap<String, HashMap<String, String>> =
+/// `configuration.params`: an object of configurations, each an object of
+/// string values (which configurations and parameters exist is the
+/// classes' to say, at publish).
+fn configuration_params(value: &str) -> Result<BTreeMap<String, BTreeMap<String, String>>> {
+    let parsed: BTreeMap<String, BTreeMap<String, String>> =
         serde_json::from_str(value).map_err(|_| RequestError::InvalidParams)?;
-    if parsed
-        .keys()
-        .all(|name| CONFIGURATIONS.iter().any(|(known, _)| known == name))
-    {
-        Ok(())
+    if parsed.keys().all(|name| is_file_or_configuration_name(name)) {
+        Ok(parsed)
     } else {
         Err(RequestError::InvalidParams)
     }
@@ -431,7 +450,7 @@ mod tests {
             assert_eq!(&got, want, "{attributes:?}");
             assert_eq!(parsed.token.expose(), TOKEN);
             assert_eq!(parsed.pod.service_account, "builder");
-            assert_eq!(parsed.files, FileName::ALL.to_vec());
+            assert_eq!(parsed.files, FileName::BUILT_IN.to_vec());
         }
     }
 
@@ -463,15 +482,15 @@ mod tests {
                 "is not a JSON object",
             ),
             (
-                &[("connectors", "a"), ("configuration.names", "config.json,nope")],
-                "unknown configuration or file \"nope\"",
+                &[("connectors", "a"), ("configuration.names", "config.json,../etc")],
+                "item \"../etc\" is not a configuration or file name",
             ),
             (
-                &[("connectors", "a"), ("configuration.names", "!nope")],
-                "unknown configuration or file \"!nope\"",
+                &[("connectors", "a"), ("configuration.names", "!a/b")],
+                "item \"!a/b\" is not a configuration or file name",
             ),
             (
-                &[("connectors", "a"), ("configuration.params", r#"{"nope": {"a": "b"}}"#)],
+                &[("connectors", "a"), ("configuration.params", r#"{"a/b": {"a": "b"}}"#)],
                 "configuration.params must be a JSON object",
             ),
             (
@@ -520,51 +539,47 @@ mod tests {
         assert_eq!(PublishRequest::parse(&r).unwrap_err(), RequestError::MissingVolumeId);
     }
 
-    fn files_of(names: &str) -> Vec<&'static str> {
+    fn names_of(names: &str) -> (Vec<&'static str>, Vec<String>, Vec<String>) {
         let parsed = PublishRequest::parse(&request(&[("connectors", "a"), ("configuration.names", names)])).unwrap();
-        parsed.files.iter().map(|f| f.as_str()).collect()
+        (
+            parsed.files.iter().map(|f| f.as_str()).collect(),
+            parsed.configurations,
+            parsed.exclusions,
+        )
     }
 
+    const BUILT_IN: [&str; 6] = [
+        ".env",
+        "http.proxy",
+        "https.proxy",
+        "ca.crt",
+        "ca-bundle.crt",
+        "context.token",
+    ];
+
     #[test]
-    fn configuration_names_add_files_to_the_built_in_ones_in_a_fixed_order() {
-        let built_in = [
-            ".env",
-            "http.proxy",
-            "https.proxy",
-            "ca.crt",
-            "ca-bundle.crt",
-            "context.token",
-        ];
-        assert_eq!(files_of(" , "), built_in);
-        // The connector docs' names for config.json: current and legacy.
-        for name in ["registry-config", "docker-config", "config", "config.json"] {
-            let files = files_of(name);
-            assert!(files.contains(&"config.json"), "{name}: {files:?}");
-            assert!(!files.contains(&"buildkitd.toml"), "{name}: {files:?}");
-            assert_eq!(files.len(), built_in.len() + 1);
-        }
-        assert_eq!(
-            files_of("buildkitd, registry-config,buildkitd"),
-            [
-                ".env",
-                "http.proxy",
-                "https.proxy",
-                "config.json",
-                "buildkitd.toml",
-                "ca.crt",
-                "ca-bundle.crt",
-                "context.token"
-            ]
-        );
+    fn configuration_names_add_configurations_to_the_built_in_files() {
+        assert_eq!(names_of(" , "), (BUILT_IN.to_vec(), vec![], vec![]));
+        // The connector docs' names (current and legacy) and file names of a
+        // class's configurations are resolved against the classes, in order.
+        let (files, configurations, _) = names_of("buildkitd, registry-config,buildkitd, config.json, .env");
+        assert_eq!(files, BUILT_IN);
+        assert_eq!(configurations, ["buildkitd", "registry-config", "config.json"]);
+        // Without the attribute: what the injected environment points at.
+        let parsed = PublishRequest::parse(&request(&[("connectors", "a")])).unwrap();
+        assert_eq!(parsed.configurations, DEFAULT_CONFIGURATIONS);
     }
 
     #[test]
     fn exclusions_leave_files_out_after_the_merge() {
+        let (files, configurations, exclusions) =
+            names_of("registry-config,!context.token,!http.proxy, !https.proxy, !buildkitd.toml");
+        assert_eq!(files, [".env", "ca.crt", "ca-bundle.crt"]);
+        assert_eq!(configurations, ["registry-config"]);
         assert_eq!(
-            files_of("registry-config,!context.token,!http.proxy, !https.proxy"),
-            [".env", "config.json", "ca.crt", "ca-bundle.crt"]
+            exclusions,
+            ["context.token", "http.proxy", "https.proxy", "buildkitd.toml"]
         );
-        assert_eq!(files_of("!buildkitd.toml"), files_of(" , "), "excluding what is absent");
     }
 
     #[test]

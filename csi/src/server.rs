@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use access::caller::Authorizer;
 use connector::keys;
 use connector::selection::format_connector_list;
-use connector::store::ConnectorStore;
+use connector::store::{ClassStore, ConnectorStore};
 use tonic::{Code, Request, Response, Status};
 
 use crate::authorize::{self, AccessError};
@@ -62,6 +62,7 @@ pub struct Plugin {
     authorizer: Arc<dyn Authorizer>,
     config: Arc<RenderConfig>,
     pods: Arc<dyn PodLookup>,
+    classes: Arc<dyn ClassStore>,
     node_id: String,
     // NB: publications of one target must not interleave (kubelet may
     // republish while an unpublish is pending); the writes are short, so
@@ -81,6 +82,7 @@ impl Plugin {
             authorizer,
             config: Arc::new(config),
             pods: Arc::new(NoPods),
+            classes: Arc::new(connector::class::BuiltInClasses),
             node_id: node_id.into(),
             filesystem: Arc::new(Mutex::new(())),
         }
@@ -90,6 +92,13 @@ impl Plugin {
     /// mounted, as whom the containers run); without, the defaults hold.
     pub fn with_pods(mut self, pods: Arc<dyn PodLookup>) -> Self {
         self.pods = pods;
+        self
+    }
+
+    /// Takes the connectors' classes (their configurations) from `classes`;
+    /// without, the shipped classes.
+    pub fn with_classes(mut self, classes: Arc<dyn ClassStore>) -> Self {
+        self.classes = classes;
         self
     }
 
@@ -220,14 +229,31 @@ impl Node for NodeService {
             denied(error)
         })?;
         let volume = plugin.pods.volume_use(&request.pod, &request.volume_id).await;
-        let files = render::render(
+        let mut files = render::render(&plugin.config, &routes, &request.token, &request.files, volume.as_ref());
+        let configurations = render::ConfigurationRequest {
+            names: &request.configurations,
+            params: &request.params,
+        };
+        let rendered = render::render_configurations(
             &plugin.config,
             &request.pod,
             &routes,
+            plugin.classes.as_ref(),
             &request.token,
-            &request.files,
+            &configurations,
             volume.as_ref(),
-        );
+        )
+        .map_err(|error| {
+            tracing::warn!(
+                volume_id = %request.volume_id,
+                pod = %format_args!("{}/{}", request.pod.namespace, request.pod.name),
+                %error,
+                "volume configuration refused"
+            );
+            Status::invalid_argument(error.to_string())
+        })?;
+        files.extend(rendered);
+        files.retain(|file| !request.exclusions.contains(&file.name));
         let target = request.target_path.clone();
         let changed = plugin
             .with_filesystem(move || target::write_volume(&target, &files))

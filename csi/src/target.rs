@@ -247,19 +247,18 @@ fn sync_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::render::FileName;
 
     fn files(token: &str) -> Vec<VolumeFile> {
         vec![
             VolumeFile {
-                name: FileName::Token,
+                name: "context.token".to_owned(),
                 contents: token.as_bytes().to_vec(),
                 mode: 0o440,
                 uid: 0,
                 gid: 0,
             },
             VolumeFile {
-                name: FileName::Ca,
+                name: "ca.crt".to_owned(),
                 contents: b"ca".to_vec(),
                 mode: 0o644,
                 uid: 0,

@@ -19,7 +19,7 @@ use csi::proto::node_client::NodeClient;
 use csi::proto::volume_capability::{AccessMode, AccessType, BlockVolume, MountVolume};
 use csi::proto::*;
 use csi::request::{EPHEMERAL, POD_NAME, POD_NAMESPACE, POD_UID, SERVICE_ACCOUNT_NAME, SERVICE_ACCOUNT_TOKENS};
-use csi::{FileName, Plugin, RenderConfig};
+use csi::{Plugin, RenderConfig};
 use testing::StoreYaml;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -170,16 +170,25 @@ fn publish_request(target: &Path, token: &str, attributes: &[(&str, &str)]) -> N
     }
 }
 
-fn read(target: &Path, name: FileName) -> String {
-    std::fs::read_to_string(target.join(name.as_str())).unwrap()
+fn read(target: &Path, name: &str) -> String {
+    std::fs::read_to_string(target.join(name)).unwrap()
 }
 
-fn mode(target: &Path, name: FileName) -> u32 {
-    std::fs::metadata(target.join(name.as_str()))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777
+/// Every file of a volume without `configuration.names`, and whether it
+/// holds the token (config.json base64-encoded).
+const ALL: [(&str, bool); 8] = [
+    (".env", true),
+    ("http.proxy", true),
+    ("https.proxy", true),
+    ("config.json", true),
+    ("buildkitd.toml", false),
+    ("ca.crt", false),
+    ("ca-bundle.crt", false),
+    ("context.token", true),
+];
+
+fn mode(target: &Path, name: &str) -> u32 {
+    std::fs::metadata(target.join(name)).unwrap().permissions().mode() & 0o777
 }
 
 #[tokio::test]
@@ -233,7 +242,7 @@ async fn publish_renders_every_file_with_the_pod_token_and_the_right_modes() {
         .unwrap();
 
     // Proxy URLs: the connector list as the user, the token as the password.
-    for name in [FileName::HttpProxy, FileName::HttpsProxy] {
+    for name in ["http.proxy", "https.proxy"] {
         let url = url::Url::parse(&read(&target, name)).unwrap();
         assert_eq!(url.scheme(), "http");
         assert_eq!(url.username(), "team%2Fharbor,team%2Fhub");
@@ -246,7 +255,7 @@ async fn publish_renders_every_file_with_the_pod_token_and_the_right_modes() {
 
     // Docker auth for the reverse proxy host and each connector's own
     // Service host: anything:<token>.
-    let config: serde_json::Value = serde_json::from_str(&read(&target, FileName::DockerConfig)).unwrap();
+    let config: serde_json::Value = serde_json::from_str(&read(&target, "config.json")).unwrap();
     let auths = config["auths"].as_object().unwrap();
     let mut hosts: Vec<&String> = auths.keys().collect();
     hosts.sort();
@@ -266,11 +275,11 @@ async fn publish_renders_every_file_with_the_pod_token_and_the_right_modes() {
         assert_eq!(auth.split_once(':').unwrap().1, FIRST_TOKEN, "{host}");
     }
 
-    assert_eq!(read(&target, FileName::Token), FIRST_TOKEN);
+    assert_eq!(read(&target, "context.token"), FIRST_TOKEN);
 
     // Trust: the proxy CA alone, and the system roots with it.
-    assert_eq!(read(&target, FileName::Ca).trim_end(), driver.proxy_ca_pem.trim_end());
-    let bundle = read(&target, FileName::CaBundle);
+    assert_eq!(read(&target, "ca.crt").trim_end(), driver.proxy_ca_pem.trim_end());
+    let bundle = read(&target, "ca-bundle.crt");
     assert!(bundle.contains(driver.proxy_ca_pem.trim_end()));
     let bundle_certs = certs::load_certs_pem(&bundle).unwrap();
     let proxy_certs = certs::load_certs_pem(&driver.proxy_ca_pem).unwrap();
@@ -281,7 +290,7 @@ async fn publish_renders_every_file_with_the_pod_token_and_the_right_modes() {
     certs::root_store_from_pem(&bundle).unwrap();
 
     // buildkitd: each connector's registry mirrored through its proxy path.
-    let buildkitd = read(&target, FileName::Buildkitd);
+    let buildkitd = read(&target, "buildkitd.toml");
     assert!(
         buildkitd.contains("[registry.\"127.0.0.1:5080\"]\n  http = true\n  ca = [\"/var/run/connectors/ca.crt\"]")
     );
@@ -294,7 +303,7 @@ async fn publish_renders_every_file_with_the_pod_token_and_the_right_modes() {
 
     // .env: a real shell sources it (no `set -a`: every line is exported)
     // and sees what the webhook would inject.
-    let env = read(&target, FileName::Env);
+    let env = read(&target, ".env");
     let output = std::process::Command::new("sh")
         .arg("-c")
         .arg(r#". "$1"; printf '%s\n' "$HTTPS_PROXY" "$http_proxy" "$NO_PROXY" "$SSL_CERT_FILE" "$DOCKER_CONFIG" "$REGISTRY_AUTH_FILE" "$NODE_EXTRA_CA_CERTS""#)
@@ -306,7 +315,7 @@ async fn publish_renders_every_file_with_the_pod_token_and_the_right_modes() {
     assert!(output.status.success(), "{env}");
     let sourced = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<&str> = sourced.lines().collect();
-    let proxy_url = read(&target, FileName::HttpsProxy);
+    let proxy_url = read(&target, "https.proxy");
     assert_eq!(lines[0], proxy_url);
     assert_eq!(lines[1], proxy_url);
     assert!(lines[2].starts_with("localhost,127.0.0.1,::1,"), "{}", lines[2]);
@@ -323,14 +332,13 @@ async fn publish_renders_every_file_with_the_pod_token_and_the_right_modes() {
     // Modes: with no pod spec to say who the pod runs as (standalone), the
     // token files are read-only for whichever user the image chooses, as
     // kubelet's projected tokens; the node's pod directories keep others out.
-    for name in FileName::ALL {
-        let want = if name.carries_token() { 0o444 } else { 0o644 };
-        assert_eq!(mode(&target, name), want, "{}", name.as_str());
+    for (name, carries_token) in ALL {
+        let want = if carries_token { 0o444 } else { 0o644 };
+        assert_eq!(mode(&target, name), want, "{name}");
         assert_eq!(
-            read(&target, name).contains(FIRST_TOKEN) || name == FileName::DockerConfig,
-            name.carries_token(),
-            "{}",
-            name.as_str()
+            read(&target, name).contains(FIRST_TOKEN) || name == "config.json",
+            carries_token,
+            "{name}"
         );
     }
 }
@@ -343,7 +351,7 @@ async fn republish_with_a_new_token_refreshes_every_file() {
         .publish(publish_request(&target, FIRST_TOKEN, &[]))
         .await
         .unwrap();
-    let before: Vec<String> = FileName::ALL.iter().map(|&n| read(&target, n)).collect();
+    let before: Vec<String> = ALL.iter().map(|&(n, _)| read(&target, n)).collect();
 
     // kubelet republishes every minute or so; with the same token nothing
     // is rewritten.
@@ -359,21 +367,17 @@ async fn republish_with_a_new_token_refreshes_every_file() {
         .publish(publish_request(&target, SECOND_TOKEN, &[]))
         .await
         .unwrap();
-    for (index, name) in FileName::ALL.into_iter().enumerate() {
+    for (index, (name, carries_token)) in ALL.into_iter().enumerate() {
         let after = read(&target, name);
-        assert!(
-            !after.contains(FIRST_TOKEN),
-            "{} still holds the old token",
-            name.as_str()
-        );
-        if name.carries_token() {
-            assert_ne!(after, before[index], "{} was not refreshed", name.as_str());
+        assert!(!after.contains(FIRST_TOKEN), "{name} still holds the old token");
+        if carries_token {
+            assert_ne!(after, before[index], "{name} was not refreshed");
         } else {
-            assert_eq!(after, before[index], "{} changed", name.as_str());
+            assert_eq!(after, before[index], "{name} changed");
         }
     }
-    assert_eq!(read(&target, FileName::Token), SECOND_TOKEN);
-    let auth: serde_json::Value = serde_json::from_str(&read(&target, FileName::DockerConfig)).unwrap();
+    assert_eq!(read(&target, "context.token"), SECOND_TOKEN);
+    let auth: serde_json::Value = serde_json::from_str(&read(&target, "config.json")).unwrap();
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(auth["auths"][PULL_ADDRESS]["auth"].as_str().unwrap())
         .unwrap();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use access::caller::{Authorizer, SameNamespace};
 use access::cluster::{AccessCheck, SubjectAccessReviews};
 use anyhow::Context;
-use connector::store::{ConnectorStore, FileStore, KubeStore};
+use connector::store::{ClassStore, ConnectorStore, FileStore, KubeClassStore, KubeStore};
 use csi::RenderConfig;
 use csi::pod::{KubePods, NoPods, PodLookup};
 use csi::trust::{DEFAULT_SYSTEM_ROOTS, load_proxy_ca, load_system_roots};
@@ -86,26 +86,35 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         pull_plain_http: args.pull_plain_http,
         cluster_domain: args.injection.cluster_domain.clone(),
     };
-    let (store, authorizer, pods): (Arc<dyn ConnectorStore>, Arc<dyn Authorizer>, Arc<dyn PodLookup>) =
-        match &args.store {
-            Some(path) => {
-                let store = Arc::new(
-                    FileStore::load(path).with_context(|| format!("failed to load the store {}", path.display()))?,
-                );
-                store.spawn_watch(Duration::from_secs(2));
-                (store, Arc::new(SameNamespace), Arc::new(NoPods))
-            }
-            None => {
-                let client = kube::Client::try_default()
-                    .await
-                    .context("no --store given and no Kubernetes configuration found")?;
-                // NB: one decision per mount; a short cache only absorbs bursts.
-                let authorizer = SubjectAccessReviews::new(client.clone(), args.authorization, Duration::from_secs(5));
-                let pods = Arc::new(KubePods::new(client.clone()));
-                (Arc::new(KubeStore::spawn(client)), Arc::new(authorizer), pods)
-            }
-        };
-    let plugin = csi::Plugin::new(store, authorizer, config, &args.node_id).with_pods(pods);
+    type Parts = (
+        Arc<dyn ConnectorStore>,
+        Arc<dyn Authorizer>,
+        Arc<dyn PodLookup>,
+        Arc<dyn ClassStore>,
+    );
+    let (store, authorizer, pods, classes): Parts = match &args.store {
+        Some(path) => {
+            let store = Arc::new(
+                FileStore::load(path).with_context(|| format!("failed to load the store {}", path.display()))?,
+            );
+            store.spawn_watch(Duration::from_secs(2));
+            // NB: the file's ConnectorClasses, else the shipped ones.
+            (store.clone(), Arc::new(SameNamespace), Arc::new(NoPods), store)
+        }
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .context("no --store given and no Kubernetes configuration found")?;
+            // NB: one decision per mount; a short cache only absorbs bursts.
+            let authorizer = SubjectAccessReviews::new(client.clone(), args.authorization, Duration::from_secs(5));
+            let pods = Arc::new(KubePods::new(client.clone()));
+            let classes = Arc::new(KubeClassStore::spawn(client.clone()));
+            (Arc::new(KubeStore::spawn(client)), Arc::new(authorizer), pods, classes)
+        }
+    };
+    let plugin = csi::Plugin::new(store, authorizer, config, &args.node_id)
+        .with_pods(pods)
+        .with_classes(classes);
     // One signal stops every listener.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let signal = super::webhook::shutdown_signal();

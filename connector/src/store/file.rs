@@ -241,12 +241,7 @@ impl super::ClassStore for FileStore {
         if let Some(class) = self.snapshot().classes.get(name) {
             return Some(class.clone());
         }
-        static BUILT_IN: std::sync::OnceLock<Vec<Arc<crate::ConnectorClass>>> = std::sync::OnceLock::new();
-        BUILT_IN
-            .get_or_init(|| crate::class::built_in().into_iter().map(Arc::new).collect())
-            .iter()
-            .find(|class| class.metadata.name.as_deref() == Some(name))
-            .cloned()
+        super::ClassStore::connector_class(&crate::class::BuiltInClasses, name)
     }
 }
 
