@@ -198,21 +198,6 @@ pub fn built_in() -> Vec<ConnectorClass> {
         .collect()
 }
 
-/// The shipped classes as a [`ClassStore`](crate::store::ClassStore).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BuiltInClasses;
-
-impl crate::store::ClassStore for BuiltInClasses {
-    fn connector_class(&self, name: &str) -> Option<std::sync::Arc<ConnectorClass>> {
-        static BUILT_IN: std::sync::OnceLock<Vec<std::sync::Arc<ConnectorClass>>> = std::sync::OnceLock::new();
-        BUILT_IN
-            .get_or_init(|| built_in().into_iter().map(std::sync::Arc::new).collect())
-            .iter()
-            .find(|class| class.metadata.name.as_deref() == Some(name))
-            .cloned()
-    }
-}
-
 /// `manifests/classes.yaml`.
 pub const BUILT_IN_YAML: &str = include_str!("../../manifests/classes.yaml");
 

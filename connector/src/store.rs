@@ -121,6 +121,22 @@ impl<T: ClassStore + ?Sized> ClassStore for Arc<T> {
     }
 }
 
+/// The shipped classes (`manifests/classes.yaml`, [`crate::class::built_in`])
+/// as a [`ClassStore`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuiltInClasses;
+
+impl ClassStore for BuiltInClasses {
+    fn connector_class(&self, name: &str) -> Option<Arc<crate::ConnectorClass>> {
+        static BUILT_IN: std::sync::OnceLock<Vec<Arc<crate::ConnectorClass>>> = std::sync::OnceLock::new();
+        BUILT_IN
+            .get_or_init(|| crate::class::built_in().into_iter().map(Arc::new).collect())
+            .iter()
+            .find(|class| class.metadata.name.as_deref() == Some(name))
+            .cloned()
+    }
+}
+
 /// Read access to the Secrets connectors reference (the proxy's view; the
 /// webhook never reads Secrets).
 pub trait SecretStore: Send + Sync + 'static {

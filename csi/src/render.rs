@@ -553,7 +553,7 @@ mod tests {
             names: &names,
             params: &params,
         };
-        let classes = connector::class::BuiltInClasses;
+        let classes = connector::store::BuiltInClasses;
         render_configurations(&config(), &pod(), &routes(), &classes, token, &request, volume).unwrap()
     }
 

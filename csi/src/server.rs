@@ -82,7 +82,7 @@ impl Plugin {
             authorizer,
             config: Arc::new(config),
             pods: Arc::new(NoPods),
-            classes: Arc::new(connector::class::BuiltInClasses),
+            classes: Arc::new(connector::store::BuiltInClasses),
             node_id: node_id.into(),
             filesystem: Arc::new(Mutex::new(())),
         }

@@ -241,7 +241,7 @@ impl super::ClassStore for FileStore {
         if let Some(class) = self.snapshot().classes.get(name) {
             return Some(class.clone());
         }
-        super::ClassStore::connector_class(&crate::class::BuiltInClasses, name)
+        super::ClassStore::connector_class(&super::BuiltInClasses, name)
     }
 }
 
