@@ -33,7 +33,7 @@ use testing::client::MANIFEST_ACCEPT;
 use testing::digest::Sha256;
 use testing::{
     CopyOptions, Digest, ImageDigests, OciLayout, Registry, RegistryAccess, RegistryOptions, Skopeo, StoreYaml,
-    TokenServer, TokenServerOptions,
+    TestTls, TokenServer, TokenServerOptions,
 };
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -160,6 +160,17 @@ impl Route {
         }
     }
 
+    /// A node's pull (kubelet): plain HTTP to the node pull endpoint, which
+    /// relays to the proxy's HTTPS with its own token.
+    fn node_pull(addr: SocketAddr) -> Self {
+        Self {
+            name: "node-pull",
+            addr,
+            prefix: format!("/v2/namespaces/{NAMESPACE}/connectors/{CONNECTOR}/"),
+            authorization: None,
+        }
+    }
+
     fn path(&self, repository: &str, rest: &str) -> String {
         format!("{}{repository}/{rest}", self.prefix)
     }
@@ -218,16 +229,21 @@ async fn run(settings: &Settings) -> anyhow::Result<String> {
     // The proxies.
     let store = write_proxy_config(lab.path(), &registry, &token_registry)?;
     let nginx = Nginx::start(&lab.path().join("nginx"), registry.addr())?;
-    let connectors = start_connectors(&binary, &store)?;
+    let tls = TestTls::for_loopback()?;
+    let tls_addr = free_port()?;
+    let connectors = start_connectors(&binary, &store, Some((&tls, tls_addr)))?;
+    let node_pull = start_node_pull(&binary, lab.path(), &tls, tls_addr)?;
     let routes = [
         Route::direct(registry.addr()),
         Route::nginx(nginx.addr),
         Route::connectors(connectors.addr, CONNECTOR),
+        Route::node_pull(node_pull.addr),
     ];
     let proxy_pids = |route: &Route| -> Vec<u32> {
         match route.name {
             "nginx" => nginx.pids(),
             "connectors" => vec![connectors.pid()],
+            "node-pull" => vec![node_pull.pid(), connectors.pid()],
             _ => Vec::new(),
         }
     };
@@ -287,6 +303,7 @@ async fn run(settings: &Settings) -> anyhow::Result<String> {
     )
     .await?;
     let main_connectors_memory = memory(connectors.pid());
+    drop(node_pull);
     drop(connectors);
     drop(nginx);
 
@@ -299,7 +316,7 @@ async fn run(settings: &Settings) -> anyhow::Result<String> {
         memories.push(memory_under_streams(&route, &blob_path(&route), settings, &nginx.pids()).await?);
     }
     {
-        let connectors = start_connectors(&binary, &store)?;
+        let connectors = start_connectors(&binary, &store, None)?;
         let route = Route::connectors(connectors.addr, CONNECTOR);
         memories.push(memory_under_streams(&route, &blob_path(&route), settings, &[connectors.pid()]).await?);
     }
@@ -343,9 +360,15 @@ struct ProxyConfig {
     tokens: PathBuf,
 }
 
-/// `connectors proxy` in reverse mode on a free loopback port.
-fn start_connectors(binary: &Path, config: &ProxyConfig) -> anyhow::Result<Connectors> {
-    let args = [
+/// `connectors proxy` in reverse mode on a free loopback port; with `tls`,
+/// also over HTTPS at the given address.
+fn start_connectors(
+    binary: &Path,
+    config: &ProxyConfig,
+    tls: Option<(&TestTls, SocketAddr)>,
+) -> anyhow::Result<Connectors> {
+    let tls_listen = tls.map(|(_, addr)| addr.to_string()).unwrap_or_default();
+    let mut args: Vec<&std::ffi::OsStr> = vec![
         "proxy".as_ref(),
         // NB: the registry listens on loopback.
         "--egress-allow".as_ref(),
@@ -357,7 +380,39 @@ fn start_connectors(binary: &Path, config: &ProxyConfig) -> anyhow::Result<Conne
         "--listen".as_ref(),
         "127.0.0.1:0".as_ref(),
     ];
+    if let Some((tls, _)) = tls {
+        args.extend::<[&std::ffi::OsStr; 6]>([
+            "--tls-listen".as_ref(),
+            tls_listen.as_ref(),
+            "--tls-cert".as_ref(),
+            tls.files.cert.as_os_str(),
+            "--tls-key".as_ref(),
+            tls.files.key.as_os_str(),
+        ]);
+    }
     Connectors::start(binary, &args, "proxy listening")
+}
+
+/// `connectors node-pull` on a free loopback port, relaying to the proxy's
+/// HTTPS at `proxy` with the caller token as its own.
+fn start_node_pull(binary: &Path, dir: &Path, tls: &TestTls, proxy: SocketAddr) -> anyhow::Result<Connectors> {
+    let ca = dir.join("proxy-ca.crt");
+    let token = dir.join("node-pull.token");
+    std::fs::write(&ca, tls.ca_pem())?;
+    std::fs::write(&token, CALLER_TOKEN)?;
+    let proxy = format!("https://{proxy}");
+    let args: [&std::ffi::OsStr; 9] = [
+        "node-pull".as_ref(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--proxy".as_ref(),
+        proxy.as_ref(),
+        "--proxy-ca".as_ref(),
+        ca.as_os_str(),
+        "--token-file".as_ref(),
+        token.as_os_str(),
+    ];
+    Connectors::start(binary, &args, "node pull endpoint listening")
 }
 
 /// nginx as the reference credential-injecting reverse proxy: the config of
@@ -1080,11 +1135,13 @@ fn render(r: &Rendered) -> String {
     let _ = writeln!(out, "# Registry proxy benchmark\n");
     let _ = writeln!(
         out,
-        "`cargo bench --bench proxy` on this machine ({cores} cores){}, at {}. One run, three paths to the same \
+        "`cargo bench --bench proxy` on this machine ({cores} cores){}, at {}. One run, four paths to the same \
          registry (`{}`, htpasswd, filesystem storage, `log: warn`) and the same blobs: \
          **direct** with the real Basic credential; **nginx** (`{}`) as the credential-injecting reverse proxy of \
          docs/real-components.md §4 (`worker_processes 1`, `proxy_buffering off`, `proxy_request_buffering off`, \
-         `client_max_body_size 0`, `proxy_http_version 1.1`); **connectors** = `{}`. Clients, proxies and \
+         `client_max_body_size 0`, `proxy_http_version 1.1`); **connectors** = `{}`; **node-pull** = a node's \
+         pull: plain HTTP to `connectors node-pull`, which relays it to the same proxy over HTTPS with its own \
+         token (CPU columns: both processes). Clients, proxies and \
          registry share the {cores} cores. Load average before: `{}`, after: `{}`.\n",
         if s.quick { " — **quick run**" } else { "" },
         r.revision,

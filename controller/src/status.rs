@@ -181,6 +181,10 @@ fn connectors_referencing(store: &Store<Connector>, secret: &Secret) -> Vec<Obje
         .collect()
 }
 
+/// How soon a connector whose class is missing (or lacks its auth type)
+/// is looked at again; from memory, so cheap.
+const UNUSABLE_CLASS_RECHECK: Duration = Duration::from_secs(2);
+
 /// Connectors of class `name`.
 fn connectors_of_class(store: &Store<Connector>, name: &str) -> Vec<ObjectRef<Connector>> {
     store
@@ -329,14 +333,25 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
         .and_then(|a| a.secret_ref.as_ref())
         .map(|r| r.name.as_str());
     let ca_name = connector.spec.ca_cert_secret_ref.as_ref().map(|r| r.name.as_str());
-    let credential = read_secret(&context.client, &namespace, credential_name).await?;
-    let ca = read_secret(&context.client, &namespace, ca_name).await?;
-    let proxy_ca = context.proxy_ca.borrow().clone();
     if !context.classes.has_synced() {
         // NB: a class not listed yet is not a missing class.
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     let class = context.classes.connector_class(&connector.spec.connector_class_name);
+    let class_check = class_check(&connector, class.as_deref());
+    // NB: a connector whose class is unusable is checked again soon from
+    // memory alone (no Secret read, no probe): the class may be created a
+    // moment after its watch event reached the reconciler.
+    let usable = class_check.verdict == Verdict::True;
+    let (credential, ca) = if usable {
+        (
+            read_secret(&context.client, &namespace, credential_name).await?,
+            read_secret(&context.client, &namespace, ca_name).await?,
+        )
+    } else {
+        (SecretLookup::NotReferenced, SecretLookup::NotReferenced)
+    };
+    let proxy_ca = context.proxy_ca.borrow().clone();
     let fingerprint = Fingerprint {
         generation: connector.metadata.generation,
         credential_version: version(&credential),
@@ -347,7 +362,7 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
     let previous_failures = {
         let schedules = context.schedules.lock().unwrap_or_else(|e| e.into_inner());
         match schedules.get(&key) {
-            Some(schedule) if schedule.fingerprint == fingerprint && Instant::now() < schedule.due => {
+            Some(schedule) if usable && schedule.fingerprint == fingerprint && Instant::now() < schedule.due => {
                 return Ok(Action::requeue(schedule.due - Instant::now()));
             }
             Some(schedule) => schedule.failures,
@@ -355,7 +370,6 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
         }
     };
 
-    let class_check = class_check(&connector, class.as_deref());
     let report = match &class {
         Some(class) if class_check.verdict == Verdict::True => {
             let auth_probe = connector
@@ -417,6 +431,9 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
         publish_transitions(&context, &connector, current, &next).await;
     }
 
+    if !usable {
+        return Ok(Action::requeue(UNUSABLE_CLASS_RECHECK));
+    }
     let failures = if healthy {
         0
     } else {

@@ -557,9 +557,15 @@ mod tests {
         render_configurations(&config(), &pod(), &routes(), &classes, token, &request, volume).unwrap()
     }
 
+    /// Whether a file holds the token (config.json base64-encoded, as the
+    /// Basic auth of docker's format).
     fn carries_token(file: &VolumeFile, token: &ProxyToken) -> bool {
         FileName::parse(&file.name).map_or_else(
-            || String::from_utf8_lossy(&file.contents).contains(token.expose()),
+            || {
+                let text = String::from_utf8_lossy(&file.contents);
+                let basic = base64::engine::general_purpose::STANDARD.encode(format!("builder:{}", token.expose()));
+                text.contains(token.expose()) || text.contains(&basic)
+            },
             FileName::carries_token,
         )
     }
