@@ -44,6 +44,13 @@ pub struct Args {
 }
 
 pub async fn serve(args: Args) -> anyhow::Result<()> {
+    // NB: whatever reaches the endpoint pulls with the node's rights; on an
+    // address other than the loopback, the node's network would.
+    anyhow::ensure!(
+        args.listen.ip().is_loopback(),
+        "the node pull endpoint listens on the node's loopback only, not {} (CONNECTORS_PULL_ADDRESS must be 127.0.0.1:<port> with the endpoint; for another pull address, do not install node-pull.yaml)",
+        args.listen
+    );
     let relay = NodePull::load(NodePullSettings {
         proxy: args.proxy,
         proxy_ca: args.proxy_ca,
