@@ -816,13 +816,19 @@ async fn the_node_pull_endpoint_relays_pulls_as_the_node_its_pod_runs_on_and_not
 fn the_node_pull_endpoint_listens_on_the_loopback_only() {
     // Whatever reaches it pulls with the node's rights.
     let (status, _, stderr) = support::run(
-        &["node-pull", "--listen", "0.0.0.0:7480", "--proxy", "https://proxy.test"],
+        &[
+            "node-pull",
+            "--listen",
+            "198.51.100.7:7480",
+            "--proxy",
+            "https://proxy.test",
+        ],
         None,
         support::root(),
     );
     assert!(!status.success());
     assert!(
-        stderr.contains("listens on the node's loopback only, not 0.0.0.0:7480"),
+        stderr.contains("listens on the node's loopback only, not 198.51.100.7:7480"),
         "{stderr}"
     );
 }

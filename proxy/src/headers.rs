@@ -80,7 +80,7 @@ pub fn map_query(
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus those named in `Connection`.
-fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
+pub(crate) fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
     let mut names: Vec<HeaderName> = [
         "connection",
         "keep-alive",

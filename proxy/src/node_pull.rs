@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -179,13 +179,7 @@ impl NodePull {
         let client = match previous {
             Some(previous) if previous.ca_pem == ca_pem => previous.client.clone(),
             _ => {
-                let client = client_for(&ca_pem).map_err(|reason| match reason {
-                    ClientBuild::Ca(reason) => NodePullError::Ca {
-                        path: settings.proxy_ca.clone(),
-                        reason,
-                    },
-                    ClientBuild::Tls(reason) => NodePullError::Tls(reason),
-                })?;
+                let client = client_for(&ca_pem, &settings.proxy_ca)?;
                 if previous.is_some() {
                     tracing::info!("the proxy CA changed; new connections trust the new one");
                 }
@@ -238,7 +232,11 @@ impl NodePull {
         };
         let mut outgoing = Request::builder().method(request.method().clone()).uri(uri);
         if let Some(headers) = outgoing.headers_mut() {
-            copy_headers(request.headers(), headers, FORWARDED_REQUEST_HEADERS);
+            for name in FORWARDED_REQUEST_HEADERS {
+                for value in request.headers().get_all(name) {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
             headers.insert(header::AUTHORIZATION, authorization);
         }
         let Ok(outgoing) = outgoing.body(body::empty()) else {
@@ -248,7 +246,7 @@ impl NodePull {
         let response = match sent {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
-                tracing::warn!(error = %error_chain(&error), "the proxy cannot be reached");
+                tracing::warn!(error = %registry::auth::Chain(&error), "the proxy cannot be reached");
                 return oci_error(
                     StatusCode::BAD_GATEWAY,
                     "UNAVAILABLE",
@@ -275,7 +273,8 @@ impl NodePull {
         let (parts, incoming) = response.into_parts();
         let mut answer = Response::new(incoming.map_err(Into::into).boxed());
         *answer.status_mut() = status;
-        copy_headers(&parts.headers, answer.headers_mut(), FORWARDED_RESPONSE_HEADERS);
+        // NB: without the proxy's challenge (below) and hop-by-hop headers.
+        *answer.headers_mut() = crate::headers::downstream_headers(&parts.headers);
         // NB: runtimes send a credential only after a challenge. A refusal
         // of the node becomes one, so a runtime holding the pod's credential
         // (kubelet's credential provider) presents it; one that holds none
@@ -314,55 +313,15 @@ const FORWARDED_REQUEST_HEADERS: &[HeaderName] = &[
     header::USER_AGENT,
 ];
 
-/// Response headers a pull reads.
-const FORWARDED_RESPONSE_HEADERS: &[HeaderName] = &[
-    header::CONTENT_TYPE,
-    header::CONTENT_LENGTH,
-    header::CONTENT_RANGE,
-    header::ACCEPT_RANGES,
-    header::ETAG,
-    header::LAST_MODIFIED,
-    header::CACHE_CONTROL,
-    header::LOCATION,
-    header::LINK,
-    header::RETRY_AFTER,
-];
-
-fn copy_headers(from: &HeaderMap, to: &mut HeaderMap, names: &[HeaderName]) {
-    for name in names {
-        for value in from.get_all(name) {
-            to.append(name.clone(), value.clone());
-        }
-    }
-    for (name, value) in from {
-        let name_str = name.as_str();
-        if name_str == "docker-content-digest"
-            || name_str == "docker-distribution-api-version"
-            || name_str == "oci-subject"
-        {
-            to.append(name.clone(), value.clone());
-        }
-    }
-}
-
-enum ClientBuild {
-    Ca(String),
-    Tls(String),
-}
-
-/// A pooled HTTP/1.1 client trusting only the proxy CA.
-fn client_for(ca_pem: &str) -> Result<ProxyClient, ClientBuild> {
-    let certificates = certs::load_certs_pem(ca_pem).map_err(|e| ClientBuild::Ca(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(certificates);
-    if added == 0 {
-        return Err(ClientBuild::Ca("no certificate in it could be used".into()));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(certs::tls_config::crypto_provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ClientBuild::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+/// A pooled HTTP/1.1 client trusting only the proxy CA (`pem`, read from
+/// `path`).
+fn client_for(pem: &str, path: &std::path::Path) -> Result<ProxyClient, NodePullError> {
+    let roots = certs::root_store_from_pem(pem).map_err(|e| NodePullError::Ca {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    // NB: no ALPN here: hyper-rustls sets it from the enabled protocols.
+    let config = certs::client_config(roots, &[]).map_err(|e| NodePullError::Tls(e.to_string()))?;
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
@@ -377,17 +336,6 @@ fn client_for(ca_pem: &str) -> Result<ProxyClient, ClientBuild> {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_timer(TokioTimer::new())
         .build(connector))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn text(status: StatusCode, message: &'static str) -> Response<ProxyBody> {
@@ -408,12 +356,7 @@ fn challenge(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
 
 fn oci_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     let document = serde_json::json!({"errors": [{"code": code, "message": message}]});
-    let mut response = Response::new(body::full(document.to_string()));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
+    crate::error::json_response(status, Bytes::from(document.to_string()))
 }
 
 /// Serves the endpoint on `listener` until `shutdown` resolves, then drains.

@@ -131,21 +131,31 @@ pub async fn checked_addresses(
 /// Relays bytes both ways between the client and the first address that
 /// answers.
 pub async fn tunnel(mut client: TokioIo<hyper::upgrade::Upgraded>, addresses: &[SocketAddr], peer: SocketAddr) {
-    let mut last_error = None;
-    for address in addresses {
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
-            Ok(Ok(mut upstream)) => {
-                let _ = upstream.set_nodelay(true);
-                if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(%peer, %address, %error, "tunnel ended with an error");
-                }
-                return;
+    match connect_first(addresses).await {
+        Ok((mut upstream, address)) => {
+            if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                tracing::debug!(%peer, %address, %error, "tunnel ended with an error");
             }
-            Ok(Err(error)) => last_error = Some(error.to_string()),
-            Err(_) => last_error = Some("connect timed out".to_owned()),
+        }
+        Err(error) => tracing::info!(%peer, %error, "tunnel could not connect"),
+    }
+}
+
+/// A connection to the first of `addresses` that answers (each within
+/// [`CONNECT_TIMEOUT`]), with `TCP_NODELAY`; else the last error.
+async fn connect_first(addresses: &[SocketAddr]) -> Result<(TcpStream, SocketAddr), String> {
+    let mut last_error = String::from("no address");
+    for &address in addresses {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok((stream, address));
+            }
+            Ok(Err(error)) => last_error = error.to_string(),
+            Err(_) => last_error = "connect timed out".to_owned(),
         }
     }
-    tracing::info!(%peer, error = last_error.unwrap_or_default(), "tunnel could not connect");
+    Err(last_error)
 }
 
 /// How long a relayed plain-HTTP host may take to answer with headers.
@@ -176,27 +186,14 @@ pub async fn relay_plain(
         .map_or("/", |p| p.as_str())
         .parse()
         .map_err(|_| ProxyError::BadRequest("the URL has no usable path"))?;
+    // NB: Proxy-Authorization is one of them.
     drop_hop_by_hop(&mut parts.headers);
-    parts.headers.remove(hyper::header::PROXY_AUTHORIZATION);
     if !parts.headers.contains_key(hyper::header::HOST)
         && let Some(value) = authority.and_then(|a| hyper::header::HeaderValue::from_str(&a).ok())
     {
         parts.headers.insert(hyper::header::HOST, value);
     }
-    let mut last_error = String::from("no address");
-    let mut stream = None;
-    for address in addresses {
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
-            Ok(Ok(connected)) => {
-                let _ = connected.set_nodelay(true);
-                stream = Some(connected);
-                break;
-            }
-            Ok(Err(error)) => last_error = error.to_string(),
-            Err(_) => last_error = "connect timed out".to_owned(),
-        }
-    }
-    let stream = stream.ok_or_else(|| unrelayable(last_error))?;
+    let (stream, _) = connect_first(addresses).await.map_err(unrelayable)?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| unrelayable(e.to_string()))?;
@@ -220,25 +217,7 @@ pub async fn relay_plain(
 /// Removes the hop-by-hop headers (RFC 9110 §7.6.1) and those `Connection`
 /// names.
 fn drop_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    let named: Vec<hyper::header::HeaderName> = headers
-        .get_all(hyper::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| hyper::header::HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in [
-        "connection",
-        "proxy-connection",
-        "keep-alive",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    ] {
+    for name in crate::headers::hop_by_hop(headers) {
         headers.remove(name);
     }
 }
