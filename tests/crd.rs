@@ -10,6 +10,11 @@ fn committed_crd_matches_the_types() {
         committed == generated,
         "manifests/crd.yaml is stale: run `cargo run -- crd > manifests/crd.yaml`"
     );
+    let chart = std::fs::read_to_string(support::root().join("charts/connectors/files/crd.yaml")).unwrap();
+    assert!(
+        chart == generated,
+        "charts/connectors/files/crd.yaml is stale: run `cargo run -- crd > charts/connectors/files/crd.yaml`"
+    );
     let (status, stdout, _) = support::run(&["crd"], None, support::root());
     assert!(status.success());
     assert_eq!(stdout, generated);

@@ -1,7 +1,8 @@
 //! The product on a REAL node: kubelet, containerd, runc and kube-proxy of
 //! the e2e harness (`E2E_NODE=1`, see `e2e/node/node.bash`), the product
-//! installed as pods from its own image (`image/build`) with
-//! `kubectl apply -k` of `manifests/` and only a single-node overlay.
+//! installed as pods from its own image (`image/build`) with Helm
+//! (`charts/connectors`, whose defaults are `manifests/`: tests/helm.rs) and
+//! only a single-node cluster's values.
 //! Registries run in the node's network namespace, where its pods reach
 //! them; nothing leaves the machine.
 
@@ -529,6 +530,160 @@ async fn admission_keeps_working_while_a_webhook_pod_is_deleted() {
         failures.len()
     );
     assert!(admitted >= 10, "only {admitted} admissions in 20 s");
+    assert!(
+        failures.is_empty(),
+        "{} of {} admissions failed: {:?}",
+        failures.len(),
+        admitted + failures.len(),
+        failures.first()
+    );
+}
+
+/// Runs Helm against the node cluster (the release `connectors` in
+/// `default`, which e2e/cluster installed).
+fn helm(cluster: &RealCluster, args: &[&str]) -> String {
+    let output = Command::new(testing::program::helm())
+        .arg("--kubeconfig")
+        .arg(&cluster.kubeconfig)
+        .args(["--namespace", "default"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("helm runs");
+    assert!(
+        output.status.success(),
+        "helm {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_helm_upgrade_and_a_rollback_roll_the_install_with_no_failed_admission() {
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    let namespace = "node-helm-upgrade";
+    namespace_with_connector(cluster, namespace, &registry);
+    let release: serde_json::Value =
+        serde_json::from_str(&helm(cluster, &["status", "connectors", "-o", "json"])).unwrap();
+    assert_eq!(release["info"]["status"], "deployed", "{release}");
+    let revision = release["version"].as_u64().unwrap();
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{generateName: admitted-, namespace: {namespace}}}\nspec:\n  containers: [{{name: c, image: {}/tools/busybox:1}}]\n",
+        registry.host_port()
+    );
+    // Pods are admitted (server-side dry runs: every webhook is called,
+    // nothing is stored) one after another until the rollouts are done.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let admissions = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let (mut admitted, mut failures) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Acquire) && admitted + failures.len() < 5000 {
+                let created = cluster.kubectl(&["create", "--dry-run=server", "-o", "json", "-f", "-"], Some(&pod));
+                let stdout = String::from_utf8_lossy(&created.stdout);
+                if created.status.success() && stdout.contains("connectors.cpaas.io/") {
+                    admitted += 1;
+                } else {
+                    failures.push(format!("{}{stdout}", String::from_utf8_lossy(&created.stderr)));
+                }
+            }
+            (admitted, failures)
+        }
+    });
+    let webhook_limit = || {
+        cluster.kubectl_ok(
+            &[
+                "-n",
+                "connectors-system",
+                "get",
+                "deployment",
+                "connectors-webhook",
+                "-o",
+                "jsonpath={.spec.template.spec.containers[0].resources.limits.memory}",
+            ],
+            None,
+        )
+    };
+    let rolled_out = |deployment: &str| {
+        cluster.kubectl_ok(
+            &[
+                "-n",
+                "connectors-system",
+                "rollout",
+                "status",
+                "--timeout=240s",
+                deployment,
+            ],
+            None,
+        );
+    };
+    // The upgrade: the webhook's pods are replaced (a new memory limit) and
+    // a proxy replica is added.
+    let started = std::time::Instant::now();
+    helm(
+        cluster,
+        &[
+            "upgrade",
+            "connectors",
+            "charts/connectors",
+            "--reuse-values",
+            "--set",
+            "webhook.resources.limits.memory=160Mi",
+            "--set",
+            "proxy.replicas=3",
+            "--wait",
+            "--timeout=5m",
+        ],
+    );
+    rolled_out("deployment/connectors-webhook");
+    rolled_out("deployment/connectors-proxy");
+    assert_eq!(webhook_limit(), "160Mi");
+    let ready = cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-system",
+            "get",
+            "deployment",
+            "connectors-proxy",
+            "-o",
+            "jsonpath={.status.readyReplicas}",
+        ],
+        None,
+    );
+    assert_eq!(ready, "3");
+    let upgraded = started.elapsed();
+    // The rollback to the installed revision: the same in reverse.
+    helm(
+        cluster,
+        &[
+            "rollback",
+            "connectors",
+            &revision.to_string(),
+            "--wait",
+            "--timeout=5m",
+        ],
+    );
+    rolled_out("deployment/connectors-webhook");
+    rolled_out("deployment/connectors-proxy");
+    assert_eq!(webhook_limit(), "128Mi");
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (admitted, failures) = admissions.join().unwrap();
+    let history = helm(cluster, &["history", "connectors", "-o", "json"]);
+    let history: serde_json::Value = serde_json::from_str(&history).unwrap();
+    let last = history.as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last["revision"].as_u64(), &last["status"]),
+        (Some(revision + 2), &"deployed".into())
+    );
+    println!(
+        "helm upgrade ({:.0} s) and rollback ({:.0} s): {admitted} admitted, {} failed",
+        upgraded.as_secs_f64(),
+        (started.elapsed() - upgraded).as_secs_f64(),
+        failures.len()
+    );
+    assert!(admitted >= 20, "only {admitted} admissions during the rollouts");
     assert!(
         failures.is_empty(),
         "{} of {} admissions failed: {:?}",

@@ -31,8 +31,20 @@ pub fn find(name: &str) -> Result<PathBuf, MissingProgram> {
 /// into `target/e2e/<name>` when missing or older than the module's
 /// `go.sum`. Panics with the build's output when it fails.
 pub fn go_tool(package: &str) -> PathBuf {
+    go_tool_in("e2e/tools", package)
+}
+
+/// Helm, pinned in `e2e/helm/go.mod` (a module of its own: its Kubernetes
+/// modules are not the other tools'), built into `target/e2e/helm`.
+pub fn helm() -> PathBuf {
+    go_tool_in("e2e/helm", "helm.sh/helm/v4/cmd/helm")
+}
+
+/// A Go tool pinned in the module at `module` (relative to the workspace),
+/// built as [`go_tool`] does.
+pub fn go_tool_in(module: &str, package: &str) -> PathBuf {
     let root = crate::cluster::workspace_root();
-    let module = root.join("e2e/tools");
+    let module = root.join(module);
     let name = package.rsplit('/').next().expect("a package path");
     let binary = root.join("target/e2e").join(name);
     let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
