@@ -204,7 +204,7 @@ fn main() {
     let tls = certs::server_config(resolver, &[b"h2", b"http/1.1"]).unwrap();
     let state = WebhookState {
         store: store.clone(),
-        config: config.clone(),
+        config: certs::Reloading::new((*config).clone()),
         metrics: Arc::new(Metrics::default()),
     };
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();

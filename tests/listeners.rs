@@ -74,7 +74,7 @@ async fn the_webhook_closes_connections_that_send_no_request_within_the_head_tim
     let store: Arc<dyn ConnectorStore> = Arc::new(FileStore::from_yaml("").unwrap());
     let state = WebhookState {
         store,
-        config: Arc::new(InjectionConfig::new("proxy.test:5000", "proxy.test:3128")),
+        config: certs::Reloading::new(InjectionConfig::new("proxy.test:5000", "proxy.test:3128")),
         metrics: Arc::default(),
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

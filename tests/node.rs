@@ -693,6 +693,168 @@ async fn a_helm_upgrade_and_a_rollback_roll_the_install_with_no_failed_admission
     );
 }
 
+/// A CA Secret's `tls.crt` (the signing CA) and `ca.crt` (the bundle).
+fn ca_secret(cluster: &RealCluster, name: &str) -> (String, usize) {
+    let json = cluster.kubectl_ok(&["-n", "connectors-system", "get", "secret", name, "-o", "json"], None);
+    let secret: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let field = |key: &str| {
+        use base64::Engine;
+        let encoded = secret["data"][key].as_str().unwrap_or_default();
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(encoded).unwrap()).unwrap()
+    };
+    let trusted = certs::load_certs_pem(&field("ca.crt"))
+        .map(|c| c.len())
+        .unwrap_or_default();
+    (field("tls.crt"), trusted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_cas_rotate_with_an_overlap_while_pods_are_created_and_pull_with_no_failure() {
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    let crane = testing::program::go_tool("github.com/google/go-containerregistry/cmd/crane");
+    push_tools(
+        &registry,
+        "tools/crane:1",
+        &[(Path::new("/bin/busybox"), "/bin/busybox"), (&crane, "/usr/bin/crane")],
+        "/usr/bin:/bin",
+    );
+    let digest = registry.manifest_digest("tools/crane", "1").await.unwrap();
+    let namespace = "node-rotation";
+    namespace_with_connector(cluster, namespace, &registry);
+    let cas = ["connectors-proxy-ca", "connectors-webhook-ca"];
+    let before: Vec<String> = cas.iter().map(|name| ca_secret(cluster, name).0).collect();
+
+    // Pods are created one after another until the rotations are over: each
+    // is admitted (the webhook's certificate), pulled by kubelet with
+    // `Always` (the node pull endpoint's TLS to the proxy), and runs crane
+    // against the proxy's HTTPS with only the volume's trust (SSL_CERT_FILE).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let creator = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let (mut created, mut refused) = (Vec::new(), Vec::new());
+            for i in 0..400 {
+                if stop.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
+                let name = format!("rotating-{i}");
+                let pod = format!(
+                    r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {namespace}, labels: {{case: rotation}}}}
+spec:
+  restartPolicy: Never
+  containers:
+    - name: crane
+      image: {registry}/tools/crane:1
+      imagePullPolicy: Always
+      env: [{{name: HOME, value: /tmp}}]
+      volumeMounts: [{{name: tmp, mountPath: /tmp}}]
+      command: ["/bin/busybox", "sh", "-ec", "echo digest $(crane digest {PROXY_ADDRESS}/namespaces/{namespace}/connectors/local/tools/crane:1)"]
+  volumes: [{{name: tmp, emptyDir: {{}}}}]
+"#,
+                    registry = registry.host_port()
+                );
+                let output = cluster.kubectl(&["create", "-f", "-"], Some(&pod));
+                if output.status.success() {
+                    created.push(name);
+                } else {
+                    refused.push(String::from_utf8_lossy(&output.stderr).into_owned());
+                }
+                std::thread::sleep(Duration::from_secs(4));
+            }
+            (created, refused)
+        }
+    });
+    std::thread::sleep(Duration::from_secs(8));
+    let started = std::time::Instant::now();
+    for name in cas {
+        cluster.kubectl_ok(
+            &[
+                "-n",
+                "connectors-system",
+                "annotate",
+                "secret",
+                name,
+                "connectors.cpaas.io/rotate=now",
+            ],
+            None,
+        );
+    }
+    // Introduced, promoted, retired: two overlaps (CONNECTORS_CA_OVERLAP_SECONDS
+    // of the node cluster, 120 s) and the controller's reaction.
+    let mut phases = Vec::new();
+    loop {
+        let now: Vec<(String, usize)> = cas.iter().map(|name| ca_secret(cluster, name)).collect();
+        let phase: Vec<String> = now
+            .iter()
+            .zip(&before)
+            .map(|((signing, trusted), old)| format!("{}/{trusted}", if signing == old { "old" } else { "new" }))
+            .collect();
+        if phases.last() != Some(&phase) {
+            println!("{:>4.0} s: {phase:?}", started.elapsed().as_secs_f64());
+            phases.push(phase.clone());
+        }
+        if phase.iter().all(|p| p == "new/1") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(480),
+            "the rotations did not complete: {phases:?}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    let seen: std::collections::BTreeSet<&str> = phases.iter().flatten().map(String::as_str).collect();
+    assert!(
+        seen.contains("old/2") && seen.contains("new/2"),
+        "each CA was trusted beside the other before and after it signed: {phases:?}"
+    );
+    // A little more, for pods created around the last step.
+    std::thread::sleep(Duration::from_secs(20));
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    let (created, refused) = creator.join().unwrap();
+    assert!(refused.is_empty(), "{} pods were refused: {refused:?}", refused.len());
+    assert!(created.len() >= 30, "only {} pods were created", created.len());
+    let mut failed = Vec::new();
+    for name in &created {
+        let object = format!("pod/{name}");
+        let done = cluster.kubectl(
+            &[
+                "-n",
+                namespace,
+                "wait",
+                "--for=jsonpath={.status.phase}=Succeeded",
+                &object,
+                "--timeout=180s",
+            ],
+            None,
+        );
+        let logs = cluster.kubectl(&["-n", namespace, "logs", name], None);
+        let logs = String::from_utf8_lossy(&logs.stdout).into_owned();
+        if !done.status.success() || !logs.contains(&format!("digest {digest}")) {
+            let describe = cluster.kubectl(&["-n", namespace, "describe", &object], None);
+            failed.push(format!("{name}: {logs}\n{}", String::from_utf8_lossy(&describe.stdout)));
+        }
+    }
+    println!(
+        "CA rotation ({:.0} s): {} pods created, pulled and run, {} failed",
+        started.elapsed().as_secs_f64(),
+        created.len(),
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} pods failed: {}",
+        failed.len(),
+        failed.join("\n---\n")
+    );
+    cluster.kubectl(
+        &["-n", namespace, "delete", "pods", "-l", "case=rotation", "--wait=false"],
+        None,
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unchanged_client_in_a_pod_goes_through_the_forward_proxy_to_an_https_registry() {
     use testing::TestTls;

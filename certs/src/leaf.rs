@@ -1,9 +1,12 @@
 //! Leaf certificates for TLS interception: one short-lived ECDSA P-256
 //! certificate per host, minted by the proxy's CA on first use and cached
 //! (bounded) until shortly before it expires. Each comes with the full chain.
+//! The CA can be replaced while serving (a rotation): leaves of the old one
+//! are dropped and never cached again.
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -45,14 +48,17 @@ struct Cached {
 
 /// Mints and caches leaf certificates.
 pub struct LeafIssuer {
-    ca: Arc<CertificateAuthority>,
     valid_for: Duration,
     cache: Mutex<LeafCache>,
 }
 
-/// The leaves by host; a full cache drops its least recently used leaf in
-/// O(1).
+/// The CA and the leaves by host; a full cache drops its least recently
+/// used leaf in O(1).
 struct LeafCache {
+    ca: Arc<CertificateAuthority>,
+    /// Bumped when the CA is replaced: a leaf minted from an older one is
+    /// not cached.
+    generation: u64,
     entries: LruCache<String, Cached>,
     minted: u64,
 }
@@ -64,9 +70,10 @@ impl LeafIssuer {
 
     pub(crate) fn with_limits(ca: Arc<CertificateAuthority>, valid_for: Duration, capacity: usize) -> Self {
         Self {
-            ca,
             valid_for,
             cache: Mutex::new(LeafCache {
+                ca,
+                generation: 0,
                 entries: LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN)),
                 minted: 0,
             }),
@@ -74,8 +81,67 @@ impl LeafIssuer {
     }
 
     /// The CA the leaves chain to.
-    pub fn authority(&self) -> &CertificateAuthority {
-        &self.ca
+    pub fn authority(&self) -> Arc<CertificateAuthority> {
+        self.lock().ca.clone()
+    }
+
+    /// Mints from `ca` from now on, dropping every cached leaf, when it is
+    /// not the current CA; true when it replaced it.
+    pub fn replace_authority(&self, ca: Arc<CertificateAuthority>) -> bool {
+        let mut cache = self.lock();
+        if cache.ca.cert_der() == ca.cert_der() {
+            return false;
+        }
+        cache.ca = ca;
+        cache.generation += 1;
+        cache.entries.clear();
+        true
+    }
+
+    /// Re-reads the CA's certificate and key (PEM files, e.g. a Secret
+    /// volume, which Kubernetes swaps whole) every `interval` and mints from
+    /// a new one once both files hold a usable pair. Ends when the issuer is
+    /// dropped.
+    pub fn spawn_watch(
+        self: &Arc<Self>,
+        cert: PathBuf,
+        key: PathBuf,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let issuer = Arc::downgrade(self);
+        let interval = interval.max(crate::reload::MIN_WATCH_INTERVAL);
+        tokio::spawn(async move {
+            let mut last: Option<(String, String)> = None;
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                let Some(issuer) = issuer.upgrade() else { return };
+                let (Ok(cert_pem), Ok(key_pem)) = (std::fs::read_to_string(&cert), std::fs::read_to_string(&key))
+                else {
+                    continue;
+                };
+                let read = Some((cert_pem, key_pem));
+                if read == last {
+                    continue;
+                }
+                let (cert_pem, key_pem) = read.as_ref().map(|(c, k)| (c.as_str(), k.as_str())).unwrap_or_default();
+                match CertificateAuthority::from_pem(cert_pem, key_pem) {
+                    Ok(ca) => {
+                        if issuer.replace_authority(Arc::new(ca)) {
+                            tracing::info!(cert = %cert.display(), "interception CA replaced; leaves are minted from it now");
+                        }
+                        last = read;
+                    }
+                    // NB: the files are swapped one directory at a time, but a
+                    // half-written pair is possible with other writers: the
+                    // next tick reads them again.
+                    Err(error) => {
+                        tracing::warn!(cert = %cert.display(), %error, "the interception CA files are not usable; keeping the current CA")
+                    }
+                }
+            }
+        })
     }
 
     /// How many leaves were minted so far (cache misses).
@@ -87,19 +153,24 @@ impl LeafIssuer {
     /// caller): from the cache, or minted now.
     pub fn certified_key(&self, host: &str) -> Result<Arc<CertifiedKey>> {
         let now = SystemTime::now();
-        {
+        let (ca, generation) = {
             let mut cache = self.lock();
             if let Some(entry) = cache.entries.get(host)
                 && entry.not_after > now + LEAF_RENEW_BEFORE.min(self.valid_for / 2)
             {
                 return Ok(entry.key.clone());
             }
-        }
+            (cache.ca.clone(), cache.generation)
+        };
         // NB: minted outside the lock; two first handshakes for one host may
         // both mint, and the later one is kept. Cheaper than serialising all.
-        let (key, not_after) = self.mint(host)?;
+        let (key, not_after) = self.mint(&ca, host)?;
         let mut cache = self.lock();
         cache.minted += 1;
+        if cache.generation != generation {
+            // The CA was replaced meanwhile: this leaf serves this handshake only.
+            return Ok(key);
+        }
         cache.entries.push(
             host.to_owned(),
             Cached {
@@ -110,13 +181,12 @@ impl LeafIssuer {
         Ok(key)
     }
 
-    fn mint(&self, host: &str) -> Result<(Arc<CertifiedKey>, SystemTime)> {
+    fn mint(&self, ca: &CertificateAuthority, host: &str) -> Result<(Arc<CertifiedKey>, SystemTime)> {
         let (names, ips) = match host.parse::<IpAddr>() {
             Ok(ip) => (Vec::new(), vec![ip]),
             Err(_) => (vec![host.to_owned()], Vec::new()),
         };
-        let issued = self
-            .ca
+        let issued = ca
             .issue_serving(&names, &ips, self.valid_for)
             .map_err(|source| Error::Issue {
                 host: host.to_owned(),
@@ -179,6 +249,54 @@ mod tests {
         assert_eq!(issuer.lock().entries.len(), 2);
         assert!(issuer.lock().entries.contains("a.test"));
         assert!(!issuer.lock().entries.contains("b.test"));
+    }
+
+    #[test]
+    fn a_replaced_ca_drops_the_cached_leaves_and_mints_from_the_new_one() {
+        let issuer = issuer(8);
+        let old = issuer.certified_key("registry.test").unwrap();
+        let same = issuer.authority();
+        assert!(!issuer.replace_authority(same), "the same CA changes nothing");
+        let new = Arc::new(CertificateAuthority::generate("rotated CA", Duration::from_secs(3600 * 48)).unwrap());
+        assert!(issuer.replace_authority(new.clone()));
+        let leaf = issuer.certified_key("registry.test").unwrap();
+        assert!(!Arc::ptr_eq(&old, &leaf));
+        assert_eq!(&leaf.cert[1], new.cert_der());
+        crate::verify_serving_chain(
+            &crate::pem::encode_pem("CERTIFICATE", &leaf.cert[0]),
+            new.cert_pem(),
+            "registry.test",
+        )
+        .unwrap();
+        assert_eq!(issuer.minted(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_watch_picks_up_a_ca_written_to_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        let first = CertificateAuthority::generate("first CA", Duration::from_secs(3600 * 48)).unwrap();
+        std::fs::write(&cert, first.cert_pem()).unwrap();
+        std::fs::write(&key, first.key_pem()).unwrap();
+        let issuer = Arc::new(LeafIssuer::new(Arc::new(
+            CertificateAuthority::from_pem(first.cert_pem(), &first.key_pem()).unwrap(),
+        )));
+        let _watch = issuer.spawn_watch(cert.clone(), key.clone(), Duration::from_millis(20));
+        let second = CertificateAuthority::generate("second CA", Duration::from_secs(3600 * 48)).unwrap();
+        // A broken pair first (a half-written update): the CA stays.
+        std::fs::write(&cert, second.cert_pem()).unwrap();
+        std::fs::write(&key, "not a key").unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(issuer.authority().cert_der(), first.cert_der());
+        std::fs::write(&key, second.key_pem()).unwrap();
+        for _ in 0..100 {
+            if issuer.authority().cert_der() == second.cert_der() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(issuer.authority().cert_der(), second.cert_der());
+        assert_eq!(&issuer.certified_key("a.test").unwrap().cert[1], second.cert_der());
     }
 
     #[test]

@@ -21,5 +21,5 @@ pub use bundle::{ServingFiles, write_serving_bundle};
 pub use inspect::{CertificateSummary, verify_serving_chain};
 pub use leaf::LeafIssuer;
 pub use pem::{load_certs_pem, load_private_key_pem, root_store_from_pem};
-pub use reload::ReloadingCertResolver;
+pub use reload::{Reloading, ReloadingCertResolver, spawn_pem_watch};
 pub use tls_config::{client_config, server_config};

@@ -260,3 +260,104 @@ async fn watch(resolver: Weak<ReloadingCertResolver>, interval: Duration) {
         last_failure = failure;
     }
 }
+
+/// A value rebuilt when a file it comes from changes: readers take the
+/// current one, a reload swaps it whole.
+pub struct Reloading<T> {
+    current: RwLock<Arc<T>>,
+}
+
+impl<T> Reloading<T> {
+    pub fn new(value: T) -> Arc<Self> {
+        Arc::new(Self {
+            current: RwLock::new(Arc::new(value)),
+        })
+    }
+
+    /// The value as of the last reload.
+    pub fn current(&self) -> Arc<T> {
+        self.current.read().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    pub fn replace(&self, value: T) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Reloading<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Reloading").field(&self.current()).finish()
+    }
+}
+
+/// Polls the PEM certificates in `path` (a CA bundle, e.g. a ConfigMap
+/// volume that a CA rotation changes) every `interval` and calls `changed`
+/// with the text once it is different from `loaded` and holds certificates.
+/// A missing or broken file keeps what was there (a warning, once).
+pub fn spawn_pem_watch(
+    path: PathBuf,
+    loaded: String,
+    interval: Duration,
+    changed: impl Fn(String) + Send + 'static,
+) -> JoinHandle<()> {
+    let interval = interval.max(MIN_WATCH_INTERVAL);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let (mut last, mut last_failure) = (loaded, None::<String>);
+        loop {
+            ticks.tick().await;
+            let read = tokio::fs::read_to_string(&path).await;
+            let failure = match read {
+                Ok(text) if text == last => None,
+                Ok(text) => match pem::load_certs_pem(&text) {
+                    Ok(_) => {
+                        tracing::info!(path = %path.display(), "the CA bundle changed; using it now");
+                        changed(text.clone());
+                        last = text;
+                        None
+                    }
+                    Err(error) => Some(error.to_string()),
+                },
+                Err(error) => Some(error.to_string()),
+            };
+            if let Some(failure) = &failure
+                && last_failure.as_ref() != Some(failure)
+            {
+                tracing::warn!(path = %path.display(), error = %failure, "keeping the current CA bundle: reading it failed");
+            }
+            last_failure = failure;
+        }
+    })
+}
+
+#[cfg(test)]
+mod pem_watch_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_changed_bundle_is_handed_over_and_a_broken_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.crt");
+        let first = crate::CertificateAuthority::generate("first", Duration::from_secs(3600)).unwrap();
+        let second = crate::CertificateAuthority::generate("second", Duration::from_secs(3600)).unwrap();
+        fs::write(&path, first.cert_pem()).unwrap();
+        let value = Reloading::new(first.cert_pem().to_owned());
+        let _watch = spawn_pem_watch(path.clone(), first.cert_pem().to_owned(), Duration::from_millis(10), {
+            let value = value.clone();
+            move |pem| value.replace(pem)
+        });
+        fs::write(&path, "not PEM").unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(*value.current(), first.cert_pem());
+        let bundle = format!("{}{}", first.cert_pem(), second.cert_pem());
+        fs::write(&path, &bundle).unwrap();
+        for _ in 0..100 {
+            if *value.current() == bundle {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*value.current(), bundle);
+    }
+}

@@ -5,8 +5,10 @@
 //!
 //! Objects are created only when absent (on 409 the other replica's are
 //! re-read and used), and replaced with a resourceVersion-checked update
-//! when unusable or when less than a third of their validity is left. Only
-//! the leader writes.
+//! when unusable or when less than a third of their validity is left. CAs
+//! rotate with an overlap (`rotation`): a new CA is trusted everywhere
+//! before it signs, and the old one is trusted until what it signed is
+//! gone. Only the leader writes.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -19,11 +21,14 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 
 use crate::metrics::{Metrics, ObjectLabels};
+use crate::rotation::{self, BUNDLE_CHANGED_ANNOTATION, Plan, ROTATE_ANNOTATION};
 
 /// The proxy's interception CA (type `kubernetes.io/tls`: `tls.crt`,
 /// `tls.key`, `ca.crt`).
@@ -45,6 +50,9 @@ pub(crate) const TLS_KEY_KEY: &str = "tls.key";
 pub const CA_VALIDITY: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
 /// Serving certificate validity: one year.
 pub const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+/// A certificate this close to expiry gets a Warning Event each pass: its
+/// renewal (at a third of its validity) has not happened.
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "connectors-controller");
 const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "connectors");
@@ -96,6 +104,9 @@ pub struct BootstrapSettings {
     pub webhook_configuration: String,
     /// How often everything is re-checked (rotation).
     pub check_interval: Duration,
+    /// How long each phase of a CA rotation lasts: every holder of the
+    /// bundle must have the new one within it.
+    pub ca_overlap: Duration,
 }
 
 impl BootstrapSettings {
@@ -166,6 +177,16 @@ pub struct Bootstrap {
     leader: watch::Receiver<bool>,
     proxy_ca: watch::Sender<Option<String>>,
     metrics: Arc<Metrics>,
+    recorder: Recorder,
+}
+
+/// A CA as the certificates use it: the one that signs and the bundle that
+/// is trusted (it and, during a rotation, the other).
+struct Trust {
+    signing: CertificateAuthority,
+    bundle: String,
+    /// When a rotation phase ends.
+    recheck: Option<SystemTime>,
 }
 
 impl Bootstrap {
@@ -176,12 +197,20 @@ impl Bootstrap {
         proxy_ca: watch::Sender<Option<String>>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "connectors-controller".to_owned(),
+                instance: None,
+            },
+        );
         Self {
             client,
             settings,
             leader,
             proxy_ca,
             metrics,
+            recorder,
         }
     }
 
@@ -194,6 +223,9 @@ impl Bootstrap {
             self.settings.webhook_configuration.clone(),
             changed.clone(),
         );
+        // NB: an admin's rotation request (an annotation on a CA Secret) is
+        // acted on at once, not at the next check.
+        let watch_secrets = watch_managed_secrets(self.secrets(), changed.clone());
         let mut leader = self.leader.clone();
         let work = async {
             let mut failures = 0u32;
@@ -201,7 +233,14 @@ impl Bootstrap {
                 let mut wait = self.settings.check_interval;
                 if *leader.borrow_and_update() {
                     match self.reconcile().await {
-                        Ok(()) => failures = 0,
+                        Ok(recheck) => {
+                            failures = 0;
+                            if let Some(at) = recheck {
+                                // NB: a rotation phase ends before the next check.
+                                let until = at.duration_since(SystemTime::now()).unwrap_or_default();
+                                wait = wait.min(until + Duration::from_millis(100));
+                            }
+                        }
                         Err(Error::NotLeader) => {}
                         Err(error) => {
                             failures += 1;
@@ -221,6 +260,7 @@ impl Bootstrap {
             () = shutdown => {}
             () = work => {}
             () = watch_configuration => {}
+            () = watch_secrets => {}
         }
     }
 
@@ -232,16 +272,17 @@ impl Bootstrap {
         }
     }
 
-    /// One pass over every object.
-    pub async fn reconcile(&self) -> Result<(), Error> {
+    /// One pass over every object; when a CA rotation phase ends, if one
+    /// is under way.
+    pub async fn reconcile(&self) -> Result<Option<SystemTime>, Error> {
         let proxy_ca = self.ensure_ca(PROXY_CA_SECRET, "connectors proxy CA").await?;
         self.proxy_ca
-            .send_if_modified(|current| replace_if_different(current, proxy_ca.cert_pem()));
-        self.ensure_ca_config_map(&self.settings.namespace, proxy_ca.cert_pem())
+            .send_if_modified(|current| replace_if_different(current, &proxy_ca.bundle));
+        self.ensure_ca_config_map(&self.settings.namespace, &proxy_ca.bundle)
             .await?;
         if self.settings.csi_namespace != self.settings.namespace
             && let Err(error) = self
-                .ensure_ca_config_map(&self.settings.csi_namespace, proxy_ca.cert_pem())
+                .ensure_ca_config_map(&self.settings.csi_namespace, &proxy_ca.bundle)
                 .await
         {
             // NB: the CSI namespace may not exist yet; the next pass retries.
@@ -252,13 +293,54 @@ impl Bootstrap {
         let webhook_ca = self.ensure_ca(WEBHOOK_CA_SECRET, "connectors webhook CA").await?;
         let (dns, ips) = self.settings.webhook_names();
         self.ensure_leaf(WEBHOOK_TLS_SECRET, &webhook_ca, &dns, &ips).await?;
-        self.sync_ca_bundle(webhook_ca.cert_pem()).await?;
+        self.sync_ca_bundle(&webhook_ca.bundle).await?;
         if let Err(error) = self.ensure_classes().await {
             // NB: an install without the ConnectorClass CRD still gets its
             // certificates.
             tracing::warn!(%error, "failed to create the shipped ConnectorClasses");
         }
-        Ok(())
+        Ok([proxy_ca.recheck, webhook_ca.recheck].into_iter().flatten().min())
+    }
+
+    /// Records when the certificate in Secret `name` expires, and warns
+    /// (an Event on the Secret) when that is near.
+    async fn watch_expiry(&self, secret: Option<&Secret>, name: &str, not_after: SystemTime) {
+        let seconds = not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.metrics
+            .certificate_expiry
+            .get_or_create(&ObjectLabels { name: name.to_owned() })
+            .set(i64::try_from(seconds).unwrap_or(i64::MAX));
+        let left = not_after.duration_since(SystemTime::now()).unwrap_or_default();
+        if left < EXPIRY_WARNING
+            && let Some(secret) = secret
+        {
+            let days = left.as_secs() / 86_400;
+            self.event(
+                secret,
+                EventType::Warning,
+                "CertificateExpiresSoon",
+                format!("the certificate in {name} expires in {days} days and has not been renewed: see the controller's log"),
+            )
+            .await;
+        }
+    }
+
+    async fn event(&self, secret: &Secret, type_: EventType, reason: &str, note: String) {
+        let mut reference = secret.object_ref(&());
+        reference.namespace = Some(self.settings.namespace.clone());
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: "Rotate".to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(%error, "failed to publish an event");
+        }
     }
 
     /// Creates each shipped ConnectorClass (`manifests/classes.yaml`) that
@@ -312,30 +394,38 @@ impl Bootstrap {
 
     /// Writes `data` as Secret `name`: created when `existing` is None, else
     /// replaced at its resourceVersion. Ok(false) on a 409 (re-read and retry).
+    /// `changed_at`: when a CA's bundle changed (the rotation overlap
+    /// counts from it). A rotation request on the Secret is cleared.
     async fn write_secret(
         &self,
         name: &str,
         existing: Option<Secret>,
         data: BTreeMap<String, String>,
+        changed_at: Option<SystemTime>,
     ) -> Result<bool, Error> {
         self.ensure_leader()?;
         let api = self.secrets();
         let data = data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect();
-        let result = match existing {
+        let mut secret = existing.clone().unwrap_or_else(|| Secret {
+            metadata: managed_metadata(name),
+            type_: Some("kubernetes.io/tls".to_owned()),
+            ..Secret::default()
+        });
+        secret.data = Some(data);
+        secret.string_data = None;
+        let annotations = secret.metadata.annotations.get_or_insert_with(BTreeMap::new);
+        annotations.remove(ROTATE_ANNOTATION);
+        match changed_at {
+            Some(at) => {
+                annotations.insert(BUNDLE_CHANGED_ANNOTATION.to_owned(), rotation::unix_seconds(at));
+            }
             None => {
-                let secret = Secret {
-                    metadata: managed_metadata(name),
-                    type_: Some("kubernetes.io/tls".to_owned()),
-                    data: Some(data),
-                    ..Secret::default()
-                };
-                api.create(&PostParams::default(), &secret).await
+                annotations.remove(BUNDLE_CHANGED_ANNOTATION);
             }
-            Some(mut secret) => {
-                secret.data = Some(data);
-                secret.string_data = None;
-                api.replace(name, &PostParams::default(), &secret).await
-            }
+        }
+        let result = match existing {
+            None => api.create(&PostParams::default(), &secret).await,
+            Some(_) => api.replace(name, &PostParams::default(), &secret).await,
         };
         match result {
             Ok(_) => {
@@ -353,8 +443,15 @@ impl Bootstrap {
         }
     }
 
-    /// The CA in Secret `name`, generated (or rotated) when needed.
-    async fn ensure_ca(&self, name: &str, common_name: &str) -> Result<CertificateAuthority, Error> {
+    /// The CA in Secret `name`: generated when missing or unusable, rotated
+    /// with an overlap when due or asked to (`rotation`).
+    async fn ensure_ca(&self, name: &str, common_name: &str) -> Result<Trust, Error> {
+        let generate = || {
+            CertificateAuthority::generate(common_name, CA_VALIDITY).map_err(|source| Error::Certificate {
+                name: name.to_owned(),
+                source,
+            })
+        };
         for _ in 0..3 {
             let existing = self.secrets().get_opt(name).await.map_err(self.api_error(
                 "read",
@@ -362,24 +459,79 @@ impl Bootstrap {
                 &self.settings.namespace,
                 name,
             ))?;
-            if let Some(secret) = &existing {
-                match load_ca(secret) {
-                    Ok(ca) => return Ok(ca),
-                    Err(why) => tracing::info!(secret = %name, %why, "replacing the CA"),
+            let now = SystemTime::now();
+            let plan = match &existing {
+                None => Plan::Replace {
+                    why: "it does not exist".to_owned(),
+                },
+                Some(secret) => rotation::plan(secret, now, self.settings.ca_overlap, || {
+                    CertificateAuthority::generate(common_name, CA_VALIDITY)
+                })
+                .map_err(|source| Error::Certificate {
+                    name: name.to_owned(),
+                    source,
+                })?,
+            };
+            let trust = match plan {
+                Plan::Keep {
+                    signing,
+                    bundle,
+                    recheck,
+                } => Trust {
+                    signing,
+                    bundle,
+                    recheck,
+                },
+                Plan::Write {
+                    signing,
+                    bundle,
+                    data,
+                    changed_at,
+                    recheck,
+                    step,
+                } => {
+                    if !self
+                        .write_secret(name, existing.clone(), data, Some(changed_at))
+                        .await?
+                    {
+                        continue;
+                    }
+                    let note = step.describe(self.settings.ca_overlap);
+                    tracing::info!(secret = %name, step = step.reason(), "{note}");
+                    if step != rotation::Step::Record
+                        && let Some(secret) = &existing
+                    {
+                        self.event(secret, EventType::Normal, step.reason(), format!("{name}: {note}"))
+                            .await;
+                    }
+                    Trust {
+                        signing,
+                        bundle,
+                        recheck,
+                    }
                 }
-            }
-            let ca = CertificateAuthority::generate(common_name, CA_VALIDITY).map_err(|source| Error::Certificate {
-                name: name.to_owned(),
-                source,
-            })?;
-            let data = BTreeMap::from([
-                (TLS_CERT_KEY.to_owned(), ca.cert_pem().to_owned()),
-                (TLS_KEY_KEY.to_owned(), ca.key_pem()),
-                (CA_CERT_KEY.to_owned(), ca.cert_pem().to_owned()),
-            ]);
-            if self.write_secret(name, existing, data).await? {
-                return Ok(ca);
-            }
+                Plan::Replace { why } => {
+                    tracing::info!(secret = %name, %why, "replacing the CA");
+                    let ca = generate()?;
+                    let bundle = ca.cert_pem().to_owned();
+                    let data = BTreeMap::from([
+                        (TLS_CERT_KEY.to_owned(), ca.cert_pem().to_owned()),
+                        (TLS_KEY_KEY.to_owned(), ca.key_pem()),
+                        (CA_CERT_KEY.to_owned(), bundle.clone()),
+                    ]);
+                    if !self.write_secret(name, existing.clone(), data, None).await? {
+                        continue;
+                    }
+                    Trust {
+                        signing: ca,
+                        bundle,
+                        recheck: None,
+                    }
+                }
+            };
+            self.watch_expiry(existing.as_ref(), name, trust.signing.not_after())
+                .await;
+            return Ok(trust);
         }
         Err(Error::Contended {
             kind: "Secret",
@@ -389,13 +541,8 @@ impl Bootstrap {
     }
 
     /// A serving certificate from `ca` for the names, in Secret `name`.
-    async fn ensure_leaf(
-        &self,
-        name: &str,
-        ca: &CertificateAuthority,
-        dns: &[String],
-        ips: &[IpAddr],
-    ) -> Result<(), Error> {
+    async fn ensure_leaf(&self, name: &str, trust: &Trust, dns: &[String], ips: &[IpAddr]) -> Result<(), Error> {
+        let ca = &trust.signing;
         for _ in 0..3 {
             let existing = self.secrets().get_opt(name).await.map_err(self.api_error(
                 "read",
@@ -404,8 +551,11 @@ impl Bootstrap {
                 name,
             ))?;
             if let Some(secret) = &existing {
-                match check_leaf(secret, ca, dns, ips) {
-                    Ok(()) => return Ok(()),
+                match check_leaf(secret, ca, &trust.bundle, dns, ips) {
+                    Ok(not_after) => {
+                        self.watch_expiry(Some(secret), name, not_after).await;
+                        return Ok(());
+                    }
                     Err(why) => tracing::info!(secret = %name, %why, "issuing a new serving certificate"),
                 }
             }
@@ -415,12 +565,14 @@ impl Bootstrap {
                     name: name.to_owned(),
                     source,
                 })?;
+            let not_after = issued.not_after;
             let data = BTreeMap::from([
                 (TLS_CERT_KEY.to_owned(), issued.cert_pem),
                 (TLS_KEY_KEY.to_owned(), issued.key_pem),
-                (CA_CERT_KEY.to_owned(), ca.cert_pem().to_owned()),
+                (CA_CERT_KEY.to_owned(), trust.bundle.clone()),
             ]);
-            if self.write_secret(name, existing, data).await? {
+            if self.write_secret(name, existing.clone(), data, None).await? {
+                self.watch_expiry(existing.as_ref(), name, not_after).await;
                 return Ok(());
             }
         }
@@ -543,26 +695,21 @@ fn secret_text(secret: &Secret, key: &str) -> Option<String> {
         .and_then(|v| String::from_utf8(v.0.clone()).ok())
 }
 
-/// The CA in `secret`, if it is usable and not due for renewal.
-fn load_ca(secret: &Secret) -> Result<CertificateAuthority, String> {
-    let cert = secret_text(secret, TLS_CERT_KEY).ok_or("it has no tls.crt")?;
-    let key = secret_text(secret, TLS_KEY_KEY).ok_or("it has no tls.key")?;
-    let ca = CertificateAuthority::from_pem(&cert, &key).map_err(|e| e.to_string())?;
-    let summary = CertificateSummary::from_pem(&cert).map_err(|e| e.to_string())?;
-    if summary.due_for_renewal(SystemTime::now()) {
-        return Err("less than a third of its validity is left".to_owned());
-    }
-    Ok(ca)
-}
-
-/// Ok when `secret` holds a serving certificate from `ca` for exactly these
-/// names with more than a third of its validity left.
-fn check_leaf(secret: &Secret, ca: &CertificateAuthority, dns: &[String], ips: &[IpAddr]) -> Result<(), String> {
+/// When it expires, if `secret` holds a serving certificate from `ca` for
+/// exactly these names with more than a third of its validity left, and
+/// `bundle` as its `ca.crt`.
+fn check_leaf(
+    secret: &Secret,
+    ca: &CertificateAuthority,
+    bundle: &str,
+    dns: &[String],
+    ips: &[IpAddr],
+) -> Result<SystemTime, String> {
     let cert = secret_text(secret, TLS_CERT_KEY).ok_or("it has no tls.crt")?;
     let key = secret_text(secret, TLS_KEY_KEY).ok_or("it has no tls.key")?;
     certs::load_private_key_pem(&key).map_err(|e| e.to_string())?;
-    if secret_text(secret, CA_CERT_KEY).as_deref() != Some(ca.cert_pem()) {
-        return Err("its ca.crt is not the current CA".to_owned());
+    if secret_text(secret, CA_CERT_KEY).as_deref() != Some(bundle) {
+        return Err("its ca.crt is not the current CA bundle".to_owned());
     }
     let summary = CertificateSummary::from_pem(&cert).map_err(|e| e.to_string())?;
     if summary.due_for_renewal(SystemTime::now()) {
@@ -579,7 +726,8 @@ fn check_leaf(secret: &Secret, ca: &CertificateAuthority, dns: &[String], ips: &
         .cloned()
         .or_else(|| ips.first().map(IpAddr::to_string))
         .unwrap_or_default();
-    certs::verify_serving_chain(&cert, ca.cert_pem(), &first).map_err(|e| e.to_string())
+    certs::verify_serving_chain(&cert, ca.cert_pem(), &first).map_err(|e| e.to_string())?;
+    Ok(summary.not_after)
 }
 
 /// The JSON patch that sets every webhook's caBundle to `ca_pem`, guarded by
@@ -607,6 +755,23 @@ pub(crate) fn ca_bundle_patch(configuration: &MutatingWebhookConfiguration, ca_p
     });
     operations.insert(0, guard);
     serde_json::from_value(serde_json::Value::Array(operations)).ok()
+}
+
+/// Notifies `changed` whenever a certificate Secret this controller manages
+/// changes.
+async fn watch_managed_secrets(api: Api<Secret>, changed: Arc<Notify>) {
+    let config = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    let mut events = std::pin::pin!(watcher::watcher(api, config));
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => changed.notify_one(),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(%error, "watching the certificate Secrets failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 /// Notifies `changed` whenever the named configuration changes.
@@ -661,6 +826,7 @@ mod tests {
             webhook_extra_names: Vec::new(),
             webhook_configuration: "connectors".into(),
             check_interval: Duration::from_secs(600),
+            ca_overlap: Duration::from_secs(3600),
         };
         let (dns, ips) = settings.proxy_names();
         assert_eq!(

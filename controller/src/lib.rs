@@ -15,6 +15,7 @@ pub mod health;
 pub mod lease;
 pub mod metrics;
 pub mod probe;
+pub mod rotation;
 pub mod service;
 pub mod status;
 

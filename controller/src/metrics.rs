@@ -29,6 +29,8 @@ pub struct Metrics {
     pub probes: Family<ProbeLabels, Counter>,
     pub status_writes: Counter,
     pub certificate_writes: Family<ObjectLabels, Counter>,
+    /// When each certificate Secret's certificate expires (Unix seconds).
+    pub certificate_expiry: Family<ObjectLabels, Gauge>,
     /// 1 while this replica holds the lease.
     pub leader: Gauge,
 }
@@ -46,6 +48,12 @@ impl Default for Metrics {
             "Certificate Secrets and ConfigMaps created or replaced",
             certificate_writes.clone(),
         );
+        let certificate_expiry = Family::<ObjectLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiration_timestamp_seconds",
+            "When the certificate in each certificate Secret expires (Unix seconds); renewed at a third of its validity",
+            certificate_expiry.clone(),
+        );
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica is the leader", leader.clone());
         Self {
@@ -53,6 +61,7 @@ impl Default for Metrics {
             probes,
             status_writes,
             certificate_writes,
+            certificate_expiry,
             leader,
         }
     }

@@ -212,3 +212,140 @@ async fn ca_bundle_is_patched_again_after_someone_changes_it() {
     assert_eq!(patches(&api), 2);
     running.stop().await;
 }
+
+/// The certificates of a PEM bundle.
+fn bundle(pem: &str) -> Vec<Vec<u8>> {
+    certs::load_certs_pem(pem).unwrap().iter().map(|c| c.to_vec()).collect()
+}
+
+fn der(pem: &str) -> Vec<u8> {
+    certs::load_certs_pem(pem).unwrap()[0].to_vec()
+}
+
+#[tokio::test]
+async fn a_requested_ca_rotation_is_trusted_everywhere_before_it_signs_and_the_old_ca_after() {
+    let api = api_server().await;
+    api.apply(MUTATING_WEBHOOK_CONFIGURATIONS, webhook_configuration("stale"));
+    let mut settings = settings("controller-a");
+    let overlap = Duration::from_secs(3);
+    settings.bootstrap.ca_overlap = overlap;
+    let running = start(&api, settings).await;
+    let client = client_as(&api, "test").await;
+    let secrets = Api::<Secret>::namespaced(client.clone(), NAMESPACE);
+    let config_map = |namespace: &'static str| {
+        let client = client.clone();
+        async move {
+            let config_map = Api::<ConfigMap>::namespaced(client, namespace)
+                .get_opt("connectors-proxy-ca")
+                .await
+                .unwrap()?;
+            config_map.data?.remove("ca.crt")
+        }
+    };
+    let old_proxy = text(&wait_secret(&client, "connectors-proxy-ca").await, "tls.crt");
+    let old_webhook = text(&wait_secret(&client, "connectors-webhook-ca").await, "tls.crt");
+    eventually("the caBundles patched", WAIT, || async {
+        (ca_bundles(&client).await == [old_webhook.clone(), old_webhook.clone()]).then_some(())
+    })
+    .await;
+
+    // An admin asks for both rotations.
+    for name in ["connectors-proxy-ca", "connectors-webhook-ca"] {
+        let patch = json!({"metadata": {"annotations": {controller::rotation::ROTATE_ANNOTATION: "now"}}});
+        secrets
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+    }
+    // 1. Both CAs are trusted, the old ones still sign.
+    let introduced = eventually("the new proxy CA introduced", WAIT, || async {
+        let secret = secret(&client, "connectors-proxy-ca").await?;
+        let trusted = bundle(&text(&secret, "ca.crt"));
+        (trusted.len() == 2).then_some(secret)
+    })
+    .await;
+    assert_eq!(text(&introduced, "tls.crt"), old_proxy, "the old CA still signs");
+    let new_proxy = text(&introduced, "next.crt");
+    let annotations = introduced.metadata.annotations.clone().unwrap_or_default();
+    assert!(
+        !annotations.contains_key(controller::rotation::ROTATE_ANNOTATION),
+        "the request is cleared"
+    );
+    assert!(annotations.contains_key(controller::rotation::BUNDLE_CHANGED_ANNOTATION));
+    let both = bundle(&text(&introduced, "ca.crt"));
+    assert_eq!(both, [der(&old_proxy), der(&new_proxy)]);
+    for namespace in [NAMESPACE, CSI_NAMESPACE] {
+        eventually("the ConfigMap with both CAs", WAIT, || async {
+            (bundle(&config_map(namespace).await?) == both).then_some(())
+        })
+        .await;
+    }
+    let new_webhook = eventually("the new webhook CA introduced", WAIT, || async {
+        let secret = secret(&client, "connectors-webhook-ca").await?;
+        Some(String::from_utf8(secret.data?.remove("next.crt")?.0).unwrap())
+    })
+    .await;
+    eventually("the caBundles with both webhook CAs", WAIT, || async {
+        let bundles = ca_bundles(&client).await;
+        bundles
+            .iter()
+            .all(|b| bundle(b) == [der(&old_webhook), der(&new_webhook)])
+            .then_some(())
+    })
+    .await;
+    let proxy_tls = secret(&client, "connectors-proxy-tls").await.unwrap();
+    verify_serving_chain(&text(&proxy_tls, "tls.crt"), &old_proxy, "connectors-proxy").unwrap();
+    assert_eq!(
+        bundle(&text(&proxy_tls, "ca.crt")),
+        both,
+        "the leaf's ca.crt is the bundle"
+    );
+
+    // 2. One overlap later the new CAs sign; both are still trusted.
+    let promoted = eventually("the new proxy CA signing", WAIT, || async {
+        let secret = secret(&client, "connectors-proxy-ca").await?;
+        (text(&secret, "tls.crt") == new_proxy).then_some(secret)
+    })
+    .await;
+    assert!(!promoted.data.as_ref().unwrap().contains_key("next.crt"));
+    assert_eq!(bundle(&text(&promoted, "ca.crt")), [der(&new_proxy), der(&old_proxy)]);
+    eventually("the proxy serving certificate from the new CA", WAIT, || async {
+        let leaf = secret(&client, "connectors-proxy-tls").await?;
+        verify_serving_chain(&text(&leaf, "tls.crt"), &new_proxy, "connectors-proxy")
+            .is_ok()
+            .then_some(())
+    })
+    .await;
+    eventually("the webhook serving certificate from the new CA", WAIT, || async {
+        let leaf = secret(&client, "connectors-webhook-tls").await?;
+        verify_serving_chain(&text(&leaf, "tls.crt"), &new_webhook, "connectors-webhook")
+            .is_ok()
+            .then_some(())
+    })
+    .await;
+
+    // 3. One more overlap later only the new CAs are trusted.
+    for namespace in [NAMESPACE, CSI_NAMESPACE] {
+        eventually("the ConfigMap with the new CA alone", WAIT, || async {
+            (bundle(&config_map(namespace).await?) == [der(&new_proxy)]).then_some(())
+        })
+        .await;
+    }
+    eventually("the caBundles with the new webhook CA alone", WAIT, || async {
+        let bundles = ca_bundles(&client).await;
+        bundles.iter().all(|b| bundle(b) == [der(&new_webhook)]).then_some(())
+    })
+    .await;
+    let leaf = secret(&client, "connectors-proxy-tls").await.unwrap();
+    assert_eq!(bundle(&text(&leaf, "ca.crt")), [der(&new_proxy)]);
+    let expiry = http_text(&format!("http://{}/metrics", running.health)).await;
+    assert!(
+        expiry.contains("connectors_controller_certificate_expiration_timestamp_seconds{name=\"connectors-proxy-ca\"}"),
+        "{expiry}"
+    );
+    running.stop().await;
+}

@@ -86,28 +86,3 @@ async fn http_status(url: &str) -> Option<u16> {
     let (status, _) = http_get(url).await?;
     Some(status)
 }
-
-async fn http_text(url: &str) -> String {
-    http_get(url).await.map(|(_, body)| body).unwrap_or_default()
-}
-
-/// A plain HTTP/1.1 GET over a fresh connection, bounded in time.
-async fn http_get(url: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://")?;
-    let (authority, path) = rest.split_once('/').map(|(a, p)| (a, format!("/{p}")))?;
-    let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(authority).await.ok()?;
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.ok()?;
-        let status = response.split_whitespace().nth(1)?.parse().ok()?;
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Some((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange).await.ok()?
-}

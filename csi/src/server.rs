@@ -60,7 +60,9 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, ServeError> {
 pub struct Plugin {
     store: Arc<dyn ConnectorStore>,
     authorizer: Arc<dyn Authorizer>,
-    config: Arc<RenderConfig>,
+    /// Replaced when the proxy CA bundle changes (a rotation): volumes
+    /// published or republished from then on carry the new bundle.
+    config: Arc<certs::Reloading<RenderConfig>>,
     pods: Arc<dyn PodLookup>,
     classes: Arc<dyn ClassStore>,
     node_id: String,
@@ -80,12 +82,19 @@ impl Plugin {
         Self {
             store,
             authorizer,
-            config: Arc::new(config),
+            config: certs::Reloading::new(config),
             pods: Arc::new(NoPods),
             classes: Arc::new(connector::store::BuiltInClasses),
             node_id: node_id.into(),
             filesystem: Arc::new(Mutex::new(())),
         }
+    }
+
+    /// Volumes carry `pem` as the proxy CA from now on.
+    pub fn replace_proxy_ca(&self, pem: String) {
+        let mut next = (*self.config.current()).clone();
+        next.proxy_ca_pem = pem;
+        self.config.replace(next);
     }
 
     /// Reads how each pod uses its volume through `pods` (where it is
@@ -229,13 +238,14 @@ impl Node for NodeService {
             denied(error)
         })?;
         let volume = plugin.pods.volume_use(&request.pod, &request.volume_id).await;
-        let mut files = render::render(&plugin.config, &routes, &request.token, &request.files, volume.as_ref());
+        let config = plugin.config.current();
+        let mut files = render::render(&config, &routes, &request.token, &request.files, volume.as_ref());
         let configurations = render::ConfigurationRequest {
             names: &request.configurations,
             params: &request.params,
         };
         let rendered = render::render_configurations(
-            &plugin.config,
+            &config,
             &request.pod,
             &routes,
             plugin.classes.as_ref(),

@@ -401,6 +401,10 @@ proxy:
 egressAllow: ["$node_ip/32"]
 csi:
   tokenExpirationSeconds: 600
+# A CA rotation's phases, short enough for a test to see both (kubelet
+# refreshes ConfigMap and Secret volumes within about a minute).
+extraConfig:
+  CONNECTORS_CA_OVERLAP_SECONDS: "120"
 YAML
   "$helm" --kubeconfig "$dir/kubeconfig" --namespace default install connectors "$root/charts/connectors" \
     --values "$dir/values.yaml" >>"$logs/install.log" 2>&1 ||

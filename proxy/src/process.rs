@@ -163,16 +163,15 @@ impl Proxy {
     }
 
     /// Serves forward mode on `listener`, intercepting with leaves from
-    /// `authority`, until `shutdown` resolves, then drains.
+    /// `leaves`, until `shutdown` resolves, then drains.
     pub async fn serve_forward(
         &self,
         listener: TcpListener,
-        authority: Arc<certs::CertificateAuthority>,
+        leaves: Arc<certs::LeafIssuer>,
         options: ForwardOptions,
         limits: ServerLimits,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        let leaves = Arc::new(certs::LeafIssuer::new(authority));
         let forward = Arc::new(ForwardProxy::new(self.pipeline.clone(), leaves, options));
         forward::serve(listener, forward, limits, shutdown).await
     }

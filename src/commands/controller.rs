@@ -73,6 +73,12 @@ pub struct Args {
     /// How often certificates are checked for rotation.
     #[arg(long, env = "CONNECTORS_CERTIFICATE_CHECK_SECONDS", default_value_t = 600)]
     certificate_check_seconds: u64,
+    /// How long each phase of a CA rotation lasts (a new CA is trusted this
+    /// long before it signs, the old one this long after): longer than any
+    /// holder of the bundle takes to pick it up, including processes that
+    /// read their trust once at start.
+    #[arg(long, env = "CONNECTORS_CA_OVERLAP_SECONDS", default_value_t = 7 * 24 * 3600)]
+    ca_overlap_seconds: u64,
 }
 
 pub async fn serve(args: Args) -> anyhow::Result<()> {
@@ -119,6 +125,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
             webhook_extra_names: args.webhook_sans,
             webhook_configuration: args.webhook_configuration,
             check_interval: Duration::from_secs(args.certificate_check_seconds.max(1)),
+            ca_overlap: Duration::from_secs(args.ca_overlap_seconds),
         },
         probe_timeout: Duration::from_secs(args.probe_timeout_seconds.max(1)),
         egress: registry::egress::EgressPolicy::new(args.egress_allow),

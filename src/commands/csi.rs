@@ -112,9 +112,16 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
             (Arc::new(KubeStore::spawn(client)), Arc::new(authorizer), pods, classes)
         }
     };
+    let loaded = config.proxy_ca_pem.clone();
     let plugin = csi::Plugin::new(store, authorizer, config, &args.node_id)
         .with_pods(pods)
         .with_classes(classes);
+    // NB: kubelet republishes every volume periodically (requiresRepublish):
+    // a rotated bundle reaches running pods' volumes too.
+    let _ca_watch = certs::spawn_pem_watch(proxy_ca.to_owned(), loaded, Duration::from_secs(5), {
+        let plugin = plugin.clone();
+        move |pem| plugin.replace_proxy_ca(pem)
+    });
     // One signal stops every listener.
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let signal = super::webhook::shutdown_signal();

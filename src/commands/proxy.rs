@@ -374,11 +374,17 @@ pub async fn serve_forward(
     let Some(address) = args.forward_listen else {
         return Ok(());
     };
-    let authority = args.authority()?;
+    let leaves = Arc::new(certs::LeafIssuer::new(args.authority()?));
+    // NB: a CA the flags name is a Secret volume the controller rotates:
+    // leaves come from the new CA once the volume has it.
+    let _watch = match (&args.ca_cert, &args.ca_key) {
+        (Some(cert), Some(key)) => Some(leaves.spawn_watch(cert.clone(), key.clone(), Duration::from_secs(5))),
+        _ => None,
+    };
     let listener = super::bind(address).await?;
     tracing::info!(addr = %listener.local_addr()?, mode = "forward", "forward proxy listening");
     proxy
-        .serve_forward(listener, authority, args.forward_options(), limits, shutdown)
+        .serve_forward(listener, leaves, args.forward_options(), limits, shutdown)
         .await
         .context("the forward proxy failed")
 }

@@ -64,7 +64,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
     config.install_namespace = "connectors-system".into();
     let webhook_state = WebhookState {
         store,
-        config: Arc::new(config),
+        config: certs::Reloading::new(config),
         metrics: Arc::new(Metrics::default()),
     };
     let (stop, stopped) = tokio::sync::watch::channel(false);

@@ -38,7 +38,25 @@ pub struct Args {
 }
 
 pub async fn serve(args: Args) -> anyhow::Result<()> {
-    let config = Arc::new(args.injection.config()?);
+    let config = certs::Reloading::new(args.injection.config()?);
+    // NB: the proxy CA's ConfigMap changes during a rotation: pods admitted
+    // from then on get the bundle with both CAs.
+    let _ca_watch = match (&args.injection.proxy_ca, &config.current().proxy_ca_pem) {
+        (Some(path), Some(loaded)) => Some(certs::spawn_pem_watch(
+            path.clone(),
+            loaded.clone(),
+            Duration::from_secs(args.tls_reload_seconds.max(1)),
+            {
+                let config = config.clone();
+                move |pem| {
+                    let mut next = (*config.current()).clone();
+                    next.proxy_ca_pem = Some(pem);
+                    config.replace(next);
+                }
+            },
+        )),
+        _ => None,
+    };
     let store: Arc<dyn ConnectorStore> = match &args.store {
         Some(path) => {
             let store = Arc::new(

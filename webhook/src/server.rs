@@ -30,7 +30,8 @@ const MAX_DRAINED_BYTES: usize = 64 * 1024 * 1024;
 #[derive(Clone)]
 pub struct WebhookState {
     pub store: Arc<dyn ConnectorStore>,
-    pub config: Arc<InjectionConfig>,
+    /// Reloaded when the proxy CA bundle changes (a rotation).
+    pub config: Arc<certs::Reloading<InjectionConfig>>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -87,7 +88,7 @@ async fn mutate(State(state): State<WebhookState>, body: axum::body::Body) -> Re
             return refused;
         }
     };
-    let result = review_isolated(body, state.store.clone(), state.config.clone()).await;
+    let result = review_isolated(body, state.store.clone(), state.config.current()).await;
     let response = match result {
         Ok(reviewed) => {
             let (verdict, reason) = match reviewed.verdict {
