@@ -285,7 +285,7 @@ fn the_operational_values_reach_their_objects() {
         "--set",
         "proxy.replicas=4",
         "--set",
-        "proxy.priorityClassName=system-cluster-critical",
+        "proxy.priorityClassName=registry-path-critical",
         "--set",
         "webhook.failurePolicy=Ignore",
         "--set",

@@ -10,9 +10,11 @@ use crate::{Connector, ConnectorKey};
 
 pub mod file;
 pub mod kube;
+pub mod secret_watch;
 
 pub use file::FileStore;
-pub use kube::{KubeClassStore, KubeSecretStore, KubeStore};
+pub use kube::{KubeClassStore, KubeSecretStore, KubeStore, referenced_secrets};
+pub use secret_watch::{Content, SecretWatches};
 
 /// The labels and annotations of a namespace: all that selection needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

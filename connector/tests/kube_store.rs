@@ -407,14 +407,27 @@ async fn the_secret_store_watches_exactly_the_referenced_secrets_and_follows_the
         .filter(|r| r.path.contains("/secrets"))
         .collect();
     assert!(!secret_requests.is_empty());
+    // Each referenced Secret is read by name and watched by name: nothing
+    // lists Secrets (the RBAC grants `get` and `watch` only).
     for request in &secret_requests {
+        let read = matches!(
+            request.path.as_str(),
+            "/api/v1/namespaces/team/secrets/robot" | "/api/v1/namespaces/team/secrets/other"
+        );
+        let watch = request.path == "/api/v1/namespaces/team/secrets"
+            && request.param("watch").as_deref() == Some("true")
+            && matches!(
+                request.param("fieldSelector").as_deref(),
+                Some("metadata.name=robot" | "metadata.name=other")
+            );
         assert!(
-            request.path == "/api/v1/namespaces/team/secrets"
-                && matches!(
-                    request.param("fieldSelector").as_deref(),
-                    Some("metadata.name=robot" | "metadata.name=other")
-                ),
-            "every secret request names one referenced secret: {request}"
+            request.method == "GET" && (read || watch),
+            "every secret request reads or watches one referenced secret: {request}"
         );
     }
+    assert!(
+        secret_requests
+            .iter()
+            .any(|r| r.param("watch").as_deref() == Some("true"))
+    );
 }

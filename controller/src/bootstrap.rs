@@ -225,7 +225,8 @@ impl Bootstrap {
         );
         // NB: an admin's rotation request (an annotation on a CA Secret) is
         // acted on at once, not at the next check.
-        let watch_secrets = watch_managed_secrets(self.secrets(), changed.clone());
+        let watch_secrets =
+            watch_managed_secrets(self.client.clone(), self.settings.namespace.clone(), changed.clone());
         let mut leader = self.leader.clone();
         let work = async {
             let mut failures = 0u32;
@@ -757,19 +758,22 @@ pub(crate) fn ca_bundle_patch(configuration: &MutatingWebhookConfiguration, ca_p
     serde_json::from_value(serde_json::Value::Array(operations)).ok()
 }
 
-/// Notifies `changed` whenever a certificate Secret this controller manages
-/// changes.
-async fn watch_managed_secrets(api: Api<Secret>, changed: Arc<Notify>) {
-    let config = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-    let mut events = std::pin::pin!(watcher::watcher(api, config));
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => changed.notify_one(),
-            Ok(_) => {}
-            Err(error) => {
-                tracing::debug!(%error, "watching the certificate Secrets failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+/// Notifies `changed` whenever one of the certificate Secrets changes (by
+/// metadata-only watches of each by name: no Secret list).
+async fn watch_managed_secrets(client: kube::Client, namespace: String, changed: Arc<Notify>) {
+    let names = [PROXY_CA_SECRET, PROXY_TLS_SECRET, WEBHOOK_CA_SECRET, WEBHOOK_TLS_SECRET];
+    let wanted = move || {
+        names
+            .iter()
+            .map(|name| (namespace.clone(), (*name).to_owned()))
+            .collect()
+    };
+    let watches = connector::store::SecretWatches::spawn(client, connector::store::Content::Metadata, wanted, None);
+    let mut changes = watches.subscribe();
+    loop {
+        match changes.recv().await {
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => changed.notify_one(),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
     }
 }

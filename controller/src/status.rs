@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use connector::crd::HttpAddress;
-use connector::store::{ClassStore, KubeClassStore};
+use connector::store::{ClassStore, Content, KubeClassStore, SecretWatches, referenced_secrets};
 use connector::{Connector, ConnectorClass};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
@@ -110,7 +110,6 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let connectors: Api<Connector> = Api::all(client.clone());
-    let secrets: Api<Secret> = Api::all(client.clone());
     let class_api: Api<ConnectorClass> = Api::all(client.clone());
     let classes = KubeClassStore::spawn(client.clone());
     let controller = Controller::new(connectors, watcher::Config::default())
@@ -143,12 +142,26 @@ pub async fn run(
         schedules: Mutex::new(HashMap::new()),
         classes,
     });
-    let mapper_store = store.clone();
+    // The Secrets Connectors reference, one metadata-only watch each (no
+    // Secret list, no credential in this process's memory but while a probe
+    // uses it): a change re-triggers the Connectors that name it.
+    let secret_watches = {
+        let store = store.clone();
+        SecretWatches::spawn(
+            context.client.clone(),
+            Content::Metadata,
+            move || store.state().iter().flat_map(|c| referenced_secrets(c)).collect(),
+            None,
+        )
+    };
+    let secret_changes = {
+        let store = store.clone();
+        tokio_stream_of(secret_watches.subscribe())
+            .flat_map(move |(namespace, name)| futures::stream::iter(connectors_referencing(&store, &namespace, &name)))
+    };
     let class_store = store.clone();
     let run = controller
-        .watches(secrets, watcher::Config::default(), move |secret: Secret| {
-            connectors_referencing(&mapper_store, &secret)
-        })
+        .reconcile_on(secret_changes)
         // A class created, changed or deleted: its connectors again.
         .watches(class_api, watcher::Config::default(), move |class: ConnectorClass| {
             connectors_of_class(&class_store, &class.name_any())
@@ -164,14 +177,29 @@ pub async fn run(
     futures::join!(readiness, run);
 }
 
+/// The changes a broadcast receiver yields, as a stream (a lagging
+/// receiver skips what it missed: a later change re-triggers the same
+/// connectors).
+fn tokio_stream_of<T: Clone + Send + 'static>(
+    receiver: tokio::sync::broadcast::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        loop {
+            match receiver.recv().await {
+                Ok(item) => return Some((item, receiver)),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    })
+}
+
 /// Connectors in the Secret's namespace that name it.
-fn connectors_referencing(store: &Store<Connector>, secret: &Secret) -> Vec<ObjectRef<Connector>> {
-    let namespace = secret.namespace().unwrap_or_default();
-    let name = secret.name_any();
+fn connectors_referencing(store: &Store<Connector>, namespace: &str, name: &str) -> Vec<ObjectRef<Connector>> {
     store
         .state()
         .iter()
-        .filter(|c| c.namespace().as_deref() == Some(namespace.as_str()))
+        .filter(|c| c.namespace().as_deref() == Some(namespace))
         .filter(|c| {
             let credential = c.spec.auth.as_ref().and_then(|a| a.secret_ref.as_ref());
             let ca = c.spec.ca_cert_secret_ref.as_ref();

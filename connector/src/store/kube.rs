@@ -3,9 +3,9 @@
 //! Secret a Connector references. Reads answer from memory and never wait
 //! on the network.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -14,6 +14,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
+use super::secret_watch::{Content, SecretWatches};
 use super::{AddressCache, ConnectorStore, NamespaceMeta, ResolvedConnector, SecretStore};
 use crate::address::AddressError;
 use crate::{Connector, ConnectorKey};
@@ -67,7 +68,7 @@ impl KubeStore {
 
     /// The Secrets the connectors reference (`spec.auth.secretRef` and
     /// `spec.caCertSecretRef`), as (namespace, name).
-    pub(crate) fn referenced_secrets(&self) -> BTreeSet<(String, String)> {
+    pub fn referenced_secrets(&self) -> BTreeSet<(String, String)> {
         self.connectors
             .state()
             .iter()
@@ -77,7 +78,7 @@ impl KubeStore {
 }
 
 /// The Secrets `connector` references, as (namespace, name).
-pub(crate) fn referenced_secrets(connector: &Connector) -> Vec<(String, String)> {
+pub fn referenced_secrets(connector: &Connector) -> Vec<(String, String)> {
     let namespace = connector.metadata.namespace.clone().unwrap_or_default();
     let auth = connector.spec.auth.as_ref().and_then(|a| a.secret_ref.as_ref());
     auth.into_iter()
@@ -87,99 +88,34 @@ pub(crate) fn referenced_secrets(connector: &Connector) -> Vec<(String, String)>
 }
 
 /// A [`SecretStore`] that watches exactly the Secrets the connectors of a
-/// [`KubeStore`] reference: one watch per Secret, selected by
-/// `metadata.name`, started when a Connector first names it and stopped
-/// when none does any more. Other Secrets never reach the process, and a
-/// changed credential takes effect with the watch event, without a restart.
+/// [`KubeStore`] reference ([`SecretWatches`]: `get` and a `watch` by
+/// `metadata.name` per Secret, never `list`), started when a Connector first
+/// names one and stopped when none does any more. Other Secrets never reach
+/// the process, and a changed credential takes effect with the watch event,
+/// without a restart.
 #[derive(Clone)]
 pub struct KubeSecretStore {
-    secrets: Arc<RwLock<SecretMap>>,
+    watches: SecretWatches,
 }
-
-/// Secrets by (namespace, name).
-type SecretMap = HashMap<(String, String), Arc<Secret>>;
 
 impl KubeSecretStore {
     /// Starts following `connectors`' references on the current tokio runtime.
     pub fn spawn(client: Client, connectors: &KubeStore) -> Self {
-        let secrets = Arc::new(RwLock::new(HashMap::new()));
-        let store = Self { secrets };
-        tokio::spawn(store.clone().follow(client, connectors.clone()));
-        store
-    }
-
-    async fn follow(self, client: Client, connectors: KubeStore) {
-        let mut changes = connectors.connector_changes.clone();
-        let mut watches: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
-        loop {
-            let wanted = connectors.referenced_secrets();
-            watches.retain(|key, task| {
-                let keep = wanted.contains(key);
-                if !keep {
-                    task.abort();
-                    self.write().remove(key);
-                    tracing::debug!(namespace = %key.0, secret = %key.1, "no connector references the secret any more; watch stopped");
-                }
-                keep
-            });
-            for key in wanted {
-                if let std::collections::hash_map::Entry::Vacant(entry) = watches.entry(key) {
-                    let key = entry.key().clone();
-                    entry.insert(tokio::spawn(self.clone().watch_one(client.clone(), key)));
-                }
-            }
-            if changes.changed().await.is_err() {
-                break;
-            }
-        }
-        for task in watches.into_values() {
-            task.abort();
-        }
-    }
-
-    async fn watch_one(self, client: Client, key: (String, String)) {
-        let (namespace, name) = &key;
-        let api: Api<Secret> = Api::namespaced(client, namespace);
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let stream = watcher(api, config).default_backoff();
-        let mut stream = std::pin::pin!(stream);
-        let mut listed = false;
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(watcher::Event::Apply(secret)) => {
-                    self.write().insert(key.clone(), Arc::new(secret));
-                }
-                Ok(watcher::Event::InitApply(secret)) => {
-                    listed = true;
-                    self.write().insert(key.clone(), Arc::new(secret));
-                }
-                Ok(watcher::Event::Delete(_)) => {
-                    self.write().remove(&key);
-                }
-                Ok(watcher::Event::Init) => listed = false,
-                // NB: a relist without the Secret means it was deleted while
-                // the watch was down.
-                Ok(watcher::Event::InitDone) => {
-                    if !listed {
-                        self.write().remove(&key);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%error, %namespace, secret = %name, "secret watch failed; retrying with backoff");
-                }
-            }
-        }
-    }
-
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SecretMap> {
-        self.secrets.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+        let notices = connectors.connector_changes.clone();
+        let connectors = connectors.clone();
+        let watches = SecretWatches::spawn(
+            client,
+            Content::Data,
+            move || connectors.referenced_secrets(),
+            Some(notices),
+        );
+        Self { watches }
     }
 }
 
 impl SecretStore for KubeSecretStore {
     fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-        let secrets = self.secrets.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        secrets.get(&(namespace.to_owned(), name.to_owned())).cloned()
+        self.watches.secret(namespace, name)
     }
 }
 

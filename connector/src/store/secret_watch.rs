@@ -1,0 +1,227 @@
+//! One watch per Secret that something references, and nothing else: the
+//! Secrets of other namespaces and of no Connector never reach the process.
+//!
+//! Each Secret is read with `get` and followed with a `watch` selected by
+//! `metadata.name` from the version read (from "now" when it is missing),
+//! so its ServiceAccount needs `get` and `watch` on Secrets and never
+//! `list`. A watch that ends (its timeout, a 410 for a version too old, an
+//! error) is re-read and resumed, with backoff after failures.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::{Api, WatchEvent, WatchParams};
+
+/// What of each Secret is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    /// The whole Secret (the proxy injects its credential).
+    Data,
+    /// Metadata alone (a change trigger); the data never reaches the process.
+    Metadata,
+}
+
+/// A Secret's identity: (namespace, name).
+pub type SecretKey = (String, String);
+
+/// How often the wanted set is re-read when no change notice comes.
+const RESCAN: Duration = Duration::from_secs(5);
+/// Backoff bounds after a failed read or watch.
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The server ends each watch after this long; it is then resumed.
+const WATCH_TIMEOUT_SECONDS: u32 = 290;
+
+/// The followed Secrets and their changes.
+#[derive(Clone)]
+pub struct SecretWatches {
+    secrets: Arc<RwLock<HashMap<SecretKey, Arc<Secret>>>>,
+    changes: tokio::sync::broadcast::Sender<SecretKey>,
+}
+
+impl SecretWatches {
+    /// Follows the Secrets `wanted` names (re-read when `notices` changes,
+    /// and every few seconds), on the current tokio runtime.
+    pub fn spawn(
+        client: Client,
+        content: Content,
+        wanted: impl Fn() -> BTreeSet<SecretKey> + Send + Sync + 'static,
+        notices: Option<tokio::sync::watch::Receiver<u64>>,
+    ) -> Self {
+        let (changes, _) = tokio::sync::broadcast::channel(1024);
+        let watches = Self {
+            secrets: Arc::default(),
+            changes,
+        };
+        tokio::spawn(watches.clone().follow(client, content, wanted, notices));
+        watches
+    }
+
+    /// The Secret, if it is followed and exists.
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        let secrets = self.secrets.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        secrets.get(&(namespace.to_owned(), name.to_owned())).cloned()
+    }
+
+    /// Every change (created, changed, deleted) of a followed Secret from
+    /// now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SecretKey> {
+        self.changes.subscribe()
+    }
+
+    async fn follow(
+        self,
+        client: Client,
+        content: Content,
+        wanted: impl Fn() -> BTreeSet<SecretKey>,
+        mut notices: Option<tokio::sync::watch::Receiver<u64>>,
+    ) {
+        let mut watches: HashMap<SecretKey, tokio::task::JoinHandle<()>> = HashMap::new();
+        loop {
+            let wanted = wanted();
+            watches.retain(|key, task| {
+                let keep = wanted.contains(key);
+                if !keep {
+                    task.abort();
+                    self.set(key, None);
+                    tracing::debug!(namespace = %key.0, secret = %key.1, "no longer referenced; watch stopped");
+                }
+                keep
+            });
+            for key in wanted {
+                if let std::collections::hash_map::Entry::Vacant(entry) = watches.entry(key) {
+                    let key = entry.key().clone();
+                    let api = Api::namespaced(client.clone(), &key.0);
+                    entry.insert(tokio::spawn(self.clone().watch_one(api, content, key)));
+                }
+            }
+            let notice = async {
+                match notices.as_mut() {
+                    Some(notices) => notices.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                open = notice => if !open { notices = None },
+                () = tokio::time::sleep(RESCAN) => {}
+            }
+        }
+    }
+
+    /// Stores `secret` (None: it does not exist) and announces a change.
+    fn set(&self, key: &SecretKey, secret: Option<Secret>) {
+        let mut secrets = self.secrets.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let version = |s: Option<&Secret>| s.and_then(|s| s.metadata.resource_version.clone());
+        let changed = version(secrets.get(key).map(Arc::as_ref)) != version(secret.as_ref())
+            || secrets.contains_key(key) != secret.is_some();
+        match secret {
+            Some(secret) => secrets.insert(key.clone(), Arc::new(secret)),
+            None => secrets.remove(key),
+        };
+        drop(secrets);
+        if changed {
+            let _ = self.changes.send(key.clone());
+        }
+    }
+
+    async fn watch_one(self, api: Api<Secret>, content: Content, key: SecretKey) {
+        let name = key.1.as_str();
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let version = match read(&api, content, name).await {
+                Ok(secret) => {
+                    let version = secret
+                        .as_ref()
+                        .and_then(|s| s.metadata.resource_version.clone())
+                        .unwrap_or_default();
+                    self.set(&key, secret);
+                    version
+                }
+                Err(error) => {
+                    tracing::warn!(%error, namespace = %key.0, secret = %name, retry_in = ?backoff, "reading the secret failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    continue;
+                }
+            };
+            let params = WatchParams::default()
+                .fields(&format!("metadata.name={name}"))
+                .timeout(WATCH_TIMEOUT_SECONDS);
+            match self.follow_watch(&api, content, &key, &params, &version).await {
+                Ok(()) => backoff = BACKOFF_MIN,
+                Err(error) => {
+                    tracing::warn!(%error, namespace = %key.0, secret = %name, retry_in = ?backoff, "watching the secret failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+
+    /// Applies the events of one watch until it ends; Ok when it ended as
+    /// watches do (timeout, a version too old).
+    async fn follow_watch(
+        &self,
+        api: &Api<Secret>,
+        content: Content,
+        key: &SecretKey,
+        params: &WatchParams,
+        version: &str,
+    ) -> Result<(), String> {
+        let apply = |event: WatchEvent<Secret>| -> Result<bool, String> {
+            match event {
+                WatchEvent::Added(secret) | WatchEvent::Modified(secret) => self.set(key, Some(secret)),
+                WatchEvent::Deleted(_) => self.set(key, None),
+                WatchEvent::Bookmark(_) => {}
+                WatchEvent::Error(status) if status.code == 410 => return Ok(false),
+                WatchEvent::Error(status) => return Err(status.message),
+            }
+            Ok(true)
+        };
+        match content {
+            Content::Data => {
+                let mut events = std::pin::pin!(api.watch(params, version).await.map_err(|e| e.to_string())?);
+                while let Some(event) = events.next().await {
+                    if !apply(event.map_err(|e| e.to_string())?)? {
+                        break;
+                    }
+                }
+            }
+            Content::Metadata => {
+                let mut events = std::pin::pin!(api.watch_metadata(params, version).await.map_err(|e| e.to_string())?);
+                while let Some(event) = events.next().await {
+                    let event = match event.map_err(|e| e.to_string())? {
+                        WatchEvent::Added(meta) => WatchEvent::Added(metadata_only(meta)),
+                        WatchEvent::Modified(meta) => WatchEvent::Modified(metadata_only(meta)),
+                        WatchEvent::Deleted(meta) => WatchEvent::Deleted(metadata_only(meta)),
+                        WatchEvent::Bookmark(bookmark) => WatchEvent::Bookmark(bookmark),
+                        WatchEvent::Error(status) => WatchEvent::Error(status),
+                    };
+                    if !apply(event)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn metadata_only(meta: kube::core::PartialObjectMeta<Secret>) -> Secret {
+    Secret {
+        metadata: meta.metadata,
+        ..Secret::default()
+    }
+}
+
+/// The Secret now (None: it does not exist), whole or its metadata.
+async fn read(api: &Api<Secret>, content: Content, name: &str) -> Result<Option<Secret>, kube::Error> {
+    match content {
+        Content::Data => api.get_opt(name).await,
+        Content::Metadata => Ok(api.get_metadata_opt(name).await?.map(metadata_only)),
+    }
+}
