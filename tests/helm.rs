@@ -309,7 +309,7 @@ fn the_operational_values_reach_their_objects() {
     assert_eq!(proxy["spec"]["replicas"], 4);
     assert_eq!(
         proxy["spec"]["template"]["spec"]["priorityClassName"],
-        "system-cluster-critical"
+        "registry-path-critical"
     );
     assert_eq!(
         proxy["spec"]["template"]["metadata"]["annotations"]["example.com/team"],
