@@ -112,6 +112,14 @@ async fn skopeo_pushes_and_pulls_through_the_proxy_with_only_the_volume_auth_fil
     node.node_publish_volume(publish_request(&target, POD_TOKEN))
         .await
         .unwrap();
+    // The plugin's default: the volume is a tmpfs of its own, so the token
+    // never reaches the disk.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounted = mountinfo
+        .lines()
+        .find(|line| line.split(' ').nth(4) == target.to_str())
+        .unwrap_or_else(|| panic!("nothing is mounted on the volume: {mountinfo}"));
+    assert!(mounted.contains(" - tmpfs "), "{mounted}");
     let auth_file = target.join("config.json");
     let auth_file = auth_file.to_str().unwrap();
 
@@ -173,6 +181,11 @@ async fn skopeo_pushes_and_pulls_through_the_proxy_with_only_the_volume_auth_fil
     .await
     .unwrap();
     assert!(!target.exists());
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mountinfo.contains(target.to_str().unwrap()),
+        "unpublish unmounts the volume"
+    );
 
     let plugin_logs = plugin.log_text();
     assert!(plugin_logs.contains("volume published"), "{plugin_logs}");

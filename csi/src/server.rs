@@ -70,6 +70,7 @@ pub struct Plugin {
     // republish while an unpublish is pending); the writes are short, so
     // one lock for the node is enough.
     filesystem: Arc<Mutex<()>>,
+    backing: target::Backing,
 }
 
 impl Plugin {
@@ -87,7 +88,16 @@ impl Plugin {
             classes: Arc::new(connector::store::BuiltInClasses),
             node_id: node_id.into(),
             filesystem: Arc::new(Mutex::new(())),
+            backing: target::Backing::Directory,
         }
+    }
+
+    /// Where volumes' files live: a tmpfs per volume (what nodes run), or
+    /// kubelet's directory as it is (the default here, for runs without
+    /// the right to mount).
+    pub fn with_backing(mut self, backing: target::Backing) -> Self {
+        self.backing = backing;
+        self
     }
 
     /// Volumes carry `pem` as the proxy CA from now on.
@@ -264,9 +274,9 @@ impl Node for NodeService {
         })?;
         files.extend(rendered);
         files.retain(|file| !request.exclusions.contains(&file.name));
-        let target = request.target_path.clone();
+        let (target, backing) = (request.target_path.clone(), plugin.backing);
         let changed = plugin
-            .with_filesystem(move || target::write_volume(&target, &files))
+            .with_filesystem(move || target::write_volume(&target, &files, backing))
             .await?;
         let pod = format!("{}/{}", request.pod.namespace, request.pod.name);
         let connectors = format_connector_list(&request.connectors);

@@ -11,6 +11,12 @@
 //! A republish (kubelet's `requiresRepublish`, to refresh the token) writes a
 //! new `..v-*` directory, fsyncs it, swings `..data` over, and removes the
 //! old one. Unpublish removes exactly these entries and the directory.
+//!
+//! With [`Backing::Tmpfs`] (the default on nodes) the target is first made a
+//! small tmpfs of its own, as kubelet does for projected token volumes: the
+//! pod's token and config never reach the node's disk, and unpublish
+//! unmounts it. This mount is what the plugin's privilege and Bidirectional
+//! propagation are for.
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -30,6 +36,20 @@ const DATA_LINK_NEXT: &str = "..data_tmp";
 const FILE_LINK_NEXT: &str = "..link_tmp";
 /// Prefix of the publication directories.
 const VERSION_PREFIX: &str = "..v-";
+
+/// Where a volume's files live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// A tmpfs mounted on the target for the volume alone.
+    Tmpfs,
+    /// kubelet's target directory as it is (on the node's disk): for runs
+    /// without the right to mount.
+    Directory,
+}
+
+/// The tmpfs's options: room for the files (the CA bundle with the system
+/// roots is the largest, ~200 KiB), no devices, setuid or executables.
+const TMPFS_OPTIONS: &std::ffi::CStr = c"mode=0755,size=4m";
 
 /// Why the files could not be written or removed.
 #[derive(Debug, thiserror::Error)]
@@ -56,11 +76,17 @@ fn at<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Tar
 /// writes nothing, when the current publication already holds exactly these
 /// files: kubelet republishes every minute or so, and the token changes far
 /// less often.
-pub fn write_volume(target: &Path, files: &[VolumeFile]) -> Result<bool> {
-    if is_current(target, files) {
+pub fn write_volume(target: &Path, files: &[VolumeFile], backing: Backing) -> Result<bool> {
+    if is_current(target, files) && (backing == Backing::Directory || is_mount_point(target)) {
         return Ok(false);
     }
     fs::create_dir_all(target).map_err(at("create", target))?;
+    if backing == Backing::Tmpfs && !is_mount_point(target) {
+        use rustix::mount::{MountFlags, mount};
+        let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+        mount("connectors-csi", target, "tmpfs", flags, TMPFS_OPTIONS)
+            .map_err(|errno| at("mount a tmpfs on", target)(errno.into()))?;
+    }
     fs::set_permissions(target, fs::Permissions::from_mode(0o755)).map_err(at("set permissions on", target))?;
 
     let version = create_version_dir(target)?;
@@ -137,6 +163,12 @@ fn is_current(target: &Path, files: &[VolumeFile]) -> bool {
 /// itself. Returns false when there was nothing to remove; calling it again
 /// is harmless.
 pub fn remove_volume(target: &Path) -> Result<bool> {
+    if is_mount_point(target) {
+        // NB: detached, so a reader still holding a file cannot keep the
+        // unpublish from completing; the memory goes with the last reader.
+        rustix::mount::unmount(target, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|errno| at("unmount", target)(errno.into()))?;
+    }
     match fs::symlink_metadata(target) {
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(error) => return Err(at("inspect", target)(error)),
@@ -168,6 +200,15 @@ pub fn remove_volume(target: &Path) -> Result<bool> {
         Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(true),
         other => other.map(|()| true).map_err(at("remove", target)),
     }
+}
+
+/// True when `path` is a directory on another filesystem than its parent's
+/// (something is mounted on it).
+fn is_mount_point(path: &Path) -> bool {
+    let (Ok(meta), Some(parent)) = (fs::symlink_metadata(path), path.parent()) else {
+        return false;
+    };
+    fs::metadata(parent).is_ok_and(|parent| meta.is_dir() && parent.dev() != meta.dev())
 }
 
 fn is_ours(name: &OsStr) -> bool {
@@ -280,15 +321,15 @@ mod tests {
     fn republishing_swaps_every_file_and_leaves_one_publication() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("pods/x/mount");
-        assert!(write_volume(&target, &files("one")).unwrap());
+        assert!(write_volume(&target, &files("one"), Backing::Directory).unwrap());
         assert_eq!(fs::read_to_string(target.join("context.token")).unwrap(), "one");
         let first = entries(&target);
         assert!(
-            !write_volume(&target, &files("one")).unwrap(),
+            !write_volume(&target, &files("one"), Backing::Directory).unwrap(),
             "an unchanged republish writes nothing"
         );
         assert_eq!(entries(&target), first);
-        assert!(write_volume(&target, &files("two")).unwrap());
+        assert!(write_volume(&target, &files("two"), Backing::Directory).unwrap());
         assert_eq!(fs::read_to_string(target.join("context.token")).unwrap(), "two");
         let names = entries(&target);
         assert_eq!(
@@ -301,7 +342,7 @@ mod tests {
         assert_eq!(mode & 0o777, 0o440);
 
         // A publication with fewer files drops the other links.
-        write_volume(&target, &files("three")[..1]).unwrap();
+        write_volume(&target, &files("three")[..1], Backing::Directory).unwrap();
         assert!(!target.join("ca.crt").exists());
         assert!(fs::symlink_metadata(target.join("ca.crt")).is_err());
     }
@@ -310,14 +351,47 @@ mod tests {
     fn removing_is_idempotent_and_spares_foreign_files() {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("mount");
-        write_volume(&target, &files("t")).unwrap();
+        write_volume(&target, &files("t"), Backing::Directory).unwrap();
         assert!(remove_volume(&target).unwrap());
         assert!(!target.exists());
         assert!(!remove_volume(&target).unwrap());
 
-        write_volume(&target, &files("t")).unwrap();
+        write_volume(&target, &files("t"), Backing::Directory).unwrap();
         fs::write(target.join("foreign"), "x").unwrap();
         assert!(remove_volume(&target).is_err());
         assert_eq!(entries(&target), vec!["foreign".to_owned()]);
+    }
+
+    /// The filesystem type mounted at `path`, from /proc/self/mountinfo.
+    fn mounted_type(path: &Path) -> Option<String> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let path = path.to_str().unwrap();
+        mountinfo.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let separator = fields.iter().position(|f| *f == "-")?;
+            (fields[4] == path).then(|| fields[separator + 1].to_owned())
+        })
+    }
+
+    // NB: mounting needs CAP_SYS_ADMIN; the tests run as root (as CI and the
+    // node tests do).
+    #[test]
+    fn a_tmpfs_volume_keeps_its_files_off_the_disk_and_is_unmounted_on_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("mount");
+        assert!(write_volume(&target, &files("one"), Backing::Tmpfs).unwrap());
+        assert_eq!(mounted_type(&target).as_deref(), Some("tmpfs"));
+        assert!(is_mount_point(&target));
+        assert_eq!(fs::read_to_string(target.join("context.token")).unwrap(), "one");
+        // A republish with the same files writes nothing and mounts nothing
+        // again; new files go into the same tmpfs.
+        assert!(!write_volume(&target, &files("one"), Backing::Tmpfs).unwrap());
+        assert!(write_volume(&target, &files("two"), Backing::Tmpfs).unwrap());
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let here = target.to_str().unwrap();
+        assert_eq!(mounts.lines().filter(|l| l.split(' ').nth(4) == Some(here)).count(), 1);
+        assert!(remove_volume(&target).unwrap());
+        assert_eq!(mounted_type(&target), None);
+        assert!(!target.exists());
     }
 }

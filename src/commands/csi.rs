@@ -61,8 +61,22 @@ pub struct Args {
     /// standalone mode; buildkitd is told so.
     #[arg(long, env = "CONNECTORS_PULL_PLAIN_HTTP")]
     pull_plain_http: bool,
+    /// Where each volume's files live: `tmpfs` (a tmpfs mounted on the
+    /// volume for it alone, so the pod's token never reaches the node's
+    /// disk; needs the right to mount, which the DaemonSet's privilege and
+    /// Bidirectional propagation are for) or `directory` (kubelet's
+    /// directory as it is, on the node's disk).
+    #[arg(long, env = "CONNECTORS_CSI_VOLUME_BACKING", value_enum, default_value_t = VolumeBacking::Tmpfs)]
+    volume_backing: VolumeBacking,
     #[command(flatten)]
     injection: InjectionArgs,
+}
+
+/// `--volume-backing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum VolumeBacking {
+    Tmpfs,
+    Directory,
 }
 
 pub async fn serve(args: Args) -> anyhow::Result<()> {
@@ -115,7 +129,11 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
     let loaded = config.proxy_ca_pem.clone();
     let plugin = csi::Plugin::new(store, authorizer, config, &args.node_id)
         .with_pods(pods)
-        .with_classes(classes);
+        .with_classes(classes)
+        .with_backing(match args.volume_backing {
+            VolumeBacking::Tmpfs => csi::target::Backing::Tmpfs,
+            VolumeBacking::Directory => csi::target::Backing::Directory,
+        });
     // NB: kubelet republishes every volume periodically (requiresRepublish):
     // a rotated bundle reaches running pods' volumes too.
     let _ca_watch = certs::spawn_pem_watch(proxy_ca.to_owned(), loaded, Duration::from_secs(5), {
