@@ -50,6 +50,36 @@ fn the_crd_declares_the_documented_api() {
     let status = &version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
     assert!(status["proxy"]["properties"]["httpAddress"]["properties"]["url"].is_object());
     assert!(status["conditions"].is_object() && status["observedGeneration"].is_object());
+
+    // kubectl and server-side apply: `kubectl get conn`, `kubectl get
+    // registry-connectors` (the category: both kinds; not `connectors`,
+    // which would shadow the plural), conditions merged by type, extensions
+    // by name, times validated as RFC 3339.
+    assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["conn"]));
+    assert_eq!(
+        crd["spec"]["names"]["categories"],
+        serde_json::json!(["registry-connectors"])
+    );
+    let conditions = &status["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-type"], "map");
+    assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
+    let condition = &conditions["items"]["properties"];
+    for time in ["lastTransitionTime", "lastProbeTime"] {
+        assert_eq!(condition[time]["format"], "date-time", "{time}");
+    }
+    let extensions = &spec["properties"]["addressExtensions"];
+    assert_eq!(extensions["x-kubernetes-list-type"], "map");
+    assert_eq!(extensions["x-kubernetes-list-map-keys"], serde_json::json!(["name"]));
+    assert_eq!(
+        spec["properties"]["auth"]["properties"]["name"]["enum"],
+        serde_json::json!(["basicAuth", "tokenAuth"])
+    );
+    for field in ["address", "addressExtensions"] {
+        assert!(
+            spec["properties"][field]["x-kubernetes-validations"].is_array(),
+            "{field} is checked as URLs"
+        );
+    }
 }
 
 #[test]
@@ -59,6 +89,7 @@ fn the_connector_class_crd_is_cluster_scoped_with_configurations_by_name() {
         .remove(1);
     assert_eq!(crd["metadata"]["name"], "connectorclasses.connectors.alauda.io");
     assert_eq!(crd["spec"]["scope"], "Cluster");
+    assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["connclass"]));
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
     for field in ["auth", "authProbes", "configurations", "params", "address"] {
         assert!(spec[field].is_object(), "{field}");

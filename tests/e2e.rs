@@ -114,6 +114,24 @@ async fn the_seed_connector_applies_unchanged_to_the_installed_crd() {
     let seed = include_str!("fixtures/seeds/harbor-connector.yaml");
     let applied = cluster.kubectl_ok(&["apply", "-n", "seed", "-f", "-"], Some(seed));
     assert!(applied.contains("harbor-connector created"), "{applied}");
+    // The short name, the category and the printer columns, as kubectl
+    // shows them.
+    for resource in ["conn", "connectors"] {
+        let listed = cluster.kubectl_ok(&["get", resource, "-n", "seed"], None);
+        let header = listed.lines().next().unwrap_or_default();
+        for column in ["NAME", "CLASS", "ADDRESS", "READY", "REASON", "AGE"] {
+            assert!(header.contains(column), "{resource}: {listed}");
+        }
+        assert!(listed.contains("harbor-connector"), "{resource}: {listed}");
+    }
+    let classes = cluster.kubectl_ok(&["get", "connclass", "-o", "name"], None);
+    assert!(classes.contains("connectorclass.connectors.alauda.io/oci"), "{classes}");
+    let both = cluster.kubectl_ok(&["get", "registry-connectors", "-A", "-o", "name"], None);
+    assert!(
+        both.contains("connectorclass.connectors.alauda.io/oci")
+            && both.contains("connector.connectors.alauda.io/harbor-connector"),
+        "{both}"
+    );
     let connectors: Api<Connector> = Api::namespaced(client, "seed");
     let stored = connectors.get("harbor-connector").await.unwrap();
     assert_eq!(stored.spec.connector_class_name, "harbor");

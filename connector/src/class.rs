@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
     kind = "ConnectorClass",
     plural = "connectorclasses",
     singular = "connectorclass",
-    category = "connectors",
+    shortname = "connclass",
+    category = "registry-connectors",
     doc = "A kind of registry: the auth types its Connectors may use, how a credential is proved, and the client configurations CSI volumes offer",
     printcolumn = r#"{"name":"Configurations","type":"string","jsonPath":".spec.configurations[*].name"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#

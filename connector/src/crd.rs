@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
     singular = "connector",
     namespaced,
     status = "ConnectorStatus",
-    category = "connectors",
+    shortname = "conn",
+    category = "registry-connectors",
     doc = "A registry, and the credential the connectors proxy injects for it",
     printcolumn = r#"{"name":"Class","type":"string","jsonPath":".spec.connectorClassName"}"#,
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address"}"#,
@@ -57,6 +58,7 @@ pub struct ConnectorSpec {
         "rule": "self.all(e, self.exists_one(f, f.name == e.name))",
         "message": "addressExtensions names must be unique"
     }]))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     #[schemars(length(max = 32))]
     pub address_extensions: Vec<NamedValue>,
     /// Class-specific parameters.
@@ -105,6 +107,7 @@ pub struct ConnectorStatus {
     pub observed_generation: Option<i64>,
     /// `SecretReady`, `LivenessReady`, `AuthReady` and the aggregate `Ready`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Where workloads reach this connector through the proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -144,8 +147,10 @@ pub struct Condition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub last_transition_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "date-time"))]
     pub last_probe_time: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
