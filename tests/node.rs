@@ -513,11 +513,22 @@ async fn admission_keeps_working_while_a_webhook_pod_is_deleted() {
         ],
         None,
     );
-    let mut failures = Vec::new();
     let started = std::time::Instant::now();
-    let mut admitted = 0;
-    while started.elapsed() < Duration::from_secs(20) {
-        let created = cluster.kubectl(&["create", "--dry-run=server", "-o", "json", "-f", "-"], Some(&pod));
+    let (admitted, failures) = admit_while(cluster, &pod, || started.elapsed() < Duration::from_secs(20));
+    println!(
+        "{admitted} admitted, {} failed while a webhook pod was replaced",
+        failures.len()
+    );
+    assert_all_admitted(admitted, &failures, 10);
+}
+
+/// Server-side dry runs of `pod` (every webhook is called, nothing is
+/// stored), one after another while `go_on` says so (at most 5,000): how
+/// many were admitted and mutated, and what the others answered.
+fn admit_while(cluster: &RealCluster, pod: &str, go_on: impl Fn() -> bool) -> (usize, Vec<String>) {
+    let (mut admitted, mut failures) = (0, Vec::new());
+    while go_on() && admitted + failures.len() < 5000 {
+        let created = cluster.kubectl(&["create", "--dry-run=server", "-o", "json", "-f", "-"], Some(pod));
         let stdout = String::from_utf8_lossy(&created.stdout);
         if created.status.success() && stdout.contains("connectors.cpaas.io/") {
             admitted += 1;
@@ -525,11 +536,12 @@ async fn admission_keeps_working_while_a_webhook_pod_is_deleted() {
             failures.push(format!("{}{stdout}", String::from_utf8_lossy(&created.stderr)));
         }
     }
-    println!(
-        "{admitted} admitted, {} failed while a webhook pod was replaced",
-        failures.len()
-    );
-    assert!(admitted >= 10, "only {admitted} admissions in 20 s");
+    (admitted, failures)
+}
+
+/// At least `at_least` admissions, and none failed.
+fn assert_all_admitted(admitted: usize, failures: &[String], at_least: usize) {
+    assert!(admitted >= at_least, "only {admitted} admissions");
     assert!(
         failures.is_empty(),
         "{} of {} admissions failed: {:?}",
@@ -577,19 +589,7 @@ async fn a_helm_upgrade_and_a_rollback_roll_the_install_with_no_failed_admission
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let admissions = std::thread::spawn({
         let stop = stop.clone();
-        move || {
-            let (mut admitted, mut failures) = (0, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Acquire) && admitted + failures.len() < 5000 {
-                let created = cluster.kubectl(&["create", "--dry-run=server", "-o", "json", "-f", "-"], Some(&pod));
-                let stdout = String::from_utf8_lossy(&created.stdout);
-                if created.status.success() && stdout.contains("connectors.cpaas.io/") {
-                    admitted += 1;
-                } else {
-                    failures.push(format!("{}{stdout}", String::from_utf8_lossy(&created.stderr)));
-                }
-            }
-            (admitted, failures)
-        }
+        move || admit_while(cluster, &pod, || !stop.load(std::sync::atomic::Ordering::Acquire))
     });
     let webhook_limit = || {
         cluster.kubectl_ok(
@@ -683,14 +683,7 @@ async fn a_helm_upgrade_and_a_rollback_roll_the_install_with_no_failed_admission
         (started.elapsed() - upgraded).as_secs_f64(),
         failures.len()
     );
-    assert!(admitted >= 20, "only {admitted} admissions during the rollouts");
-    assert!(
-        failures.is_empty(),
-        "{} of {} admissions failed: {:?}",
-        failures.len(),
-        admitted + failures.len(),
-        failures.first()
-    );
+    assert_all_admitted(admitted, &failures, 20);
 }
 
 /// A CA Secret's `tls.crt` (the signing CA) and `ca.crt` (the bundle).

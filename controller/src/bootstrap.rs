@@ -28,7 +28,9 @@ use kube::runtime::watcher;
 use tokio::sync::{Notify, watch};
 
 use crate::metrics::{Metrics, ObjectLabels};
-use crate::rotation::{self, BUNDLE_CHANGED_ANNOTATION, Plan, ROTATE_ANNOTATION};
+use crate::rotation::{
+    self, BUNDLE_CHANGED_ANNOTATION, CA_CERT_KEY, Plan, ROTATE_ANNOTATION, TLS_CERT_KEY, TLS_KEY_KEY, secret_text,
+};
 
 /// The proxy's interception CA (type `kubernetes.io/tls`: `tls.crt`,
 /// `tls.key`, `ca.crt`).
@@ -41,10 +43,6 @@ pub(crate) const PROXY_TLS_SECRET: &str = "connectors-proxy-tls";
 pub(crate) const WEBHOOK_CA_SECRET: &str = "connectors-webhook-ca";
 /// The webhook's serving certificate (`tls.crt`, `tls.key`, `ca.crt`).
 pub(crate) const WEBHOOK_TLS_SECRET: &str = "connectors-webhook-tls";
-
-pub(crate) const CA_CERT_KEY: &str = "ca.crt";
-pub(crate) const TLS_CERT_KEY: &str = "tls.crt";
-pub(crate) const TLS_KEY_KEY: &str = "tls.key";
 
 /// CA validity: five years.
 pub const CA_VALIDITY: Duration = Duration::from_secs(5 * 365 * 24 * 3600);
@@ -686,14 +684,6 @@ fn managed_metadata(name: &str) -> ObjectMeta {
         ),
         ..ObjectMeta::default()
     }
-}
-
-fn secret_text(secret: &Secret, key: &str) -> Option<String> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(key))
-        .and_then(|v| String::from_utf8(v.0.clone()).ok())
 }
 
 /// When it expires, if `secret` holds a serving certificate from `ca` for

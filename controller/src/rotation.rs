@@ -25,7 +25,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use certs::{CertificateAuthority, CertificateSummary};
 use k8s_openapi::api::core::v1::Secret;
 
-use crate::bootstrap::{CA_CERT_KEY, TLS_CERT_KEY, TLS_KEY_KEY};
+/// The keys of a `kubernetes.io/tls` Secret, and of the CA bundle in it.
+pub(crate) const CA_CERT_KEY: &str = "ca.crt";
+pub(crate) const TLS_CERT_KEY: &str = "tls.crt";
+pub(crate) const TLS_KEY_KEY: &str = "tls.key";
 
 /// Set (to any value) on a CA Secret to start a rotation now; removed when
 /// the rotation starts.
@@ -102,7 +105,8 @@ fn humantime(duration: Duration) -> String {
     }
 }
 
-fn text(secret: &Secret, key: &str) -> Option<String> {
+/// The text of `key` in the Secret's data, if it is there and UTF-8.
+pub(crate) fn secret_text(secret: &Secret, key: &str) -> Option<String> {
     secret
         .data
         .as_ref()
@@ -172,7 +176,7 @@ pub(crate) fn plan(
     overlap: Duration,
     generate: impl FnOnce() -> Result<CertificateAuthority, certs::authority::Error>,
 ) -> Result<Plan, certs::authority::Error> {
-    let (Some(cert), Some(key)) = (text(secret, TLS_CERT_KEY), text(secret, TLS_KEY_KEY)) else {
+    let (Some(cert), Some(key)) = (secret_text(secret, TLS_CERT_KEY), secret_text(secret, TLS_KEY_KEY)) else {
         return Ok(Plan::Replace {
             why: "it has no tls.crt or tls.key".to_owned(),
         });
@@ -185,7 +189,7 @@ pub(crate) fn plan(
         Ok(summary) => summary,
         Err(error) => return Ok(Plan::Replace { why: error.to_string() }),
     };
-    let next = match (text(secret, NEXT_CERT_KEY), text(secret, NEXT_KEY_KEY)) {
+    let next = match (secret_text(secret, NEXT_CERT_KEY), secret_text(secret, NEXT_KEY_KEY)) {
         (Some(cert), Some(key)) => CertificateAuthority::from_pem(&cert, &key).ok(),
         _ => None,
     };
@@ -195,7 +199,7 @@ pub(crate) fn plan(
             why: "it has expired".to_owned(),
         });
     }
-    let bundle = text(secret, CA_CERT_KEY).unwrap_or_else(|| signing.cert_pem().to_owned());
+    let bundle = secret_text(secret, CA_CERT_KEY).unwrap_or_else(|| signing.cert_pem().to_owned());
     let trusted = bundle_certificates(&bundle);
     let changed_at = annotation(secret, BUNDLE_CHANGED_ANNOTATION).and_then(from_unix_seconds);
     let phase_ends = changed_at.map(|at| at + overlap);
