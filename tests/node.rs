@@ -172,10 +172,29 @@ fn run_pod(cluster: &RealCluster, namespace: &str, pod: &str, yaml: &str, second
         ],
         None,
     );
-    let logs = cluster.kubectl_ok(&["-n", namespace, "logs", pod], None);
+    let logs = cluster.kubectl(&["-n", namespace, "logs", pod], None);
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr)
+    );
     if !waited.status.success() {
         let events = cluster.kubectl_ok(&["-n", namespace, "get", "events"], None);
-        panic!("pod {pod} did not succeed: {logs}\n{events}");
+        let proxy = cluster.kubectl(
+            &[
+                "-n",
+                "connectors-system",
+                "logs",
+                "-l",
+                "app.kubernetes.io/component=proxy",
+                "--tail=40",
+            ],
+            None,
+        );
+        panic!(
+            "pod {pod} did not succeed: {logs}\n{events}\nproxy: {}",
+            String::from_utf8_lossy(&proxy.stdout)
+        );
     }
     logs
 }
@@ -1972,7 +1991,10 @@ spec:
     };
 
     // The default ServiceAccount may use the connector: its pull passes.
-    let logs = run_pod(cluster, namespace, "allowed", &pod("allowed", "default"), 120);
+    // NB: up to five minutes: the tier runs this beside the Helm upgrade
+    // (proxy replicas come and go) and the CA rotation, and a pull that
+    // meets either is retried by kubelet with its back-off.
+    let logs = run_pod(cluster, namespace, "allowed", &pod("allowed", "default"), 300);
     assert_eq!(logs.trim(), "pulled as the pod");
     let written = cluster.kubectl_ok(
         &[
