@@ -1991,10 +1991,7 @@ spec:
     };
 
     // The default ServiceAccount may use the connector: its pull passes.
-    // NB: up to five minutes: the tier runs this beside the Helm upgrade
-    // (proxy replicas come and go) and the CA rotation, and a pull that
-    // meets either is retried by kubelet with its back-off.
-    let logs = run_pod(cluster, namespace, "allowed", &pod("allowed", "default"), 300);
+    let logs = run_pod(cluster, namespace, "allowed", &pod("allowed", "default"), 120);
     assert_eq!(logs.trim(), "pulled as the pod");
     let written = cluster.kubectl_ok(
         &[
