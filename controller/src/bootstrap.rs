@@ -513,11 +513,7 @@ impl Bootstrap {
                     tracing::info!(secret = %name, %why, "replacing the CA");
                     let ca = generate()?;
                     let bundle = ca.cert_pem().to_owned();
-                    let data = BTreeMap::from([
-                        (TLS_CERT_KEY.to_owned(), ca.cert_pem().to_owned()),
-                        (TLS_KEY_KEY.to_owned(), ca.key_pem()),
-                        (CA_CERT_KEY.to_owned(), bundle.clone()),
-                    ]);
+                    let data = rotation::secret_data(&ca, &bundle, None);
                     if !self.write_secret(name, existing.clone(), data, None).await? {
                         continue;
                     }

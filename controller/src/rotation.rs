@@ -155,7 +155,13 @@ fn join(blocks: &[&str]) -> String {
     bundle
 }
 
-fn data(signing: &CertificateAuthority, bundle: &str, next: Option<&CertificateAuthority>) -> BTreeMap<String, String> {
+/// A CA Secret's data: the signing CA, the bundle, and the CA being
+/// introduced, if any.
+pub(crate) fn secret_data(
+    signing: &CertificateAuthority,
+    bundle: &str,
+    next: Option<&CertificateAuthority>,
+) -> BTreeMap<String, String> {
     let mut data = BTreeMap::from([
         (TLS_CERT_KEY.to_owned(), signing.cert_pem().to_owned()),
         (TLS_KEY_KEY.to_owned(), signing.key_pem()),
@@ -208,7 +214,7 @@ pub(crate) fn plan(
         // NB: a bundle of several CAs without its change time (an older
         // controller, a hand edit): the overlap starts now.
         return Ok(Plan::Write {
-            data: data(&signing, &bundle, next.as_ref()),
+            data: secret_data(&signing, &bundle, next.as_ref()),
             signing,
             bundle,
             changed_at: now,
@@ -220,7 +226,7 @@ pub(crate) fn plan(
         if expired || phase_ends.is_some_and(|end| now >= end) {
             let bundle = join(&[next.cert_pem(), signing.cert_pem()]);
             return Ok(Plan::Write {
-                data: data(&next, &bundle, None),
+                data: secret_data(&next, &bundle, None),
                 signing: next,
                 bundle,
                 changed_at: now,
@@ -238,7 +244,7 @@ pub(crate) fn plan(
         if phase_ends.is_some_and(|end| now >= end) {
             let bundle = join(&[signing.cert_pem()]);
             return Ok(Plan::Write {
-                data: data(&signing, &bundle, None),
+                data: secret_data(&signing, &bundle, None),
                 signing,
                 bundle,
                 changed_at: now,
@@ -257,7 +263,7 @@ pub(crate) fn plan(
         let next = generate()?;
         let bundle = join(&[signing.cert_pem(), next.cert_pem()]);
         return Ok(Plan::Write {
-            data: data(&signing, &bundle, Some(&next)),
+            data: secret_data(&signing, &bundle, Some(&next)),
             signing,
             bundle,
             changed_at: now,
@@ -270,7 +276,7 @@ pub(crate) fn plan(
     let exact = join(&[signing.cert_pem()]);
     if trusted.len() == 1 && bundle != exact {
         return Ok(Plan::Write {
-            data: data(&signing, &exact, None),
+            data: secret_data(&signing, &exact, None),
             signing,
             bundle: exact,
             changed_at: changed_at.unwrap_or(now),
@@ -333,7 +339,7 @@ mod tests {
         let year = Duration::from_secs(365 * 24 * 3600);
         let old = ca("old", 5 * year);
         let now = SystemTime::now();
-        let stable = secret(&data(&old, &join(&[old.cert_pem()]), None), &[]);
+        let stable = secret(&secret_data(&old, &join(&[old.cert_pem()]), None), &[]);
         assert!(matches!(
             plan(&stable, now, OVERLAP, never).unwrap(),
             Plan::Keep { recheck: None, .. }
@@ -387,7 +393,7 @@ mod tests {
     fn a_ca_due_for_renewal_starts_a_rotation_by_itself() {
         // Ten seconds of validity, older than two thirds of it by now.
         let old = ca("short", Duration::from_secs(9));
-        let stable = secret(&data(&old, old.cert_pem(), None), &[]);
+        let stable = secret(&secret_data(&old, old.cert_pem(), None), &[]);
         let later = SystemTime::now() + Duration::from_secs(7);
         let (_, _, step, _) = written(plan(&stable, later, OVERLAP, || Ok(ca("new", OVERLAP * 100))).unwrap());
         assert_eq!(step, Step::Introduce);
@@ -402,7 +408,7 @@ mod tests {
         ));
         let old = ca("short", Duration::from_secs(5));
         let after = SystemTime::now() + Duration::from_secs(60);
-        let stable = secret(&data(&old, old.cert_pem(), None), &[]);
+        let stable = secret(&secret_data(&old, old.cert_pem(), None), &[]);
         match plan(&stable, after, OVERLAP, never).unwrap() {
             Plan::Replace { why } => assert_eq!(why, "it has expired"),
             other => panic!("{other:?}"),
@@ -410,7 +416,7 @@ mod tests {
         let new = ca("new", OVERLAP * 100);
         let bundle = join(&[old.cert_pem(), new.cert_pem()]);
         let introducing = secret(
-            &data(&old, &bundle, Some(&new)),
+            &secret_data(&old, &bundle, Some(&new)),
             &[(BUNDLE_CHANGED_ANNOTATION, unix_seconds(SystemTime::now()))],
         );
         let (data, _, step, _) = written(plan(&introducing, after, OVERLAP, never).unwrap());
@@ -421,7 +427,10 @@ mod tests {
     fn a_rotation_without_its_change_time_starts_the_overlap_now() {
         let old = ca("old", OVERLAP * 100);
         let new = ca("new", OVERLAP * 100);
-        let introducing = secret(&data(&old, &join(&[old.cert_pem(), new.cert_pem()]), Some(&new)), &[]);
+        let introducing = secret(
+            &secret_data(&old, &join(&[old.cert_pem(), new.cert_pem()]), Some(&new)),
+            &[],
+        );
         let now = SystemTime::now();
         let (data, at, step, _) = written(plan(&introducing, now, OVERLAP, never).unwrap());
         assert_eq!((step, at), (Step::Record, now));
