@@ -156,7 +156,10 @@ pub async fn run(
     };
     let secret_changes = {
         let store = store.clone();
-        tokio_stream_of(secret_watches.subscribe())
+        // NB: a lagging receiver skips what it missed: a later change
+        // re-triggers the same connectors.
+        tokio_stream::wrappers::BroadcastStream::new(secret_watches.subscribe())
+            .filter_map(|change| std::future::ready(change.ok()))
             .flat_map(move |(namespace, name)| futures::stream::iter(connectors_referencing(&store, &namespace, &name)))
     };
     let class_store = store.clone();
@@ -175,23 +178,6 @@ pub async fn run(
             }
         });
     futures::join!(readiness, run);
-}
-
-/// The changes a broadcast receiver yields, as a stream (a lagging
-/// receiver skips what it missed: a later change re-triggers the same
-/// connectors).
-fn tokio_stream_of<T: Clone + Send + 'static>(
-    receiver: tokio::sync::broadcast::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send {
-    futures::stream::unfold(receiver, |mut receiver| async move {
-        loop {
-            match receiver.recv().await {
-                Ok(item) => return Some((item, receiver)),
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-            }
-        }
-    })
 }
 
 /// Connectors in the Secret's namespace that name it.
