@@ -1,18 +1,16 @@
 //! PEM in and out: certificate chains, trust roots and private keys as they
 //! appear in Kubernetes Secrets and mounted files.
 
-use std::io;
-
 use rustls::RootCertStore;
+use rustls::pki_types::pem::{self as pki_pem, PemObject, SectionKind};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls_pemfile::Item;
 
 /// Why PEM text could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A block is syntactically broken (missing END line, bad base64).
-    #[error("malformed PEM: {0}")]
-    Malformed(#[source] io::Error),
+    #[error("malformed PEM: {}", describe_malformed(.0))]
+    Malformed(#[source] pki_pem::Error),
     /// No block of the wanted kind; `found` lists the labels that were there.
     #[error("no {wanted} PEM block found{}", describe_found(found))]
     Missing {
@@ -43,14 +41,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Decodes every `CERTIFICATE` block, in order; fails if there is none.
 pub fn load_certs_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
-    let items = read_items(pem)?;
-    let found = labels(&items);
-    let certs: Vec<_> = items
+    let sections = read_sections(pem)?;
+    let found = labels(&sections);
+    let certs: Vec<_> = sections
         .into_iter()
-        .filter_map(|item| match item {
-            Item::X509Certificate(cert) => Some(cert),
-            _ => None,
-        })
+        .filter_map(|(kind, der)| CertificateDer::from_pem(kind, der))
         .collect();
     if certs.is_empty() {
         return Err(Error::Missing {
@@ -63,16 +58,11 @@ pub fn load_certs_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
 
 /// Decodes the single private key (PKCS#8, SEC1 or PKCS#1) in `pem`.
 pub fn load_private_key_pem(pem: &str) -> Result<PrivateKeyDer<'static>> {
-    let items = read_items(pem)?;
-    let found = labels(&items);
-    let mut keys: Vec<PrivateKeyDer<'static>> = items
+    let sections = read_sections(pem)?;
+    let found = labels(&sections);
+    let mut keys: Vec<PrivateKeyDer<'static>> = sections
         .into_iter()
-        .filter_map(|item| match item {
-            Item::Pkcs8Key(key) => Some(key.into()),
-            Item::Sec1Key(key) => Some(key.into()),
-            Item::Pkcs1Key(key) => Some(key.into()),
-            _ => None,
-        })
+        .filter_map(|(kind, der)| PrivateKeyDer::from_pem(kind, der))
         .collect();
     match keys.len() {
         0 => Err(Error::Missing {
@@ -100,26 +90,42 @@ pub fn encode_pem(label: &str, der: &[u8]) -> String {
     ::pem::encode_config(&::pem::Pem::new(label, der), config)
 }
 
-fn read_items(pem: &str) -> Result<Vec<Item>> {
-    rustls_pemfile::read_all(&mut pem.as_bytes())
+/// Every block whose label rustls knows, in order; blocks with other labels
+/// are skipped, and any broken block fails the whole text.
+fn read_sections(pem: &str) -> Result<Vec<(SectionKind, Vec<u8>)>> {
+    <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes())
         .collect::<Result<_, _>>()
         .map_err(Error::Malformed)
 }
 
-fn labels(items: &[Item]) -> Vec<&'static str> {
-    items
+fn labels(sections: &[(SectionKind, Vec<u8>)]) -> Vec<&'static str> {
+    sections
         .iter()
-        .map(|item| match item {
-            Item::X509Certificate(_) => "CERTIFICATE",
-            Item::SubjectPublicKeyInfo(_) => "PUBLIC KEY",
-            Item::Pkcs1Key(_) => "RSA PRIVATE KEY",
-            Item::Pkcs8Key(_) => "PRIVATE KEY",
-            Item::Sec1Key(_) => "EC PRIVATE KEY",
-            Item::Crl(_) => "X509 CRL",
-            Item::Csr(_) => "CERTIFICATE REQUEST",
+        .map(|(kind, _)| match kind {
+            SectionKind::Certificate => "CERTIFICATE",
+            SectionKind::PublicKey => "PUBLIC KEY",
+            SectionKind::RsaPrivateKey => "RSA PRIVATE KEY",
+            SectionKind::PrivateKey => "PRIVATE KEY",
+            SectionKind::EcPrivateKey => "EC PRIVATE KEY",
+            SectionKind::Crl => "X509 CRL",
+            SectionKind::Csr => "CERTIFICATE REQUEST",
+            SectionKind::EchConfigList => "ECHCONFIG",
             _ => "unrecognised",
         })
         .collect()
+}
+
+/// The syntax error in words; rustls shows the offending line as bytes.
+fn describe_malformed(error: &pki_pem::Error) -> String {
+    match error {
+        pki_pem::Error::MissingSectionEnd { end_marker } => {
+            format!("section end {:?} missing", String::from_utf8_lossy(end_marker))
+        }
+        pki_pem::Error::IllegalSectionStart { line } => {
+            format!("illegal section start: {:?}", String::from_utf8_lossy(line))
+        }
+        other => other.to_string(),
+    }
 }
 
 fn describe_found(found: &[&str]) -> String {
@@ -162,9 +168,36 @@ mod tests {
     #[test]
     fn broken_blocks_are_malformed() {
         let truncated = "-----BEGIN CERTIFICATE-----\nAAAA\n";
-        assert!(matches!(load_certs_pem(truncated), Err(Error::Malformed(_))));
+        let error = load_certs_pem(truncated).unwrap_err();
+        assert!(matches!(error, Error::Malformed(_)));
+        assert_eq!(error.to_string(), r#"malformed PEM: section end "CERTIFICATE" missing"#);
         let bad_base64 = "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n";
         assert!(matches!(load_certs_pem(bad_base64), Err(Error::Malformed(_))));
+    }
+
+    #[test]
+    fn each_key_label_gives_its_encoding_and_other_blocks_are_skipped() {
+        let der = vec![1, 2, 3];
+        let cases = [
+            ("PRIVATE KEY", PrivateKeyDer::Pkcs8(der.clone().into())),
+            ("EC PRIVATE KEY", PrivateKeyDer::Sec1(der.clone().into())),
+            ("RSA PRIVATE KEY", PrivateKeyDer::Pkcs1(der.clone().into())),
+        ];
+        for (label, expected) in cases {
+            // NB: Secrets written on Windows carry CRLF; text around blocks is allowed.
+            let pem = format!(
+                "a key follows\n{}{}{}",
+                encode_pem("X509 CRL", &[7]),
+                encode_pem("SOMETHING ELSE", &[8]),
+                encode_pem(label, &der).replace('\n', "\r\n"),
+            );
+            assert_eq!(load_private_key_pem(&pem).unwrap(), expected, "{label}");
+            let error = load_certs_pem(&pem).unwrap_err();
+            assert_eq!(
+                error.to_string(),
+                format!("no CERTIFICATE PEM block found (found X509 CRL, {label})")
+            );
+        }
     }
 
     #[test]
