@@ -23,7 +23,8 @@ const NEXT_POD_TOKEN: &str = "csi-pod-token-second-c4a0";
 
 /// `connectors csi` on `socket` with connectors from `store`, a fresh
 /// proxy CA (in `dir`) and `proxy_address`, once it listens.
-fn start_plugin(dir: &Path, socket: &Path, store: &Path, proxy_address: &str, extra: &[&str]) -> Process {
+/// Starts the plugin; `ready` is the log message to wait for.
+fn start_plugin(dir: &Path, socket: &Path, store: &Path, proxy_address: &str, extra: &[&str], ready: &str) -> Process {
     let ca = certs::CertificateAuthority::generate("connectors csi test CA", Duration::from_secs(3600)).unwrap();
     let ca_path = dir.join("proxy-ca.crt");
     std::fs::write(&ca_path, ca.cert_pem()).unwrap();
@@ -44,7 +45,7 @@ fn start_plugin(dir: &Path, socket: &Path, store: &Path, proxy_address: &str, ex
         "127.0.0.1:3128",
     ];
     args.extend_from_slice(extra);
-    Process::start_until(&args, "csi listening")
+    Process::start_until(&args, ready)
 }
 
 /// The volume of pod `team/builder-0` naming `lab`.
@@ -97,7 +98,8 @@ async fn skopeo_pushes_and_pulls_through_the_proxy_with_only_the_volume_auth_fil
         &socket,
         &store,
         &proxy_addr.to_string(),
-        &["--pull-plain-http"],
+        &["--pull-plain-http", "--health-listen", "127.0.0.1:0"],
+        "csi health and metrics endpoint listening",
     );
 
     // kubelet publishes the pod's volume.
@@ -187,6 +189,25 @@ async fn skopeo_pushes_and_pulls_through_the_proxy_with_only_the_volume_auth_fil
         "unpublish unmounts the volume"
     );
 
+    // Two publications, a refused one and an unpublication, counted.
+    let health = plugin.addr().expect("the health listener's address");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let metrics = reqwest::get(format!("http://{health}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        r#"connectors_csi_publishes_total{result="published"} 2"#,
+        r#"connectors_csi_publishes_total{result="invalid"} 1"#,
+        r#"connectors_csi_unpublishes_total{result="removed"} 1"#,
+        "connectors_csi_publish_duration_seconds_count 3",
+    ] {
+        assert!(metrics.contains(series), "{series} in {metrics}");
+    }
+    assert!(!metrics.contains(POD_TOKEN));
+
     let plugin_logs = plugin.log_text();
     assert!(plugin_logs.contains("volume published"), "{plugin_logs}");
     for token in [POD_TOKEN, NEXT_POD_TOKEN] {
@@ -201,7 +222,7 @@ fn csi_sanity_passes_every_test_a_node_only_ephemeral_plugin_answers() {
     let store = dir.path().join("store.yaml");
     std::fs::write(&store, StoreYaml::new("team").build()).unwrap();
     let socket = dir.path().join("csi.sock");
-    let _plugin = start_plugin(dir.path(), &socket, &store, "127.0.0.1:5080", &[]);
+    let _plugin = start_plugin(dir.path(), &socket, &store, "127.0.0.1:5080", &[], "csi listening");
     // The Identity and Node specs; the Controller, snapshot, group and
     // expansion specs test services this plugin does not offer (no
     // controller, inline ephemeral volumes only), and NodeUnpublishVolume's

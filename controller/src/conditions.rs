@@ -128,6 +128,11 @@ fn aggregate(class: &Check, report: &ProbeReport) -> Check {
     }
 }
 
+/// Whether the status says Ready.
+pub fn is_ready(status: &ConnectorStatus) -> bool {
+    status.conditions.iter().any(|c| c.type_ == READY && c.status == "True")
+}
+
 /// Whether `next` must be written over `current`: something other than the
 /// probe times changed, or the recorded probe is older than `refresh`.
 pub fn needs_write(current: Option<&ConnectorStatus>, next: &ConnectorStatus, refresh: Duration) -> bool {

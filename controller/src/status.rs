@@ -25,7 +25,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::conditions;
-use crate::metrics::{Metrics, ProbeLabels};
+use crate::metrics::Metrics;
 use crate::probe::{Check, ProbeReport, Prober, SecretLookup, Verdict};
 use crate::service::{self, ServiceSettings, ServiceState};
 
@@ -162,6 +162,26 @@ pub async fn run(
             .filter_map(|change| std::future::ready(change.ok()))
             .flat_map(move |(namespace, name)| futures::stream::iter(connectors_referencing(&store, &namespace, &name)))
     };
+    // A deleted Connector's readiness series and probe schedule go with it;
+    // a replica that stops leading stops reporting.
+    let forget = {
+        let (store, context, leader) = (store.clone(), context.clone(), leader.clone());
+        async move {
+            loop {
+                tokio::time::sleep(METRICS_PRUNE_INTERVAL).await;
+                let leading = *leader.borrow();
+                let exists = |namespace: &str, name: &str| store.get(&ObjectRef::new(name).within(namespace)).is_some();
+                context
+                    .metrics
+                    .forget_absent(|namespace, name| leading && exists(namespace, name));
+                let mut schedules = context.schedules.lock().unwrap_or_else(|e| e.into_inner());
+                schedules.retain(|key, _| {
+                    key.split_once('/')
+                        .is_some_and(|(namespace, name)| exists(namespace, name))
+                });
+            }
+        }
+    };
     let class_store = store.clone();
     let run = controller
         .reconcile_on(secret_changes)
@@ -177,7 +197,11 @@ pub async fn run(
                 tracing::debug!(%error, "connector reconcile did not complete");
             }
         });
-    futures::join!(readiness, run);
+    // NB: `forget` never ends; the controller's end ends it.
+    futures::join!(readiness, async {
+        futures::pin_mut!(forget);
+        futures::future::select(Box::pin(run), forget).await;
+    });
 }
 
 /// Connectors in the Secret's namespace that name it.
@@ -198,6 +222,9 @@ fn connectors_referencing(store: &Store<Connector>, namespace: &str, name: &str)
 /// How soon a connector whose class is missing (or lacks its auth type)
 /// is looked at again; from memory, so cheap.
 const UNUSABLE_CLASS_RECHECK: Duration = Duration::from_secs(2);
+
+/// How often the readiness series of deleted Connectors are dropped.
+const METRICS_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Connectors of class `name`.
 fn connectors_of_class(store: &Store<Connector>, name: &str) -> Vec<ObjectRef<Connector>> {
@@ -391,13 +418,15 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
                 .auth
                 .as_ref()
                 .and_then(|auth| class.auth_probe(&auth.name));
-            context.prober.probe(&connector, auth_probe, &credential, &ca).await
+            let started = Instant::now();
+            let report = context.prober.probe(&connector, auth_probe, &credential, &ca).await;
+            let result = if report.healthy() { "success" } else { "failure" };
+            context.metrics.probed(result, started.elapsed());
+            report
         }
         _ => ProbeReport::not_probed("ConnectorClassNotReady", "the connector's class is not usable"),
     };
     let healthy = report.healthy() && class_check.verdict == Verdict::True;
-    let result = if healthy { "success" } else { "failure" };
-    context.metrics.probes.get_or_create(&ProbeLabels { result }).inc();
     let shared = conditions::proxy_address(&context.settings.proxy_url, &namespace, &name);
     let service = match &context.settings.services {
         Some(settings) => Some(service::ensure(&context.client, &connector, settings).await),
@@ -444,6 +473,9 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
         context.metrics.status_writes.inc();
         publish_transitions(&context, &connector, current, &next).await;
     }
+    context
+        .metrics
+        .set_ready(&namespace, &name, conditions::is_ready(&next));
 
     if !usable {
         return Ok(Action::requeue(UNUSABLE_CLASS_RECHECK));

@@ -58,6 +58,28 @@ async fn a_registry_at_a_refused_address_is_never_dialed_and_its_status_says_onl
         0,
         "the controller dialed a refused address"
     );
+
+    // The readiness gauge says both are not Ready; a deleted Connector's
+    // series goes with it.
+    let metrics_url = format!("http://{}/metrics", running.health);
+    let metrics = http_text(&metrics_url).await;
+    for name in ["inside", "metadata"] {
+        let series = format!(r#"connectors_controller_connector_ready{{namespace="{TEAM}",name="{name}"}} 0"#);
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
+    api.delete(CONNECTORS, Some(TEAM), "metadata");
+    eventually(
+        "the deleted connector's series to go",
+        std::time::Duration::from_secs(30),
+        || {
+            let url = metrics_url.clone();
+            async move {
+                let metrics = http_text(&url).await;
+                (!metrics.contains(r#"name="metadata""#) && metrics.contains(r#"name="inside""#)).then_some(())
+            }
+        },
+    )
+    .await;
     running.stop().await;
 }
 

@@ -2,10 +2,12 @@
 //! what the livenessprobe sidecar gives other CSI drivers. Each request
 //! dials the plugin's socket and calls `Probe`, as kubelet would, so a
 //! plugin whose socket is gone or whose server hangs fails the probe.
+//! `/metrics` is served beside it.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use serving::ServerLimits;
 
+use crate::metrics::Metrics;
 use crate::proto::ProbeRequest;
 use crate::proto::identity_client::IdentityClient;
 
@@ -54,27 +57,39 @@ pub async fn probe(socket: PathBuf) -> Result<(), String> {
 
 /// Serves `/healthz` on `listener` for the plugin on `socket` until
 /// `shutdown` resolves: 200 when it answers `Probe` ready, 503 with the
-/// reason otherwise; 404 for any other path.
+/// reason otherwise; `/metrics` from `metrics`; 404 for any other path.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     socket: PathBuf,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-        let socket = socket.clone();
+        let (socket, metrics) = (socket.clone(), metrics.clone());
         async move {
-            let (status, body) = if request.uri().path() != "/healthz" {
-                (StatusCode::NOT_FOUND, "not found\n".to_owned())
-            } else {
-                match probe(socket).await {
-                    Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
-                    Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
-                }
+            let (status, body, content_type) = match request.uri().path() {
+                "/healthz" => match probe(socket).await {
+                    Ok(()) => (StatusCode::OK, "ok\n".to_owned(), TEXT),
+                    Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n"), TEXT),
+                },
+                "/metrics" => (StatusCode::OK, metrics.encode(), OPENMETRICS),
+                _ => (
+                    StatusCode::NOT_FOUND,
+                    "not found: this listener serves /healthz and /metrics\n".to_owned(),
+                    TEXT,
+                ),
             };
             let mut response = Response::new(Full::new(Bytes::from(body)));
             *response.status_mut() = status;
+            response.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(content_type),
+            );
             Ok::<_, Infallible>(response)
         }
     });
     serving::http::serve(listener, limits(), None, service, shutdown).await
 }
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

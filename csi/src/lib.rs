@@ -19,6 +19,7 @@ pub mod authorize;
 pub mod client;
 pub mod files;
 pub mod health;
+pub mod metrics;
 pub mod pod;
 pub mod registration;
 pub mod render;

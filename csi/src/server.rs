@@ -7,6 +7,7 @@ use std::future::Future;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use access::caller::Authorizer;
 use connector::keys;
@@ -15,6 +16,7 @@ use connector::store::{ClassStore, ConnectorStore};
 use tonic::{Code, Request, Response, Status};
 
 use crate::authorize::{self, AccessError};
+use crate::metrics::Metrics;
 use crate::pod::{NoPods, PodLookup};
 use crate::proto::identity_server::{Identity, IdentityServer};
 use crate::proto::node_server::{Node, NodeServer};
@@ -71,6 +73,7 @@ pub struct Plugin {
     // one lock for the node is enough.
     filesystem: Arc<Mutex<()>>,
     backing: target::Backing,
+    metrics: Arc<Metrics>,
 }
 
 impl Plugin {
@@ -89,6 +92,7 @@ impl Plugin {
             node_id: node_id.into(),
             filesystem: Arc::new(Mutex::new(())),
             backing: target::Backing::Directory,
+            metrics: Arc::default(),
         }
     }
 
@@ -98,6 +102,11 @@ impl Plugin {
     pub fn with_backing(mut self, backing: target::Backing) -> Self {
         self.backing = backing;
         self
+    }
+
+    /// The plugin's metrics, for the health listener's `/metrics`.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// Volumes carry `pem` as the proxy CA from now on.
@@ -223,13 +232,11 @@ pub struct NodeService {
     plugin: Plugin,
 }
 
-#[tonic::async_trait]
-impl Node for NodeService {
-    async fn node_publish_volume(
-        &self,
-        request: Request<NodePublishVolumeRequest>,
-    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
-        let request = PublishRequest::parse(request.get_ref()).map_err(invalid)?;
+impl NodeService {
+    /// Authorizes, renders and writes a volume; `Ok(true)` when its files
+    /// changed.
+    async fn publish(&self, request: &NodePublishVolumeRequest) -> Result<bool, Status> {
+        let request = PublishRequest::parse(request).map_err(invalid)?;
         let plugin = &self.plugin;
         let routes = authorize::authorize_connectors(
             plugin.store.as_ref(),
@@ -293,14 +300,12 @@ impl Node for NodeService {
         } else {
             tracing::debug!(volume_id = %request.volume_id, %pod, "volume unchanged");
         }
-        Ok(Response::new(NodePublishVolumeResponse {}))
+        Ok(changed)
     }
 
-    async fn node_unpublish_volume(
-        &self,
-        request: Request<NodeUnpublishVolumeRequest>,
-    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
-        let request = UnpublishRequest::parse(request.get_ref()).map_err(invalid)?;
+    /// Removes a volume; `Ok(true)` when there was one.
+    async fn unpublish(&self, request: &NodeUnpublishVolumeRequest) -> Result<bool, Status> {
+        let request = UnpublishRequest::parse(request).map_err(invalid)?;
         let target = request.target_path.clone();
         let removed = self
             .plugin
@@ -313,7 +318,29 @@ impl Node for NodeService {
             removed,
             "volume unpublished"
         );
-        Ok(Response::new(NodeUnpublishVolumeResponse {}))
+        Ok(removed)
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_publish_volume(
+        &self,
+        request: Request<NodePublishVolumeRequest>,
+    ) -> Result<Response<NodePublishVolumeResponse>, Status> {
+        let started = Instant::now();
+        let result = self.publish(request.get_ref()).await;
+        self.plugin.metrics.published(&result, started.elapsed());
+        result.map(|_| Response::new(NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
+        let result = self.unpublish(request.get_ref()).await;
+        self.plugin.metrics.unpublished(&result);
+        result.map(|_| Response::new(NodeUnpublishVolumeResponse {}))
     }
 
     async fn node_get_capabilities(

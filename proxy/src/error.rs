@@ -119,6 +119,43 @@ enum Class {
     BadGateway,
 }
 
+/// The `reason` label of `connectors_proxy_refusals_total`: why the proxy
+/// turned a request away.
+pub const REFUSAL_REASONS: [&str; 7] = [
+    "no_route",
+    "invalid_request",
+    "unknown_connector",
+    "unauthenticated",
+    "denied",
+    "not_a_connector_host",
+    "egress_refused",
+];
+
+/// The `class` label of `connectors_proxy_upstream_errors_total`: what
+/// failed between the proxy and a registry.
+pub const UPSTREAM_ERROR_CLASSES: [&str; 12] = [
+    "unreachable",
+    "timeout",
+    "egress_refused",
+    "token_service",
+    "credential_refused",
+    "realm_refused",
+    "redirect",
+    "connector_unusable",
+    "kubernetes_unavailable",
+    "status_5xx",
+    "rate_limited",
+    "invalid_response",
+];
+
+/// How a failed request counts: a refusal by the proxy, or a failure
+/// upstream (of the registry, or of what the proxy needs to reach it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Refused(&'static str),
+    Failed(&'static str),
+}
+
 impl ProxyError {
     fn class(&self) -> Class {
         match self {
@@ -139,6 +176,27 @@ impl ProxyError {
             | Self::UnmappableLocation
             | Self::Unrelayable { .. }
             | Self::Egress(_) => Class::BadGateway,
+        }
+    }
+
+    /// How the failure counts in the metrics; every label is one of
+    /// [`REFUSAL_REASONS`] or [`UPSTREAM_ERROR_CLASSES`].
+    pub fn outcome(&self) -> Outcome {
+        use Outcome::{Failed, Refused};
+        match self {
+            Self::Route(_) => Refused("no_route"),
+            Self::BadRequest(_) | Self::Unmappable | Self::ProxyUsername(_) => Refused("invalid_request"),
+            Self::UnknownConnector(_) => Refused("unknown_connector"),
+            Self::Refused(refusal) if refusal.is_unauthenticated() => Refused("unauthenticated"),
+            Self::Refused(refusal) if refusal.is_unavailable() => Failed("kubernetes_unavailable"),
+            Self::Refused(_) => Refused("denied"),
+            Self::NotAConnectorHost { .. } => Refused("not_a_connector_host"),
+            Self::Egress(EgressError::Refused(_)) => Refused("egress_refused"),
+            Self::Egress(_) | Self::Unrelayable { .. } => Failed("unreachable"),
+            Self::CredentialRefused(_) => Failed("credential_refused"),
+            Self::Connector { .. } => Failed("connector_unusable"),
+            Self::RedirectRefused(_) | Self::InvalidRedirect | Self::UnmappableLocation => Failed("redirect"),
+            Self::Upstream(error) => Failed(upstream_class(error)),
         }
     }
 
@@ -223,6 +281,27 @@ impl ProxyError {
             response.headers_mut().insert(name, value);
         }
         response
+    }
+}
+
+/// The class of an upstream failure.
+fn upstream_class(error: &UpstreamError) -> &'static str {
+    if error.is_timeout() {
+        return "timeout";
+    }
+    match error {
+        UpstreamError::Unreachable { .. } => "unreachable",
+        UpstreamError::Egress(_) => "egress_refused",
+        UpstreamError::TokenRefused(_) => "credential_refused",
+        UpstreamError::Realm { .. } => "realm_refused",
+        UpstreamError::HeaderTimeout { .. } => "timeout",
+        UpstreamError::TokenService(_)
+        | UpstreamError::TokenServiceFailed(_)
+        | UpstreamError::TokenTimeout
+        | UpstreamError::TokenUnreadable
+        | UpstreamError::Token(_) => "token_service",
+        UpstreamError::InvalidUrl(_) => "invalid_response",
+        UpstreamError::CredentialHeader => "connector_unusable",
     }
 }
 

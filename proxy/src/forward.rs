@@ -13,6 +13,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use access::Identity;
 use access::caller::basic_credentials;
@@ -141,6 +142,7 @@ impl ForwardProxy {
         result.unwrap_or_else(|error| {
             let _peer = tracing::info_span!("forward", %peer).entered();
             error.log(Dialect::ForwardProxy, "");
+            self.pipeline.count_failure(&error, "", Mode::Forward);
             error.response(Dialect::ForwardProxy)
         })
     }
@@ -225,10 +227,13 @@ impl ForwardProxy {
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<registry::body::BoxError>,
     {
+        let started = Instant::now();
         match self.prove_again(caller).await {
-            Ok(identity) => self.relay_for(&identity, &caller.key, request).await,
+            Ok(identity) => self.relay_for(&identity, &caller.key, request, started).await,
             Err(error) => {
-                let mut response = self.pipeline.answer(Err(error), caller.key.to_string(), Mode::Forward);
+                let mut response = self
+                    .pipeline
+                    .answer(Err(error), caller.key.to_string(), Mode::Forward, started);
                 // NB: the client must CONNECT again, where it is refused.
                 response
                     .headers_mut()
@@ -240,7 +245,13 @@ impl ForwardProxy {
 
     /// Answers one request for `key`'s registry from `identity`, proved
     /// just now.
-    async fn relay_for<B>(&self, identity: &Identity, key: &ConnectorKey, request: Request<B>) -> Response<ProxyBody>
+    async fn relay_for<B>(
+        &self,
+        identity: &Identity,
+        key: &ConnectorKey,
+        request: Request<B>,
+        started: Instant,
+    ) -> Response<ProxyBody>
     where
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<registry::body::BoxError>,
@@ -265,7 +276,7 @@ impl ForwardProxy {
             }
         }
         .await;
-        self.pipeline.answer(result, key.to_string(), Mode::Forward)
+        self.pipeline.answer(result, key.to_string(), Mode::Forward, started)
     }
 
     /// The caller's identity, proved again: its token reviewed (cached
@@ -313,6 +324,7 @@ impl ForwardProxy {
     /// connector registry through the pipeline; for any other host the
     /// tunnel policy admits, relayed as it is.
     async fn absolute(&self, request: Request<Incoming>, peer: SocketAddr) -> Result<Response<ProxyBody>, ProxyError> {
+        let started = Instant::now();
         let uri = request.uri().clone();
         if uri.scheme_str() != Some("http") {
             return Err(ProxyError::BadRequest(
@@ -338,7 +350,9 @@ impl ForwardProxy {
             .unwrap_or("/")
             .parse::<Uri>()
             .map_err(|_| ProxyError::BadRequest("the URL has no usable path"))?;
-        Ok(self.relay_for(&identity, &key, Request::from_parts(parts, body)).await)
+        Ok(self
+            .relay_for(&identity, &key, Request::from_parts(parts, body), started)
+            .await)
     }
 
     /// The caller and the connectors it names, from `Proxy-Authorization`;

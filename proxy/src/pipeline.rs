@@ -12,7 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use access::Access;
 
@@ -33,9 +33,9 @@ use registry::token::Source;
 use registry::upstream::{RESPONSE_HEADER_TIMEOUT, UpstreamClients};
 use url::Url;
 
-use crate::error::{AUDIT_TARGET, ConnectorFault, Dialect, ProxyError};
+use crate::error::{AUDIT_TARGET, ConnectorFault, Dialect, Outcome, ProxyError};
 use crate::headers::{actions, carries_body, downstream_headers, map_query, upstream_request_headers};
-use crate::metrics::{ByteLabels, ConnectorLabels, Metrics, RequestLabels, status_class};
+use crate::metrics::Metrics;
 use crate::route::{self, ConnectorRoute, Endpoint};
 
 /// How many redirects a blob fetch follows.
@@ -147,26 +147,42 @@ impl Pipeline {
     }
 
     /// The answer to a registry client, counted by connector, mode and
-    /// status class; failures logged at their level.
+    /// status class, with its time to first byte since `started`, and a
+    /// failure by its reason or class; failures logged at their level.
     pub fn answer(
         &self,
         result: Result<Response<ProxyBody>, ProxyError>,
         connector: String,
         mode: Mode,
+        started: Instant,
     ) -> Response<ProxyBody> {
         let response = result.unwrap_or_else(|error| {
             error.log(Dialect::Registry, &connector);
+            self.count_failure(&error, &connector, mode);
             error.response(Dialect::Registry)
         });
         self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                connector,
-                mode: mode.label(),
-                status: status_class(response.status().as_u16()),
-            })
-            .inc();
+            .answered(connector, mode.label(), response.status().as_u16(), started.elapsed());
         response
+    }
+
+    /// Counts a failed request as a refusal or an upstream error.
+    pub fn count_failure(&self, error: &ProxyError, connector: &str, mode: Mode) {
+        match error.outcome() {
+            Outcome::Refused(reason) => self.metrics.refused(mode.label(), reason),
+            Outcome::Failed(class) => self.metrics.upstream_failed(connector, class),
+        }
+    }
+
+    /// The metrics in the text exposition format, without the series of
+    /// connectors that no longer exist.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.forget_absent(|connector| {
+            connector.split_once('/').is_some_and(|(namespace, name)| {
+                self.connectors.connector(&ConnectorKey::new(namespace, name)).is_some()
+            })
+        });
+        self.metrics.encode()
     }
 
     /// Relays `request` for `route` (of connector `route.key`, which
@@ -262,13 +278,8 @@ impl Pipeline {
             .send_authorized(&target.upstream, head, body, scopes, margin)
             .await?;
         if let Some(source) = authorization.as_ref().and_then(|a| a.source) {
-            let labels = ConnectorLabels {
-                connector: target.key.to_string(),
-            };
-            match source {
-                Source::Fetched => self.metrics.token_fetches.get_or_create(&labels).inc(),
-                Source::Cache => self.metrics.token_cache_hits.get_or_create(&labels).inc(),
-            };
+            self.metrics
+                .token(&target.key.to_string(), matches!(source, Source::Fetched));
         }
         Ok((response, authorization))
     }
@@ -340,6 +351,11 @@ impl Pipeline {
         if status == StatusCode::UNAUTHORIZED {
             return Err(ProxyError::CredentialRefused(target.key.clone()));
         }
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            self.metrics.upstream_failed(&target.key.to_string(), "rate_limited");
+        } else if status.is_server_error() {
+            self.metrics.upstream_failed(&target.key.to_string(), "status_5xx");
+        }
         let mut headers = downstream_headers(response.headers());
         // NB: a forward-mode client talks to the registry's origin itself,
         // so its URLs stay as they are.
@@ -367,12 +383,7 @@ impl Pipeline {
             Err(incoming)
         };
         if body.is_ok() {
-            self.metrics
-                .zero_copy_relays
-                .get_or_create(&ConnectorLabels {
-                    connector: target.key.to_string(),
-                })
-                .inc();
+            self.metrics.zero_copy_counter(&target.key.to_string()).inc();
         }
         let body =
             body.unwrap_or_else(|incoming| count_bytes(incoming.map_err(BoxError::from).boxed(), download_counter));
@@ -480,13 +491,7 @@ impl Pipeline {
         key: &ConnectorKey,
         direction: &'static str,
     ) -> prometheus_client::metrics::counter::Counter {
-        self.metrics
-            .bytes
-            .get_or_create(&ByteLabels {
-                connector: key.to_string(),
-                direction,
-            })
-            .clone()
+        self.metrics.byte_counter(&key.to_string(), direction)
     }
 }
 

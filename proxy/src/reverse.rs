@@ -4,6 +4,8 @@
 //! authorized for the connector before the request enters the
 //! [`Pipeline`].
 
+use std::time::Instant;
+
 use access::Caller;
 use bytes::Bytes;
 use hyper::header;
@@ -24,10 +26,11 @@ impl Pipeline {
         B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
         B::Error: Into<BoxError>,
     {
+        let started = Instant::now();
         let request = request.map(registry::body::from_client);
         let mut connector = String::new();
         let result = self.reverse(request, &mut connector).await;
-        self.answer(result, connector, Mode::Reverse)
+        self.answer(result, connector, Mode::Reverse, started)
     }
 
     async fn reverse(

@@ -117,7 +117,7 @@ async fn dispatch(
         "/readyz" if ready() => text(StatusCode::OK, "ok"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "connector store not synced yet"),
         "/metrics" if metrics => {
-            let mut response = text(StatusCode::OK, pipeline.metrics.encode());
+            let mut response = text(StatusCode::OK, pipeline.metrics_text());
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

@@ -65,6 +65,10 @@ async fn pull_through_the_reverse_pipeline_matches_the_registry_digests() {
         metrics.contains(r#"connectors_proxy_requests_total{connector="team/lab",mode="reverse",status="2xx"}"#),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(r#"connectors_proxy_time_to_first_byte_seconds_count{mode="reverse"} "#),
+        "{metrics}"
+    );
     assert_no_credential(&metrics, "the metrics", USER, PASSWORD);
     proxy.stop().await;
 }
@@ -108,6 +112,15 @@ async fn refused_callers_get_their_answer_and_no_upstream_request() {
         registry.access_log_lines("GET /v2/lab/hello/manifests/").is_empty(),
         "a refused caller caused an upstream request: {:?}",
         registry.access_log_lines("GET /v2/")
+    );
+    let metrics = proxy.pipeline.metrics_text();
+    for (reason, count) in [("unauthenticated", 3), ("denied", 1), ("unknown_connector", 1)] {
+        let series = format!(r#"connectors_proxy_refusals_total{{mode="reverse",reason="{reason}"}} {count}"#);
+        assert!(metrics.contains(&series), "{series} in {metrics}");
+    }
+    assert!(
+        !metrics.contains("connectors_proxy_upstream_errors_total{"),
+        "{metrics}"
     );
     proxy.stop().await;
 }

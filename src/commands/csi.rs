@@ -39,8 +39,8 @@ pub struct Args {
     /// `--endpoint`'s path on the host.
     #[arg(long, env = "CONNECTORS_CSI_KUBELET_ENDPOINT", requires = "registration_socket")]
     kubelet_endpoint: Option<PathBuf>,
-    /// Serves `/healthz` for kubelet's liveness probe here: 200 while the
-    /// plugin answers `Probe` ready on its own socket.
+    /// Serves `/healthz` for kubelet's liveness probe here (200 while the
+    /// plugin answers `Probe` ready on its own socket), and `/metrics`.
     #[arg(long, env = "CONNECTORS_CSI_HEALTH_LISTEN")]
     health_listen: Option<SocketAddr>,
     /// The store: YAML with the Namespaces and Connectors; reloaded when it
@@ -154,6 +154,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         }
     };
     let node_id = args.node_id.clone();
+    let metrics = plugin.metrics();
     let plugin_socket = socket.clone();
     let serve_plugin = async {
         csi::serve_unix(
@@ -189,8 +190,8 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
             return Ok(());
         };
         let listener = super::bind(addr).await?;
-        tracing::info!(addr = %listener.local_addr()?, "csi health endpoint listening");
-        csi::health::serve(listener, socket.clone(), until_stopped())
+        tracing::info!(addr = %listener.local_addr()?, "csi health and metrics endpoint listening");
+        csi::health::serve(listener, socket.clone(), metrics, until_stopped())
             .await
             .context("the CSI health server failed")
     };
