@@ -394,3 +394,73 @@ fn values_that_cannot_work_are_refused_with_what_to_change() {
         assert!(error.contains(says), "{values:?}: {error}");
     }
 }
+
+#[test]
+fn the_pod_monitors_scrape_named_metrics_ports_and_the_dashboard_ships_as_is() {
+    let defaults = rendered_objects(&template(&[]).expect("the defaults render"));
+    assert!(!defaults.keys().any(|(kind, _, _)| kind == "PodMonitor"));
+    let rendered = template(&[
+        "--set",
+        "metrics.podMonitor.enabled=true",
+        "--set",
+        "metrics.podMonitor.labels.release=prometheus",
+        "--set",
+        "metrics.dashboard.enabled=true",
+        "--set",
+        "metrics.dashboard.namespace=monitoring",
+    ])
+    .expect("the values render");
+    let objects = rendered_objects(&rendered);
+    // Each named port a monitor scrapes, and the pods whose container has it.
+    let mut ports: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for ((kind, namespace, name), object) in &objects {
+        if !matches!(kind.as_str(), "Deployment" | "DaemonSet") {
+            continue;
+        }
+        for container in object["spec"]["template"]["spec"]["containers"].as_array().unwrap() {
+            for port in container["ports"].as_array().into_iter().flatten() {
+                ports
+                    .entry(format!("{namespace}/{}", port["name"].as_str().unwrap()))
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+    }
+    let mut scraped = Vec::new();
+    for ((kind, namespace, name), monitor) in &objects {
+        if kind != "PodMonitor" {
+            continue;
+        }
+        assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus", "{name}");
+        for endpoint in monitor["spec"]["podMetricsEndpoints"].as_array().unwrap() {
+            let port = format!("{namespace}/{}", endpoint["port"].as_str().unwrap());
+            let pods = ports
+                .get(&port)
+                .unwrap_or_else(|| panic!("{name} scrapes {port}, which no pod names"));
+            assert_eq!(endpoint["path"], "/metrics");
+            scraped.extend(pods.iter().cloned());
+        }
+    }
+    scraped.sort();
+    scraped.dedup();
+    assert_eq!(
+        scraped,
+        [
+            "connectors-controller",
+            "connectors-csi",
+            "connectors-proxy",
+            "connectors-webhook"
+        ]
+    );
+    let dashboard = &objects[&(
+        "ConfigMap".into(),
+        "monitoring".into(),
+        "connectors-dashboard".into(),
+    )];
+    assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped = std::fs::read_to_string(chart().join("dashboards/connectors.json")).unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(dashboard["data"]["connectors.json"].as_str().unwrap()).unwrap(),
+        serde_json::from_str::<serde_json::Value>(&shipped).unwrap()
+    );
+}
