@@ -495,6 +495,122 @@ spec:
     assert!(gone, "{} outlives the pod", volume.display());
 }
 
+/// The `/metrics` of every pod of `component` in `namespace`, fetched
+/// through the API server's pod proxy (`scheme:pod:port`), joined.
+fn scrape(cluster: &RealCluster, namespace: &str, component: &str, scheme: &str, port: u16) -> String {
+    let pods = cluster.kubectl_ok(
+        &[
+            "-n",
+            namespace,
+            "get",
+            "pods",
+            "-l",
+            &format!("app.kubernetes.io/component={component}"),
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+        None,
+    );
+    assert!(!pods.trim().is_empty(), "no running {component} pod");
+    pods.split_whitespace()
+        .map(|pod| {
+            let path = format!("/api/v1/namespaces/{namespace}/pods/{scheme}:{pod}:{port}/proxy/metrics");
+            cluster.kubectl_ok(&["get", "--raw", &path], None)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_components_metrics_are_scraped_on_the_cluster_and_a_deleted_connectors_series_go() {
+    let cluster = cluster();
+    let registry = node_registry(cluster).await;
+    push_busybox(&registry);
+    let namespace = "node-metrics";
+    namespace_with_connector_named(cluster, namespace, "scraped", &registry);
+    wait_until(cluster, namespace, "condition=Ready", "connector/scraped");
+    // A pod the webhook rewrites, whose image kubelet pulls through the
+    // proxy and whose volume the CSI plugin publishes.
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: counted, namespace: {namespace}}}
+spec:
+  restartPolicy: Never
+  containers:
+    - name: counted
+      image: {registry}/tools/busybox:1
+      command: ["/bin/busybox", "sh", "-c", "/bin/busybox test -s \"$DOCKER_CONFIG/config.json\" && echo counted"]
+"#,
+        registry = registry.host_port()
+    );
+    assert_eq!(run_pod(cluster, namespace, "counted", &pod, 120).trim(), "counted");
+
+    let connector = format!("{namespace}/scraped");
+    let proxy = scrape(cluster, "connectors-system", "proxy", "http", 9090);
+    for series in [
+        format!(r#"connectors_proxy_requests_total{{connector="{connector}",mode="reverse",status="2xx"}}"#),
+        format!(r#"connectors_proxy_bytes_total{{connector="{connector}",direction="download"}}"#),
+        r#"connectors_proxy_time_to_first_byte_seconds_bucket{le="+Inf",mode="reverse"}"#.to_owned(),
+    ] {
+        assert!(proxy.contains(&series), "{series} in the proxy's metrics:\n{proxy}");
+    }
+    let webhook = scrape(cluster, "connectors-system", "webhook", "https", 8443);
+    assert!(
+        webhook.contains(r#"connectors_webhook_admission_reviews_total{verdict="mutated",reason=""}"#),
+        "{webhook}"
+    );
+    let csi = scrape(cluster, "connectors-csi", "csi", "http", 9808);
+    assert!(
+        csi.contains(r#"connectors_csi_publishes_total{result="published"}"#),
+        "{csi}"
+    );
+    assert!(csi.contains("connectors_csi_publish_duration_seconds_count"), "{csi}");
+    let controller = scrape(cluster, "connectors-system", "controller", "http", 8081);
+    for series in [
+        format!(r#"connectors_controller_connector_ready{{namespace="{namespace}",name="scraped"}} 1"#),
+        r#"connectors_controller_probes_total{result="success"}"#.to_owned(),
+        r#"connectors_controller_certificate_expiration_timestamp_seconds{name="connectors-proxy-ca"}"#.to_owned(),
+        "connectors_controller_leader 1".to_owned(),
+    ] {
+        assert!(
+            controller.contains(&series),
+            "{series} in the controller's metrics:\n{controller}"
+        );
+    }
+    for (component, text) in [
+        ("proxy", &proxy),
+        ("webhook", &webhook),
+        ("csi", &csi),
+        ("controller", &controller),
+    ] {
+        assert!(!text.contains(PASSWORD), "the {component}'s metrics hold the password");
+    }
+
+    // The Connector goes, and so do its series.
+    cluster.kubectl_ok(
+        &["-n", namespace, "delete", "connector", "scraped", "--wait=true"],
+        None,
+    );
+    let mut left = String::new();
+    for _ in 0..60 {
+        let proxy = scrape(cluster, "connectors-system", "proxy", "http", 9090);
+        let controller = scrape(cluster, "connectors-system", "controller", "http", 8081);
+        left = [proxy, controller]
+            .iter()
+            .flat_map(|text| text.lines())
+            .filter(|line| line.contains(&connector) || line.contains(r#"name="scraped""#))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(left.is_empty(), "a deleted connector's series remain:\n{left}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_keeps_working_while_a_webhook_pod_is_deleted() {
     let cluster = cluster();
