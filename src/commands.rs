@@ -5,6 +5,7 @@ mod controller;
 mod crd;
 mod credential_provider;
 mod csi;
+mod doctor;
 mod mutate;
 mod node_pull;
 mod proxy;
@@ -23,9 +24,11 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "CONNECTORS_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
-    /// Log debug details.
-    #[arg(long, short, global = true, env = "CONNECTORS_VERBOSE")]
-    pub verbose: bool,
+    /// More detail in the log: `-v` debug, `-vv` trace (as
+    /// `CONNECTORS_VERBOSE=1` or `2`). A filter in `CONNECTORS_LOG` or
+    /// `RUST_LOG` (`info,proxy=debug`) takes precedence.
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -42,8 +45,11 @@ pub enum Command {
     Up(up::Args),
     /// Serve the credential-injecting registry proxy.
     Proxy(proxy::Args),
-    /// Print manifests with every selected pod mutated as the webhook would.
+    /// Print manifests with every selected pod mutated as the webhook would,
+    /// from a store file or from the live cluster.
     Mutate(mutate::Args),
+    /// Check an install end to end and say what to fix.
+    Doctor(doctor::Args),
     /// Print the Connector CustomResourceDefinition.
     Crd,
     /// Generate a CA and a serving certificate for local use.
@@ -60,12 +66,15 @@ pub enum Command {
     Controller(controller::Args),
 }
 
-pub fn run(command: Command) -> anyhow::Result<()> {
+/// Runs `command`; `matches` are the parsed command line (which flags
+/// were given).
+pub fn run(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<()> {
     match command {
         Command::Webhook(args) => block_on(webhook::serve(args)),
         Command::Up(args) => block_on(up::serve(args)),
         Command::Proxy(args) => block_on(proxy::serve(args)),
-        Command::Mutate(args) => mutate::run(args),
+        Command::Mutate(args) => mutate::run(args, matches.subcommand_matches("mutate")),
+        Command::Doctor(args) => block_on(doctor::run(args)),
         Command::Crd => crd::run(),
         Command::Certs(args) => certs::run(args),
         Command::Csi(args) => block_on(csi::serve(args)),
@@ -84,23 +93,79 @@ async fn bind(address: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpLi
         .with_context(|| format!("failed to listen on {address}"))
 }
 
-fn block_on(serve: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+fn block_on<T>(serve: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
         .block_on(serve)
 }
 
-pub fn init_logging(format: LogFormat, verbose: bool) {
+/// Sets up the log: the filter from `CONNECTORS_LOG`, else `RUST_LOG`,
+/// else the level `-v` (or `CONNECTORS_VERBOSE`) gives. A filter that does
+/// not parse is reported and the level is used.
+pub fn init_logging(format: LogFormat, verbose: u8, client: bool) {
     use tracing_subscriber::EnvFilter;
-    let default = if verbose { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_env("CONNECTORS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let verbose = verbose.max(verbose_from_env(std::env::var("CONNECTORS_VERBOSE").ok().as_deref()));
+    let level = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let mut invalid = None;
+    let filter = ["CONNECTORS_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|variable| {
+            let value = std::env::var(variable).ok().filter(|v| !v.trim().is_empty())?;
+            match EnvFilter::try_new(&value) {
+                Ok(filter) => Some(filter),
+                Err(error) => {
+                    invalid = Some(format!(
+                        "{variable}={value:?} is not a log filter ({error}); logging at {level}"
+                    ));
+                    None
+                }
+            }
+        })
+        .unwrap_or_else(|| {
+            // NB: a client command reports what the API server said itself;
+            // kube's retry logs would only repeat it.
+            let quiet = if client && verbose == 0 { ",kube_client=off" } else { "" };
+            EnvFilter::new(format!("{level}{quiet}"))
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+    if let Some(message) = invalid {
+        tracing::warn!("{message}");
+    }
+}
+
+/// `CONNECTORS_VERBOSE`: a count, or `true`/`false` as before.
+fn verbose_from_env(value: Option<&str>) -> u8 {
+    match value.map(str::trim) {
+        None | Some("" | "0" | "false") => 0,
+        Some("true") => 1,
+        Some(other) => other.parse().unwrap_or(1),
+    }
+}
+
+/// How `connectors` exits: 0 when it did its job; 1 on an error (bad
+/// input, a file or cluster it could not read); 2 on a usage error (clap);
+/// 3 when it worked and the answer is no: `mutate` found a pod the webhook
+/// would deny, `doctor` found a problem.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if error
+        .downcast_ref::<::webhook::manifest::Error>()
+        .is_some_and(|e| matches!(e, ::webhook::manifest::Error::Denied { .. }))
+        || error.downcast_ref::<doctor::Findings>().is_some()
+    {
+        3
+    } else {
+        1
     }
 }
 
@@ -150,7 +215,52 @@ pub struct InjectionArgs {
     pub config_mount_path: String,
 }
 
+/// The `connectors-config` keys of the settings that shape a mutation,
+/// by the id of their flag.
+const INJECTION_KEYS: [(&str, &str); 7] = [
+    ("pull_address", "CONNECTORS_PULL_ADDRESS"),
+    ("proxy_address", "CONNECTORS_PROXY_ADDRESS"),
+    ("forward_proxy", "CONNECTORS_FORWARD_PROXY"),
+    ("cluster_domain", "CONNECTORS_CLUSTER_DOMAIN"),
+    ("api_server", "CONNECTORS_API_SERVER"),
+    ("no_proxy_cidrs", "CONNECTORS_NO_PROXY_CIDRS"),
+    ("config_mount_path", "CONNECTORS_CONFIG_MOUNT_PATH"),
+];
+
 impl InjectionArgs {
+    /// Takes each setting from the install's `connectors-config` data
+    /// (what the webhook runs with) unless `given(flag id)` says the flag
+    /// or its variable was set here.
+    pub fn apply_install_config(
+        &mut self,
+        data: &std::collections::BTreeMap<String, String>,
+        given: impl Fn(&str) -> bool,
+    ) {
+        for (id, key) in INJECTION_KEYS {
+            let Some(value) = data.get(key) else { continue };
+            if given(id) {
+                continue;
+            }
+            let value = value.trim().to_owned();
+            match id {
+                "pull_address" => self.pull_address = value,
+                "proxy_address" => self.proxy_address = value,
+                "forward_proxy" => self.forward_proxy = value,
+                "cluster_domain" => self.cluster_domain = value,
+                "api_server" => self.api_server = Some(value).filter(|v| !v.is_empty()),
+                "no_proxy_cidrs" => {
+                    self.no_proxy_cidrs = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|c| !c.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                }
+                _ => self.config_mount_path = value,
+            }
+        }
+    }
+
     pub fn config(&self) -> anyhow::Result<InjectionConfig> {
         use anyhow::Context;
         let mut config = InjectionConfig::new(&self.pull_address, &self.forward_proxy);
@@ -167,6 +277,47 @@ impl InjectionArgs {
             config.proxy_ca_pem = Some(pem);
         }
         Ok(config)
+    }
+}
+
+/// Which cluster a client command talks to, as kubectl chooses it.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct KubeArgs {
+    /// The kubeconfig file (default: `$KUBECONFIG`, else `~/.kube/config`,
+    /// else the pod's service account).
+    #[arg(long)]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// The kubeconfig context (default: its current context).
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+/// How long a client command waits to connect, and for each answer.
+const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+impl KubeArgs {
+    /// A client for the chosen cluster, with bounded waits.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        use anyhow::Context;
+        use kube::config::{KubeConfigOptions, Kubeconfig};
+        let options = KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        let mut config = match &self.kubeconfig {
+            Some(path) => {
+                let kubeconfig = Kubeconfig::read_from(path)
+                    .with_context(|| format!("failed to read the kubeconfig {}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
+            }
+            None if self.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+            None => kube::Config::infer()
+                .await
+                .context("no cluster: pass --kubeconfig, set KUBECONFIG, or run in a pod")?,
+        };
+        config.connect_timeout = Some(CLIENT_TIMEOUT);
+        config.read_timeout = Some(CLIENT_TIMEOUT);
+        Ok(kube::Client::try_from(config)?)
     }
 }
 

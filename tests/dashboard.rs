@@ -153,5 +153,9 @@ fn every_panel_reads_the_chosen_data_source_and_ids_are_unique() {
         assert!(panel["gridPos"]["w"].as_u64().unwrap() <= 24);
     }
     let variables = dashboard["templating"]["list"].as_array().unwrap();
-    assert!(variables.iter().any(|v| v["name"] == "datasource" && v["type"] == "datasource"));
+    assert!(
+        variables
+            .iter()
+            .any(|v| v["name"] == "datasource" && v["type"] == "datasource")
+    );
 }

@@ -423,6 +423,41 @@ async fn a_missing_connector_is_denied_by_name_and_server_dry_runs_are_mutated()
     assert_eq!(image_of(&dry), rewritten("denied", "team/app:1"));
     let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client, "denied");
     assert!(api.get_opt("dry").await.unwrap().is_none(), "a dry run created the pod");
+
+    // `connectors mutate` against the live cluster (its Connectors, the
+    // install's settings and proxy CA) prints what admission did.
+    let kubeconfig = cluster.kubeconfig.to_str().unwrap();
+    let (status, stdout, stderr) = support::run(
+        &["mutate", "--kubeconfig", kubeconfig, "-f", "-"],
+        Some(&pod("dry", "local")),
+        support::root(),
+    );
+    assert!(status.success(), "{stderr}");
+    let printed: k8s_openapi::api::core::v1::Pod =
+        serde_saphyr::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(image_of(&printed), image_of(&dry));
+    let connectors_annotations = |pod: &k8s_openapi::api::core::v1::Pod| {
+        pod.metadata
+            .annotations
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(key, _)| key.starts_with("connectors.cpaas.io/"))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    assert_eq!(connectors_annotations(&printed), connectors_annotations(&dry));
+    let env = |pod: &k8s_openapi::api::core::v1::Pod| pod.spec.as_ref().unwrap().containers[0].env.clone();
+    assert_eq!(env(&printed), env(&dry));
+
+    // A pod the webhook would deny: exit code 3, with the webhook's reason.
+    let (status, stdout, stderr) = support::run(
+        &["mutate", "--kubeconfig", kubeconfig, "-f", "-"],
+        Some(&pod("missing", "nope")),
+        support::root(),
+    );
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(stdout.is_empty());
+    assert!(stderr.contains("connector denied/nope does not exist"), "{stderr}");
 }
 
 const USER: &str = "robot$e2e";

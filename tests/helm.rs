@@ -452,11 +452,7 @@ fn the_pod_monitors_scrape_named_metrics_ports_and_the_dashboard_ships_as_is() {
             "connectors-webhook"
         ]
     );
-    let dashboard = &objects[&(
-        "ConfigMap".into(),
-        "monitoring".into(),
-        "connectors-dashboard".into(),
-    )];
+    let dashboard = &objects[&("ConfigMap".into(), "monitoring".into(), "connectors-dashboard".into())];
     assert_eq!(dashboard["metadata"]["labels"]["grafana_dashboard"], "1");
     let shipped = std::fs::read_to_string(chart().join("dashboards/connectors.json")).unwrap();
     assert_eq!(

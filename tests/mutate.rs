@@ -67,7 +67,7 @@ fn mutate_fails_clearly_on_an_unknown_connector_or_bad_input() {
         Some(pod),
         support::root(),
     );
-    assert!(!status.success());
+    assert_eq!(status.code(), Some(3), "a denied pod exits 3: {stderr}");
     assert!(stdout.is_empty(), "nothing half-mutated is printed");
     assert!(
         stderr.contains("Pod team-a/p: connector team-a/ghost does not exist"),
@@ -79,7 +79,7 @@ fn mutate_fails_clearly_on_an_unknown_connector_or_bad_input() {
         Some("kind: [broken"),
         support::root(),
     );
-    assert!(!status.success());
+    assert_eq!(status.code(), Some(1), "bad input exits 1: {stderr}");
     assert!(stderr.contains("not valid YAML"), "{stderr}");
 
     let (status, _, stderr) = support::run(
@@ -87,8 +87,11 @@ fn mutate_fails_clearly_on_an_unknown_connector_or_bad_input() {
         Some(""),
         support::root(),
     );
-    assert!(!status.success());
+    assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("missing.yaml"), "{stderr}");
+
+    let (status, _, stderr) = support::run(&["mutate", "--no-such-flag"], None, support::root());
+    assert_eq!(status.code(), Some(2), "a usage error exits 2: {stderr}");
 }
 
 #[test]

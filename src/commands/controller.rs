@@ -57,8 +57,9 @@ pub struct Args {
     /// This replica's identity in the Lease (default: the host name).
     #[arg(long, env = "CONNECTORS_POD_NAME")]
     pod_name: Option<String>,
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, env = "CONNECTORS_HEALTH_LISTEN", default_value = "0.0.0.0:8081")]
+    /// Address of /healthz, /readyz and /metrics. Loopback by default, as
+    /// every listener of `connectors`; the manifests pass `0.0.0.0:8081`.
+    #[arg(long, env = "CONNECTORS_HEALTH_LISTEN", default_value = "127.0.0.1:8081")]
     health_listen: SocketAddr,
     /// How often healthy connectors are probed again.
     #[arg(long, env = "CONNECTORS_PROBE_INTERVAL_SECONDS", default_value_t = 300)]

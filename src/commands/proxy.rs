@@ -50,9 +50,11 @@ pub struct ForwardArgs {
     /// The interception CA's private key (PEM).
     #[arg(long, env = "CONNECTORS_CA_KEY", requires = "ca_cert")]
     pub ca_key: Option<PathBuf>,
-    /// Where a generated interception CA is kept.
-    #[arg(long, env = "CONNECTORS_STATE_DIR", default_value = "target/connectors-state")]
-    pub state_dir: PathBuf,
+    /// Where a generated interception CA is kept (without `--ca-cert`):
+    /// default `$XDG_STATE_HOME/connectors`, else
+    /// `$HOME/.local/state/connectors`.
+    #[arg(long, env = "CONNECTORS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// `HOST:PORT:ADDR`: dial HOST:PORT at ADDR, as curl's `--resolve`.
     /// Repeatable.
     #[arg(long = "resolve", env = "CONNECTORS_RESOLVE", value_delimiter = ',')]
@@ -119,17 +121,34 @@ impl ForwardArgs {
         }
     }
 
+    /// Where generated certificates are kept: `--state-dir`, else the
+    /// user's state directory.
+    pub fn state_dir(&self) -> anyhow::Result<PathBuf> {
+        if let Some(dir) = &self.state_dir {
+            return Ok(dir.clone());
+        }
+        let variable = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+        variable("XDG_STATE_HOME")
+            .or_else(|| variable("HOME").map(|home| home.join(".local/state")))
+            .map(|base| base.join("connectors"))
+            .context("no state directory: pass --state-dir (or set XDG_STATE_HOME or HOME), or --ca-cert and --ca-key")
+    }
+
     /// The interception CA: from the flags, or from the state directory
     /// (generated there on first use).
     pub fn authority(&self) -> anyhow::Result<Arc<CertificateAuthority>> {
         let (cert, key) = match (&self.ca_cert, &self.ca_key) {
             (Some(cert), Some(key)) => (cert.clone(), key.clone()),
-            _ => (self.state_dir.join("proxy-ca.crt"), self.state_dir.join("proxy-ca.key")),
+            _ => {
+                let dir = self.state_dir()?;
+                (dir.join("proxy-ca.crt"), dir.join("proxy-ca.key"))
+            }
         };
         if !cert.exists() && self.ca_cert.is_none() {
+            let dir = self.state_dir()?;
             let ca = CertificateAuthority::generate("connectors proxy CA", CA_VALIDITY)?;
-            let files = certs::bundle::write_authority(&self.state_dir, "proxy-ca", &ca)
-                .with_context(|| format!("failed to write the proxy CA into {}", self.state_dir.display()))?;
+            let files = certs::bundle::write_authority(&dir, "proxy-ca", &ca)
+                .with_context(|| format!("failed to write the proxy CA into {}", dir.display()))?;
             tracing::info!(
                 cert = %files.cert.display(),
                 bundle = %files.bundle.display(),
@@ -162,7 +181,8 @@ pub struct Args {
     token_auth_file: Option<PathBuf>,
     #[command(flatten)]
     cluster: ClusterArgs,
-    /// Address of reverse mode (plain HTTP).
+    /// Address of reverse mode (plain HTTP). Loopback by default, as every
+    /// listener of `connectors`; the manifests pass `0.0.0.0:8080`.
     #[arg(long, env = "CONNECTORS_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Address of reverse mode over HTTPS (for container runtimes on

@@ -44,7 +44,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
     forward_args.forward_listen = forward_args
         .forward_listen
         .or_else(|| DEFAULT_FORWARD_LISTEN.parse().ok());
-    let state_dir = forward_args.state_dir.clone();
+    let state_dir = forward_args.state_dir()?;
     let proxy = Proxy::standalone(&args.standalone.settings(), forward_args.upstream_options())?;
     let store = proxy.store.clone().context("standalone mode has a store")?;
     let cert = state_dir.join("tls.crt");

@@ -18,8 +18,9 @@ pub struct Args {
     /// are watched through the API server.
     #[arg(long, env = "CONNECTORS_STORE")]
     store: Option<PathBuf>,
-    /// Address to listen on.
-    #[arg(long, env = "CONNECTORS_LISTEN", default_value = "0.0.0.0:8443")]
+    /// Address to listen on. Loopback by default, as every listener of
+    /// `connectors`; the manifests pass `0.0.0.0:8443`.
+    #[arg(long, env = "CONNECTORS_LISTEN", default_value = "127.0.0.1:8443")]
     listen: SocketAddr,
     /// Serving certificate chain (PEM); reloaded when it changes.
     #[arg(long, env = "CONNECTORS_TLS_CERT")]
