@@ -1,8 +1,9 @@
 //! The supply chain, checked: every crate of the workspace's dependency graph
 //! (normal, build and dev dependencies) passes deny.toml's license
-//! allow-list, its bans (wildcard requirements, banned crates, unexplained
-//! duplicates) and its source policy (crates.io only), as cargo-deny judges
-//! them. cargo-deny is pinned and installed by `bash .ci/install`; a missing
+//! allow-list, its bans (no wildcard requirements, no banned crate; a
+//! duplicate deny.toml does not explain only warns) and its source policy
+//! (crates.io only), as cargo-deny judges them. cargo-deny is pinned and
+//! installed by `bash .ci/install`; a missing
 //! one fails the test. Advisories need the RustSec database, which CI cannot
 //! fetch: deny.toml says how to check them where it can be had.
 
