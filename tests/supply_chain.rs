@@ -3,9 +3,9 @@
 //! allow-list, its bans (no wildcard requirements, no banned crate; a
 //! duplicate deny.toml does not explain only warns) and its source policy
 //! (crates.io only), as cargo-deny judges them. cargo-deny is pinned and
-//! installed by `bash .ci/install`; a missing
-//! one fails the test. Advisories need the RustSec database, which CI cannot
-//! fetch: deny.toml says how to check them where it can be had.
+//! installed by `bash .ci/install`; a missing one fails the test. Advisories
+//! need the RustSec database, which CI cannot fetch: deny.toml says how to
+//! check them where it can be had.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
