@@ -432,13 +432,20 @@ fn the_pod_monitors_scrape_named_metrics_ports_and_the_dashboard_ships_as_is() {
             continue;
         }
         assert_eq!(monitor["metadata"]["labels"]["release"], "prometheus", "{name}");
+        // NB: a PodMonitor scrapes its port on every pod it selects: each
+        // selects one component, whose workload must have the port.
+        let component = monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} selects no single component"));
+        let workload = format!("connectors-{component}");
         for endpoint in monitor["spec"]["podMetricsEndpoints"].as_array().unwrap() {
             let port = format!("{namespace}/{}", endpoint["port"].as_str().unwrap());
             let pods = ports
                 .get(&port)
                 .unwrap_or_else(|| panic!("{name} scrapes {port}, which no pod names"));
+            assert!(pods.contains(&workload), "{name} scrapes {port}, which {workload} lacks");
             assert_eq!(endpoint["path"], "/metrics");
-            scraped.extend(pods.iter().cloned());
+            scraped.push(workload.clone());
         }
     }
     scraped.sort();
