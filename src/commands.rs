@@ -6,6 +6,7 @@ mod crd;
 mod credential_provider;
 mod csi;
 mod doctor;
+mod drain;
 mod mutate;
 mod node_pull;
 mod proxy;
@@ -50,6 +51,9 @@ pub enum Command {
     Mutate(mutate::Args),
     /// Check an install end to end and say what to fix.
     Doctor(doctor::Args),
+    /// Before an uninstall: stop admission and evict every pod that uses a
+    /// connectors volume (the chart's pre-delete hook).
+    DrainVolumes(drain::Args),
     /// Print the Connector CustomResourceDefinition.
     Crd,
     /// Generate a CA and a serving certificate for local use.
@@ -75,6 +79,7 @@ pub fn run(command: Command, matches: &clap::ArgMatches) -> anyhow::Result<()> {
         Command::Proxy(args) => block_on(proxy::serve(args)),
         Command::Mutate(args) => mutate::run(args, matches.subcommand_matches("mutate")),
         Command::Doctor(args) => block_on(doctor::run(args)),
+        Command::DrainVolumes(args) => block_on(drain::run(args)),
         Command::Crd => crd::run(),
         Command::Certs(args) => certs::run(args),
         Command::Csi(args) => block_on(csi::serve(args)),

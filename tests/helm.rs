@@ -118,7 +118,22 @@ fn helm_lints_the_chart() {
 
 #[test]
 fn the_charts_defaults_render_the_kustomize_base_object_for_object() {
-    let helm = rendered_objects(&template(&[]).expect("the defaults render"));
+    let rendered = rendered_objects(&template(&[]).expect("the defaults render"));
+    // Helm's hooks (the uninstall's drain) have no kustomize counterpart:
+    // kustomize users run `connectors drain-volumes` themselves.
+    let (hooks, helm): (BTreeMap<_, _>, BTreeMap<_, _>) = rendered
+        .into_iter()
+        .partition(|(_, object)| object["metadata"]["annotations"]["helm.sh/hook"].is_string());
+    let hook_kinds: Vec<&str> = hooks.keys().map(|(kind, _, _)| kind.as_str()).collect();
+    assert_eq!(
+        hook_kinds,
+        ["ClusterRole", "ClusterRoleBinding", "Job", "ServiceAccount"],
+        "{hooks:?}"
+    );
+    for ((_, _, name), hook) in &hooks {
+        assert_eq!(name, "connectors-uninstall");
+        assert_eq!(hook["metadata"]["annotations"]["helm.sh/hook"], "pre-delete");
+    }
     let build = std::env::temp_dir().join(format!("connectors-helm-{}", std::process::id()));
     let status = Command::new("bash")
         .arg(support::root().join("e2e/cluster"))
@@ -443,7 +458,10 @@ fn the_pod_monitors_scrape_named_metrics_ports_and_the_dashboard_ships_as_is() {
             let pods = ports
                 .get(&port)
                 .unwrap_or_else(|| panic!("{name} scrapes {port}, which no pod names"));
-            assert!(pods.contains(&workload), "{name} scrapes {port}, which {workload} lacks");
+            assert!(
+                pods.contains(&workload),
+                "{name} scrapes {port}, which {workload} lacks"
+            );
             assert_eq!(endpoint["path"], "/metrics");
             scraped.push(workload.clone());
         }

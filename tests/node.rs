@@ -21,8 +21,21 @@ const PULL_ADDRESS: &str = "127.0.0.1:7480";
 /// The proxy's pinned ClusterIP, where pods reach it (the cluster runs no DNS).
 const PROXY_ADDRESS: &str = "10.96.100.100";
 
-fn cluster() -> &'static RealCluster {
-    RealCluster::with_node()
+/// Tests that change the install for everyone (deliberate breakage, an
+/// uninstall) hold this for writing, every other test for reading: they
+/// never run beside each other.
+static INSTALL: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// The cluster, shared with the other tests that leave the install as it is.
+fn cluster() -> (&'static RealCluster, std::sync::RwLockReadGuard<'static, ()>) {
+    let shared = INSTALL.read().unwrap_or_else(|e| e.into_inner());
+    (RealCluster::with_node(), shared)
+}
+
+/// The cluster, with no other test running.
+fn cluster_alone() -> (&'static RealCluster, std::sync::RwLockWriteGuard<'static, ()>) {
+    let alone = INSTALL.write().unwrap_or_else(|e| e.into_inner());
+    (RealCluster::with_node(), alone)
 }
 
 /// The product's image, which `e2e/cluster up` built.
@@ -270,7 +283,7 @@ fn wait_until(cluster: &RealCluster, namespace: &str, condition: &str, object: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_csi_plugin_registers_with_kubelet_by_itself() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let mut drivers = String::new();
     for _ in 0..60 {
         drivers = cluster.kubectl_ok(
@@ -290,7 +303,7 @@ async fn the_csi_plugin_registers_with_kubelet_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_pulls_an_unchanged_jobs_image_through_the_proxy_and_the_password_stays_in_the_connector() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     // The product's image with a layer of its own: containerd already holds
     // the product's layer (the install imported it), so kubelet must fetch
@@ -417,7 +430,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_publishes_the_csi_volume_with_the_pods_token_for_a_non_root_container() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     push_busybox(&registry);
     let namespace = "node-volume";
@@ -524,7 +537,7 @@ fn scrape(cluster: &RealCluster, namespace: &str, component: &str, scheme: &str,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_components_metrics_are_scraped_on_the_cluster_and_a_deleted_connectors_series_go() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     push_busybox(&registry);
     let namespace = "node-metrics";
@@ -613,7 +626,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_keeps_working_while_a_webhook_pod_is_deleted() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     let namespace = "node-admission";
     namespace_with_connector(cluster, namespace, &registry);
@@ -707,7 +720,7 @@ fn helm(cluster: &RealCluster, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_helm_upgrade_and_a_rollback_roll_the_install_with_no_failed_admission() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     let namespace = "node-helm-upgrade";
     namespace_with_connector(cluster, namespace, &registry);
@@ -838,7 +851,7 @@ fn ca_secret(cluster: &RealCluster, name: &str) -> (String, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_cas_rotate_with_an_overlap_while_pods_are_created_and_pull_with_no_failure() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     let crane = testing::program::go_tool("github.com/google/go-containerregistry/cmd/crane");
     push_tools(
@@ -987,7 +1000,7 @@ spec:
 async fn an_unchanged_client_in_a_pod_goes_through_the_forward_proxy_to_an_https_registry() {
     use testing::TestTls;
 
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let netns = cluster.node_setting("netns");
     let ip: std::net::IpAddr = cluster.node_setting("node_ip").parse().unwrap();
     let tls = TestTls::generate(&[], &[ip]).unwrap();
@@ -1100,7 +1113,7 @@ fn perl_rootfs() -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_world_job_manifest_runs_unchanged_with_its_image_pulled_through_the_proxy() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     // The manifest's `perl` image, packed from this machine's perl.
     let rootfs = perl_rootfs();
@@ -1156,7 +1169,7 @@ fn token_times(token: &str) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_republishes_the_volume_with_a_fresh_token_before_the_old_one_expires() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     push_busybox(&registry);
     let namespace = "node-refresh";
@@ -1301,7 +1314,7 @@ fn active_downloads(cluster: &RealCluster) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_completes_when_the_proxy_pods_restart_in_the_middle_of_it() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     // A layer of 48 MiB that does not compress, behind a slow bridge: the
     // pull takes seconds.
@@ -1428,7 +1441,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_and_crane_in_a_pod_copy_through_the_proxy_with_only_what_the_pod_got() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     // The clients: Debian's skopeo with its libraries, crane (static) and
     // busybox for the shell.
@@ -1496,7 +1509,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buildkit_in_a_pod_builds_from_a_base_and_pushes_through_the_proxy_configured_by_the_volume() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     // buildkitd and buildctl (static), Debian's runc (the OCI worker wants
     // one; a build without RUN never starts it) and busybox.
@@ -1578,7 +1591,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buildah_in_a_pod_builds_from_a_base_and_pushes_through_the_proxy() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     // Debian's buildah with its libraries and signature policy, and
     // busybox. It runs as root in a privileged container (its storage is
@@ -1651,7 +1664,7 @@ async fn ko_on_the_node_builds_and_pushes_through_the_proxy_with_a_pods_volume_a
     // with the toolchain (a quarter of a gigabyte), so it runs on the node,
     // in its network namespace, with exactly what a pod got: the injected
     // environment, its paths pointed at the pod's volume on the node.
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     let ko = testing::program::go_tool("github.com/google/ko");
     push_busybox(&registry);
@@ -1798,7 +1811,7 @@ fn trust_registry_ca(cluster: &RealCluster, namespace: &str, connector: &str, tl
 async fn the_seed_documents_volumes_and_snippets_work_unchanged_for_a_non_root_pod() {
     use testing::TestTls;
 
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let netns = cluster.node_setting("netns");
     let ip: std::net::IpAddr = cluster.node_setting("node_ip").parse().unwrap();
     let tls = TestTls::generate(&[], &[ip]).unwrap();
@@ -1926,7 +1939,7 @@ async fn a_pod_with_image_pull_secrets_for_the_registry_still_pulls_through_the_
     // the rewrite kubelet pulls from the proxy's address, for which the
     // Secret has no entry: it is not used (a wrong password changes
     // nothing) and can go.
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     push_busybox(&registry);
     let namespace = "node-pull-secrets";
@@ -1987,7 +2000,7 @@ spec:
 async fn an_unchanged_pod_keeps_its_egress_to_other_https_hosts_and_is_refused_private_addresses() {
     use testing::TestTls;
 
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let netns = cluster.node_setting("netns");
     let ip: std::net::IpAddr = cluster.node_setting("node_ip").parse().unwrap();
     // The connector's registry, and a stand-in for a public HTTPS host that
@@ -2071,7 +2084,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_credential_provider_kubelet_pulls_as_the_pods_service_account() {
-    let cluster = cluster();
+    let (cluster, _install) = cluster();
     let registry = node_registry(cluster).await;
     push_busybox(&registry);
     // The harness's kubelet runs `connectors credential-provider` for this
@@ -2171,4 +2184,284 @@ spec:
         "no refusal of the stranger in the proxy's logs"
     );
     assert!(!proxy_logs.contains(PASSWORD), "the proxy logged the password");
+}
+
+/// `connectors doctor` on the cluster: (exit code, report).
+fn doctor(cluster: &RealCluster) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_connectors"))
+        .args(["doctor", "--kubeconfig"])
+        .arg(&cluster.kubeconfig)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// Runs doctor until it says the install is healthy (three minutes at
+/// most); the last report.
+async fn doctor_until_healthy(cluster: &RealCluster) -> String {
+    let mut report = String::new();
+    for _ in 0..90 {
+        let (code, text) = doctor(cluster);
+        report = text;
+        if code == Some(0) {
+            return report;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    panic!("doctor never found the install healthy:\n{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_passes_a_healthy_install_and_names_three_breakages_with_their_fixes() {
+    let (cluster, _alone) = cluster_alone();
+    let healthy = doctor_until_healthy(cluster).await;
+    for line in [
+        "ok    webhook certificate (secret connectors-webhook-tls): verifies against the caBundle",
+        "ok    CSI on nodes (csinode): connectors-csi registered with kubelet on all 1 node(s)",
+        "ok    node pull endpoint for 127.0.0.1:7480 (daemonset connectors-node-pull): 1 of 1 ready",
+        " 0 failed",
+    ] {
+        assert!(healthy.contains(line), "{line:?} in:\n{healthy}");
+    }
+
+    // Three breakages: no proxy replica, the CSI plugin scheduled on no
+    // node, and a Connector whose Secret does not exist.
+    let replicas = cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-system",
+            "get",
+            "deployment",
+            "connectors-proxy",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ],
+        None,
+    );
+    cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-system",
+            "scale",
+            "deployment",
+            "connectors-proxy",
+            "--replicas=0",
+        ],
+        None,
+    );
+    cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-csi",
+            "patch",
+            "daemonset",
+            "connectors-csi",
+            "-p",
+            r#"{"spec":{"template":{"spec":{"nodeSelector":{"example.com/no-such-node":"true"}}}}}"#,
+        ],
+        None,
+    );
+    let namespace = "node-doctor";
+    cluster.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&format!(
+            r#"apiVersion: v1
+kind: Namespace
+metadata: {{name: {namespace}}}
+---
+apiVersion: connectors.alauda.io/v1alpha1
+kind: Connector
+metadata: {{name: harbor, namespace: {namespace}}}
+spec:
+  connectorClassName: oci
+  address: "http://198.18.0.2:5000"
+  auth: {{name: basicAuth, secretRef: {{name: missing-robot}}}}
+"#
+        )),
+    );
+    let mut report = String::new();
+    for _ in 0..60 {
+        let (code, text) = doctor(cluster);
+        report = text;
+        if code == Some(3) && report.matches("\nFAIL").count() >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    for (line, fix) in [
+        (
+            "FAIL  proxy (deployment connectors-proxy): scaled to 0 replicas",
+            "fix: kubectl -n connectors-system scale deployment connectors-proxy",
+        ),
+        (
+            "FAIL  proxy reachable (service connectors-proxy): the Service has no ready endpoint",
+            "fix: kubectl -n connectors-system get endpointslices -l kubernetes.io/service-name=connectors-proxy",
+        ),
+        (
+            "FAIL  CSI on nodes (csinode): connectors-csi not registered on 1 of 1 node(s)",
+            "check the DaemonSet's tolerations and nodeSelector",
+        ),
+        (
+            "FAIL  Connector node-doctor/harbor: not Ready: SecretNotFound",
+            "put a valid credential in the Secret spec.auth.secretRef names",
+        ),
+    ] {
+        assert!(report.contains(line), "{line:?} in:\n{report}");
+        assert!(report.contains(fix), "{fix:?} in:\n{report}");
+    }
+    assert!(report.contains("problem(s) found"), "{report}");
+
+    // Undone, the install is healthy again.
+    cluster.kubectl_ok(&["delete", "namespace", namespace, "--wait=false"], None);
+    cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-csi",
+            "patch",
+            "daemonset",
+            "connectors-csi",
+            "--type=json",
+            "-p",
+            r#"[{"op":"remove","path":"/spec/template/spec/nodeSelector/example.com~1no-such-node"}]"#,
+        ],
+        None,
+    );
+    cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-system",
+            "scale",
+            "deployment",
+            "connectors-proxy",
+            &format!("--replicas={replicas}"),
+        ],
+        None,
+    );
+    for (namespace, object) in [
+        ("connectors-system", "deployment/connectors-proxy"),
+        ("connectors-csi", "daemonset/connectors-csi"),
+    ] {
+        cluster.kubectl_ok(&["-n", namespace, "rollout", "status", "--timeout=180s", object], None);
+    }
+    cluster.kubectl_ok(
+        &[
+            "wait",
+            "--for=delete",
+            &format!("namespace/{namespace}"),
+            "--timeout=120s",
+        ],
+        None,
+    );
+    doctor_until_healthy(cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_uninstall_while_a_pod_uses_the_volume_leaves_nothing_terminating_and_a_reinstall_works() {
+    let (cluster, _alone) = cluster_alone();
+    let registry = node_registry(cluster).await;
+    push_busybox(&registry);
+    let namespace = "node-uninstall";
+    namespace_with_connector(cluster, namespace, &registry);
+    let sleeper = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: sleeper, namespace: {namespace}}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers:
+    - name: sleeper
+      image: {registry}/tools/busybox:1
+      command: ["/bin/busybox", "sleep", "3600"]
+"#,
+        registry = registry.host_port()
+    );
+    apply_and_wait(cluster, namespace, &sleeper, "condition=Ready", "pod/sleeper");
+    let volume = volume_on_the_node(cluster, namespace, "sleeper");
+    assert!(volume.exists());
+
+    // The uninstall: the pre-delete hook stops admission and evicts the pod
+    // while the CSI plugin can still unmount its volume.
+    let started = std::time::Instant::now();
+    helm(cluster, &["uninstall", "connectors", "--wait", "--timeout=5m"]);
+    let uninstall = started.elapsed();
+    let left = cluster.kubectl_ok(&["-n", namespace, "get", "pods", "-o", "name"], None);
+    assert!(left.trim().is_empty(), "pods left after the uninstall: {left}");
+    assert!(!volume.exists(), "{} outlives the pod", volume.display());
+    for install_namespace in ["connectors-system", "connectors-csi"] {
+        cluster.kubectl_ok(
+            &[
+                "wait",
+                "--for=delete",
+                &format!("namespace/{install_namespace}"),
+                "--timeout=180s",
+            ],
+            None,
+        );
+    }
+    let terminating = cluster.kubectl_ok(
+        &[
+            "get",
+            "pods",
+            "-A",
+            "-o",
+            "jsonpath={.items[?(@.metadata.deletionTimestamp)].metadata.name}",
+        ],
+        None,
+    );
+    assert!(terminating.trim().is_empty(), "pods stuck Terminating: {terminating}");
+    // The CRDs (and so the Connectors) stay, by the chart's policy.
+    cluster.kubectl_ok(&["-n", namespace, "get", "connector", "local"], None);
+
+    // The same values install again, and a pod pulls through it.
+    let values = cluster.dir.join("values.yaml");
+    helm(
+        cluster,
+        &[
+            "install",
+            "connectors",
+            "charts/connectors",
+            "--values",
+            values.to_str().unwrap(),
+            "--wait",
+            "--timeout=5m",
+        ],
+    );
+    cluster.kubectl_ok(
+        &[
+            "-n",
+            "connectors-csi",
+            "rollout",
+            "status",
+            "--timeout=180s",
+            "daemonset/connectors-node-pull",
+        ],
+        None,
+    );
+    let report = doctor_until_healthy(cluster).await;
+    let pod = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: again, namespace: {namespace}}}
+spec:
+  restartPolicy: Never
+  containers:
+    - name: again
+      image: {registry}/tools/busybox:1
+      command: ["/bin/busybox", "sh", "-c", "/bin/busybox test -s \"$DOCKER_CONFIG/config.json\" && echo again"]
+"#,
+        registry = registry.host_port()
+    );
+    assert_eq!(
+        run_pod(cluster, namespace, "again", &pod, 180).trim(),
+        "again",
+        "{report}"
+    );
+    println!("helm uninstall with a pod on the volume: {uninstall:?}");
 }
