@@ -22,14 +22,20 @@ fn mutate_with(env: &[(&str, &str)], extra: &[&str]) -> (Option<i32>, String) {
         command.env(key, value);
     }
     let output = command.output().unwrap();
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn a_log_filter_comes_from_connectors_log_else_rust_log_and_a_bad_one_is_named() {
     let (code, stderr) = mutate_with(&[("RUST_LOG", "=[not a filter")], &[]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stderr.contains(r#"RUST_LOG="=[not a filter" is not a log filter"#), "{stderr}");
+    assert!(
+        stderr.contains(r#"RUST_LOG="=[not a filter" is not a log filter"#),
+        "{stderr}"
+    );
 
     // CONNECTORS_LOG is read first: a bad one is named and RUST_LOG used.
     let (code, stderr) = mutate_with(&[("CONNECTORS_LOG", "=[bad"), ("RUST_LOG", "warn")], &[]);
@@ -71,6 +77,9 @@ fn listeners_default_to_loopback_and_the_state_directory_is_the_users() {
     assert!(help("proxy").contains("[default: 127.0.0.1:8080]"));
     assert!(help("node-pull").contains("[default: 127.0.0.1:7480]"));
     let proxy = help("proxy");
-    assert!(!proxy.contains("target/"), "a development path in the proxy's defaults: {proxy}");
+    assert!(
+        !proxy.contains("target/"),
+        "a development path in the proxy's defaults: {proxy}"
+    );
     assert!(proxy.contains("$XDG_STATE_HOME/connectors"), "{proxy}");
 }

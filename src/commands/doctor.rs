@@ -208,7 +208,9 @@ fn replicas_check(subject: String, ready: i32, wanted: i32, namespace: &str, kin
         (_, 0) => Check::problem(
             subject,
             "scheduled on no node (0 of 0)",
-            format!("{fix}\n(check the DaemonSet's nodeSelector, affinity and tolerations against the nodes' labels and taints)"),
+            format!(
+                "{fix}\n(check the DaemonSet's nodeSelector, affinity and tolerations against the nodes' labels and taints)"
+            ),
         ),
         _ if ready < wanted => Check::problem(subject, format!("{ready} of {wanted} ready"), fix),
         _ => Check::ok(subject, format!("{ready} of {wanted} ready")),
@@ -376,7 +378,10 @@ async fn service_health(install: &Install, what: &str, service: &str) -> Check {
         }
         Err(error) => return Check::unreadable(&subject, "the Service's endpoints", &error, &endpoints_fix),
     }
-    let path = format!("/api/v1/namespaces/{}/services/{service}/proxy/healthz", install.namespace);
+    let path = format!(
+        "/api/v1/namespaces/{}/services/{service}/proxy/healthz",
+        install.namespace
+    );
     let request = match http::Request::get(&path).body(Vec::new()) {
         Ok(request) => request,
         Err(error) => return Check::skipped(subject, error.to_string()),
@@ -390,10 +395,17 @@ async fn service_health(install: &Install, what: &str, service: &str) -> Check {
         Ok(Err(kube::Error::Api(status))) if status.code == 403 => {
             Check::skipped(subject, "cannot use the service proxy: forbidden for this user")
         }
-        Ok(Err(error)) => Check::problem(subject, format!("/healthz through the Service failed: {error}"), network_fix),
+        Ok(Err(error)) => Check::problem(
+            subject,
+            format!("/healthz through the Service failed: {error}"),
+            network_fix,
+        ),
         Err(_) => Check::problem(
             subject,
-            format!("/healthz through the Service did not answer within {}s", HEALTH_TIMEOUT.as_secs()),
+            format!(
+                "/healthz through the Service did not answer within {}s",
+                HEALTH_TIMEOUT.as_secs()
+            ),
             network_fix,
         ),
     }
