@@ -164,8 +164,12 @@ impl ProxyError {
             Self::UnknownConnector(_) => Class::UnknownConnector,
             Self::Refused(refusal) if refusal.is_unauthenticated() => Class::Unauthenticated,
             Self::Refused(refusal) if refusal.is_unavailable() => Class::Unavailable,
+            // NB: a credential the registry's token service refuses is
+            // answered as one the registry refuses (Basic): 403, not an
+            // outage.
             Self::Refused(_)
             | Self::CredentialRefused(_)
+            | Self::Upstream(UpstreamError::TokenRefused(_))
             | Self::NotAConnectorHost { .. }
             | Self::Egress(EgressError::Refused(_)) => Class::Denied,
             Self::Upstream(error) if error.is_timeout() => Class::GatewayTimeout,
@@ -369,6 +373,11 @@ mod tests {
                 "UNAVAILABLE",
             ),
             (UpstreamError::TokenTimeout.into(), 502, "UNAVAILABLE"),
+            (
+                UpstreamError::TokenRefused(StatusCode::UNAUTHORIZED).into(),
+                403,
+                "DENIED",
+            ),
             (
                 ProxyError::Connector {
                     key,
