@@ -485,3 +485,28 @@ fn the_pod_monitors_scrape_named_metrics_ports_and_the_dashboard_ships_as_is() {
         serde_json::from_str::<serde_json::Value>(&shipped).unwrap()
     );
 }
+
+/// The `major.minor` of the Kubernetes release a harness module builds.
+fn release_of(module: &str) -> String {
+    let go_mod = std::fs::read_to_string(support::root().join(module).join("go.mod")).unwrap();
+    let version = go_mod
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("k8s.io/kubernetes v"))
+        .unwrap_or_else(|| panic!("{module}/go.mod requires no k8s.io/kubernetes"));
+    version.splitn(3, '.').take(2).collect::<Vec<_>>().join(".")
+}
+
+#[test]
+fn the_supported_kubernetes_range_is_the_one_the_tests_run() {
+    let (oldest, newest) = (release_of("e2e/min"), release_of("e2e"));
+    let chart = std::fs::read_to_string(chart().join("Chart.yaml")).unwrap();
+    assert!(
+        chart.contains(&format!("kubeVersion: \">={oldest}.0-0\"")),
+        "Chart.yaml's kubeVersion is not the oldest tested release {oldest}"
+    );
+    let readme = std::fs::read_to_string(support::root().join("README.md")).unwrap();
+    assert!(
+        readme.contains(&format!("Supported Kubernetes: **{oldest} to {newest}**")),
+        "README does not state the tested range {oldest} to {newest}"
+    );
+}

@@ -32,6 +32,16 @@ pub struct RealCluster {
 
 static SHARED: OnceLock<RealCluster> = OnceLock::new();
 static WITH_NODE: OnceLock<RealCluster> = OnceLock::new();
+static OLDEST: OnceLock<RealCluster> = OnceLock::new();
+
+/// Which Kubernetes release a cluster runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// e2e/go.mod: the newest the product supports.
+    Newest,
+    /// e2e/min/go.mod: the oldest.
+    Oldest,
+}
 
 impl RealCluster {
     /// The cluster of this test binary, started by the first caller
@@ -39,7 +49,13 @@ impl RealCluster {
     /// (the `connectors` binary) running its components as processes. Panics
     /// with `e2e/cluster`'s own message if it cannot start.
     pub fn shared(product: &Path) -> &'static RealCluster {
-        SHARED.get_or_init(|| Self::up(product, false))
+        SHARED.get_or_init(|| Self::up(product, false, Release::Newest))
+    }
+
+    /// As [`RealCluster::shared`], with the oldest Kubernetes release the
+    /// product supports (`E2E_KUBE=min`: the harness of e2e/min/go.mod).
+    pub fn oldest_supported(product: &Path) -> &'static RealCluster {
+        OLDEST.get_or_init(|| Self::up(product, false, Release::Oldest))
     }
 
     /// The cluster of this test binary with a node (`E2E_NODE=1`): kubelet,
@@ -47,21 +63,28 @@ impl RealCluster {
     /// the product installed as pods from its image (built by
     /// `image/build`). Needs root.
     pub fn with_node() -> &'static RealCluster {
-        WITH_NODE.get_or_init(|| Self::up(Path::new(""), true))
+        WITH_NODE.get_or_init(|| Self::up(Path::new(""), true, Release::Newest))
     }
 
-    fn up(product: &Path, node: bool) -> RealCluster {
+    fn up(product: &Path, node: bool, release: Release) -> RealCluster {
         let dir = std::env::temp_dir().join(format!(
-            "connectors-e2e-{}{}",
+            "connectors-e2e-{}{}{}",
             std::process::id(),
-            if node { "-node" } else { "" }
+            if node { "-node" } else { "" },
+            if release == Release::Oldest { "-min" } else { "" }
         ));
         let root = workspace_root();
-        let output = Command::new("bash")
+        let mut command = Command::new("bash");
+        if release == Release::Oldest {
+            // NB: a prebuilt harness is of the newest release.
+            command.env("E2E_HARNESS", "");
+        }
+        let output = command
             .arg(root.join("e2e/cluster"))
             .arg("up")
             .arg(&dir)
             .env("E2E_NODE", if node { "1" } else { "0" })
+            .env("E2E_KUBE", if release == Release::Oldest { "min" } else { "" })
             .env("E2E_CONNECTORS", product)
             .env("E2E_OWNER_PID", std::process::id().to_string())
             .env("E2E_REMOVE_DIR", "1")
@@ -74,9 +97,11 @@ impl RealCluster {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let harness = std::env::var_os("E2E_HARNESS")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target/e2e/harness"));
+        let harness = match (std::env::var_os("E2E_HARNESS"), release) {
+            (_, Release::Oldest) => root.join("target/e2e/harness-min"),
+            (Some(harness), Release::Newest) => PathBuf::from(harness),
+            (None, Release::Newest) => root.join("target/e2e/harness"),
+        };
         RealCluster {
             kubeconfig: dir.join("kubeconfig"),
             dir,
