@@ -24,17 +24,17 @@ const PROXY_ADDRESS: &str = "10.96.100.100";
 /// Tests that change the install for everyone (deliberate breakage, an
 /// uninstall) hold this for writing, every other test for reading: they
 /// never run beside each other.
-static INSTALL: std::sync::RwLock<()> = std::sync::RwLock::new(());
+static INSTALL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 /// The cluster, shared with the other tests that leave the install as it is.
-fn cluster() -> (&'static RealCluster, std::sync::RwLockReadGuard<'static, ()>) {
-    let shared = INSTALL.read().unwrap_or_else(|e| e.into_inner());
+async fn cluster() -> (&'static RealCluster, tokio::sync::RwLockReadGuard<'static, ()>) {
+    let shared = INSTALL.read().await;
     (RealCluster::with_node(), shared)
 }
 
 /// The cluster, with no other test running.
-fn cluster_alone() -> (&'static RealCluster, std::sync::RwLockWriteGuard<'static, ()>) {
-    let alone = INSTALL.write().unwrap_or_else(|e| e.into_inner());
+async fn cluster_alone() -> (&'static RealCluster, tokio::sync::RwLockWriteGuard<'static, ()>) {
+    let alone = INSTALL.write().await;
     (RealCluster::with_node(), alone)
 }
 
@@ -283,7 +283,7 @@ fn wait_until(cluster: &RealCluster, namespace: &str, condition: &str, object: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_csi_plugin_registers_with_kubelet_by_itself() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let mut drivers = String::new();
     for _ in 0..60 {
         drivers = cluster.kubectl_ok(
@@ -303,7 +303,7 @@ async fn the_csi_plugin_registers_with_kubelet_by_itself() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_pulls_an_unchanged_jobs_image_through_the_proxy_and_the_password_stays_in_the_connector() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     // The product's image with a layer of its own: containerd already holds
     // the product's layer (the install imported it), so kubelet must fetch
@@ -430,7 +430,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_publishes_the_csi_volume_with_the_pods_token_for_a_non_root_container() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     push_busybox(&registry);
     let namespace = "node-volume";
@@ -537,7 +537,7 @@ fn scrape(cluster: &RealCluster, namespace: &str, component: &str, scheme: &str,
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_components_metrics_are_scraped_on_the_cluster_and_a_deleted_connectors_series_go() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     push_busybox(&registry);
     let namespace = "node-metrics";
@@ -626,7 +626,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admission_keeps_working_while_a_webhook_pod_is_deleted() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     let namespace = "node-admission";
     namespace_with_connector(cluster, namespace, &registry);
@@ -720,7 +720,7 @@ fn helm(cluster: &RealCluster, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_helm_upgrade_and_a_rollback_roll_the_install_with_no_failed_admission() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     let namespace = "node-helm-upgrade";
     namespace_with_connector(cluster, namespace, &registry);
@@ -851,7 +851,7 @@ fn ca_secret(cluster: &RealCluster, name: &str) -> (String, usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_cas_rotate_with_an_overlap_while_pods_are_created_and_pull_with_no_failure() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     let crane = testing::program::go_tool("github.com/google/go-containerregistry/cmd/crane");
     push_tools(
@@ -1000,7 +1000,7 @@ spec:
 async fn an_unchanged_client_in_a_pod_goes_through_the_forward_proxy_to_an_https_registry() {
     use testing::TestTls;
 
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let netns = cluster.node_setting("netns");
     let ip: std::net::IpAddr = cluster.node_setting("node_ip").parse().unwrap();
     let tls = TestTls::generate(&[], &[ip]).unwrap();
@@ -1113,7 +1113,7 @@ fn perl_rootfs() -> tempfile::TempDir {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_world_job_manifest_runs_unchanged_with_its_image_pulled_through_the_proxy() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     // The manifest's `perl` image, packed from this machine's perl.
     let rootfs = perl_rootfs();
@@ -1169,7 +1169,7 @@ fn token_times(token: &str) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_republishes_the_volume_with_a_fresh_token_before_the_old_one_expires() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     push_busybox(&registry);
     let namespace = "node-refresh";
@@ -1314,7 +1314,7 @@ fn active_downloads(cluster: &RealCluster) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pull_completes_when_the_proxy_pods_restart_in_the_middle_of_it() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     // A layer of 48 MiB that does not compress, behind a slow bridge: the
     // pull takes seconds.
@@ -1441,7 +1441,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skopeo_and_crane_in_a_pod_copy_through_the_proxy_with_only_what_the_pod_got() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     // The clients: Debian's skopeo with its libraries, crane (static) and
     // busybox for the shell.
@@ -1509,7 +1509,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buildkit_in_a_pod_builds_from_a_base_and_pushes_through_the_proxy_configured_by_the_volume() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     // buildkitd and buildctl (static), Debian's runc (the OCI worker wants
     // one; a build without RUN never starts it) and busybox.
@@ -1591,7 +1591,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buildah_in_a_pod_builds_from_a_base_and_pushes_through_the_proxy() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     // Debian's buildah with its libraries and signature policy, and
     // busybox. It runs as root in a privileged container (its storage is
@@ -1664,7 +1664,7 @@ async fn ko_on_the_node_builds_and_pushes_through_the_proxy_with_a_pods_volume_a
     // with the toolchain (a quarter of a gigabyte), so it runs on the node,
     // in its network namespace, with exactly what a pod got: the injected
     // environment, its paths pointed at the pod's volume on the node.
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     let ko = testing::program::go_tool("github.com/google/ko");
     push_busybox(&registry);
@@ -1811,7 +1811,7 @@ fn trust_registry_ca(cluster: &RealCluster, namespace: &str, connector: &str, tl
 async fn the_seed_documents_volumes_and_snippets_work_unchanged_for_a_non_root_pod() {
     use testing::TestTls;
 
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let netns = cluster.node_setting("netns");
     let ip: std::net::IpAddr = cluster.node_setting("node_ip").parse().unwrap();
     let tls = TestTls::generate(&[], &[ip]).unwrap();
@@ -1939,7 +1939,7 @@ async fn a_pod_with_image_pull_secrets_for_the_registry_still_pulls_through_the_
     // the rewrite kubelet pulls from the proxy's address, for which the
     // Secret has no entry: it is not used (a wrong password changes
     // nothing) and can go.
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     push_busybox(&registry);
     let namespace = "node-pull-secrets";
@@ -2000,7 +2000,7 @@ spec:
 async fn an_unchanged_pod_keeps_its_egress_to_other_https_hosts_and_is_refused_private_addresses() {
     use testing::TestTls;
 
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let netns = cluster.node_setting("netns");
     let ip: std::net::IpAddr = cluster.node_setting("node_ip").parse().unwrap();
     // The connector's registry, and a stand-in for a public HTTPS host that
@@ -2084,7 +2084,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_credential_provider_kubelet_pulls_as_the_pods_service_account() {
-    let (cluster, _install) = cluster();
+    let (cluster, _install) = cluster().await;
     let registry = node_registry(cluster).await;
     push_busybox(&registry);
     // The harness's kubelet runs `connectors credential-provider` for this
@@ -2220,7 +2220,7 @@ async fn doctor_until_healthy(cluster: &RealCluster) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn doctor_passes_a_healthy_install_and_names_three_breakages_with_their_fixes() {
-    let (cluster, _alone) = cluster_alone();
+    let (cluster, _alone) = cluster_alone().await;
     let healthy = doctor_until_healthy(cluster).await;
     for line in [
         "ok    webhook certificate (secret connectors-webhook-tls): verifies against the caBundle",
@@ -2364,7 +2364,7 @@ spec:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_uninstall_while_a_pod_uses_the_volume_leaves_nothing_terminating_and_a_reinstall_works() {
-    let (cluster, _alone) = cluster_alone();
+    let (cluster, _alone) = cluster_alone().await;
     let registry = node_registry(cluster).await;
     push_busybox(&registry);
     let namespace = "node-uninstall";
