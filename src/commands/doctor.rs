@@ -29,6 +29,10 @@ pub struct Args {
     /// The namespace of the CSI driver and the node pull endpoint.
     #[arg(long, env = "CONNECTORS_CSI_NAMESPACE", default_value = "connectors-csi")]
     csi_namespace: String,
+    /// Check only the Connectors of this namespace (repeatable); default:
+    /// every namespace.
+    #[arg(long = "connector-namespace", value_name = "NAMESPACE")]
+    connector_namespaces: Vec<String>,
 }
 
 /// The problems `doctor` found (exit code 3: it ran, the install is not
@@ -101,6 +105,8 @@ struct Install {
     client: Client,
     namespace: String,
     csi_namespace: String,
+    /// Empty: every namespace's Connectors.
+    connector_namespaces: Vec<String>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -113,6 +119,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         client,
         namespace: args.namespace,
         csi_namespace: args.csi_namespace,
+        connector_namespaces: args.connector_namespaces,
     };
     let mut checks = Vec::new();
     checks.extend(crds(&install).await);
@@ -523,6 +530,9 @@ async fn node_pull(install: &Install) -> Vec<Check> {
             format!("images are rewritten to {pull_address}, not to a node's loopback"),
         )];
     }
+    // NB: and what the endpoint relays to: the proxy's HTTPS, as the API
+    // server reaches it (the endpoint itself listens on each node's
+    // loopback, which nothing off the node reaches).
     vec![
         daemon_set(
             install,
@@ -530,18 +540,35 @@ async fn node_pull(install: &Install) -> Vec<Check> {
             &format!("node pull endpoint for {pull_address}"),
         )
         .await,
+        service_health(install, "proxy HTTPS for node pulls", "https:connectors-proxy:443").await,
     ]
 }
 
 /// Each Connector's Ready condition, with what its reason asks for.
 async fn connectors(install: &Install) -> Vec<Check> {
-    let api: Api<connector::Connector> = Api::all(install.client.clone());
-    let list = match api.list(&ListParams::default()).await {
-        Ok(list) => list.items,
-        Err(error) => return vec![Check::unreadable("Connectors", "the Connectors", &error, INSTALL_FIX)],
+    let apis: Vec<Api<connector::Connector>> = if install.connector_namespaces.is_empty() {
+        vec![Api::all(install.client.clone())]
+    } else {
+        install
+            .connector_namespaces
+            .iter()
+            .map(|namespace| Api::namespaced(install.client.clone(), namespace))
+            .collect()
     };
+    let mut list = Vec::new();
+    for api in apis {
+        match api.list(&ListParams::default()).await {
+            Ok(found) => list.extend(found.items),
+            Err(error) => return vec![Check::unreadable("Connectors", "the Connectors", &error, INSTALL_FIX)],
+        }
+    }
     if list.is_empty() {
-        return vec![Check::skipped("Connectors", "none in the cluster")];
+        let where_ = if install.connector_namespaces.is_empty() {
+            "in the cluster".to_owned()
+        } else {
+            format!("in {}", install.connector_namespaces.join(", "))
+        };
+        return vec![Check::skipped("Connectors", format!("none {where_}"))];
     }
     list.iter()
         .map(|connector| {

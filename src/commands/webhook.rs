@@ -82,14 +82,30 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         config,
         metrics: Arc::new(Metrics::default()),
     };
-    let shutdown = shutdown_signal();
+    // On SIGTERM, answers close their connections for LINGER before the
+    // drain closes the idle ones: the API server's pooled connections go
+    // with an answer, not under a request.
+    let draining = server::Draining::default();
+    let shutdown = {
+        let (signal, draining) = (shutdown_signal(), draining.clone());
+        async move {
+            signal.await;
+            draining.start();
+            tokio::time::sleep(LINGER).await;
+        }
+    };
     let listener = super::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "webhook listening");
     let limits = server::limits(Duration::from_secs(args.shutdown_grace_seconds));
-    server::serve_tls(listener, server::router(state), tls, limits, shutdown)
+    let router = server::closing_when_draining(server::router(state), draining);
+    server::serve_tls(listener, router, tls, limits, shutdown)
         .await
         .context("the webhook server failed")
 }
+
+/// How long the webhook keeps answering, each answer closing its
+/// connection, after SIGTERM and before it stops accepting and drains.
+const LINGER: Duration = Duration::from_secs(3);
 
 /// Resolves on SIGTERM or Ctrl-C. The handlers are installed when this is
 /// called, not when the future is first polled: a signal that arrives

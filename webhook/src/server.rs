@@ -47,6 +47,39 @@ pub fn router(state: WebhookState) -> Router {
         .with_state(state)
 }
 
+/// Set when the process starts shutting down. From then on every answer
+/// closes its HTTP/1.1 connection (`Connection: close`; h2 gets GOAWAY
+/// from the drain), so the API server drops a pooled connection after the
+/// answer instead of reusing it while the server closes it: that race is an
+/// `EOF` the API server does not retry, a failed admission.
+#[derive(Clone, Default)]
+pub struct Draining(Arc<std::sync::atomic::AtomicBool>);
+
+impl Draining {
+    pub fn start(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    fn is_draining(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// `router` with every answer closing its connection once `draining`
+/// starts.
+pub fn closing_when_draining(router: Router, draining: Draining) -> Router {
+    router.layer(axum::middleware::map_response_with_state(draining, close_when_draining))
+}
+
+async fn close_when_draining(State(draining): State<Draining>, mut response: Response) -> Response {
+    if draining.is_draining() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    response
+}
+
 /// The review body, at most [`MAX_REVIEW_BYTES`]. A larger one is read on
 /// (and dropped) up to [`MAX_DRAINED_BYTES`], then refused with 413: the API
 /// server then gets an answer, not a reset connection, and reports it.
@@ -204,4 +237,31 @@ pub async fn serve_tls(
 ) -> std::io::Result<()> {
     let service = hyper_util::service::TowerToHyperService::new(router);
     serving::http::serve(listener, limits, Some(Arc::new(tls)), service, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn answers_close_their_connection_once_draining_starts() {
+        let draining = Draining::default();
+        let router = closing_when_draining(
+            Router::new().route("/healthz", get(|| async { "ok" })),
+            draining.clone(),
+        );
+        let get = || {
+            axum::http::Request::get("/healthz")
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        let before = router.clone().oneshot(get()).await.unwrap();
+        assert_eq!(before.status(), StatusCode::OK);
+        assert!(before.headers().get(header::CONNECTION).is_none());
+        draining.start();
+        let after = router.oneshot(get()).await.unwrap();
+        assert_eq!(after.status(), StatusCode::OK);
+        assert_eq!(after.headers()[header::CONNECTION], "close");
+    }
 }
