@@ -3,6 +3,8 @@
 //! modules of a crate, and no production source file that has outgrown
 //! being read in one sitting.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -121,33 +123,6 @@ fn crates_depend_only_in_the_allowed_directions() {
     assert!(broken.is_empty(), "dependency rules broken:\n{}", broken.join("\n"));
 }
 
-/// The text of a source file before its in-file test module.
-fn production_text(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    match text.find("#[cfg(test)]\nmod tests") {
-        Some(at) => text[..at].to_owned(),
-        None => text,
-    }
-}
-
-/// The `.rs` files below `dir`.
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 /// The source folders of the workspace's library crates and the binary.
 fn source_dirs() -> Vec<(String, PathBuf)> {
     let root = workspace_root();
@@ -244,7 +219,7 @@ fn no_crate_has_an_import_circle_between_its_modules() {
     let mut circles = Vec::new();
     for (krate, src) in source_dirs() {
         let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        let files = rust_files(&src);
+        let files = support::rust_files(&src);
         assert!(!files.is_empty(), "{krate}: no sources in {}", src.display());
         let modules: BTreeSet<String> = files.iter().map(|f| module_of(&src, f)).collect();
         for file in &files {
@@ -252,7 +227,7 @@ fn no_crate_has_an_import_circle_between_its_modules() {
             if module == "lib" || module == "main" {
                 continue;
             }
-            let code: String = production_text(file)
+            let code: String = support::production_text(file)
                 .lines()
                 .filter(|line| !line.trim_start().starts_with("//"))
                 .collect::<Vec<_>>()
@@ -295,8 +270,8 @@ fn circles_are_found_where_they_are() {
 fn no_production_source_file_is_too_long_to_read() {
     let mut long = Vec::new();
     for (krate, src) in source_dirs() {
-        for file in rust_files(&src) {
-            let lines = production_text(&file).lines().count();
+        for file in support::rust_files(&src) {
+            let lines = support::production_text(&file).lines().count();
             if lines > MAX_LINES {
                 long.push(format!("{krate}: {} has {lines} lines", file.display()));
             }

@@ -5,6 +5,8 @@
 //! `docs/troubleshooting.md` quotes after `Message:` is one that a string of
 //! the product's source can produce, `{…}` standing for what varies.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -670,15 +672,6 @@ fn string_literals(source: &str) -> Vec<String> {
         .collect()
 }
 
-/// The text of a source file before its in-file test module.
-fn production_text(path: &Path) -> String {
-    let text = read(path);
-    match text.find("#[cfg(test)]\nmod tests") {
-        Some(at) => text[..at].to_owned(),
-        None => text,
-    }
-}
-
 /// The `src/` folders of the workspace's product crates (every member but
 /// the test-support crate) and the binary.
 fn product_source_dirs() -> Vec<PathBuf> {
@@ -710,23 +703,6 @@ fn product_source_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                pending.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
-    files
-}
-
 #[test]
 fn troubleshooting_messages_are_ones_the_product_can_say() {
     let text = read(&root().join("docs/troubleshooting.md"));
@@ -738,8 +714,8 @@ fn troubleshooting_messages_are_ones_the_product_can_say() {
     );
     let literals: Vec<String> = product_source_dirs()
         .iter()
-        .flat_map(|dir| rust_files(dir))
-        .flat_map(|file| string_literals(&production_text(&file)))
+        .flat_map(|dir| support::rust_files(dir))
+        .flat_map(|file| string_literals(&support::production_text(&file)))
         .collect();
     let mut unknown = Vec::new();
     for (number, message) in &messages {

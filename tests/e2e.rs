@@ -85,13 +85,10 @@ fn with_secret(address: &str, secret: &str) -> String {
 fn robot_connector(cluster: &RealCluster, namespace: &str, name: &str, address: &str) {
     basic_auth_secret(cluster, namespace, "robot", PASSWORD);
     let spec = with_secret(address, "robot");
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(namespace, name, &spec)));
-}
-
-fn connector_yaml(namespace: &str, name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: connectors.alauda.io/v1alpha1\nkind: Connector\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
-    )
+    cluster.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&support::connector_yaml(namespace, name, &spec)),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,14 +170,20 @@ async fn invalid_connectors_are_refused_by_the_api_server_with_the_reason() {
         ),
     ];
     for (spec, reason) in cases {
-        let output = cluster.kubectl(&["apply", "-f", "-"], Some(&connector_yaml("invalid", "bad", spec)));
+        let output = cluster.kubectl(
+            &["apply", "-f", "-"],
+            Some(&support::connector_yaml("invalid", "bad", spec)),
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "accepted: {spec}");
         assert!(stderr.contains(reason), "{spec}: {stderr}");
     }
     // A valid one with every field is accepted.
     let valid = "{connectorClassName: oci, address: \"https://r.example.com/prefix\", auth: {name: tokenAuth, secretRef: {name: robot}}, addressExtensions: [{name: realm, value: \"https://auth.example.com/token\"}]}";
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml("invalid", "good", valid)));
+    cluster.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&support::connector_yaml("invalid", "good", valid)),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,7 +272,10 @@ async fn namespace_with_connector(cluster: &RealCluster, client: &kube::Client, 
         );
     }
     let spec = format!("{{connectorClassName: oci, address: \"http://{REGISTRY}\"}}");
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(name, "local", &spec)));
+    cluster.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&support::connector_yaml(name, "local", &spec)),
+    );
 }
 
 /// The pods of `namespace` matching `selector`, once there are `count`.
@@ -543,7 +549,7 @@ async fn real_service_account_tokens_push_and_pull_through_the_proxy_and_no_othe
     let spec = with_secret(&format!("http://{}", registry.host_port()), "robot");
     cluster.kubectl_ok(
         &["apply", "-f", "-"],
-        Some(&connector_yaml("identity-other", "reg", &spec)),
+        Some(&support::connector_yaml("identity-other", "reg", &spec)),
     );
     assert_eq!(
         manifest_status(proxy, "identity-other", "reg", &builder).await,
@@ -625,7 +631,7 @@ async fn the_controller_reports_real_probes_of_htpasswd_and_token_registries() {
         ("token-bad", &token, "bad"),
     ] {
         let spec = with_secret(&registry.url(), secret);
-        cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, name, &spec)));
+        cluster.kubectl_ok(&["apply", "-f", "-"], Some(&support::connector_yaml(ns, name, &spec)));
     }
     for name in ["htpasswd-good", "token-good"] {
         let ready = wait_condition(&client, ns, name, "Ready", "True", None).await;
@@ -733,7 +739,10 @@ async fn the_other_controller_takes_the_lease_after_a_crash_and_at_once_after_a_
     let ns = "succession";
     namespace(&client, ns).await;
     let spec = format!("{{connectorClassName: oci, address: \"http://{REGISTRY}\"}}");
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "after", &spec)));
+    cluster.kubectl_ok(
+        &["apply", "-f", "-"],
+        Some(&support::connector_yaml(ns, "after", &spec)),
+    );
     wait_condition(&client, ns, "after", "LivenessReady", "False", None).await;
 
     // The crashed replica comes back; a clean stop (SIGTERM) of the leader
@@ -1039,11 +1048,19 @@ async fn a_wrong_or_missing_secret_is_reported_until_it_is_fixed_and_a_new_gener
     basic_auth_secret(cluster, ns, "wrong", wrong);
     cluster.kubectl_ok(
         &["apply", "-f", "-"],
-        Some(&connector_yaml(ns, "wrong", &with_secret(&registry.url(), "wrong"))),
+        Some(&support::connector_yaml(
+            ns,
+            "wrong",
+            &with_secret(&registry.url(), "wrong"),
+        )),
     );
     cluster.kubectl_ok(
         &["apply", "-f", "-"],
-        Some(&connector_yaml(ns, "missing", &with_secret(&registry.url(), "later"))),
+        Some(&support::connector_yaml(
+            ns,
+            "missing",
+            &with_secret(&registry.url(), "later"),
+        )),
     );
     // A registry that is not there yet: a port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -1054,7 +1071,7 @@ async fn a_wrong_or_missing_secret_is_reported_until_it_is_fixed_and_a_new_gener
     basic_auth_secret(cluster, ns, "robot", PASSWORD);
     cluster.kubectl_ok(
         &["apply", "-f", "-"],
-        Some(&connector_yaml(
+        Some(&support::connector_yaml(
             ns,
             "moving",
             &with_secret(&format!("http://127.0.0.1:{port}"), "robot"),
@@ -1080,7 +1097,11 @@ async fn a_wrong_or_missing_secret_is_reported_until_it_is_fixed_and_a_new_gener
     basic_auth_secret(cluster, ns, "later", PASSWORD);
     cluster.kubectl_ok(
         &["apply", "-f", "-"],
-        Some(&connector_yaml(ns, "moving", &with_secret(&registry.url(), "robot"))),
+        Some(&support::connector_yaml(
+            ns,
+            "moving",
+            &with_secret(&registry.url(), "robot"),
+        )),
     );
     for name in ["wrong", "missing", "moving"] {
         wait_condition(&client, ns, name, "Ready", "True", Some("Ready")).await;
@@ -1225,7 +1246,7 @@ async fn a_csi_mount_needs_rbac_on_each_connector_it_names() {
     let ns = "csi-team";
     namespace(&client, ns).await;
     let spec = "{connectorClassName: oci, address: \"https://127.0.0.2:5443\"}";
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "lab", spec)));
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&support::connector_yaml(ns, "lab", spec)));
     service_accounts(cluster, ns, &[("builder", true), ("intruder", false)]);
     // The plugin as its DaemonSet runs it: the connectors-csi
     // ServiceAccount's token, the proxy CA the controller publishes.

@@ -4,6 +4,8 @@
 //! proxy's TokenReview and SubjectAccessReview, each with the release's
 //! own API server. The supported range is what these two files run.
 
+mod support;
+
 use connector::Connector;
 use kube::Api;
 use testing::cluster::RealCluster;
@@ -15,12 +17,6 @@ const PASSWORD: &str = "oldest-release-s3cret";
 /// The shared cluster of the oldest supported release.
 fn cluster() -> &'static RealCluster {
     RealCluster::oldest_supported(std::path::Path::new(env!("CARGO_BIN_EXE_connectors")))
-}
-
-fn connector_yaml(namespace: &str, name: &str, spec: &str) -> String {
-    format!(
-        "apiVersion: connectors.alauda.io/v1alpha1\nkind: Connector\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +52,10 @@ async fn the_oldest_release_serves_the_crds_with_their_validation_and_the_seed_c
             "Unsupported value: \"oauth\"",
         ),
     ] {
-        let output = cluster.kubectl(&["apply", "-f", "-"], Some(&connector_yaml("min-seed", "bad", spec)));
+        let output = cluster.kubectl(
+            &["apply", "-f", "-"],
+            Some(&support::connector_yaml("min-seed", "bad", spec)),
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "accepted: {spec}");
         assert!(stderr.contains(reason), "{spec}: {stderr}");
@@ -94,7 +93,7 @@ async fn on_the_oldest_release_pods_are_mutated_connectors_probed_and_tokens_rev
         "{{connectorClassName: oci, address: \"http://{}\", auth: {{name: basicAuth, secretRef: {{name: robot}}}}}}",
         registry.host_port()
     );
-    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector_yaml(ns, "reg", &spec)));
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&support::connector_yaml(ns, "reg", &spec)));
 
     // The controller probes the registry and writes the status.
     let connectors: Api<Connector> = Api::namespaced(client.clone(), ns);

@@ -144,3 +144,37 @@ pub async fn podman(root: &Path, env: &[(&str, &str)], args: &[&str]) -> std::pr
         .expect("podman finished in time")
         .unwrap()
 }
+
+/// The text of a source file before its in-file test module.
+pub fn production_text(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    match text.find("#[cfg(test)]\nmod tests") {
+        Some(at) => text[..at].to_owned(),
+        None => text,
+    }
+}
+
+/// The `.rs` files below `dir`, sorted.
+pub fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A Connector of `namespace` called `name` with `spec` (flow YAML).
+pub fn connector_yaml(namespace: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: connectors.alauda.io/v1alpha1\nkind: Connector\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n"
+    )
+}
