@@ -511,6 +511,25 @@ spec:
     assert!(gone, "{} outlives the pod", volume.display());
 }
 
+/// A pod that runs once and prints its name if its volume gave it a
+/// registry config (`$DOCKER_CONFIG/config.json`): a pod the webhook
+/// rewrote, whose image kubelet pulled through the proxy.
+fn volume_checking_pod(namespace: &str, name: &str, registry: &Registry) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  restartPolicy: Never
+  containers:
+    - name: {name}
+      image: {registry}/tools/busybox:1
+      command: ["/bin/busybox", "sh", "-c", "/bin/busybox test -s \"$DOCKER_CONFIG/config.json\" && echo {name}"]
+"#,
+        registry = registry.host_port()
+    )
+}
+
 /// The `/metrics` of every pod of `component` in `namespace`, fetched
 /// through the API server's pod proxy (`scheme:pod:port`), joined.
 fn scrape(cluster: &RealCluster, namespace: &str, component: &str, scheme: &str, port: u16) -> String {
@@ -548,19 +567,7 @@ async fn each_components_metrics_are_scraped_on_the_cluster_and_a_deleted_connec
     wait_until(cluster, namespace, "condition=Ready", "connector/scraped");
     // A pod the webhook rewrites, whose image kubelet pulls through the
     // proxy and whose volume the CSI plugin publishes.
-    let pod = format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata: {{name: counted, namespace: {namespace}}}
-spec:
-  restartPolicy: Never
-  containers:
-    - name: counted
-      image: {registry}/tools/busybox:1
-      command: ["/bin/busybox", "sh", "-c", "/bin/busybox test -s \"$DOCKER_CONFIG/config.json\" && echo counted"]
-"#,
-        registry = registry.host_port()
-    );
+    let pod = volume_checking_pod(namespace, "counted", &registry);
     assert_eq!(run_pod(cluster, namespace, "counted", &pod, 120).trim(), "counted");
 
     let connector = format!("{namespace}/scraped");
@@ -2453,19 +2460,7 @@ spec:
         None,
     );
     let report = doctor_until_healthy(cluster, namespace).await;
-    let pod = format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata: {{name: again, namespace: {namespace}}}
-spec:
-  restartPolicy: Never
-  containers:
-    - name: again
-      image: {registry}/tools/busybox:1
-      command: ["/bin/busybox", "sh", "-c", "/bin/busybox test -s \"$DOCKER_CONFIG/config.json\" && echo again"]
-"#,
-        registry = registry.host_port()
-    );
+    let pod = volume_checking_pod(namespace, "again", &registry);
     assert_eq!(
         run_pod(cluster, namespace, "again", &pod, 180).trim(),
         "again",
