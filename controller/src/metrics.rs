@@ -40,7 +40,7 @@ fn probe_histogram() -> Histogram {
 
 /// The controller's metrics and the registry that encodes them.
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    registry: Registry,
     pub probes: Family<ProbeLabels, Counter>,
     probe_seconds: Family<ProbeLabels, Histogram>,
     /// 1 while a Connector is Ready, 0 while it is not.
@@ -90,7 +90,7 @@ impl Default for Metrics {
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica is the leader", leader.clone());
         Self {
-            registry: Mutex::new(registry),
+            registry,
             probes,
             probe_seconds,
             ready,
@@ -136,9 +136,6 @@ impl Metrics {
 
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> String {
-        let mut text = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String cannot fail");
-        text
+        serving::metrics::encode(&self.registry)
     }
 }

@@ -3,7 +3,6 @@
 //! takes. Labels are bounded (results only: never pods, volumes or
 //! connectors).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -23,7 +22,7 @@ pub struct ResultLabels {
 
 /// The plugin's metrics and the registry that encodes them.
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    registry: Registry,
     publishes: Family<ResultLabels, Counter>,
     unpublishes: Family<ResultLabels, Counter>,
     publish_seconds: Histogram,
@@ -51,7 +50,7 @@ impl Default for Metrics {
             publish_seconds.clone(),
         );
         Self {
-            registry: Mutex::new(registry),
+            registry,
             publishes,
             unpublishes,
             publish_seconds,
@@ -62,11 +61,7 @@ impl Default for Metrics {
 impl Metrics {
     /// The text exposition format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        // NB: encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        serving::metrics::encode(&self.registry)
     }
 
     /// Counts one publication: `Ok(changed)` or the refusal.

@@ -75,7 +75,7 @@ pub struct UpstreamErrorLabels {
 
 /// The proxy's metrics and the registry that encodes them.
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    registry: Registry,
     /// Every connector label a series was made for, to forget them.
     connectors: Mutex<BTreeSet<String>>,
     requests: Family<RequestLabels, Counter>,
@@ -142,7 +142,7 @@ impl Default for Metrics {
             upstream_errors.clone(),
         );
         Self {
-            registry: Mutex::new(registry),
+            registry,
             connectors: Mutex::default(),
             requests,
             bytes,
@@ -159,10 +159,7 @@ impl Default for Metrics {
 impl Metrics {
     /// The text exposition format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        serving::metrics::encode(&self.registry)
     }
 
     /// Remembers that series exist for `connector`.

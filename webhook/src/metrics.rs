@@ -1,8 +1,6 @@
 //! Prometheus metrics of the webhook, with bounded label sets (verdict,
 //! operation, skip reason: never pod, image or namespace names).
 
-use std::sync::Mutex;
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -20,7 +18,7 @@ pub struct ReviewLabels {
 
 /// The webhook's metrics and the registry that encodes them.
 pub struct Metrics {
-    registry: Mutex<Registry>,
+    registry: Registry,
     pub reviews: Family<ReviewLabels, Counter>,
     pub review_seconds: Histogram,
 }
@@ -42,7 +40,7 @@ impl Default for Metrics {
             review_seconds.clone(),
         );
         Self {
-            registry: Mutex::new(registry),
+            registry,
             reviews,
             review_seconds,
         }
@@ -52,10 +50,6 @@ impl Default for Metrics {
 impl Metrics {
     /// The text exposition format.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        // NB: encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
-        out
+        serving::metrics::encode(&self.registry)
     }
 }
