@@ -303,6 +303,10 @@ async fn webhook_configuration(install: &Install) -> Vec<Check> {
         .iter()
         .map(|w| w.failure_policy.clone().unwrap_or_else(|| "Fail".into()))
         .collect();
+    let present = Check::ok(
+        subject,
+        format!("caBundle present, failurePolicy {}", policies.join(",")),
+    );
     let secrets: Api<Secret> = Api::namespaced(install.client.clone(), &install.namespace);
     let tls_subject = "webhook certificate (secret connectors-webhook-tls)";
     let chain = match secrets.get("connectors-webhook-tls").await {
@@ -315,13 +319,7 @@ async fn webhook_configuration(install: &Install) -> Vec<Check> {
                 "the controller creates it: kubectl -n {} logs deploy/connectors-controller",
                 install.namespace
             );
-            return vec![
-                Check::ok(
-                    subject,
-                    format!("caBundle present, failurePolicy {}", policies.join(",")),
-                ),
-                Check::unreadable(tls_subject, "the Secret", &error, &fix),
-            ];
+            return vec![present, Check::unreadable(tls_subject, "the Secret", &error, &fix)];
         }
     };
     let name = format!("connectors-webhook.{}.svc", install.namespace);
@@ -350,13 +348,7 @@ async fn webhook_configuration(install: &Install) -> Vec<Check> {
             ),
         ),
     };
-    vec![
-        Check::ok(
-            subject,
-            format!("caBundle present, failurePolicy {}", policies.join(",")),
-        ),
-        certificate,
-    ]
+    vec![present, certificate]
 }
 
 /// `/healthz` of a Service, through the API server's service proxy: what

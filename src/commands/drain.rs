@@ -55,7 +55,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         Err(error) => return Err(error).context("failed to delete the webhook configuration"),
     }
-    let pods: Api<Pod> = Api::all(client);
+    let pods: Api<Pod> = Api::all(client.clone());
     let deadline = Instant::now() + args.timeout;
     let mut evicted: BTreeMap<String, usize> = BTreeMap::new();
     loop {
@@ -88,7 +88,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 continue;
             }
             let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
-            let api: Api<Pod> = Api::namespaced(pods.clone().into_client(), &namespace);
+            let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
             match api.evict(&name, &EvictParams::default()).await {
                 Ok(_) => {
                     *evicted.entry(format!("{namespace}/{name}")).or_default() += 1;
