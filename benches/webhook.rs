@@ -5,10 +5,12 @@
 //!
 //! Run with `cargo bench --bench webhook` (`-- --quick` for a short run).
 
+#[allow(dead_code)]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use connector::injection::InjectionConfig;
 use connector::store::FileStore;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -33,41 +35,6 @@ fn store() -> String {
         .build()
 }
 
-/// A realistic 5-container pod: 1 init container, 4 containers, existing env,
-/// mounts and volumes, images on the connectors' and other registries.
-fn five_container_pod() -> Value {
-    let container = |name: &str, image: &str| {
-        json!({
-            "name": name,
-            "image": image,
-            "imagePullPolicy": "IfNotPresent",
-            "command": ["/bin/sh", "-c", "exec server --port=8080"],
-            "env": [{"name": "MODE", "value": "prod"}, {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
-            "ports": [{"containerPort": 8080, "name": "http"}],
-            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
-            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
-            "securityContext": {"runAsNonRoot": true, "allowPrivilegeEscalation": false},
-        })
-    };
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"generateName": "web-7d9f8b-", "namespace": "team", "labels": {"app": "web"}, "annotations": {"prometheus.io/scrape": "true"}},
-        "spec": {
-            "initContainers": [container("migrate", "harbor.example.com/team/migrate:v2")],
-            "containers": [
-                container("app", "harbor.example.com/team/app:v1.4.2@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
-                container("sidecar", "busybox:1.36"),
-                container("exporter", "quay.io/prometheus/node-exporter:v1.8.0"),
-                container("proxy", "docker.io/envoyproxy/envoy:v1.30.1"),
-            ],
-            "volumes": [{"name": "data", "emptyDir": {}}],
-            "serviceAccountName": "web",
-            "restartPolicy": "Always",
-        }
-    })
-}
-
 fn review_body(pod: &Value, uid: u64) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "apiVersion": "admission.k8s.io/v1",
@@ -86,17 +53,6 @@ fn review_body(pod: &Value, uid: u64) -> Vec<u8> {
     .unwrap()
 }
 
-fn config() -> InjectionConfig {
-    let mut config = InjectionConfig::new("10.96.0.50", "connectors-proxy.connectors-system.svc:3128");
-    config.proxy_ca_pem = Some(
-        certs::CertificateAuthority::generate("bench CA", Duration::from_secs(3600))
-            .unwrap()
-            .cert_pem()
-            .to_owned(),
-    );
-    config
-}
-
 struct Row {
     what: String,
     rate: f64,
@@ -104,23 +60,6 @@ struct Row {
     p99_us: f64,
     max_us: f64,
     note: String,
-}
-
-/// Runs `op` in a loop on this thread for `duration`; per-op latency in ns.
-fn single_core(duration: Duration, mut op: impl FnMut()) -> (f64, Histogram<u64>) {
-    let mut histogram = Histogram::<u64>::new(3).unwrap();
-    for _ in 0..1000 {
-        op();
-    }
-    let started = Instant::now();
-    let mut count = 0u64;
-    while started.elapsed() < duration {
-        let t = Instant::now();
-        op();
-        histogram.record(t.elapsed().as_nanos() as u64).unwrap();
-        count += 1;
-    }
-    (count as f64 / started.elapsed().as_secs_f64(), histogram)
 }
 
 fn row(what: &str, rate: f64, h: &Histogram<u64>, note: &str) -> Row {
@@ -143,8 +82,8 @@ fn main() {
         Duration::from_secs(10)
     };
     let store = Arc::new(FileStore::from_yaml(&store()).unwrap());
-    let config = Arc::new(config());
-    let pod = five_container_pod();
+    let config = Arc::new(common::injection_config());
+    let pod = common::five_container_pod();
     let mut rows = Vec::new();
 
     // 1. The pure mutation on one core.
@@ -153,7 +92,7 @@ fn main() {
         panic!("the bench pod is selected")
     };
     let ops = patch.0.len();
-    let (rate, h) = single_core(duration, || {
+    let (rate, h) = common::single_core(duration, || {
         std::hint::black_box(
             mutate_pod(
                 std::hint::black_box(&pod),
@@ -178,7 +117,7 @@ fn main() {
 
     // 2. The whole review: JSON decode, mutate, patch encode, base64, response encode.
     let body = review_body(&pod, 0);
-    let (rate, h) = single_core(duration, || {
+    let (rate, h) = common::single_core(duration, || {
         let reviewed = webhook::admission::review(std::hint::black_box(&body), store.as_ref(), &config).unwrap();
         std::hint::black_box(serde_json::to_vec(&reviewed.response).unwrap());
     });

@@ -5,35 +5,27 @@
 //! - [`SubjectAccessReviews`]: may this identity use this connector? Asked
 //!   by SubjectAccessReview, cached for seconds so that revoking RBAC
 //!   revokes access within seconds.
-//! - [`PodIdentities`]: source addresses of the pods the webhook injected,
-//!   and of nodes pulling for their pods, from informers.
+//!
+//! Source addresses of pods and nodes: [`crate::peers`].
 //!
 //! Both caches are bounded and keyed so that no token is kept in memory:
 //! TokenReview results by the token's SHA-256.
 
-use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use connector::ConnectorKey;
-use connector::keys::{INJECTED_LABEL, PROXY_TOKEN_AUDIENCE};
-use connector::reference::Reference;
-use futures::StreamExt;
+use connector::keys::PROXY_TOKEN_AUDIENCE;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
-use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::PostParams;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use lru::LruCache;
 
-use crate::caller::{Authenticator, Authorizer, BoxFuture, CallerError, Decision, Identity, PeerIdentities, Result};
+use crate::caller::{Authenticator, Authorizer, BoxFuture, CallerError, Decision, Identity, Result};
 
 /// A bounded map of answers that expire: a full cache drops its least
 /// recently used answer, in O(1), so a burst of new keys costs reviews, not
@@ -374,233 +366,6 @@ impl Authorizer for SubjectAccessReviews {
             let decision = self.review(identity, connector).await?;
             self.cache.insert(key, decision, self.ttl);
             Ok(decision)
-        })
-    }
-}
-
-/// Source-address identities from informers: pods carrying the webhook's
-/// [`INJECTED_LABEL`] (only those are watched) and nodes.
-#[derive(Clone)]
-pub struct PodIdentities {
-    pods: Store<Pod>,
-    nodes: Store<Node>,
-    index: Arc<RwLock<Option<Arc<Index>>>>,
-    synced: Arc<AtomicBool>,
-    /// How long a node pull waits for its pod to reach the informer.
-    lag: Duration,
-    /// Bumped on every pod event: a waiting node pull looks again only
-    /// when something changed.
-    pod_changes: tokio::sync::watch::Receiver<u64>,
-}
-
-/// Lookups derived from the informers' caches, rebuilt after changes.
-#[derive(Default)]
-struct Index {
-    /// Pod identity by IP; `None` when two pods claim the IP.
-    pods_by_ip: HashMap<IpAddr, Option<Identity>>,
-    node_by_ip: HashMap<IpAddr, String>,
-    /// By node: the image paths (without registry, tag or digest) its
-    /// pods reference, each with the pod's ServiceAccount.
-    pulls_by_node: HashMap<String, Vec<(String, Identity)>>,
-}
-
-impl PodIdentities {
-    /// Starts the informers on the current tokio runtime.
-    pub fn spawn(client: Client, lag: Duration) -> Self {
-        let (pods, pod_writer) = reflector::store();
-        let (nodes, node_writer) = reflector::store();
-        let index = Arc::new(RwLock::new(None));
-        let pod_config = watcher::Config::default().labels(&format!("{INJECTED_LABEL}=true"));
-        let pod_stream = reflector::reflector(
-            pod_writer,
-            watcher(Api::<Pod>::all(client.clone()), pod_config).default_backoff(),
-        );
-        let node_stream = reflector::reflector(
-            node_writer,
-            watcher(Api::<Node>::all(client), watcher::Config::default()).default_backoff(),
-        );
-        let (changed, pod_changes) = tokio::sync::watch::channel(0_u64);
-        tokio::spawn(invalidate_on_events("pods", pod_stream, index.clone(), Some(changed)));
-        tokio::spawn(invalidate_on_events("nodes", node_stream, index.clone(), None));
-        let synced = connector::store::kube::synced_flag(&pods, &nodes, "pod and node caches synced");
-        Self {
-            pods,
-            nodes,
-            index,
-            synced,
-            lag,
-            pod_changes,
-        }
-    }
-
-    /// True once the first lists of pods and nodes have arrived.
-    pub fn has_synced(&self) -> bool {
-        self.synced.load(Ordering::Acquire)
-    }
-
-    fn index(&self) -> Arc<Index> {
-        if let Some(index) = self.index.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            return index.clone();
-        }
-        let index = Arc::new(self.build_index());
-        *self.index.write().unwrap_or_else(|p| p.into_inner()) = Some(index.clone());
-        index
-    }
-
-    fn build_index(&self) -> Index {
-        let mut index = Index::default();
-        for pod in self.pods.state() {
-            let Some(spec) = &pod.spec else { continue };
-            if let Some(node) = &spec.node_name {
-                let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-                let service_account = spec.service_account_name.as_deref().unwrap_or("default");
-                let identity = Identity::of_service_account(namespace, service_account);
-                let images = spec
-                    .containers
-                    .iter()
-                    .map(|c| c.image.as_deref())
-                    .chain(spec.init_containers.iter().flatten().map(|c| c.image.as_deref()))
-                    .chain(spec.ephemeral_containers.iter().flatten().map(|c| c.image.as_deref()));
-                let pulls = index.pulls_by_node.entry(node.clone()).or_default();
-                for reference in images.flatten().filter_map(|image| Reference::parse(image).ok()) {
-                    pulls.push((reference.path().to_owned(), identity.clone()));
-                }
-            }
-            if spec.host_network == Some(true) {
-                continue;
-            }
-            let Some(status) = &pod.status else { continue };
-            if status.phase.as_deref() != Some("Running") {
-                continue;
-            }
-            let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-            let service_account = spec.service_account_name.as_deref().unwrap_or("default");
-            let identity = Identity::of_service_account(namespace, service_account);
-            let ips = status
-                .pod_ips
-                .iter()
-                .flatten()
-                .map(|p| p.ip.as_str())
-                .chain(status.pod_ip.as_deref());
-            let mut seen = Vec::new();
-            for ip in ips.filter_map(|ip| ip.parse::<IpAddr>().ok()) {
-                if seen.contains(&ip) {
-                    continue;
-                }
-                seen.push(ip);
-                index
-                    .pods_by_ip
-                    .entry(ip)
-                    .and_modify(|claimed| *claimed = None)
-                    .or_insert_with(|| Some(identity.clone()));
-            }
-        }
-        for node in self.nodes.state() {
-            let Some(name) = node.metadata.name.clone() else {
-                continue;
-            };
-            let addresses = node.status.iter().flat_map(|s| s.addresses.iter().flatten());
-            for address in addresses.filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP") {
-                if let Ok(ip) = address.address.parse::<IpAddr>() {
-                    index.node_by_ip.insert(ip, name.clone());
-                }
-            }
-        }
-        // NB: an address that is a node's is never a pod's identity
-        // (hostNetwork pods share it).
-        index.pods_by_ip.retain(|ip, _| !index.node_by_ip.contains_key(ip));
-        index
-    }
-
-    /// The ServiceAccounts of the injected pods on `node` referencing the
-    /// repository, right now: from the index by node, not a scan of every
-    /// pod.
-    fn referencing(&self, node: &str, key: &ConnectorKey, repository: &str) -> Vec<Identity> {
-        let wanted = format!("{}/{repository}", key.proxy_path());
-        let index = self.index();
-        let mut found: Vec<Identity> = Vec::new();
-        for (path, identity) in index.pulls_by_node.get(node).into_iter().flatten() {
-            if *path == wanted && !found.contains(identity) {
-                found.push(identity.clone());
-            }
-        }
-        found
-    }
-}
-
-async fn invalidate_on_events<S, T>(
-    what: &'static str,
-    stream: S,
-    index: Arc<RwLock<Option<Arc<Index>>>>,
-    changed: Option<tokio::sync::watch::Sender<u64>>,
-) where
-    S: futures::Stream<Item = std::result::Result<T, watcher::Error>>,
-{
-    let mut stream = std::pin::pin!(stream);
-    while let Some(event) = stream.next().await {
-        match event {
-            Ok(_) => {
-                *index.write().unwrap_or_else(|p| p.into_inner()) = None;
-                if let Some(changed) = &changed {
-                    changed.send_modify(|n| *n += 1);
-                }
-            }
-            Err(error) => tracing::warn!(%error, watched = what, "watch failed; retrying with backoff"),
-        }
-    }
-}
-
-impl PeerIdentities for PodIdentities {
-    fn pod(&self, ip: IpAddr) -> Option<Identity> {
-        self.index().pods_by_ip.get(&ip).cloned().flatten()
-    }
-
-    fn pod_soon(&self, ip: IpAddr) -> BoxFuture<'_, Option<Identity>> {
-        Box::pin(async move {
-            // NB: as pods_pulling: looks again only when a pod event arrived.
-            let deadline = tokio::time::Instant::now() + self.lag;
-            let mut changes = self.pod_changes.clone();
-            changes.mark_unchanged();
-            loop {
-                // NB: an address two pods claim is known and stays refused.
-                if let Some(claim) = self.index().pods_by_ip.get(&ip).cloned() {
-                    return claim;
-                }
-                match tokio::time::timeout_at(deadline, changes.changed()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) | Err(_) => return None,
-                }
-            }
-        })
-    }
-
-    fn node(&self, ip: IpAddr) -> Option<String> {
-        self.index().node_by_ip.get(&ip).cloned()
-    }
-
-    fn pods_pulling<'a>(
-        &'a self,
-        node: &'a str,
-        key: &'a ConnectorKey,
-        repository: &'a str,
-    ) -> BoxFuture<'a, Vec<Identity>> {
-        Box::pin(async move {
-            // NB: looks again only when a pod event arrived, never on a
-            // timer: a flood of pulls for repositories no pod references
-            // costs one index lookup each, not a rescan every 100 ms.
-            let deadline = tokio::time::Instant::now() + self.lag;
-            let mut changes = self.pod_changes.clone();
-            changes.mark_unchanged();
-            loop {
-                let found = self.referencing(node, key, repository);
-                if !found.is_empty() {
-                    return found;
-                }
-                match tokio::time::timeout_at(deadline, changes.changed()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) | Err(_) => return found,
-                }
-            }
         })
     }
 }

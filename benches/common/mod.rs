@@ -9,6 +9,7 @@ use std::process::Command;
 
 use anyhow::Context;
 use hyper::header::HeaderValue;
+use serde_json::json;
 
 /// The release `connectors` binary cargo built for this bench.
 pub fn connectors_binary() -> PathBuf {
@@ -233,3 +234,70 @@ pub fn program_version(name: &str, args: &[&str]) -> String {
         })
         .unwrap_or_else(|| "(unknown version)".to_owned())
 }
+
+// ---- Admission ----
+
+/// A realistic 5-container pod: 1 init container, 4 containers, existing env,
+/// mounts and volumes, images on the connectors' and other registries.
+pub fn five_container_pod() -> serde_json::Value {
+    let container = |name: &str, image: &str| {
+        json!({
+            "name": name,
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "command": ["/bin/sh", "-c", "exec server --port=8080"],
+            "env": [{"name": "MODE", "value": "prod"}, {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+            "ports": [{"containerPort": 8080, "name": "http"}],
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            "securityContext": {"runAsNonRoot": true, "allowPrivilegeEscalation": false},
+        })
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "web-7d9f8b-", "namespace": "team", "labels": {"app": "web"}, "annotations": {"prometheus.io/scrape": "true"}},
+        "spec": {
+            "initContainers": [container("migrate", "harbor.example.com/team/migrate:v2")],
+            "containers": [
+                container("app", "harbor.example.com/team/app:v1.4.2@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
+                container("sidecar", "busybox:1.36"),
+                container("exporter", "quay.io/prometheus/node-exporter:v1.8.0"),
+                container("proxy", "docker.io/envoyproxy/envoy:v1.30.1"),
+            ],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+            "serviceAccountName": "web",
+            "restartPolicy": "Always",
+        }
+    })
+}
+
+/// The injection settings of an install with an interception CA.
+pub fn injection_config() -> connector::injection::InjectionConfig {
+    let mut config = connector::injection::InjectionConfig::new("10.96.0.50", "connectors-proxy.connectors-system.svc:3128");
+    config.proxy_ca_pem = Some(
+        certs::CertificateAuthority::generate("bench CA", std::time::Duration::from_secs(3600))
+            .unwrap()
+            .cert_pem()
+            .to_owned(),
+    );
+    config
+}
+
+/// Runs `op` in a loop on this thread for `duration`; per-op latency in ns.
+pub fn single_core(duration: std::time::Duration, mut op: impl FnMut()) -> (f64, hdrhistogram::Histogram<u64>) {
+    let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap();
+    for _ in 0..1000 {
+        op();
+    }
+    let started = std::time::Instant::now();
+    let mut count = 0u64;
+    while started.elapsed() < duration {
+        let t = std::time::Instant::now();
+        op();
+        histogram.record(t.elapsed().as_nanos() as u64).unwrap();
+        count += 1;
+    }
+    (count as f64 / started.elapsed().as_secs_f64(), histogram)
+}
+

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use access::Access;
 use access::caller::{Authenticator, Authorizer, CallerError, SameNamespace, StaticTokens};
-use access::cluster::{AccessCheck, PodIdentities, SubjectAccessReviews, TokenReviewOptions, TokenReviews};
+use access::cluster::{AccessCheck, SubjectAccessReviews, TokenReviewOptions, TokenReviews};
+use access::peers::PodIdentities;
 use connector::store::{ConnectorStore, FileStore, KubeSecretStore, KubeStore};
 use tokio::net::TcpListener;
 

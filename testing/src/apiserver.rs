@@ -247,6 +247,8 @@ pub struct FakeApiServer {
 
 struct Shared {
     state: Mutex<ApiState>,
+    /// Bytes of every response body served so far.
+    bytes_served: std::sync::atomic::AtomicU64,
     /// Open (`true`) or held (`false`) gates, per resource and verb.
     gates: HashMap<(ResourceType, Verb), watch::Sender<bool>>,
 }
@@ -357,6 +359,7 @@ impl FakeApiServer {
             }
         }
         let shared = Arc::new(Shared {
+            bytes_served: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(ApiState {
                 resource_version: 1,
                 collections: resources.iter().map(|r| (*r, Collection::default())).collect(),
@@ -365,7 +368,7 @@ impl FakeApiServer {
             }),
             gates,
         });
-        let router = Router::new().fallback(serve).with_state(shared.clone());
+        let router = Router::new().fallback(serve_counted).with_state(shared.clone());
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
@@ -379,6 +382,12 @@ impl FakeApiServer {
     /// The server URL, `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The bytes of every response body this server sent (lists, watch
+    /// events, gets, writes): what its clients read from the API.
+    pub fn bytes_served(&self) -> u64 {
+        self.shared.bytes_served.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A kube client talking to this server.
@@ -742,6 +751,21 @@ fn json_response(status: StatusCode, content_type: &str, body: &Value) -> Respon
         content_type.parse().expect("a valid content type"),
     );
     response
+}
+
+/// [`serve`], counting the bytes of the body as they are sent.
+async fn serve_counted(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    use futures::StreamExt;
+    let response = serve(State(shared.clone()), request).await;
+    response.map(|body| {
+        Body::from_stream(body.into_data_stream().inspect(move |chunk| {
+            if let Ok(chunk) = chunk {
+                shared
+                    .bytes_served
+                    .fetch_add(chunk.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }))
+    })
 }
 
 async fn serve(State(shared): State<Arc<Shared>>, request: Request) -> Response {

@@ -3,8 +3,8 @@
 //! Secret a Connector references. Reads answer from memory and never wait
 //! on the network.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
@@ -23,6 +23,9 @@ use crate::{Connector, ConnectorKey};
 #[derive(Clone)]
 pub struct KubeStore {
     connectors: Store<Connector>,
+    /// Connector names by namespace: a namespace's connectors without a
+    /// scan of every connector.
+    by_namespace: Arc<ByNamespace>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     synced: Arc<AtomicBool>,
     /// Bumped on every Connector event, for [`KubeSecretStore`].
@@ -41,24 +44,40 @@ impl KubeStore {
 
         let connector_api: Api<Connector> = Api::all(client.clone());
         let (changed, connector_changes) = tokio::sync::watch::channel(0_u64);
+        let by_namespace = Arc::new(ByNamespace::default());
+        // NB: managed fields are half of a small object's bytes and nothing
+        // here reads them.
         let connector_stream = reflector::reflector(
             connector_writer,
-            watcher(connector_api, watcher::Config::default()).default_backoff(),
+            watcher(connector_api, watcher::Config::default())
+                .default_backoff()
+                .modify(|c| c.metadata.managed_fields = None),
         )
-        .inspect(move |_| changed.send_modify(|n| *n += 1));
+        .inspect({
+            let by_namespace = by_namespace.clone();
+            move |event| {
+                if let Ok(event) = event {
+                    by_namespace.follow(event);
+                }
+                changed.send_modify(|n| *n += 1);
+            }
+        });
         tokio::spawn(drain("connectors", connector_stream));
 
         // NB: an Api over PartialObjectMeta makes metadata-only requests.
         let namespace_api: Api<PartialObjectMeta<Namespace>> = Api::all(client);
         let namespace_stream = reflector::reflector(
             namespace_writer,
-            watcher(namespace_api, watcher::Config::default()).default_backoff(),
+            watcher(namespace_api, watcher::Config::default())
+                .default_backoff()
+                .modify(|ns| ns.metadata.managed_fields = None),
         );
         tokio::spawn(drain("namespaces", namespace_stream));
 
         let synced = synced_flag(&connectors, &namespaces, "connector and namespace caches synced");
         Self {
             connectors,
+            by_namespace,
             namespaces,
             synced,
             connector_changes,
@@ -149,6 +168,59 @@ impl super::ClassStore for KubeClassStore {
     }
 }
 
+/// Connector names by namespace, kept from the reflector's events; a relist
+/// fills a new map beside the one in use and swaps it in when complete.
+#[derive(Default)]
+struct ByNamespace {
+    names: RwLock<HashMap<String, BTreeSet<String>>>,
+    relist: Mutex<Option<HashMap<String, BTreeSet<String>>>>,
+}
+
+impl ByNamespace {
+    fn follow(&self, event: &watcher::Event<Connector>) {
+        let key = |c: &Connector| Some((c.metadata.namespace.clone()?, c.metadata.name.clone()?));
+        let mut relist = self.relist.lock().unwrap_or_else(PoisonError::into_inner);
+        match event {
+            watcher::Event::Init => *relist = Some(HashMap::new()),
+            watcher::Event::InitApply(connector) => {
+                if let (Some(fresh), Some((namespace, name))) = (relist.as_mut(), key(connector)) {
+                    fresh.entry(namespace).or_default().insert(name);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(fresh) = relist.take() {
+                    let old = std::mem::replace(&mut *write(&self.names), fresh);
+                    drop(old);
+                }
+            }
+            watcher::Event::Apply(connector) => {
+                if let Some((namespace, name)) = key(connector) {
+                    write(&self.names).entry(namespace).or_default().insert(name);
+                }
+            }
+            watcher::Event::Delete(connector) => {
+                if let Some((namespace, name)) = key(connector) {
+                    let mut names = write(&self.names);
+                    if let Some(in_namespace) = names.get_mut(&namespace) {
+                        in_namespace.remove(&name);
+                        if in_namespace.is_empty() {
+                            names.remove(&namespace);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A flag set (and `message` logged) once both reflector stores have
 /// received their first complete list.
 pub fn synced_flag<A, B>(a: &Store<A>, b: &Store<B>, message: &'static str) -> Arc<AtomicBool>
@@ -192,11 +264,12 @@ impl ConnectorStore for KubeStore {
     }
 
     fn connectors_in(&self, namespace: &str) -> Vec<Arc<Connector>> {
-        let mut found = self
-            .connectors
-            .state_filter(|c| c.metadata.namespace.as_deref() == Some(namespace));
-        found.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        found
+        let names = read(&self.by_namespace.names);
+        let in_namespace = names.get(namespace).into_iter().flatten();
+        // NB: sorted by name (a BTreeSet), as the other stores answer.
+        in_namespace
+            .filter_map(|name| self.connectors.get(&ObjectRef::new(name).within(namespace)))
+            .collect()
     }
 
     fn namespace(&self, name: &str) -> Option<NamespaceMeta> {
