@@ -2,7 +2,6 @@
 //! transition times, the proxy address, and whether a write is due. Pure
 //! functions of (previous status, probe report, time).
 
-use std::time::Duration;
 
 use connector::crd::{Condition, ConnectorStatus, HttpAddress, ProxyStatus};
 use k8s_openapi::jiff::Timestamp;
@@ -134,27 +133,13 @@ pub fn is_ready(status: &ConnectorStatus) -> bool {
 }
 
 /// Whether `next` must be written over `current`: something other than the
-/// probe times changed, or the recorded probe is older than `refresh`.
-pub fn needs_write(current: Option<&ConnectorStatus>, next: &ConnectorStatus, refresh: Duration) -> bool {
-    let Some(current) = current else {
-        return true;
-    };
-    if without_probe_times(current) != without_probe_times(next) {
-        return true;
-    }
-    let recorded = current
-        .conditions
-        .iter()
-        .filter_map(|c| c.last_probe_time.as_deref())
-        .filter_map(|t| t.parse::<Timestamp>().ok())
-        .min();
-    match recorded {
-        None => true,
-        Some(recorded) => {
-            let age = Timestamp::now().duration_since(recorded);
-            age.as_secs_f64() >= refresh.as_secs_f64()
-        }
-    }
+/// probe times changed. A probe that confirms the status writes nothing:
+/// each write is a watch event for every process watching Connectors (the
+/// proxy's replicas, the webhook's, one CSI plugin per node), so a
+/// heartbeat of 10,000 connectors every interval would be thousands of
+/// events a second across a large cluster for no news.
+pub fn needs_write(current: Option<&ConnectorStatus>, next: &ConnectorStatus) -> bool {
+    current.is_none_or(|current| without_probe_times(current) != without_probe_times(next))
 }
 
 fn without_probe_times(status: &ConnectorStatus) -> ConnectorStatus {
@@ -271,7 +256,7 @@ mod tests {
     }
 
     #[test]
-    fn only_changes_or_stale_probe_times_are_written() {
+    fn only_changes_are_written_not_newer_probe_times() {
         let now = now_timestamp();
         let current = next_status(None, &class_ok(), &report(Verdict::True), Some(1), address(), &now);
         let same = next_status(
@@ -282,8 +267,16 @@ mod tests {
             address(),
             &now,
         );
-        assert!(!needs_write(Some(&current), &same, Duration::from_secs(300)));
-        assert!(needs_write(Some(&current), &same, Duration::ZERO));
+        let later = next_status(
+            Some(&current),
+            &class_ok(),
+            &report(Verdict::True),
+            Some(1),
+            address(),
+            "2099-01-01T00:00:00Z",
+        );
+        assert!(!needs_write(Some(&current), &same));
+        assert!(!needs_write(Some(&current), &later), "a newer probe time alone is no change");
         let newer_generation = next_status(
             Some(&current),
             &class_ok(),
@@ -292,8 +285,8 @@ mod tests {
             address(),
             &now,
         );
-        assert!(needs_write(Some(&current), &newer_generation, Duration::from_secs(300)));
-        assert!(needs_write(None, &same, Duration::from_secs(300)));
+        assert!(needs_write(Some(&current), &newer_generation));
+        assert!(needs_write(None, &same));
     }
 
     #[test]

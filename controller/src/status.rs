@@ -2,7 +2,7 @@
 //! Connectors, re-triggered by the Secrets they reference. Each reconcile
 //! probes only when due (the probe interval, or a backoff after failure) or
 //! when the connector's generation, its Secrets or the proxy CA changed, and
-//! patches `status` only when something changed. Only the leader probes and
+//! patches `status` only when something other than the probe time changed. Only the leader probes and
 //! writes.
 
 use std::collections::HashMap;
@@ -460,7 +460,7 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
     if !*context.leader.borrow() {
         return Ok(Action::await_change());
     }
-    if conditions::needs_write(current, &next, context.settings.probe_interval) {
+    if conditions::needs_write(current, &next) {
         let api: Api<Connector> = Api::namespaced(context.client.clone(), &namespace);
         let patch = serde_json::json!({ "status": next });
         api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
