@@ -47,7 +47,9 @@ fn pod_ip(i: u32) -> IpAddr {
 
 /// A PEM-sized string: the proxy CA the webhook copies into each pod.
 fn ca_pem() -> String {
-    let body: String = (0..16).map(|_| "MIIBszCCAVmgAwIBAgIUQm9ndXNDQVN0cmluZ0ZvckJlbmNo\n").collect();
+    let body: String = (0..16)
+        .map(|_| "MIIBszCCAVmgAwIBAgIUQm9ndXNDQVN0cmluZ0ZvckJlbmNo\n")
+        .collect();
     format!("-----BEGIN CERTIFICATE-----\n{body}-----END CERTIFICATE-----\n")
 }
 
@@ -56,13 +58,24 @@ fn pod(i: u32, nodes: u32, generation: u64) -> Value {
     let namespace = format!("team-{}", i % 1000);
     let node = format!("node-{}", i % nodes);
     let ip = pod_ip(i).to_string();
-    let image = format!("127.0.0.1:7480/namespaces/{namespace}/connectors/harbor/team/app:{}", i % 10);
+    let image = format!(
+        "127.0.0.1:7480/namespaces/{namespace}/connectors/harbor/team/app:{}",
+        i % 10
+    );
     let time = "2026-12-01T10:00:00Z";
-    let condition = |kind: &str| json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": time});
-    let env: Vec<Value> = ["HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "SSL_CERT_FILE", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE"]
-        .iter()
-        .map(|name| json!({"name": name, "value": format!("value-of-{name}-for-the-connectors-proxy")}))
-        .collect();
+    let condition =
+        |kind: &str| json!({"type": kind, "status": "True", "lastProbeTime": null, "lastTransitionTime": time});
+    let env: Vec<Value> = [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "SSL_CERT_FILE",
+        "NODE_EXTRA_CA_CERTS",
+        "REQUESTS_CA_BUNDLE",
+    ]
+    .iter()
+    .map(|name| json!({"name": name, "value": format!("value-of-{name}-for-the-connectors-proxy")}))
+    .collect();
     json!({
         "apiVersion": "v1",
         "kind": "Pod",
@@ -399,10 +412,17 @@ fn identities_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
 fn connector_object(namespace: &str, name: &str, address: &str) -> Value {
     let time = "2026-12-01T10:00:00Z";
     let condition = |kind: &str| json!({"type": kind, "status": "True", "reason": kind, "message": format!("{kind} checked against {address}"), "lastTransitionTime": time, "observedGeneration": 1});
-    let conditions: Vec<Value> = ["Ready", "SecretResolved", "AddressReachable", "CredentialValid", "EgressAllowed", "ClassResolved"]
-        .into_iter()
-        .map(condition)
-        .collect();
+    let conditions: Vec<Value> = [
+        "Ready",
+        "SecretResolved",
+        "AddressReachable",
+        "CredentialValid",
+        "EgressAllowed",
+        "ClassResolved",
+    ]
+    .into_iter()
+    .map(condition)
+    .collect();
     json!({
         "apiVersion": "connectors.alauda.io/v1alpha1",
         "kind": "Connector",
@@ -481,9 +501,14 @@ fn mutation_rates(store: &dyn connector::store::ConnectorStore, duration: Durati
     let pod = common::five_container_pod();
     [LISTED, OPEN].map(|namespace| {
         let outcome = mutate_pod(&pod, namespace, Mode::Create, store, &config).expect("a mutation");
-        assert!(matches!(outcome, Outcome::Patched { .. }), "the pod is rewritten in {namespace}");
+        assert!(
+            matches!(outcome, Outcome::Patched { .. }),
+            "the pod is rewritten in {namespace}"
+        );
         common::single_core(duration, || {
-            std::hint::black_box(mutate_pod(std::hint::black_box(&pod), namespace, Mode::Create, store, &config).unwrap());
+            std::hint::black_box(
+                mutate_pod(std::hint::black_box(&pod), namespace, Mode::Create, store, &config).unwrap(),
+            );
         })
     })
 }
@@ -493,15 +518,28 @@ fn webhook_row(apiserver: &tokio::runtime::Runtime, connectors: u32, duration: D
     use testing::apiserver::{CONNECTORS, NAMESPACES};
     let api = Arc::new(apiserver.block_on(FakeApiServer::start(&[CONNECTORS, NAMESPACES])));
     for namespace in [LISTED, OPEN] {
-        let annotations = if namespace == LISTED { json!({"connectors.cpaas.io/connector": "harbor,hub"}) } else { json!({}) };
+        let annotations = if namespace == LISTED {
+            json!({"connectors.cpaas.io/connector": "harbor,hub"})
+        } else {
+            json!({})
+        };
         api.apply(NAMESPACES, namespace_object(namespace, annotations));
-        api.apply(CONNECTORS, connector_object(namespace, "harbor", "https://harbor.example.com"));
-        api.apply(CONNECTORS, connector_object(namespace, "hub", "https://registry-1.docker.io"));
+        api.apply(
+            CONNECTORS,
+            connector_object(namespace, "harbor", "https://harbor.example.com"),
+        );
+        api.apply(
+            CONNECTORS,
+            connector_object(namespace, "hub", "https://registry-1.docker.io"),
+        );
     }
     for i in 0..connectors.saturating_sub(4) {
         let namespace = format!("tenant-{i}");
         api.apply(NAMESPACES, namespace_object(&namespace, json!({})));
-        api.apply(CONNECTORS, connector_object(&namespace, "harbor", &format!("https://harbor-{}.example.com", i % 100)));
+        api.apply(
+            CONNECTORS,
+            connector_object(&namespace, "harbor", &format!("https://harbor-{}.example.com", i % 100)),
+        );
     }
     std::thread::sleep(Duration::from_millis(500));
     let component = component_runtime();
@@ -568,7 +606,8 @@ fn webhook_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
             "| {} ({}) | {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.0} | {:.1} | {:.2} |\n",
             row.connectors,
             if row.ready.is_some() { row.connectors - 2 } else { 2 },
-            row.ready.map_or("file".to_owned(), |r| format!("{:.2} s", r.as_secs_f64())),
+            row.ready
+                .map_or("file".to_owned(), |r| format!("{:.2} s", r.as_secs_f64())),
             row.rss_mib,
             row.sync_mib,
             row.listed.0,
@@ -578,7 +617,10 @@ fn webhook_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
             micros99(&row.open.1),
             row.open.0 / small.1,
         ));
-        eprintln!("webhook, {} connectors: listed {:.0}/s, open {:.0}/s, +{:.1} MiB", row.connectors, row.listed.0, row.open.0, row.rss_mib);
+        eprintln!(
+            "webhook, {} connectors: listed {:.0}/s, open {:.0}/s, +{:.1} MiB",
+            row.connectors, row.listed.0, row.open.0, row.rss_mib
+        );
     }
     report
 }
@@ -615,7 +657,10 @@ fn write_report(new: &[(&str, String)]) {
     );
     for name in PARTS {
         match new.iter().find(|(n, _)| n == name) {
-            Some((_, text)) => report.push_str(&format!("<!-- part: {name} -->\n{text}\nAt {}.\n\n", common::revision())),
+            Some((_, text)) => report.push_str(&format!(
+                "<!-- part: {name} -->\n{text}\nAt {}.\n\n",
+                common::revision()
+            )),
             None => report.push_str(&old_part(name).unwrap_or_default()),
         }
     }
@@ -625,7 +670,10 @@ fn write_report(new: &[(&str, String)]) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let chosen: Vec<String> = std::env::args().skip(1).filter(|a| PARTS.contains(&a.as_str())).collect();
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| PARTS.contains(&a.as_str()))
+        .collect();
     let apiserver = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("apiserver")

@@ -164,7 +164,11 @@ impl PodRecord {
         let mut pulls: Vec<Box<str>> = Vec::new();
         if spec.node_name.is_some() {
             let containers = [&spec.containers, &spec.init_containers, &spec.ephemeral_containers];
-            let images = containers.into_iter().flatten().flatten().filter_map(|c| c.image.as_deref());
+            let images = containers
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|c| c.image.as_deref());
             for reference in images.filter_map(|image| Reference::parse(image).ok()) {
                 if !pulls.iter().any(|p| **p == *reference.path()) {
                     pulls.push(reference.path().into());
@@ -228,7 +232,10 @@ impl PodIndex {
             let by_path = self.pulls.entry(node.clone()).or_default();
             for path in &record.pulls {
                 let holders = by_path.entry(path.clone()).or_default();
-                match holders.iter_mut().find(|(identity, _)| Arc::ptr_eq(identity, &record.identity)) {
+                match holders
+                    .iter_mut()
+                    .find(|(identity, _)| Arc::ptr_eq(identity, &record.identity))
+                {
                     Some((_, pods)) => *pods += 1,
                     None => holders.push((record.identity.clone(), 1)),
                 }
@@ -254,7 +261,10 @@ impl PodIndex {
         {
             for path in &record.pulls {
                 let Some(holders) = by_path.get_mut(path) else { continue };
-                if let Some(at) = holders.iter().position(|(identity, _)| Arc::ptr_eq(identity, &record.identity)) {
+                if let Some(at) = holders
+                    .iter()
+                    .position(|(identity, _)| Arc::ptr_eq(identity, &record.identity))
+                {
                     holders[at].1 -= 1;
                     if holders[at].1 == 0 {
                         holders.swap_remove(at);
@@ -512,7 +522,11 @@ impl PodIdentities {
         let wanted = format!("{}/{repository}", key.proxy_path());
         let pods = read(&self.pods);
         let holders = pods.pulls.get(node).and_then(|by_path| by_path.get(wanted.as_str()));
-        holders.into_iter().flatten().map(|(identity, _)| (**identity).clone()).collect()
+        holders
+            .into_iter()
+            .flatten()
+            .map(|(identity, _)| (**identity).clone())
+            .collect()
     }
 
     /// Waits until `look` finds something or the lag has passed, looking
@@ -593,7 +607,10 @@ mod tests {
         let (key, record) = PodRecord::of(&view).expect("a record");
         assert_eq!(&*key, "team/a");
         assert_eq!(record.identity.username, "system:serviceaccount:team:builder");
-        assert_eq!(record.pulls, vec![Box::from("namespaces/team/connectors/harbor/library/app")]);
+        assert_eq!(
+            record.pulls,
+            vec![Box::from("namespaces/team/connectors/harbor/library/app")]
+        );
         assert_eq!(record.ips, vec!["10.0.0.1".parse::<IpAddr>().unwrap()]);
     }
 
@@ -602,11 +619,17 @@ mod tests {
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let mut index = PodIndex::default();
         insert(&mut index, &pod("a", "builder", Some("n1"), Some("10.0.0.1"), &[]));
-        assert_eq!(index.claim(ip).flatten().map(|i| i.username.clone()).as_deref(), Some("system:serviceaccount:team:builder"));
+        assert_eq!(
+            index.claim(ip).flatten().map(|i| i.username.clone()).as_deref(),
+            Some("system:serviceaccount:team:builder")
+        );
         insert(&mut index, &pod("b", "other", Some("n1"), Some("10.0.0.1"), &[]));
         assert_eq!(index.claim(ip), Some(None), "two claimants: refused");
         index.remove("team/a");
-        assert_eq!(index.claim(ip).flatten().map(|i| i.username.clone()).as_deref(), Some("system:serviceaccount:team:other"));
+        assert_eq!(
+            index.claim(ip).flatten().map(|i| i.username.clone()).as_deref(),
+            Some("system:serviceaccount:team:other")
+        );
         index.remove("team/b");
         assert_eq!(index.claim(ip), None);
         assert!(index.claims.is_empty() && index.identities.is_empty() && index.pods.is_empty());
@@ -621,13 +644,23 @@ mod tests {
         let path = "namespaces/team/connectors/harbor/library/app";
         let holders = |index: &PodIndex| -> Vec<(String, u32)> {
             let by_path = index.pulls.get("n1").and_then(|p| p.get(path));
-            by_path.into_iter().flatten().map(|(i, n)| (i.username.clone(), *n)).collect()
+            by_path
+                .into_iter()
+                .flatten()
+                .map(|(i, n)| (i.username.clone(), *n))
+                .collect()
         };
         assert_eq!(
             holders(&index),
-            vec![("system:serviceaccount:team:builder".into(), 2), ("system:serviceaccount:team:tester".into(), 1)]
+            vec![
+                ("system:serviceaccount:team:builder".into(), 2),
+                ("system:serviceaccount:team:tester".into(), 1)
+            ]
         );
-        assert!(Arc::ptr_eq(&index.pods["team/a"].identity, &index.pods["team/b"].identity), "one identity per account");
+        assert!(
+            Arc::ptr_eq(&index.pods["team/a"].identity, &index.pods["team/b"].identity),
+            "one identity per account"
+        );
         // Moving a pod's image away and deleting the others leaves nothing.
         insert(&mut index, &pod("a", "builder", Some("n1"), None, &[]));
         index.remove("team/b");
@@ -668,7 +701,10 @@ mod tests {
         index.insert(name, ips);
         let (name, ips) = NodeIndex::record(&node(&["192.0.2.2"])).unwrap();
         index.insert(name, ips);
-        assert_eq!(index.by_ip.keys().collect::<Vec<_>>(), vec![&"192.0.2.2".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            index.by_ip.keys().collect::<Vec<_>>(),
+            vec![&"192.0.2.2".parse::<IpAddr>().unwrap()]
+        );
         index.remove("n1");
         assert!(index.by_ip.is_empty() && index.ips.is_empty());
     }

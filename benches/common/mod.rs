@@ -274,7 +274,8 @@ pub fn five_container_pod() -> serde_json::Value {
 
 /// The injection settings of an install with an interception CA.
 pub fn injection_config() -> connector::injection::InjectionConfig {
-    let mut config = connector::injection::InjectionConfig::new("10.96.0.50", "connectors-proxy.connectors-system.svc:3128");
+    let mut config =
+        connector::injection::InjectionConfig::new("10.96.0.50", "connectors-proxy.connectors-system.svc:3128");
     config.proxy_ca_pem = Some(
         certs::CertificateAuthority::generate("bench CA", std::time::Duration::from_secs(3600))
             .unwrap()
@@ -300,4 +301,3 @@ pub fn single_core(duration: std::time::Duration, mut op: impl FnMut()) -> (f64,
     }
     (count as f64 / started.elapsed().as_secs_f64(), histogram)
 }
-

@@ -2,7 +2,6 @@
 //! transition times, the proxy address, and whether a write is due. Pure
 //! functions of (previous status, probe report, time).
 
-
 use connector::crd::{Condition, ConnectorStatus, HttpAddress, ProxyStatus};
 use k8s_openapi::jiff::Timestamp;
 
@@ -276,7 +275,10 @@ mod tests {
             "2099-01-01T00:00:00Z",
         );
         assert!(!needs_write(Some(&current), &same));
-        assert!(!needs_write(Some(&current), &later), "a newer probe time alone is no change");
+        assert!(
+            !needs_write(Some(&current), &later),
+            "a newer probe time alone is no change"
+        );
         let newer_generation = next_status(
             Some(&current),
             &class_ok(),
