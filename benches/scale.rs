@@ -265,26 +265,19 @@ fn measure(apiserver: &tokio::runtime::Runtime, pods: u32, nodes: u32) -> Row {
     for i in 0..pods {
         api.apply(PODS, pod(i, nodes, 0));
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let component = component_runtime();
-    let before = rss();
-    let bytes_before = api.bytes_served();
-    let started = Instant::now();
-    let identities = {
-        let _entered = component.enter();
-        PodIdentities::spawn(api.client(), Duration::from_secs(1))
-    };
-    while !identities.has_synced() {
-        assert!(started.elapsed() < Duration::from_secs(600), "never synced");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let ready = started.elapsed();
+    let (identities, component, synced) = start_component(
+        &api,
+        |client| PodIdentities::spawn(client, Duration::from_secs(1)),
+        PodIdentities::has_synced,
+    );
+    let Synced {
+        ready,
+        rss_mib,
+        sync_mib,
+    } = synced;
     let first = Instant::now();
     assert!(identities.pod(pod_ip(0)).is_some());
     let first_lookup = first.elapsed();
-    std::thread::sleep(Duration::from_secs(1));
-    let rss_mib = rss().saturating_sub(before) as f64 / (1024.0 * 1024.0);
-    let sync_mib = api.bytes_served().saturating_sub(bytes_before) as f64 / (1024.0 * 1024.0);
 
     let mut seed = 7_u64;
     let mut steady = Histogram::<u64>::new(3).expect("a histogram");
@@ -541,23 +534,12 @@ fn webhook_row(apiserver: &tokio::runtime::Runtime, connectors: u32, duration: D
             connector_object(&namespace, "harbor", &format!("https://harbor-{}.example.com", i % 100)),
         );
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let component = component_runtime();
-    let before = rss();
-    let bytes_before = api.bytes_served();
-    let started = Instant::now();
-    let store = {
-        let _entered = component.enter();
-        KubeStore::spawn(api.client())
-    };
-    while !store.has_synced() {
-        assert!(started.elapsed() < Duration::from_secs(600), "never synced");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let ready = started.elapsed();
-    std::thread::sleep(Duration::from_secs(1));
-    let rss_mib = rss().saturating_sub(before) as f64 / (1024.0 * 1024.0);
-    let sync_mib = api.bytes_served().saturating_sub(bytes_before) as f64 / (1024.0 * 1024.0);
+    let (store, component, synced) = start_component(&api, KubeStore::spawn, |store| store.has_synced());
+    let Synced {
+        ready,
+        rss_mib,
+        sync_mib,
+    } = synced;
     let [listed, open] = mutation_rates(&store, duration);
     drop(store);
     component.shutdown_timeout(Duration::from_secs(5));
@@ -625,13 +607,51 @@ fn webhook_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
     report
 }
 
-fn component_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// What a component's start against the fake cost.
+struct Synced {
+    /// From start to synced.
+    ready: Duration,
+    /// The resident memory it added, a second after syncing.
+    rss_mib: f64,
+    /// What it read from the API server to sync.
+    sync_mib: f64,
+}
+
+/// Starts a component with `spawn` on a runtime of its own (its threads
+/// named [`COMPONENT_THREAD`]) against `api`, once the fake has settled, and
+/// waits until `synced` says so.
+fn start_component<T>(
+    api: &FakeApiServer,
+    spawn: impl FnOnce(kube::Client) -> T,
+    synced: impl Fn(&T) -> bool,
+) -> (T, tokio::runtime::Runtime, Synced) {
+    std::thread::sleep(Duration::from_millis(500));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name(COMPONENT_THREAD)
         .enable_all()
         .build()
-        .expect("a runtime")
+        .expect("a runtime");
+    let before = rss();
+    let bytes_before = api.bytes_served();
+    let started = Instant::now();
+    let component = {
+        let _entered = runtime.enter();
+        spawn(api.client())
+    };
+    while !synced(&component) {
+        assert!(started.elapsed() < Duration::from_secs(600), "never synced");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ready = started.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let cost = Synced {
+        ready,
+        rss_mib: mib(rss().saturating_sub(before)),
+        sync_mib: mib(api.bytes_served().saturating_sub(bytes_before)),
+    };
+    (component, runtime, cost)
 }
 
 /// The parts, by name, in the order they are written.

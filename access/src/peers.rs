@@ -16,13 +16,14 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use connector::ConnectorKey;
 use connector::keys::INJECTED_LABEL;
 use connector::reference::Reference;
+use connector::store::kube::{EventIndex, Indexed};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -154,10 +155,16 @@ struct PodRecord {
     ips: Vec<IpAddr>,
 }
 
+/// A pod's key in the index: `namespace/name`.
+fn pod_key(pod: &PodView) -> Option<Arc<str>> {
+    let (namespace, name) = (pod.metadata.namespace.as_deref()?, pod.metadata.name.as_deref()?);
+    Some(Arc::from(format!("{namespace}/{name}")))
+}
+
 impl PodRecord {
     fn of(pod: &PodView) -> Option<(Arc<str>, Self)> {
+        let key = pod_key(pod)?;
         let namespace = pod.metadata.namespace.as_deref()?;
-        let name = pod.metadata.name.as_deref()?;
         let spec = pod.spec.as_ref()?;
         let service_account = spec.service_account_name.as_deref().unwrap_or("default");
         let identity = Arc::new(Identity::of_service_account(namespace, service_account));
@@ -191,7 +198,7 @@ impl PodRecord {
             pulls,
             ips,
         };
-        Some((Arc::from(format!("{namespace}/{name}")), record))
+        Some((key, record))
     }
 }
 
@@ -332,116 +339,71 @@ impl NodeIndex {
     }
 }
 
-/// An index an informer keeps, by object key.
-trait Informed: Default + Send + Sync + 'static {
-    type View: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static;
-    type Record: Send;
-    fn record(view: &Self::View) -> Option<(Arc<str>, Self::Record)>;
-    fn key(view: &Self::View) -> Option<Arc<str>>;
-    fn insert(&mut self, key: Arc<str>, record: Self::Record);
-    fn remove(&mut self, key: &str);
-}
+impl EventIndex for PodIndex {
+    type Object = PodView;
 
-impl Informed for PodIndex {
-    type View = PodView;
-    type Record = PodRecord;
-
-    fn record(view: &PodView) -> Option<(Arc<str>, PodRecord)> {
-        PodRecord::of(view)
+    fn apply(&mut self, view: &PodView) {
+        match PodRecord::of(view) {
+            Some((key, record)) => self.insert(key, record),
+            // NB: a pod that lost its spec is nobody's any more.
+            None => self.delete(view),
+        }
     }
 
-    fn key(view: &PodView) -> Option<Arc<str>> {
-        let (namespace, name) = (view.metadata.namespace.as_deref()?, view.metadata.name.as_deref()?);
-        Some(Arc::from(format!("{namespace}/{name}")))
-    }
-
-    fn insert(&mut self, key: Arc<str>, record: PodRecord) {
-        PodIndex::insert(self, key, record);
-    }
-
-    fn remove(&mut self, key: &str) {
-        PodIndex::remove(self, key);
+    fn delete(&mut self, view: &PodView) {
+        if let Some(key) = pod_key(view) {
+            self.remove(&key);
+        }
     }
 }
 
-impl Informed for NodeIndex {
-    type View = NodeView;
-    type Record = Vec<IpAddr>;
+impl EventIndex for NodeIndex {
+    type Object = NodeView;
 
-    fn record(view: &NodeView) -> Option<(Arc<str>, Vec<IpAddr>)> {
-        NodeIndex::record(view)
+    fn apply(&mut self, view: &NodeView) {
+        if let Some((name, ips)) = NodeIndex::record(view) {
+            self.insert(name, ips);
+        }
     }
 
-    fn key(view: &NodeView) -> Option<Arc<str>> {
-        view.metadata.name.as_deref().map(Arc::from)
-    }
-
-    fn insert(&mut self, key: Arc<str>, record: Vec<IpAddr>) {
-        NodeIndex::insert(self, key, record);
-    }
-
-    fn remove(&mut self, key: &str) {
-        NodeIndex::remove(self, key);
+    fn delete(&mut self, view: &NodeView) {
+        if let Some(name) = view.metadata.name.as_deref() {
+            self.remove(name);
+        }
     }
 }
 
-fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Keeps `index` as the watch of `api` says, until the stream ends: each
-/// event updates it in place; a relist fills a new index beside it and
-/// swaps it in when complete (objects gone meanwhile are then gone).
-async fn follow<I: Informed>(
+/// Keeps `index` as the watch of `api` says, until the stream ends. Sets
+/// `synced` once the first list is in, logging when `other` (the other
+/// informer's flag) already is.
+async fn follow<I>(
     what: &'static str,
-    api: Api<I::View>,
+    api: Api<I::Object>,
     config: watcher::Config,
-    index: Arc<RwLock<I>>,
-    synced: Arc<AtomicBool>,
+    index: Arc<Indexed<I>>,
+    (synced, other): (Arc<AtomicBool>, Arc<AtomicBool>),
     changed: tokio::sync::watch::Sender<u64>,
-) {
+) where
+    I: EventIndex,
+    I::Object:
+        kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     let stream = watcher(api, config).default_backoff();
     let mut stream = std::pin::pin!(stream);
-    let mut relist: Option<I> = None;
     while let Some(event) = stream.next().await {
         match event {
-            Ok(watcher::Event::Init) => relist = Some(I::default()),
-            Ok(watcher::Event::InitApply(view)) => {
-                if let (Some(fresh), Some((key, record))) = (relist.as_mut(), I::record(&view)) {
-                    fresh.insert(key, record);
+            Ok(event) => {
+                index.follow(&event);
+                if matches!(event, watcher::Event::InitDone)
+                    && !synced.swap(true, Ordering::SeqCst)
+                    && other.load(Ordering::SeqCst)
+                {
+                    tracing::info!("pod and node caches synced");
                 }
+                changed.send_modify(|n| *n = n.wrapping_add(1));
             }
-            Ok(watcher::Event::InitDone) => {
-                if let Some(fresh) = relist.take() {
-                    let old = std::mem::replace(&mut *write(&index), fresh);
-                    // NB: the old index is freed outside the lock.
-                    drop(old);
-                }
-                synced.store(true, Ordering::Release);
-            }
-            Ok(watcher::Event::Apply(view)) => match I::record(&view) {
-                Some((key, record)) => write(&index).insert(key, record),
-                None => {
-                    if let Some(key) = I::key(&view) {
-                        write(&index).remove(&key);
-                    }
-                }
-            },
-            Ok(watcher::Event::Delete(view)) => {
-                if let Some(key) = I::key(&view) {
-                    write(&index).remove(&key);
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, watched = what, "watch failed; retrying with backoff");
-                continue;
-            }
+            Err(error) => tracing::warn!(%error, watched = what, "watch failed; retrying with backoff"),
         }
-        changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -449,8 +411,8 @@ async fn follow<I: Informed>(
 /// [`INJECTED_LABEL`] (only those are watched) and nodes.
 #[derive(Clone)]
 pub struct PodIdentities {
-    pods: Arc<RwLock<PodIndex>>,
-    nodes: Arc<RwLock<NodeIndex>>,
+    pods: Arc<Indexed<PodIndex>>,
+    nodes: Arc<Indexed<NodeIndex>>,
     pods_synced: Arc<AtomicBool>,
     nodes_synced: Arc<AtomicBool>,
     /// How long a node pull waits for its pod to reach the informer.
@@ -478,7 +440,7 @@ impl PodIdentities {
             Api::<PodView>::all(client.clone()),
             pod_config,
             identities.pods.clone(),
-            identities.pods_synced.clone(),
+            (identities.pods_synced.clone(), identities.nodes_synced.clone()),
             pod_changed,
         ));
         tokio::spawn(follow(
@@ -486,17 +448,9 @@ impl PodIdentities {
             Api::<NodeView>::all(client),
             watcher::Config::default(),
             identities.nodes.clone(),
-            identities.nodes_synced.clone(),
+            (identities.nodes_synced.clone(), identities.pods_synced.clone()),
             tokio::sync::watch::channel(0).0,
         ));
-        let synced = identities.clone();
-        tokio::spawn(async move {
-            // NB: ends once both lists arrived (the informers retry until then).
-            while !synced.has_synced() {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            tracing::info!("pod and node caches synced");
-        });
         identities
     }
 
@@ -510,17 +464,17 @@ impl PodIdentities {
     fn claim(&self, ip: IpAddr) -> Option<Option<Identity>> {
         // NB: an address that is a node's is never a pod's identity
         // (hostNetwork pods share it).
-        if read(&self.nodes).by_ip.contains_key(&ip) {
+        if self.nodes.read().by_ip.contains_key(&ip) {
             return Some(None);
         }
-        read(&self.pods).claim(ip).map(|claim| claim.cloned())
+        self.pods.read().claim(ip).map(|claim| claim.cloned())
     }
 
     /// The ServiceAccounts of the injected pods on `node` referencing the
     /// repository, right now.
     fn referencing(&self, node: &str, key: &ConnectorKey, repository: &str) -> Vec<Identity> {
         let wanted = format!("{}/{repository}", key.proxy_path());
-        let pods = read(&self.pods);
+        let pods = self.pods.read();
         let holders = pods.pulls.get(node).and_then(|by_path| by_path.get(wanted.as_str()));
         holders
             .into_iter()
@@ -559,7 +513,7 @@ impl PeerIdentities for PodIdentities {
     }
 
     fn node(&self, ip: IpAddr) -> Option<String> {
-        read(&self.nodes).by_ip.get(&ip).map(|name| name.to_string())
+        self.nodes.read().by_ip.get(&ip).map(|name| name.to_string())
     }
 
     fn pods_pulling<'a>(

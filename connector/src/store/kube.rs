@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -25,7 +25,7 @@ pub struct KubeStore {
     connectors: Store<Connector>,
     /// Connector names by namespace: a namespace's connectors without a
     /// scan of every connector.
-    by_namespace: Arc<ByNamespace>,
+    by_namespace: Arc<Indexed<ByNamespace>>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     synced: Arc<AtomicBool>,
     /// Bumped on every Connector event, for [`KubeSecretStore`].
@@ -44,7 +44,7 @@ impl KubeStore {
 
         let connector_api: Api<Connector> = Api::all(client.clone());
         let (changed, connector_changes) = tokio::sync::watch::channel(0_u64);
-        let by_namespace = Arc::new(ByNamespace::default());
+        let by_namespace = Arc::new(Indexed::<ByNamespace>::default());
         // NB: managed fields are half of a small object's bytes and nothing
         // here reads them.
         let connector_stream = reflector::reflector(
@@ -168,57 +168,97 @@ impl super::ClassStore for KubeClassStore {
     }
 }
 
-/// Connector names by namespace, kept from the reflector's events; a relist
-/// fills a new map beside the one in use and swaps it in when complete.
-#[derive(Default)]
-struct ByNamespace {
-    names: RwLock<HashMap<String, BTreeSet<String>>>,
-    relist: Mutex<Option<HashMap<String, BTreeSet<String>>>>,
+/// An index kept from a watch's events, by whoever watches: the
+/// Connector names by namespace here, the proxy's pod and node addresses in
+/// `access::peers`.
+pub trait EventIndex: Default + Send + Sync + 'static {
+    /// What the watch delivers.
+    type Object;
+    /// `object` was added or changed.
+    fn apply(&mut self, object: &Self::Object);
+    /// `object` was deleted.
+    fn delete(&mut self, object: &Self::Object);
 }
 
-impl ByNamespace {
-    fn follow(&self, event: &watcher::Event<Connector>) {
-        let key = |c: &Connector| Some((c.metadata.namespace.clone()?, c.metadata.name.clone()?));
-        let mut relist = self.relist.lock().unwrap_or_else(PoisonError::into_inner);
-        match event {
-            watcher::Event::Init => *relist = Some(HashMap::new()),
-            watcher::Event::InitApply(connector) => {
-                if let (Some(fresh), Some((namespace, name))) = (relist.as_mut(), key(connector)) {
-                    fresh.entry(namespace).or_default().insert(name);
-                }
-            }
-            watcher::Event::InitDone => {
-                if let Some(fresh) = relist.take() {
-                    let old = std::mem::replace(&mut *write(&self.names), fresh);
-                    drop(old);
-                }
-            }
-            watcher::Event::Apply(connector) => {
-                if let Some((namespace, name)) = key(connector) {
-                    write(&self.names).entry(namespace).or_default().insert(name);
-                }
-            }
-            watcher::Event::Delete(connector) => {
-                if let Some((namespace, name)) = key(connector) {
-                    let mut names = write(&self.names);
-                    if let Some(in_namespace) = names.get_mut(&namespace) {
-                        in_namespace.remove(&name);
-                        if in_namespace.is_empty() {
-                            names.remove(&namespace);
-                        }
-                    }
-                }
-            }
+/// An [`EventIndex`] that follows a watch: each event updates the live
+/// index in place (O(the object)); a relist fills a new index beside the
+/// live one and swaps it in when complete, so objects deleted meanwhile go
+/// and readers never see a half-filled index.
+pub struct Indexed<I> {
+    live: RwLock<I>,
+    relist: Mutex<Option<I>>,
+}
+
+impl<I: EventIndex> Default for Indexed<I> {
+    fn default() -> Self {
+        Self {
+            live: RwLock::default(),
+            relist: Mutex::new(None),
         }
     }
 }
 
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
+impl<I: EventIndex> Indexed<I> {
+    /// Applies one watch event.
+    pub fn follow(&self, event: &watcher::Event<I::Object>) {
+        let mut relist = self.relist.lock().unwrap_or_else(PoisonError::into_inner);
+        match event {
+            watcher::Event::Init => *relist = Some(I::default()),
+            watcher::Event::InitApply(object) => {
+                if let Some(fresh) = relist.as_mut() {
+                    fresh.apply(object);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(fresh) = relist.take() {
+                    let old = std::mem::replace(&mut *self.write(), fresh);
+                    // NB: the old index is freed outside the lock.
+                    drop(old);
+                }
+            }
+            watcher::Event::Apply(object) => self.write().apply(object),
+            watcher::Event::Delete(object) => self.write().delete(object),
+        }
+    }
+
+    /// The live index, for lookups.
+    pub fn read(&self) -> RwLockReadGuard<'_, I> {
+        self.live.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, I> {
+        self.live.write().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
+/// Connector names by namespace.
+#[derive(Default)]
+struct ByNamespace(HashMap<String, BTreeSet<String>>);
+
+fn namespace_and_name(connector: &Connector) -> Option<(String, String)> {
+    Some((connector.metadata.namespace.clone()?, connector.metadata.name.clone()?))
+}
+
+impl EventIndex for ByNamespace {
+    type Object = Connector;
+
+    fn apply(&mut self, connector: &Connector) {
+        if let Some((namespace, name)) = namespace_and_name(connector) {
+            self.0.entry(namespace).or_default().insert(name);
+        }
+    }
+
+    fn delete(&mut self, connector: &Connector) {
+        let Some((namespace, name)) = namespace_and_name(connector) else {
+            return;
+        };
+        if let Some(in_namespace) = self.0.get_mut(&namespace) {
+            in_namespace.remove(&name);
+            if in_namespace.is_empty() {
+                self.0.remove(&namespace);
+            }
+        }
+    }
 }
 
 /// A flag set (and `message` logged) once both reflector stores have
@@ -264,8 +304,8 @@ impl ConnectorStore for KubeStore {
     }
 
     fn connectors_in(&self, namespace: &str) -> Vec<Arc<Connector>> {
-        let names = read(&self.by_namespace.names);
-        let in_namespace = names.get(namespace).into_iter().flatten();
+        let names = self.by_namespace.read();
+        let in_namespace = names.0.get(namespace).into_iter().flatten();
         // NB: sorted by name (a BTreeSet), as the other stores answer.
         in_namespace
             .filter_map(|name| self.connectors.get(&ObjectRef::new(name).within(namespace)))
