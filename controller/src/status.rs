@@ -2,8 +2,8 @@
 //! Connectors, re-triggered by the Secrets they reference. Each reconcile
 //! probes only when due (the probe interval, or a backoff after failure) or
 //! when the connector's generation, its Secrets or the proxy CA changed, and
-//! patches `status` only when something other than the probe time changed. Only the leader probes and
-//! writes.
+//! patches `status` only when something other than the probe time changed.
+//! Only the leader probes and writes.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
