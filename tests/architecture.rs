@@ -7,7 +7,6 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// Each crate and the workspace crates it must never depend on.
 const FORBIDDEN: &[(&str, &[&str])] = &[
@@ -69,17 +68,7 @@ fn workspace_root() -> PathBuf {
 
 /// Workspace package name → its normal dependencies on workspace packages.
 fn workspace_dependencies() -> BTreeMap<String, BTreeSet<String>> {
-    let output = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
-        .current_dir(workspace_root())
-        .output()
-        .expect("cargo metadata runs");
-    assert!(
-        output.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    let metadata = support::workspace_metadata();
     let packages = metadata["packages"].as_array().expect("packages");
     let names: BTreeSet<String> = packages
         .iter()

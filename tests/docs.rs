@@ -9,7 +9,6 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -675,17 +674,7 @@ fn string_literals(source: &str) -> Vec<String> {
 /// The `src/` folders of the workspace's product crates (every member but
 /// the test-support crate) and the binary.
 fn product_source_dirs() -> Vec<PathBuf> {
-    let output = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
-        .current_dir(root())
-        .output()
-        .expect("cargo metadata runs");
-    assert!(
-        output.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON");
+    let metadata = support::workspace_metadata();
     let mut dirs: Vec<PathBuf> = metadata["packages"]
         .as_array()
         .expect("packages")
