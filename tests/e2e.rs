@@ -170,13 +170,7 @@ async fn invalid_connectors_are_refused_by_the_api_server_with_the_reason() {
         ),
     ];
     for (spec, reason) in cases {
-        let output = cluster.kubectl(
-            &["apply", "-f", "-"],
-            Some(&support::connector_yaml("invalid", "bad", spec)),
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "accepted: {spec}");
-        assert!(stderr.contains(reason), "{spec}: {stderr}");
+        support::assert_connector_refused(cluster, "invalid", spec, reason);
     }
     // A valid one with every field is accepted.
     let valid = "{connectorClassName: oci, address: \"https://r.example.com/prefix\", auth: {name: tokenAuth, secretRef: {name: robot}}, addressExtensions: [{name: realm, value: \"https://auth.example.com/token\"}]}";

@@ -52,13 +52,7 @@ async fn the_oldest_release_serves_the_crds_with_their_validation_and_the_seed_c
             "Unsupported value: \"oauth\"",
         ),
     ] {
-        let output = cluster.kubectl(
-            &["apply", "-f", "-"],
-            Some(&support::connector_yaml("min-seed", "bad", spec)),
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "accepted: {spec}");
-        assert!(stderr.contains(reason), "{spec}: {stderr}");
+        support::assert_connector_refused(cluster, "min-seed", spec, reason);
     }
 }
 

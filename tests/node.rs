@@ -72,6 +72,16 @@ fn push_busybox(registry: &Registry) {
     );
 }
 
+/// A registry in the node's namespace holding `tools/busybox:1`, and
+/// `namespace` opted in with a Connector for it
+/// ([`namespace_with_connector`]): what most node tests start from.
+async fn busybox_namespace(cluster: &RealCluster, namespace: &str) -> Registry {
+    let registry = node_registry(cluster).await;
+    push_busybox(&registry);
+    namespace_with_connector(cluster, namespace, &registry);
+    registry
+}
+
 /// Pushes a one-file image from scratch (`/stamp` holding `contents`) as
 /// `repository:tag`, with `skopeo copy` options `dest`.
 fn push_stamp(registry: &Registry, repository: &str, contents: &str, dest: &[&str]) {
@@ -434,10 +444,8 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_publishes_the_csi_volume_with_the_pods_token_for_a_non_root_container() {
     let (cluster, _install) = cluster().await;
-    let registry = node_registry(cluster).await;
-    push_busybox(&registry);
     let namespace = "node-volume";
-    namespace_with_connector(cluster, namespace, &registry);
+    let registry = busybox_namespace(cluster, namespace).await;
 
     // A non-root container reads what the volume gives it and waits.
     let pod = format!(
@@ -1180,10 +1188,8 @@ fn token_times(token: &str) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_republished_volume_carries_a_fresh_token_before_the_old_one_expires() {
     let (cluster, _install) = cluster().await;
-    let registry = node_registry(cluster).await;
-    push_busybox(&registry);
     let namespace = "node-refresh";
-    namespace_with_connector(cluster, namespace, &registry);
+    let registry = busybox_namespace(cluster, namespace).await;
     let pod = format!(
         r#"apiVersion: v1
 kind: Pod
@@ -1952,10 +1958,8 @@ async fn a_pod_with_image_pull_secrets_for_the_registry_still_pulls_through_the_
     // Secret has no entry: it is not used (a wrong password changes
     // nothing) and can go.
     let (cluster, _install) = cluster().await;
-    let registry = node_registry(cluster).await;
-    push_busybox(&registry);
     let namespace = "node-pull-secrets";
-    namespace_with_connector(cluster, namespace, &registry);
+    let registry = busybox_namespace(cluster, namespace).await;
     for (secret, password) in [("registry-secret", PASSWORD), ("stale-secret", "an-old-password")] {
         cluster.kubectl_ok(
             &[
@@ -2383,10 +2387,8 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_helm_uninstall_while_a_pod_uses_the_volume_leaves_nothing_terminating_and_a_reinstall_works() {
     let (cluster, _alone) = cluster_alone().await;
-    let registry = node_registry(cluster).await;
-    push_busybox(&registry);
     let namespace = "node-uninstall";
-    namespace_with_connector(cluster, namespace, &registry);
+    let registry = busybox_namespace(cluster, namespace).await;
     let sleeper = format!(
         r#"apiVersion: v1
 kind: Pod

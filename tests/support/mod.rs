@@ -193,3 +193,12 @@ pub fn workspace_metadata() -> serde_json::Value {
     );
     serde_json::from_slice(&output.stdout).expect("cargo metadata prints JSON")
 }
+
+/// Applies a Connector `bad` with `spec` in `namespace` and checks that the
+/// API server refuses it with a message containing `reason`.
+pub fn assert_connector_refused(cluster: &testing::cluster::RealCluster, namespace: &str, spec: &str, reason: &str) {
+    let output = cluster.kubectl(&["apply", "-f", "-"], Some(&connector_yaml(namespace, "bad", spec)));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "accepted: {spec}");
+    assert!(stderr.contains(reason), "{spec}: {stderr}");
+}
