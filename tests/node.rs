@@ -22,9 +22,11 @@ const PULL_ADDRESS: &str = "127.0.0.1:7480";
 const PROXY_ADDRESS: &str = "10.96.100.100";
 
 /// Tests that change the install for everyone (deliberate breakage, an
-/// uninstall) hold this for writing, every other test for reading: they
-/// never run beside each other. NB: libtest starts tests in name order, so
-/// those two and the longest reader (the token renewal, eight minutes) are
+/// uninstall, a Helm upgrade and rollback) hold this for writing, every
+/// other test for reading: they never run beside each other (a test
+/// restarting the proxy's pods once made the upgrade see no ready proxy
+/// replica). NB: libtest starts tests in name order, so those three and
+/// the longest reader (the token renewal, eight minutes) are
 /// named to start first: a writer queued behind a long reader would hold
 /// every other test back.
 static INSTALL: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
@@ -738,7 +740,7 @@ fn helm(cluster: &RealCluster, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_helm_upgrade_and_a_rollback_roll_the_install_with_no_failed_admission() {
-    let (cluster, _install) = cluster().await;
+    let (cluster, _alone) = cluster_alone().await;
     let registry = node_registry(cluster).await;
     let namespace = "node-helm-upgrade";
     namespace_with_connector(cluster, namespace, &registry);
