@@ -2238,6 +2238,24 @@ async fn doctor_until_healthy(cluster: &RealCluster, namespace: &str) -> String 
     panic!("doctor never found the install healthy:\n{report}");
 }
 
+/// Waits (at most 60 s) until the API server admits `yaml` in a server-side
+/// dry run. A fresh install's webhook Service gets a new ClusterIP, and
+/// kube-proxy programs its endpoints a moment after the pods are ready
+/// (doctor reaches the pods through the API server, not the ClusterIP):
+/// until then admission is refused with `connection refused`.
+async fn admitted_soon(cluster: &RealCluster, namespace: &str, yaml: &str) {
+    let mut refusal = String::new();
+    for _ in 0..60 {
+        let dry_run = cluster.kubectl(&["-n", namespace, "apply", "--dry-run=server", "-f", "-"], Some(yaml));
+        if dry_run.status.success() {
+            return;
+        }
+        refusal = String::from_utf8_lossy(&dry_run.stderr).into_owned();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    panic!("the API server never admitted the pod:\n{refusal}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_install_is_named_by_doctor_with_each_fix_and_a_healthy_one_passes() {
     let (cluster, _alone) = cluster_alone().await;
@@ -2468,6 +2486,7 @@ spec:
     );
     let report = doctor_until_healthy(cluster, namespace).await;
     let pod = volume_checking_pod(namespace, "again", &registry);
+    admitted_soon(cluster, namespace, &pod).await;
     assert_eq!(
         run_pod(cluster, namespace, "again", &pod, 180).trim(),
         "again",
