@@ -149,14 +149,19 @@ fn without_probe_times(status: &ConnectorStatus) -> ConnectorStatus {
     status
 }
 
-/// The conditions of `next` whose status differs from `previous` (or that
-/// are new), for events.
+/// The conditions of `next` whose status differs from `previous`, for
+/// events. A connector's first status says `Ready` and what is not `True`:
+/// a healthy new connector makes one event, not one per condition.
 pub fn transitions<'a>(previous: Option<&ConnectorStatus>, next: &'a ConnectorStatus) -> Vec<&'a Condition> {
+    let first = previous.is_none_or(|s| s.conditions.is_empty());
     next.conditions
         .iter()
         .filter(|condition| {
             let old = previous.and_then(|s| s.conditions.iter().find(|c| c.type_ == condition.type_));
-            old.is_none_or(|old| old.status != condition.status)
+            match old {
+                Some(old) => old.status != condition.status,
+                None => !first || condition.type_ == READY || condition.status != "True",
+            }
         })
         .collect()
 }
@@ -213,6 +218,8 @@ mod tests {
         assert_eq!(first.conditions.len(), 5);
         assert_eq!(first.conditions[0].type_, CONNECTOR_CLASS_READY);
         assert_eq!(first.conditions[4].status, "True");
+        let announced: Vec<_> = transitions(None, &first).iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(announced, [READY], "a healthy new connector makes one event");
         let second = next_status(
             Some(&first),
             &class_ok(),
@@ -242,6 +249,8 @@ mod tests {
             .map(|c| c.type_.as_str())
             .collect();
         assert_eq!(changed, [AUTH_READY, READY]);
+        let broken_at_first: Vec<_> = transitions(None, &third).iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(broken_at_first, [AUTH_READY, READY], "what failed, and Ready");
         let ready = &third.conditions[4];
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_deref()),

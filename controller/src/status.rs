@@ -1,8 +1,12 @@
 //! The Connector status reconciler: kube-runtime's `Controller` over
 //! Connectors, re-triggered by the Secrets they reference. Each reconcile
 //! probes only when due (the probe interval, or a backoff after failure) or
-//! when the connector's generation, its Secrets or the proxy CA changed, and
+//! when the connector's generation, its Secrets or its class changed, and
 //! patches `status` only when something other than the probe time changed.
+//! A new leader finds statuses a previous one wrote: a connector Ready at
+//! its current generation is first probed at a point of one interval fixed
+//! by its name, so a restart spreads the probes instead of making them all
+//! at once. A new proxy CA is written into the addresses without probing.
 //! Only the leader probes and writes.
 
 use std::collections::HashMap;
@@ -74,7 +78,6 @@ struct Fingerprint {
     generation: Option<i64>,
     credential_version: Option<String>,
     ca_version: Option<String>,
-    proxy_ca: Option<String>,
     class_version: Option<String>,
 }
 
@@ -270,8 +273,8 @@ fn class_check(connector: &Connector, class: Option<&ConnectorClass>) -> Check {
     }
 }
 
-/// A trigger each time this replica becomes the leader or the proxy CA
-/// changes; forgets every schedule so that all connectors are probed.
+/// A trigger each time this replica becomes the leader (every schedule is
+/// forgotten) or the proxy CA changes (the addresses are rewritten).
 fn everything_again(
     leader: watch::Receiver<bool>,
     proxy_ca: watch::Receiver<Option<String>>,
@@ -287,13 +290,15 @@ fn everything_again(
                         if !*leader.borrow_and_update() {
                             continue;
                         }
+                        // NB: what a past term scheduled is stale; the first
+                        // visit decides anew (spread when already probed).
+                        context.schedules.lock().unwrap_or_else(|e| e.into_inner()).clear();
                     }
                     changed = proxy_ca.changed() => {
                         changed.ok()?;
                         proxy_ca.borrow_and_update();
                     }
                 }
-                context.schedules.lock().unwrap_or_else(|e| e.into_inner()).clear();
                 return Some(((), (leader, proxy_ca, context)));
             }
         },
@@ -393,23 +398,48 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
         (SecretLookup::NotReferenced, SecretLookup::NotReferenced)
     };
     let proxy_ca = context.proxy_ca.borrow().clone();
+    if proxy_ca.is_none() {
+        // NB: the address in the status carries the proxy CA; a status
+        // written before bootstrap has read it would drop the CA until the
+        // next write.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let fingerprint = Fingerprint {
         generation: connector.metadata.generation,
         credential_version: version(&credential),
         ca_version: version(&ca),
-        proxy_ca: proxy_ca.clone(),
         class_version: class.as_ref().and_then(|c| c.metadata.resource_version.clone()),
     };
-    let previous_failures = {
-        let schedules = context.schedules.lock().unwrap_or_else(|e| e.into_inner());
+    let (not_due, previous_failures) = {
+        let mut schedules = context.schedules.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
         match schedules.get(&key) {
-            Some(schedule) if usable && schedule.fingerprint == fingerprint && Instant::now() < schedule.due => {
-                return Ok(Action::requeue(schedule.due - Instant::now()));
+            Some(schedule) if usable && schedule.fingerprint == fingerprint && now < schedule.due => {
+                (Some(schedule.due), 0)
             }
-            Some(schedule) => schedule.failures,
-            None => 0,
+            Some(schedule) => (None, schedule.failures),
+            None if usable && probed_before(&connector, &context.settings) => {
+                // A previous leader probed it and nothing it depends on has
+                // changed since: its first probe here falls somewhere in one
+                // interval, so a new leader does not probe everything at once.
+                let due = now + first_probe_offset(&key, context.settings.probe_interval);
+                schedules.insert(
+                    key.clone(),
+                    Schedule {
+                        fingerprint: fingerprint.clone(),
+                        due,
+                        failures: 0,
+                    },
+                );
+                (Some(due), 0)
+            }
+            None => (None, 0),
         }
     };
+    if let Some(due) = not_due {
+        refresh_proxy_ca(&context, &connector, proxy_ca).await?;
+        return Ok(Action::requeue(due.saturating_duration_since(Instant::now())));
+    }
 
     let report = match &class {
         Some(class) if class_check.verdict == Verdict::True => {
@@ -500,6 +530,68 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
     Ok(Action::requeue(delay))
 }
 
+/// Whether the connector's status is one this controller wrote for its
+/// current generation and found Ready, at the address it would write now
+/// (the proxy CA aside: [`refresh_proxy_ca`] keeps that without a probe).
+fn probed_before(connector: &Connector, settings: &StatusSettings) -> bool {
+    let Some(status) = &connector.status else {
+        return false;
+    };
+    let namespace = connector.namespace().unwrap_or_default();
+    let name = connector.name_any();
+    let shared = conditions::proxy_address(&settings.proxy_url, &namespace, &name);
+    let url = match &settings.services {
+        Some(services) => service::service_name(&name).map_or(shared, |service| {
+            format!(
+                "http://{}",
+                service::service_host(&service, &namespace, &services.cluster_domain)
+            )
+        }),
+        None => shared,
+    };
+    let address = status.proxy.as_ref().and_then(|p| p.http_address.as_ref());
+    status.observed_generation == connector.metadata.generation
+        && conditions::is_ready(status)
+        && address.is_some_and(|a| a.url == url)
+}
+
+/// Where in one probe interval a connector's first probe after a change of
+/// leader falls: spread evenly by its name, the same on every replica.
+fn first_probe_offset(key: &str, interval: Duration) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    let millis = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(hasher.finish() % millis)
+}
+
+/// Writes the proxy CA into the connector's address when it differs (a CA
+/// rotation): the address changes, the registry's answer does not, so no
+/// probe is made for it.
+async fn refresh_proxy_ca(context: &Context, connector: &Connector, proxy_ca: Option<String>) -> Result<(), Error> {
+    let address = connector
+        .status
+        .as_ref()
+        .and_then(|s| s.proxy.as_ref())
+        .and_then(|p| p.http_address.as_ref());
+    if address.is_none_or(|a| a.ca_certs == proxy_ca) {
+        return Ok(());
+    }
+    let namespace = connector.namespace().unwrap_or_default();
+    let name = connector.name_any();
+    let api: Api<Connector> = Api::namespaced(context.client.clone(), &namespace);
+    let patch = serde_json::json!({ "status": { "proxy": { "httpAddress": { "CACerts": proxy_ca } } } });
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| Error::PatchStatus {
+            namespace,
+            name,
+            source,
+        })?;
+    context.metrics.status_writes.inc();
+    Ok(())
+}
+
 /// The interval when healthy; after `failures` failed probes in a row,
 /// `initial_backoff * 2^(failures-1)`, capped at the interval.
 fn next_probe_delay(settings: &StatusSettings, failures: u32) -> Duration {
@@ -558,5 +650,69 @@ mod tests {
         };
         let delays: Vec<u64> = (0..8).map(|f| next_probe_delay(&settings, f).as_secs()).collect();
         assert_eq!(delays, [300, 10, 20, 40, 80, 160, 300, 300]);
+    }
+
+    #[test]
+    fn first_probes_after_a_new_leader_spread_over_the_interval() {
+        let interval = Duration::from_secs(300);
+        let offsets: Vec<Duration> = (0..10_000)
+            .map(|i| first_probe_offset(&format!("tenant-{i}/registry"), interval))
+            .collect();
+        assert!(offsets.iter().all(|o| *o < interval));
+        // Each tenth of the interval gets a tenth of the connectors, give or take.
+        let mut tenths = [0_u32; 10];
+        for offset in &offsets {
+            tenths[(offset.as_secs() / 30) as usize] += 1;
+        }
+        assert!(tenths.iter().all(|n| (800..1200).contains(n)), "{tenths:?}");
+        assert_eq!(
+            first_probe_offset("team/harbor", interval),
+            first_probe_offset("team/harbor", interval),
+            "the same on every replica"
+        );
+    }
+
+    fn settings(services: Option<ServiceSettings>) -> StatusSettings {
+        StatusSettings {
+            proxy_url: "http://connectors-proxy.connectors-system.svc".to_owned(),
+            services,
+            probe_interval: Duration::from_secs(300),
+            initial_backoff: Duration::from_secs(10),
+            concurrency: 1,
+        }
+    }
+
+    fn probed(generation: i64, observed: i64, ready: &str, url: &str) -> Connector {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "connectors.alauda.io/v1alpha1",
+            "kind": "Connector",
+            "metadata": {"name": "harbor", "namespace": "team", "generation": generation},
+            "spec": {"connectorClassName": "harbor", "address": "https://harbor.example.com"},
+            "status": {
+                "observedGeneration": observed,
+                "conditions": [{"type": "Ready", "status": ready, "reason": "Ready", "message": "", "lastTransitionTime": "2026-12-01T10:00:00Z"}],
+                "proxy": {"httpAddress": {"url": url, "CACerts": "old"}},
+            },
+        }))
+        .expect("a connector")
+    }
+
+    #[test]
+    fn only_a_ready_status_of_the_current_generation_at_the_current_address_waits_its_turn() {
+        let shared = "http://connectors-proxy.connectors-system.svc/namespaces/team/connectors/harbor";
+        let own = "http://c-harbor.team.svc.cluster.local";
+        let services = Some(ServiceSettings {
+            proxy_host: "connectors-proxy.connectors-system.svc.cluster.local".to_owned(),
+            cluster_domain: "cluster.local".to_owned(),
+        });
+        assert!(probed_before(&probed(1, 1, "True", shared), &settings(None)));
+        assert!(probed_before(&probed(1, 1, "True", own), &settings(services.clone())));
+        // The spec changed, the registry failed, the address moved, no status yet.
+        assert!(!probed_before(&probed(2, 1, "True", shared), &settings(None)));
+        assert!(!probed_before(&probed(1, 1, "False", shared), &settings(None)));
+        assert!(!probed_before(&probed(1, 1, "True", shared), &settings(services)));
+        let mut fresh = probed(1, 1, "True", shared);
+        fresh.status = None;
+        assert!(!probed_before(&fresh, &settings(None)));
     }
 }

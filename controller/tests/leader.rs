@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use support::*;
-use testing::apiserver::{FakeApiServer, SECRETS};
+use testing::apiserver::{CONNECTORS, FakeApiServer, SECRETS};
 
 const TEAM: &str = "team-a";
 
@@ -85,4 +85,52 @@ async fn only_the_leader_writes_and_a_follower_takes_over_after_the_lease_expire
 async fn http_status(url: &str) -> Option<u16> {
     let (status, _) = http_get(url).await?;
     Some(status)
+}
+
+/// A new leader finds the connectors Ready at their generation, as the last
+/// one left them: it probes them over the probe interval (300 s here), not
+/// all at once as it takes over; a change is still acted on at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_leader_spreads_the_probes_of_connectors_already_ready() {
+    const COUNT: usize = 10;
+    let (registry, api) = registry_lab(TEAM, Some(PASSWORD)).await;
+    let mut names = vec!["registry".to_owned()];
+    for i in 1..COUNT {
+        let name = format!("registry-{i}");
+        api.apply(
+            CONNECTORS,
+            connector(TEAM, &name, "oci", &registry.url(), Some("robot")),
+        );
+        names.push(name);
+    }
+    let client = client_as(&api, "test").await;
+    let first = start(&api, settings("controller-a")).await;
+    for name in &names {
+        wait_condition(&client, TEAM, name, "Ready", "True", "Ready").await;
+    }
+    // Each probe's authenticated `/v2/` is one 200 in the registry's log.
+    let probes = || registry.access_log_lines("\"GET /v2/ HTTP/1.1\" 200").len();
+    first.stop().await;
+    let before = probes();
+
+    let second = start(&api, settings("controller-b")).await;
+    eventually("controller-b leads", WAIT, || async {
+        (lease_holder(&client).await.as_deref() == Some("controller-b")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let probed = probes() - before;
+    assert!(
+        probed <= COUNT / 2,
+        "{probed} of {COUNT} Ready connectors were probed as the new leader took over"
+    );
+
+    api.apply(
+        SECRETS,
+        stored_basic_auth_secret(TEAM, "robot", USER, "rotated-elsewhere"),
+    );
+    for name in &names {
+        wait_condition(&client, TEAM, name, "AuthReady", "False", "Unauthorized").await;
+    }
+    second.stop().await;
 }
