@@ -3,6 +3,7 @@
 //! [`authorize`](crate::authorize), [`render`](crate::render) and
 //! [`target`](crate::target); every other RPC answers `Unimplemented`.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -69,9 +70,9 @@ pub struct Plugin {
     classes: Arc<dyn ClassStore>,
     node_id: String,
     // NB: publications of one target must not interleave (kubelet may
-    // republish while an unpublish is pending); the writes are short, so
-    // one lock for the node is enough.
-    filesystem: Arc<Mutex<()>>,
+    // republish while an unpublish is pending); different targets (a full
+    // node's pods starting at once) are written side by side.
+    filesystem: Arc<TargetLocks>,
     backing: target::Backing,
     metrics: Arc<Metrics>,
 }
@@ -90,7 +91,7 @@ impl Plugin {
             pods: Arc::new(NoPods),
             classes: Arc::new(connector::store::BuiltInClasses),
             node_id: node_id.into(),
-            filesystem: Arc::new(Mutex::new(())),
+            filesystem: Arc::default(),
             backing: target::Backing::Directory,
             metrics: Arc::default(),
         }
@@ -130,19 +131,45 @@ impl Plugin {
         self
     }
 
-    /// Runs a filesystem change off the async threads, one at a time.
+    /// Runs a change of the volume at `target` off the async threads, one
+    /// at a time per target.
     async fn with_filesystem<T: Send + 'static>(
         &self,
+        target: &Path,
         change: impl FnOnce() -> Result<T, TargetError> + Send + 'static,
     ) -> Result<T, Status> {
-        let lock = self.filesystem.clone();
-        tokio::task::spawn_blocking(move || {
+        let locks = self.filesystem.clone();
+        let target = target.to_owned();
+        tokio::task::spawn_blocking(move || locks.holding(&target, change))
+            .await
+            .map_err(|e| Status::internal(format!("the volume writer failed: {e}")))?
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// One lock per volume target, kept while someone holds or waits for it.
+#[derive(Default)]
+struct TargetLocks {
+    held: Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>,
+}
+
+impl TargetLocks {
+    /// Runs `change` holding `target`'s lock (blocking).
+    fn holding<T>(&self, target: &Path, change: impl FnOnce() -> T) -> T {
+        let lock = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.entry(target.to_owned()).or_default().clone()
+        };
+        let result = {
             let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
             change()
-        })
-        .await
-        .map_err(|e| Status::internal(format!("the volume writer failed: {e}")))?
-        .map_err(|e| Status::internal(e.to_string()))
+        };
+        drop(lock);
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.get(target).is_some_and(|lock| Arc::strong_count(lock) == 1) {
+            held.remove(target);
+        }
+        result
     }
 }
 
@@ -283,7 +310,9 @@ impl NodeService {
         files.retain(|file| !request.exclusions.contains(&file.name));
         let (target, backing) = (request.target_path.clone(), plugin.backing);
         let changed = plugin
-            .with_filesystem(move || target::write_volume(&target, &files, backing))
+            .with_filesystem(&request.target_path, move || {
+                target::write_volume(&target, &files, backing)
+            })
             .await?;
         let pod = format!("{}/{}", request.pod.namespace, request.pod.name);
         let connectors = format_connector_list(&request.connectors);
@@ -309,7 +338,7 @@ impl NodeService {
         let target = request.target_path.clone();
         let removed = self
             .plugin
-            .with_filesystem(move || target::remove_volume(&target))
+            .with_filesystem(&request.target_path, move || target::remove_volume(&target))
             .await?;
         self.plugin.pods.forget(&request.volume_id);
         tracing::info!(
@@ -405,4 +434,46 @@ fn denied(error: AccessError) -> Status {
         AccessError::Undecided { .. } => Code::Unavailable,
     };
     Status::new(code, error.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// The most changes that ran at once, `threads` of them on `targets`.
+    fn most_at_once(targets: &[&str], threads: usize) -> usize {
+        let locks = Arc::new(TargetLocks::default());
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let barrier = Arc::new(Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let target = PathBuf::from(targets[i % targets.len()]);
+                let (locks, running, most, barrier) = (locks.clone(), running.clone(), most.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    locks.holding(&target, || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(50));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    });
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        assert!(locks.held.lock().unwrap().is_empty(), "no lock outlives its holders");
+        most.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn changes_of_one_volume_never_interleave_and_different_volumes_are_written_side_by_side() {
+        assert_eq!(most_at_once(&["/pods/a/mount"], 4), 1);
+        assert!(most_at_once(&["/pods/a/mount", "/pods/b/mount", "/pods/c/mount", "/pods/d/mount"], 4) > 1);
+    }
 }
