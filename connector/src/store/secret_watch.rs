@@ -35,12 +35,17 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The server ends each watch after this long; it is then resumed.
 const WATCH_TIMEOUT_SECONDS: u32 = 290;
+/// Secrets read at once: a process that starts with thousands of
+/// referenced Secrets reads them a few at a time instead of all together
+/// (each read in flight holds a connection and its buffers).
+const CONCURRENT_STARTS: usize = 16;
 
 /// The followed Secrets and their changes.
 #[derive(Clone)]
 pub struct SecretWatches {
     secrets: Arc<RwLock<HashMap<SecretKey, Arc<Secret>>>>,
     changes: tokio::sync::broadcast::Sender<SecretKey>,
+    starts: Arc<tokio::sync::Semaphore>,
 }
 
 impl SecretWatches {
@@ -56,6 +61,7 @@ impl SecretWatches {
         let watches = Self {
             secrets: Arc::default(),
             changes,
+            starts: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_STARTS)),
         };
         tokio::spawn(watches.clone().follow(client, content, wanted, notices));
         watches
@@ -113,7 +119,10 @@ impl SecretWatches {
     }
 
     /// Stores `secret` (None: it does not exist) and announces a change.
-    fn set(&self, key: &SecretKey, secret: Option<Secret>) {
+    fn set(&self, key: &SecretKey, mut secret: Option<Secret>) {
+        if let Some(secret) = secret.as_mut() {
+            secret.metadata.managed_fields = None;
+        }
         let mut secrets = self.secrets.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let version = |s: Option<&Secret>| s.and_then(|s| s.metadata.resource_version.clone());
         let changed = version(secrets.get(key).map(Arc::as_ref)) != version(secret.as_ref())
@@ -132,7 +141,10 @@ impl SecretWatches {
         let name = key.1.as_str();
         let mut backoff = BACKOFF_MIN;
         loop {
-            let version = match read(&api, content, name).await {
+            let start = self.starts.clone().acquire_owned().await.ok();
+            let read = read(&api, content, name).await;
+            drop(start);
+            let version = match read {
                 Ok(secret) => {
                     let version = secret
                         .as_ref()
@@ -211,9 +223,13 @@ impl SecretWatches {
     }
 }
 
+/// A Secret of metadata alone. Its annotations are dropped too: one that
+/// `kubectl apply` wrote holds the whole Secret, data included.
 fn metadata_only(meta: kube::core::PartialObjectMeta<Secret>) -> Secret {
+    let mut metadata = meta.metadata;
+    metadata.annotations = None;
     Secret {
-        metadata: meta.metadata,
+        metadata,
         ..Secret::default()
     }
 }
