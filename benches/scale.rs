@@ -1,19 +1,26 @@
-//! Scale: the proxy's source-address identities
-//! (`access::peers::PodIdentities`, the informers and the IP index behind
-//! cluster mode's pod and node callers) as the cluster grows: 1,000, 10,000
-//! and 100,000 injected pods on 50, 500 and 5,000 nodes, served by the fake
-//! API server in this process (on a runtime of its own, so its CPU is not
-//! counted as the component's). The pods and nodes are shaped like real ones
-//! (managed fields, conditions, container statuses, the annotations the
-//! webhook adds, node images): what a real API server sends.
+//! Scale: each component's cost as the cluster it serves grows, fed a
+//! synthetic cluster through the fake API server (pods, nodes and
+//! Connectors shaped as a real API server sends them). Parts:
 //!
-//! For each size: the time from start to synced, the resident memory the
-//! informers add, bytes read from the API server to sync, lookups by pod IP
-//! at p50/p99 (steady, and while 100 pod events per second arrive), the CPU
-//! the component spends per second of churn and the bytes that churn reads.
-//! Writes `bench/results/scale.md`.
+//! - `identities`: the proxy's source-address identities
+//!   (`access::peers::PodIdentities`) at 1,000 / 10,000 / 100,000 injected
+//!   pods on 50 / 500 / 5,000 nodes, in this process on a runtime of its own
+//!   beside the fake's: time to synced, memory, bytes read, lookups by pod
+//!   IP at p50/p99 (steady and while 100 pod events a second arrive), CPU
+//!   and bytes per second of churn.
+//! - `real`: the 10,000-pod point again on the real kube-apiserver of
+//!   `e2e/cluster`, next to the fake's.
+//! - `webhook`: the mutation rate with 1,000 and 10,000 connectors in as
+//!   many namespaces, against the small file store's.
+//! - `controller`: the release `connectors controller` as a process with
+//!   1,000 and 10,000 connectors: probes, status writes and Events until
+//!   all are probed, then what a restart (a new leader) costs in its first
+//!   minute.
+//! - `csi`: the release `connectors csi` as a process, 110 publishes at
+//!   once (a full node's pods), p50/p99.
 //!
-//! Run with `cargo bench --bench scale` (`-- --quick`: 1,000 and 10,000).
+//! Writes `bench/results/scale.md`. Run with `cargo bench --bench scale`
+//! (`-- PART` runs one part, `-- --quick` the smaller sizes).
 
 #[allow(dead_code)]
 mod common;
@@ -27,7 +34,7 @@ use access::PeerIdentities;
 use access::peers::PodIdentities;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
-use testing::apiserver::{FakeApiServer, NODES, PODS};
+use testing::apiserver::{CONNECTORS, FakeApiServer, NODES, PODS};
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -377,25 +384,358 @@ fn identities_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
          |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for row in &rows {
-        report.push_str(&format!(
-            "| {} | {} | {:.2} s | {:.2} ms | {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.1}% | {:.0} | {} |\n",
-            row.pods,
-            row.nodes,
-            row.ready.as_secs_f64(),
-            row.first_lookup.as_secs_f64() * 1000.0,
-            row.rss_mib,
-            row.sync_mib,
-            micros(&row.steady, 0.5),
-            micros(&row.steady, 0.99),
-            micros(&row.churn, 0.5),
-            micros(&row.churn, 0.99),
-            micros(&row.churn, 1.0),
-            row.churn_cpu_percent,
-            row.churn_kib_per_second,
-            row.churn_events,
-        ));
+        report.push_str(&identity_line(row));
     }
     report
+}
+
+/// A row of the identities table, from its pods column on.
+fn identity_line(row: &Row) -> String {
+    format!(
+        "| {} | {} | {:.2} s | {:.2} ms | {:.1} | {:.1} | {} | {} | {} | {} | {} | {:.1}% | {:.0} | {} |\n",
+        row.pods,
+        row.nodes,
+        row.ready.as_secs_f64(),
+        row.first_lookup.as_secs_f64() * 1000.0,
+        row.rss_mib,
+        row.sync_mib,
+        micros(&row.steady, 0.5),
+        micros(&row.steady, 0.99),
+        micros(&row.churn, 0.5),
+        micros(&row.churn, 0.99),
+        micros(&row.churn, 1.0),
+        row.churn_cpu_percent,
+        row.churn_kib_per_second,
+        row.churn_events,
+    )
+}
+
+/// The 10,000-pod point on the fake and on the real API server.
+fn real_part(apiserver: &tokio::runtime::Runtime) -> String {
+    let fake = measure(apiserver, REAL_PODS, REAL_NODES);
+    let real = real_identities_row(apiserver);
+    eprintln!(
+        "real API server, {REAL_PODS} pods: ready {:?} (fake {:?}), +{:.1} MiB (fake +{:.1}), synced from {:.1} MiB (fake {:.1}), churn p99 {} us (fake {})",
+        real.ready,
+        fake.ready,
+        real.rss_mib,
+        fake.rss_mib,
+        real.sync_mib,
+        fake.sync_mib,
+        micros(&real.churn, 0.99),
+        micros(&fake.churn, 0.99),
+    );
+    let mut report = format!(
+        "## Proxy identities: the fake against the real API server\n\n\
+         The {REAL_PODS}-pod point of the identities table measured twice in one run:\n\
+         against the fake, and against the real kube-apiserver and etcd of\n\
+         `e2e/cluster` (no node; kube-controller-manager stopped, as no kubelet\n\
+         heartbeats the nodes) holding the same pods and nodes, created through\n\
+         the API with their status written as a kubelet would. Real: bytes are\n\
+         counted by a relay in front of the API server (TLS records); churn is\n\
+         {CHURN_PER_SECOND} pod patches a second through the API server. Columns as above.\n\n\
+         | API server | pods | nodes | ready | first lookup | memory (MiB) | synced from (MiB) | steady p50 | steady p99 | churn p50 | churn p99 | churn max | churn CPU | churn read (KiB/s) | events |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    report.push_str(&format!("| fake | {}", identity_line(&fake).trim_start_matches("| ")));
+    report.push_str(&format!(
+        "| real (kube-apiserver {}) | {}",
+        real_version(),
+        identity_line(&real).trim_start_matches("| ")
+    ));
+    report
+}
+
+/// The real API server's version, as its go.mod pins it.
+fn real_version() -> String {
+    let go_mod = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/go.mod"))
+        .unwrap_or_default();
+    go_mod
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("k8s.io/kubernetes "))
+        .map_or("?".to_owned(), |v| v.trim().to_owned())
+}
+
+// ---- The 10,000-pod point on the real API server ----
+
+/// The real point's size: the fake's middle row.
+const REAL_PODS: u32 = 10_000;
+const REAL_NODES: u32 = 500;
+
+/// A loopback relay in front of `upstream` that counts the bytes the
+/// server sends (TLS records: bodies plus a little framing).
+async fn counting_relay(upstream: std::net::SocketAddr) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = listener.local_addr().expect("an address");
+    let counted = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let total = counted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let total = total.clone();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.split();
+                let (mut server_read, mut server_write) = server.split();
+                let up = tokio::io::copy(&mut client_read, &mut server_write);
+                let down = async {
+                    let mut buffer = vec![0_u8; 64 * 1024];
+                    loop {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let n = match server_read.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        total.fetch_add(n as u64, Ordering::Relaxed);
+                        if client_write.write_all(&buffer[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                tokio::select! {
+                    _ = up => {}
+                    () = down => {}
+                }
+            });
+        }
+    });
+    (addr, counted)
+}
+
+/// Pod `i` as a user creates it (no status, uid or owner; the status is
+/// written after, as the kubelet would).
+fn pod_to_create(i: u32, nodes: u32) -> (Value, Value) {
+    let mut pod = pod(i, nodes, 0);
+    let status = pod
+        .as_object_mut()
+        .expect("an object")
+        .remove("status")
+        .expect("a status");
+    let metadata = pod["metadata"].as_object_mut().expect("metadata");
+    for field in ["uid", "ownerReferences", "managedFields"] {
+        metadata.remove(field);
+    }
+    // NB: the webhook refuses a pod naming a connector its namespace lacks;
+    // the pods stand for ones injected already (their label stays).
+    metadata["annotations"]
+        .as_object_mut()
+        .expect("annotations")
+        .remove("connectors.cpaas.io/connector");
+    let mut status = status;
+    status.as_object_mut().expect("a status").remove("qosClass");
+    (pod, json!({"status": status}))
+}
+
+/// Panics unless the object was created or was there already.
+fn created<T>(result: Result<T, kube::Error>) {
+    match result {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => panic!("creating the cluster's objects failed: {error}"),
+    }
+}
+
+/// Runs `count` futures made by `make`, `width` at a time.
+async fn in_parallel<F, Fut>(count: u32, width: usize, make: F)
+where
+    F: Fn(u32) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(0..count)
+        .map(make)
+        .buffer_unordered(width)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// The real API server (e2e/cluster, no node) holding `REAL_PODS` injected
+/// running pods on `REAL_NODES` nodes.
+fn real_cluster_with_pods(runtime: &tokio::runtime::Runtime) -> (&'static testing::cluster::RealCluster, kube::Client) {
+    use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let cluster = testing::cluster::RealCluster::shared(&common::connectors_binary());
+    // NB: no kubelet heartbeats these nodes: the node lifecycle controller
+    // would taint them and evict their pods, and the pod garbage collector
+    // delete them. Nothing measured here needs kube-controller-manager.
+    let pid = std::fs::read_to_string(cluster.dir.join("pids/kube-controller-manager.pid")).unwrap_or_default();
+    let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+    let admin = runtime.block_on(cluster.admin());
+    runtime.block_on(async {
+        let post = PostParams::default();
+        let nodes: Api<Node> = Api::all(admin.clone());
+        in_parallel(REAL_NODES, 16, |i| {
+            let nodes = nodes.clone();
+            let post = post.clone();
+            async move {
+                let mut node = node(i);
+                let status = node.as_object_mut().expect("an object").remove("status");
+                created(
+                    nodes
+                        .create(&post, &serde_json::from_value(node).expect("a node"))
+                        .await,
+                );
+                let patch = json!({"status": status});
+                created(
+                    nodes
+                        .patch_status(&format!("node-{i}"), &PatchParams::default(), &Patch::Merge(&patch))
+                        .await,
+                );
+            }
+        })
+        .await;
+        let namespaces: Api<Namespace> = Api::all(admin.clone());
+        in_parallel(1000, 16, |i| {
+            let (namespaces, admin, post) = (namespaces.clone(), admin.clone(), post.clone());
+            async move {
+                let name = format!("team-{i}");
+                let namespace = json!({"metadata": {"name": name}});
+                created(
+                    namespaces
+                        .create(&post, &serde_json::from_value(namespace).expect("a namespace"))
+                        .await,
+                );
+                let accounts: Api<ServiceAccount> = Api::namespaced(admin, &name);
+                let account = json!({"metadata": {"name": "builder"}});
+                created(
+                    accounts
+                        .create(&post, &serde_json::from_value(account).expect("an account"))
+                        .await,
+                );
+            }
+        })
+        .await;
+        in_parallel(REAL_PODS, 32, |i| {
+            let (admin, post) = (admin.clone(), post.clone());
+            async move {
+                let (pod, status) = pod_to_create(i, REAL_NODES);
+                let namespace = pod["metadata"]["namespace"].as_str().expect("a namespace").to_owned();
+                let name = pod["metadata"]["name"].as_str().expect("a name").to_owned();
+                let pods: Api<Pod> = Api::namespaced(admin, &namespace);
+                created(pods.create(&post, &serde_json::from_value(pod).expect("a pod")).await);
+                created(
+                    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                        .await,
+                );
+            }
+        })
+        .await;
+    });
+    (cluster, admin)
+}
+
+/// The identities row on the real API server: the same measurements as
+/// [`measure`], bytes counted by a relay in front of it.
+fn real_identities_row(runtime: &tokio::runtime::Runtime) -> Row {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, Patch, PatchParams};
+    let (cluster, admin) = real_cluster_with_pods(runtime);
+    let server = std::fs::read_to_string(cluster.dir.join("ports")).expect("the cluster's ports");
+    let port: u16 = server
+        .lines()
+        .find_map(|line| line.strip_prefix("apiserver="))
+        .and_then(|p| p.parse().ok())
+        .expect("the API server's port");
+    let (relay, served) = runtime.block_on(counting_relay(std::net::SocketAddr::from(([127, 0, 0, 1], port))));
+    let config = runtime.block_on(async {
+        let file = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).expect("the kubeconfig reads");
+        let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+            .await
+            .expect("the kubeconfig is usable");
+        config.cluster_url = format!("https://{relay}").parse().expect("a URL");
+        config
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let component = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(COMPONENT_THREAD)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let before = rss();
+    let started = Instant::now();
+    let identities = {
+        let _entered = component.enter();
+        PodIdentities::spawn(
+            kube::Client::try_from(config).expect("a client"),
+            Duration::from_secs(1),
+        )
+    };
+    while !identities.has_synced() {
+        assert!(started.elapsed() < Duration::from_secs(600), "never synced");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let ready = started.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let rss_mib = mib(rss().saturating_sub(before));
+    let sync_mib = mib(served.load(Ordering::Relaxed));
+    let first = Instant::now();
+    assert!(identities.pod(pod_ip(0)).is_some(), "pod 0 has an identity");
+    let first_lookup = first.elapsed();
+    let mut seed = 7_u64;
+    let mut steady = Histogram::<u64>::new(3).expect("a histogram");
+    lookups(&identities, REAL_PODS, 20_000, &mut seed, &mut steady);
+
+    // Churn: an annotation on CHURN_PER_SECOND pods a second, as patches
+    // through the API server (each a watch event to the component).
+    let churning = Arc::new(AtomicBool::new(true));
+    let churn_task = {
+        let (admin, churning) = (admin.clone(), churning.clone());
+        runtime.spawn(async move {
+            let mut events = 0_u64;
+            let mut tick = tokio::time::interval(Duration::from_secs(1) / CHURN_PER_SECOND as u32);
+            while churning.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let i = ((events * 7919) % u64::from(REAL_PODS)) as u32;
+                let (pod, _) = pod_to_create(i, REAL_NODES);
+                let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+                let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
+                let patch = json!({"metadata": {"annotations": {"bench/generation": (events + 1).to_string()}}});
+                let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+                let patched = pods.patch(&name, &params, &patch);
+                if tokio::time::timeout(Duration::from_secs(5), patched)
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    events += 1;
+                }
+            }
+            events
+        })
+    };
+    let mut churn = Histogram::<u64>::new(3).expect("a histogram");
+    let cpu_before = component_cpu();
+    let bytes_before = served.load(Ordering::Relaxed);
+    let churn_started = Instant::now();
+    while churn_started.elapsed() < Duration::from_secs(CHURN_SECONDS) {
+        lookups(&identities, REAL_PODS, 1, &mut seed, &mut churn);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    churning.store(false, Ordering::Relaxed);
+    let elapsed = churn_started.elapsed().as_secs_f64();
+    let churn_cpu_percent = (component_cpu() - cpu_before) / elapsed * 100.0;
+    let churn_kib_per_second = served.load(Ordering::Relaxed).saturating_sub(bytes_before) as f64 / 1024.0 / elapsed;
+    let churn_events = runtime.block_on(churn_task).expect("the churn task");
+    drop(identities);
+    component.shutdown_timeout(Duration::from_secs(5));
+    Row {
+        pods: REAL_PODS,
+        nodes: REAL_NODES,
+        ready,
+        first_lookup,
+        rss_mib,
+        sync_mib,
+        steady,
+        churn,
+        churn_events,
+        churn_cpu_percent,
+        churn_kib_per_second,
+    }
 }
 
 // ---- Webhook: mutation with 10,000 connectors in 10,000 namespaces ----
@@ -464,9 +804,11 @@ fn namespace_object(name: &str, annotations: Value) -> Value {
 const LISTED: &str = "team";
 const OPEN: &str = "open";
 
-fn small_store() -> connector::store::FileStore {
+/// The small store's YAML: `harbor` and `hub` in the listed and the open
+/// namespace.
+fn small_store_yaml() -> String {
     let inject = [("connectors.cpaas.io/proxy-inject", "true")];
-    let yaml = testing::StoreYaml::new(LISTED)
+    testing::StoreYaml::new(LISTED)
         .namespace_object(&inject, &[("connectors.cpaas.io/connector", "harbor,hub")])
         .connector_of_class("harbor", "harbor", "https://harbor.example.com", None)
         .connector_of_class("hub", "oci", "https://registry-1.docker.io", None)
@@ -474,8 +816,11 @@ fn small_store() -> connector::store::FileStore {
         .namespace_object(&inject, &[])
         .connector_of_class("harbor", "harbor", "https://harbor.example.com", None)
         .connector_of_class("hub", "oci", "https://registry-1.docker.io", None)
-        .build();
-    connector::store::FileStore::from_yaml(&yaml).expect("the small store")
+        .build()
+}
+
+fn small_store() -> connector::store::FileStore {
+    connector::store::FileStore::from_yaml(&small_store_yaml()).expect("the small store")
 }
 
 struct WebhookRow {
@@ -508,7 +853,7 @@ fn mutation_rates(store: &dyn connector::store::ConnectorStore, duration: Durati
 
 fn webhook_row(apiserver: &tokio::runtime::Runtime, connectors: u32, duration: Duration) -> WebhookRow {
     use connector::store::{ConnectorStore, KubeStore};
-    use testing::apiserver::{CONNECTORS, NAMESPACES};
+    use testing::apiserver::NAMESPACES;
     let api = Arc::new(apiserver.block_on(FakeApiServer::start(&[CONNECTORS, NAMESPACES])));
     for namespace in [LISTED, OPEN] {
         let annotations = if namespace == LISTED {
@@ -607,6 +952,575 @@ fn webhook_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
     report
 }
 
+// ---- Controller: probes and status writes with 10,000 connectors ----
+
+/// How often the benchmarked controller re-probes healthy connectors (the
+/// shipped default).
+const PROBE_INTERVAL_SECONDS: u64 = 300;
+/// How long after a restart the probes are counted.
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// A registry's `/v2/` that accepts any Basic credential (or, `anonymous`,
+/// anyone): the probes' target. Records when each probe's authenticated
+/// request (anonymous: each request) arrived.
+struct ProbeTarget {
+    addr: std::net::SocketAddr,
+    probes: Arc<std::sync::Mutex<Vec<Instant>>>,
+}
+
+impl ProbeTarget {
+    fn start(runtime: &tokio::runtime::Runtime, anonymous: bool) -> Self {
+        use axum::http::{HeaderMap, StatusCode, header};
+        let probes: Arc<std::sync::Mutex<Vec<Instant>>> = Arc::default();
+        let recorded = probes.clone();
+        let app = axum::Router::new().route(
+            "/v2/",
+            axum::routing::get(move |headers: HeaderMap| {
+                let recorded = recorded.clone();
+                async move {
+                    if anonymous || headers.contains_key(header::AUTHORIZATION) {
+                        recorded.lock().unwrap().push(Instant::now());
+                        (StatusCode::OK, [(header::WWW_AUTHENTICATE, "")], "{}")
+                    } else {
+                        (
+                            StatusCode::UNAUTHORIZED,
+                            [(header::WWW_AUTHENTICATE, "Basic realm=\"bench\"")],
+                            "{}",
+                        )
+                    }
+                }
+            }),
+        );
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("a loopback port");
+        let addr = listener.local_addr().expect("an address");
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        Self { addr, probes }
+    }
+
+    /// Probes that arrived at or after `since`.
+    fn since(&self, since: Instant) -> Vec<Instant> {
+        self.probes
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .filter(|t| *t >= since)
+            .collect()
+    }
+}
+
+/// The install's objects the controller reads and writes besides the
+/// Connectors: the classes, the webhook configuration it keeps a caBundle
+/// in, and the install namespace's Secrets and ConfigMaps it creates.
+fn controller_cluster(api: &FakeApiServer, connectors: u32, secrets: bool, target: &ProbeTarget) {
+    use testing::apiserver::{CONNECTOR_CLASSES, MUTATING_WEBHOOK_CONFIGURATIONS, SECRETS};
+    for class in connector::class::built_in() {
+        api.apply(
+            CONNECTOR_CLASSES,
+            serde_json::to_value(class).expect("a class serialises"),
+        );
+    }
+    api.apply(
+        MUTATING_WEBHOOK_CONFIGURATIONS,
+        json!({"metadata": {"name": "connectors"}, "webhooks": []}),
+    );
+    let address = format!("http://{}", target.addr);
+    for i in 0..connectors {
+        let namespace = format!("tenant-{i}");
+        let mut connector = connector_object(&namespace, "registry", &address);
+        connector["spec"]["connectorClassName"] = json!("oci");
+        connector.as_object_mut().expect("an object").remove("status");
+        if !secrets {
+            connector["spec"].as_object_mut().expect("a spec").remove("auth");
+            api.apply(CONNECTORS, connector);
+            continue;
+        }
+        api.apply(CONNECTORS, connector);
+        api.apply(
+            SECRETS,
+            json!({
+                "metadata": {"name": "robot", "namespace": namespace},
+                "type": "kubernetes.io/basic-auth",
+                "data": {"username": "cm9ib3Q=", "password": "cGFzc3dvcmQ="},
+            }),
+        );
+    }
+}
+
+/// `connectors controller` (the release binary) against `api`.
+fn start_controller(api: &FakeApiServer, identity: &str, dir: &std::path::Path) -> testing::process::Connectors {
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig("controller-token")).expect("the kubeconfig is written");
+    let interval = PROBE_INTERVAL_SECONDS.to_string();
+    let args = [
+        "controller",
+        "--health-listen",
+        "127.0.0.1:0",
+        "--egress-allow",
+        "127.0.0.0/8",
+        "--probe-interval-seconds",
+        &interval,
+    ];
+    testing::process::Connectors::start(
+        &common::connectors_binary(),
+        &args,
+        &[
+            ("KUBECONFIG", kubeconfig.to_str().expect("a UTF-8 path")),
+            ("CONNECTORS_POD_NAME", identity),
+        ],
+        "controller health endpoints listening",
+    )
+    .expect("the controller starts")
+}
+
+/// Status writes of Connectors the API server has answered so far.
+fn status_writes(api: &FakeApiServer) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.contains("/connectors/") && r.path.ends_with("/status"))
+        .count()
+}
+
+/// Events posted so far.
+fn events_posted(api: &FakeApiServer) -> usize {
+    api.requests()
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.ends_with("/events"))
+        .count()
+}
+
+/// The connectors whose status says Ready, read through the API.
+fn ready_connectors(apiserver: &tokio::runtime::Runtime, api: &FakeApiServer) -> usize {
+    apiserver.block_on(async {
+        let connectors: kube::Api<connector::Connector> = kube::Api::all(api.client());
+        connectors.list(&Default::default()).await.map_or(0, |list| {
+            list.items
+                .iter()
+                .filter(|c| {
+                    c.status
+                        .as_ref()
+                        .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .count()
+        })
+    })
+}
+
+struct ControllerRow {
+    connectors: u32,
+    /// Whether each connector references a Secret (one watch each).
+    secrets: bool,
+    /// First start: until every connector is Ready.
+    converged: Duration,
+    first_probes: usize,
+    first_writes: usize,
+    first_events: usize,
+    first_peak_probes: usize,
+    /// A restart: what the next `RESTART_WINDOW` costs.
+    restart_probes: usize,
+    restart_peak_probes: usize,
+    restart_writes: usize,
+    restart_cpu_percent: f64,
+    rss_mib: f64,
+    peak_rss_mib: f64,
+    fds: usize,
+    sync_mib: f64,
+}
+
+/// The busiest second's count of `times`.
+fn peak_per_second(times: &[Instant], since: Instant) -> usize {
+    let mut buckets = std::collections::HashMap::<u64, usize>::new();
+    for time in times {
+        *buckets.entry(time.duration_since(since).as_secs()).or_default() += 1;
+    }
+    buckets.into_values().max().unwrap_or(0)
+}
+
+fn controller_row(apiserver: &tokio::runtime::Runtime, connectors: u32, secrets: bool) -> ControllerRow {
+    use testing::apiserver::{
+        CONFIG_MAPS, CONNECTOR_CLASSES, EVENTS, LEASES, MUTATING_WEBHOOK_CONFIGURATIONS, SECRETS, SERVICES,
+    };
+    let api = apiserver.block_on(FakeApiServer::start(&[
+        CONNECTORS,
+        CONNECTOR_CLASSES,
+        SECRETS,
+        CONFIG_MAPS,
+        LEASES,
+        EVENTS,
+        MUTATING_WEBHOOK_CONFIGURATIONS,
+        SERVICES,
+    ]));
+    let target = ProbeTarget::start(apiserver, !secrets);
+    controller_cluster(&api, connectors, secrets, &target);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+
+    // First start: nothing has a status yet; every connector is probed.
+    let started = Instant::now();
+    let bytes_before = api.bytes_served();
+    let first = start_controller(&api, "controller-a", dir.path());
+    let deadline = Duration::from_secs(900);
+    // NB: each connector's first status is one write; the list that checks
+    // they say Ready comes after, so its bytes are not counted as read.
+    while status_writes(&api) < connectors as usize {
+        assert!(started.elapsed() < deadline, "the connectors were never probed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let converged = started.elapsed();
+    let sync_mib = mib(api.bytes_served().saturating_sub(bytes_before));
+    assert_eq!(
+        ready_connectors(apiserver, &api),
+        connectors as usize,
+        "every connector is Ready"
+    );
+    let first_probes = target.since(started);
+    let first_writes = status_writes(&api);
+    let first_events = events_posted(&api);
+    let (_, rss) = common::memory(first.pid());
+    first.terminate();
+    let mut first = first;
+    let _ = first.wait_exit(Duration::from_secs(30));
+
+    // A restart (a new leader): the statuses are current.
+    let writes_before = status_writes(&api);
+    let restarted = Instant::now();
+    let second = start_controller(&api, "controller-b", dir.path());
+    let cpu_before = common::cpu_seconds(&[second.pid().to_string()]);
+    let mut peak_rss = 0;
+    while restarted.elapsed() < RESTART_WINDOW {
+        std::thread::sleep(Duration::from_millis(500));
+        peak_rss = peak_rss.max(common::memory(second.pid()).0);
+    }
+    let restart_cpu_percent =
+        (common::cpu_seconds(&[second.pid().to_string()]) - cpu_before) / restarted.elapsed().as_secs_f64() * 100.0;
+    let restart_probes = target.since(restarted);
+    let row = ControllerRow {
+        connectors,
+        secrets,
+        converged,
+        first_probes: first_probes.len(),
+        first_writes,
+        first_events,
+        first_peak_probes: peak_per_second(&first_probes, started),
+        restart_probes: restart_probes.len(),
+        restart_peak_probes: peak_per_second(&restart_probes, restarted),
+        restart_writes: status_writes(&api) - writes_before,
+        restart_cpu_percent,
+        rss_mib: mib(rss),
+        peak_rss_mib: mib(peak_rss),
+        fds: common::open_fds(second.pid()),
+        sync_mib,
+    };
+    drop(second);
+    row
+}
+
+fn controller_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
+    let sizes: &[(u32, bool)] = if quick {
+        &[(1_000, true)]
+    } else {
+        &[(1_000, true), (10_000, true), (10_000, false)]
+    };
+    let mut report = format!(
+        "## Controller: probes and status writes as connectors grow\n\n\
+         The release `connectors controller` (its own process; probe interval\n\
+         {PROBE_INTERVAL_SECONDS} s, the default) against the fake API server holding that many\n\
+         Connectors, one per namespace, each with its basic-auth Secret (the last\n\
+         row: anonymous connectors, no Secret, to show what the Secrets cost), all\n\
+         pointing at one loopback `/v2/` that accepts the credential (the probe's\n\
+         target, which records each authenticated probe).\n\n\
+         First start: no connector has a status; until all are Ready (probes,\n\
+         the busiest second's probes, status writes, Events, memory once converged, bytes\n\
+         read from the API). Restart: the controller stops gracefully and a new\n\
+         replica takes the Lease; for the next {} s: probes, the busiest\n\
+         second, status writes, CPU (% of one core), peak memory and open file\n\
+         descriptors (its API connections).\n\n\
+         | connectors | Secrets | converged | probes | peak /s | writes | events | memory (MiB) | read (MiB) | restart: probes | peak /s | writes | CPU | peak memory (MiB) | fds |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        RESTART_WINDOW.as_secs(),
+    );
+    for &(connectors, secrets) in sizes {
+        let row = controller_row(apiserver, connectors, secrets);
+        eprintln!(
+            "controller, {connectors} connectors: converged in {:?}, {} probes, {} writes; restart: {} probes (peak {}/s), {} writes, {:.1} MiB peak, {} fds",
+            row.converged,
+            row.first_probes,
+            row.first_writes,
+            row.restart_probes,
+            row.restart_peak_probes,
+            row.restart_writes,
+            row.peak_rss_mib,
+            row.fds
+        );
+        report.push_str(&format!(
+            "| {} | {} | {:.1} s | {} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {:.1}% | {:.1} | {} |\n",
+            row.connectors,
+            if row.secrets { "yes" } else { "none" },
+            row.converged.as_secs_f64(),
+            row.first_probes,
+            row.first_peak_probes,
+            row.first_writes,
+            row.first_events,
+            row.rss_mib,
+            row.sync_mib,
+            row.restart_probes,
+            row.restart_peak_probes,
+            row.restart_writes,
+            row.restart_cpu_percent,
+            row.peak_rss_mib,
+            row.fds,
+        ));
+    }
+    report
+}
+
+// ---- CSI plugin: every pod of a full node publishing at once ----
+
+/// Pods on a full node (the kubelet's default `maxPods`).
+const PODS_PER_NODE: usize = 110;
+
+/// The inline volume request the kubelet sends for pod `i`.
+fn csi_publish_request(target: &std::path::Path, i: usize) -> csi::proto::NodePublishVolumeRequest {
+    let context: std::collections::HashMap<String, String> = [
+        ("csi.storage.k8s.io/ephemeral", "true".to_owned()),
+        ("csi.storage.k8s.io/pod.name", format!("app-{i}")),
+        ("csi.storage.k8s.io/pod.namespace", LISTED.to_owned()),
+        ("csi.storage.k8s.io/pod.uid", format!("2b0c7f9e-0000-4000-8000-{i:012}")),
+        ("csi.storage.k8s.io/serviceAccount.name", "builder".to_owned()),
+        (
+            "csi.storage.k8s.io/serviceAccount.tokens",
+            json!({"connectors-proxy": {"token": format!("pod-token-{i}"), "expirationTimestamp": "2030-01-01T00:00:00Z"}})
+                .to_string(),
+        ),
+        ("connectors", "harbor,hub".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    csi::client::inline_volume_request(&format!("csi-{i:08x}"), &target.to_string_lossy(), context)
+}
+
+struct CsiRound {
+    publish: Histogram<u64>,
+    unpublish: Histogram<u64>,
+    wall: Duration,
+    failures: usize,
+}
+
+/// `PODS_PER_NODE` publishes at once (each on a connection of its own, as
+/// kubelet's pod workers call), then as many unpublishes.
+fn csi_round(
+    runtime: &tokio::runtime::Runtime,
+    socket: &std::path::Path,
+    dir: &std::path::Path,
+    round: usize,
+    at_once: bool,
+) -> CsiRound {
+    use csi::proto::NodeUnpublishVolumeRequest;
+    use csi::proto::node_client::NodeClient;
+    runtime.block_on(async {
+        let targets: Vec<std::path::PathBuf> = (0..PODS_PER_NODE)
+            .map(|i| {
+                dir.join(format!(
+                    "round-{round}/pod-{i}/volumes/kubernetes.io~csi/connectors/mount"
+                ))
+            })
+            .collect();
+        for target in &targets {
+            std::fs::create_dir_all(target.parent().expect("a parent")).expect("the pod directory");
+        }
+        let mut clients = Vec::new();
+        for _ in 0..PODS_PER_NODE {
+            let channel = csi::client::connect_unix(socket.to_owned(), Duration::from_secs(20))
+                .await
+                .expect("the plugin's socket");
+            clients.push(NodeClient::new(channel));
+        }
+        let started = Instant::now();
+        let publishes = clients.iter().zip(&targets).enumerate().map(|(i, (client, target))| {
+            let mut client = client.clone();
+            let request = csi_publish_request(target, i);
+            async move {
+                let started = Instant::now();
+                let result = tokio::time::timeout(Duration::from_secs(30), client.node_publish_volume(request)).await;
+                (started.elapsed(), matches!(result, Ok(Ok(_))))
+            }
+        });
+        let published = if at_once {
+            futures::future::join_all(publishes).await
+        } else {
+            let mut results = Vec::new();
+            for publish in publishes {
+                results.push(publish.await);
+            }
+            results
+        };
+        let wall = started.elapsed();
+        let unpublishes = clients.iter().zip(&targets).enumerate().map(|(i, (client, target))| {
+            let mut client = client.clone();
+            let request = NodeUnpublishVolumeRequest {
+                volume_id: format!("csi-{i:08x}"),
+                target_path: target.to_string_lossy().into_owned(),
+            };
+            async move {
+                let started = Instant::now();
+                let result = tokio::time::timeout(Duration::from_secs(30), client.node_unpublish_volume(request)).await;
+                (started.elapsed(), matches!(result, Ok(Ok(_))))
+            }
+        });
+        let unpublished = futures::future::join_all(unpublishes).await;
+        let mut publish = Histogram::<u64>::new(3).expect("a histogram");
+        let mut unpublish = Histogram::<u64>::new(3).expect("a histogram");
+        let mut failures = 0;
+        for (histogram, results) in [(&mut publish, &published), (&mut unpublish, &unpublished)] {
+            for (took, ok) in results {
+                let _ = histogram.record(took.as_micros().max(1) as u64);
+                failures += usize::from(!ok);
+            }
+        }
+        CsiRound {
+            publish,
+            unpublish,
+            wall,
+            failures,
+        }
+    })
+}
+
+fn csi_part(quick: bool) -> String {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = dir.path().join("store.yaml");
+    std::fs::write(&store, small_store_yaml()).expect("the store is written");
+    let ca =
+        certs::CertificateAuthority::generate("connectors scale bench CA", Duration::from_secs(3600)).expect("a CA");
+    let ca_path = dir.path().join("proxy-ca.crt");
+    std::fs::write(&ca_path, ca.cert_pem()).expect("the CA is written");
+    let socket = dir.path().join("plugins/connectors-csi/csi.sock");
+    let endpoint = format!("unix://{}", socket.display());
+    let args = [
+        "csi",
+        "--endpoint",
+        &endpoint,
+        "--node-id",
+        "node-a",
+        "--store",
+        store.to_str().expect("a UTF-8 path"),
+        "--proxy-ca",
+        ca_path.to_str().expect("a UTF-8 path"),
+        "--proxy-address",
+        "10.96.0.5:443",
+        "--forward-proxy",
+        "10.96.0.5:3128",
+        "--health-listen",
+        "127.0.0.1:0",
+    ];
+    let plugin = testing::process::Connectors::start(
+        &common::connectors_binary(),
+        &args,
+        &[],
+        "csi health and metrics endpoint listening",
+    )
+    .expect("the plugin starts");
+    let rounds = if quick { 3 } else { 10 };
+    let mut publish = Histogram::<u64>::new(3).expect("a histogram");
+    let mut unpublish = Histogram::<u64>::new(3).expect("a histogram");
+    let mut walls = Vec::new();
+    let mut failures = 0;
+    let alone = csi_round(&runtime, &socket, dir.path(), rounds, false);
+    for round in 0..rounds {
+        let result = csi_round(&runtime, &socket, dir.path(), round, true);
+        publish.add(&result.publish).expect("histograms add");
+        unpublish.add(&result.unpublish).expect("histograms add");
+        walls.push(result.wall.as_secs_f64() * 1000.0);
+        failures += result.failures;
+    }
+    let (peak, _) = common::memory(plugin.pid());
+    // The plugin's own time per publish (authorize, render, write), from
+    // its metrics: what is not queueing for the machine's two cores.
+    let metrics = plugin
+        .addr()
+        .map(|health| runtime.block_on(scrape(&format!("http://{health}/metrics"))))
+        .unwrap_or_default();
+    let metric = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let own_ms = metric("connectors_csi_publish_duration_seconds_sum") * 1000.0
+        / metric("connectors_csi_publish_duration_seconds_count").max(1.0);
+    drop(plugin);
+    let millis = |h: &Histogram<u64>, q: f64| format!("{:.1}", h.value_at_quantile(q) as f64 / 1000.0);
+    eprintln!(
+        "csi: {rounds} rounds of {PODS_PER_NODE}: publish p50 {} ms p99 {} ms max {} ms, {failures} failed",
+        millis(&publish, 0.5),
+        millis(&publish, 0.99),
+        millis(&publish, 1.0)
+    );
+    format!(
+        "## CSI plugin: a full node's pods publishing at once\n\n\
+         The release `connectors csi` (its own process, store from a file: in\n\
+         cluster mode each publish adds one SubjectAccessReview) gets\n\
+         {PODS_PER_NODE} `NodePublishVolume` calls at once, one per pod (each its own\n\
+         connection and target, two connectors each; the volume a tmpfs of its\n\
+         own with the client configuration rendered into it), then as many\n\
+         `NodeUnpublishVolume`; {rounds} rounds. Latency per call in ms, as the\n\
+         kubelet sees it (a gRPC connection per call, as it makes); wall: from the\n\
+         first call to the last answer of a round (median). First row: the same\n\
+         {PODS_PER_NODE} calls one after another. Own time: the plugin's mean time per\n\
+         publish from its `connectors_csi_publish_duration_seconds` (authorize,\n\
+         render, write), over all rows.\n\n\
+         | calls | publish p50 | p99 | max | unpublish p50 | p99 | max | wall (ms) | failed | own time (ms) | peak memory (MiB) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n\
+         | {} one at a time | {} | {} | {} | {} | {} | {} | {:.0} | {} | — | — |\n\
+         | {} at once | {} | {} | {} | {} | {} | {} | {:.0} | {failures} | {own_ms:.2} | {:.1} |\n",
+        alone.publish.len(),
+        millis(&alone.publish, 0.5),
+        millis(&alone.publish, 0.99),
+        millis(&alone.publish, 1.0),
+        millis(&alone.unpublish, 0.5),
+        millis(&alone.unpublish, 0.99),
+        millis(&alone.unpublish, 1.0),
+        alone.wall.as_secs_f64() * 1000.0,
+        alone.failures,
+        publish.len(),
+        millis(&publish, 0.5),
+        millis(&publish, 0.99),
+        millis(&publish, 1.0),
+        millis(&unpublish, 0.5),
+        millis(&unpublish, 0.99),
+        millis(&unpublish, 1.0),
+        common::median(&walls),
+        peak as f64 / (1024.0 * 1024.0),
+    )
+}
+
+/// The body of a plain HTTP GET of `url` (empty when it fails).
+async fn scrape(url: &str) -> String {
+    let Ok(uri) = url.parse::<hyper::Uri>() else {
+        return String::new();
+    };
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let answer = async {
+        let response = client.get(uri).await.ok()?;
+        let body = http_body_util::BodyExt::collect(response.into_body()).await.ok()?;
+        Some(String::from_utf8_lossy(&body.to_bytes()).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(10), answer)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}
+
 /// What a component's start against the fake cost.
 struct Synced {
     /// From start to synced.
@@ -655,7 +1569,7 @@ fn start_component<T>(
 }
 
 /// The parts, by name, in the order they are written.
-const PARTS: &[&str] = &["identities", "webhook"];
+const PARTS: &[&str] = &["identities", "real", "webhook", "controller", "csi"];
 
 /// `bench/results/scale.md`: the parts run now, and the others as the file
 /// had them.
@@ -671,8 +1585,10 @@ fn write_report(new: &[(&str, String)]) {
     let mut report = format!(
         "# Scale: each component's cost as the cluster grows\n\n\
          `cargo bench --bench scale` (parts: {}; `-- PART` runs one, `-- --quick`\n\
-         the smaller sizes). Each part's components run on a tokio runtime of their\n\
-         own beside the fake API server's, in one process on this machine (2 cores).\n\n",
+         the smaller sizes). The identities and the webhook's store run on a tokio\n\
+         runtime of their own beside the fake API server's, in the benchmark's\n\
+         process; the controller and the CSI plugin run as the release binary, each\n\
+         a process of its own. On this machine (2 cores).\n\n",
         PARTS.join(", ")
     );
     for name in PARTS {
@@ -707,7 +1623,10 @@ fn main() {
         }
         let text = match *name {
             "identities" => identities_part(&apiserver, quick),
+            "real" => real_part(&apiserver),
             "webhook" => webhook_part(&apiserver, quick),
+            "controller" => controller_part(&apiserver, quick),
+            "csi" => csi_part(quick),
             _ => unreachable!("every part is matched"),
         };
         new.push((*name, text));

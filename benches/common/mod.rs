@@ -202,7 +202,22 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
-/// The commit a result comes from, and whether `proxy/` and `src/` were clean.
+/// The product's crates: a result depends on any of them.
+const PRODUCT: [&str; 10] = [
+    "src",
+    "proxy",
+    "access",
+    "connector",
+    "registry",
+    "webhook",
+    "certs",
+    "serving",
+    "csi",
+    "controller",
+];
+
+/// The commit a result comes from, and whether the product's sources were
+/// clean.
 pub fn revision() -> String {
     let git = |args: &[&str]| {
         Command::new("git")
@@ -214,11 +229,21 @@ pub fn revision() -> String {
             .filter(|o| o.status.success())
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
+    let mut status = vec!["status", "--porcelain", "--"];
+    status.extend(PRODUCT);
     match git(&["rev-parse", "--short", "HEAD"]) {
         None => "an unknown commit".to_owned(),
-        Some(commit) => match git(&["status", "--porcelain", "--", "proxy", "src"]) {
-            Some(changes) if changes.is_empty() => format!("commit `{commit}` (clean `proxy/` and `src/`)"),
-            _ => format!("commit `{commit}` with uncommitted changes in `proxy/` or `src/`"),
+        Some(commit) => match git(&status) {
+            Some(changes) if changes.is_empty() => format!("commit `{commit}` (clean product sources)"),
+            Some(changes) => {
+                let mut dirs: Vec<&str> = changes
+                    .lines()
+                    .filter_map(|line| line.get(3..)?.split('/').next())
+                    .collect();
+                dirs.dedup();
+                format!("commit `{commit}` with uncommitted changes in {}", dirs.join(", "))
+            }
+            None => format!("commit `{commit}`"),
         },
     }
 }

@@ -152,6 +152,15 @@ pub const EVENTS: ResourceType = ResourceType {
     namespaced: true,
 };
 
+/// Core `v1` Services (the controller's per-connector `c-<name>`).
+pub const SERVICES: ResourceType = ResourceType {
+    group: "",
+    version: "v1",
+    kind: "Service",
+    plural: "services",
+    namespaced: true,
+};
+
 /// `admissionregistration.k8s.io/v1` MutatingWebhookConfigurations.
 pub const MUTATING_WEBHOOK_CONFIGURATIONS: ResourceType = ResourceType {
     group: "admissionregistration.k8s.io",
