@@ -147,14 +147,31 @@ pub async fn run(
     });
     // The Secrets Connectors reference, one metadata-only watch each (no
     // Secret list, no credential in this process's memory but while a probe
-    // uses it): a change re-triggers the Connectors that name it.
+    // uses it): a change re-triggers the Connectors that name it. Only
+    // while leading: a follower's reconciles do nothing, and each watch is
+    // a connection and about 40 KiB (a new leader reads each Secret as it
+    // reconciles, so no change is missed in between).
+    let (leadership_notices, notices) = watch::channel(0_u64);
+    tokio::spawn({
+        let mut leader = leader.clone();
+        async move {
+            while leader.changed().await.is_ok() {
+                leadership_notices.send_modify(|n| *n += 1);
+            }
+        }
+    });
     let secret_watches = {
-        let store = store.clone();
+        let (store, leader) = (store.clone(), leader.clone());
         SecretWatches::spawn(
             context.client.clone(),
             Content::Metadata,
-            move || store.state().iter().flat_map(|c| referenced_secrets(c)).collect(),
-            None,
+            move || {
+                if !*leader.borrow() {
+                    return std::collections::BTreeSet::new();
+                }
+                store.state().iter().flat_map(|c| referenced_secrets(c)).collect()
+            },
+            Some(notices),
         )
     };
     let secret_changes = {

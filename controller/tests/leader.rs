@@ -24,6 +24,18 @@ fn writes_by(api: &FakeApiServer, identity: &str) -> Vec<String> {
         .collect()
 }
 
+/// Secret watches `identity` opened.
+fn secret_watches_by(api: &FakeApiServer, identity: &str) -> Vec<String> {
+    let bearer = format!("Bearer {identity}");
+    api.requests()
+        .iter()
+        .filter(|r| r.authorization.as_deref() == Some(bearer.as_str()))
+        .filter(|r| r.path.contains("/secrets") && r.is_watch())
+        .filter(|r| !r.path.contains("/namespaces/connectors-system/"))
+        .map(ToString::to_string)
+        .collect()
+}
+
 #[tokio::test]
 async fn only_the_leader_writes_and_a_follower_takes_over_after_the_lease_expires() {
     let (_registry, api) = registry_lab(TEAM, Some(PASSWORD)).await;
@@ -43,6 +55,15 @@ async fn only_the_leader_writes_and_a_follower_takes_over_after_the_lease_expire
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!writes_by(&api, "controller-a").is_empty(), "the leader wrote");
+    assert!(
+        !secret_watches_by(&api, "controller-a").is_empty(),
+        "the leader follows the Secret"
+    );
+    assert_eq!(
+        secret_watches_by(&api, "controller-b"),
+        Vec::<String>::new(),
+        "the follower holds no Secret watch"
+    );
     assert_eq!(
         writes_by(&api, "controller-b"),
         Vec::<String>::new(),
