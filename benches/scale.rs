@@ -10,6 +10,9 @@
 //!   and bytes per second of churn.
 //! - `real`: the 10,000-pod point again on the real kube-apiserver of
 //!   `e2e/cluster`, next to the fake's.
+//! - `proxy`: the release `connectors proxy` as a process with 10,000 pods
+//!   and 1,000 connectors, and 100,000 pods, 5,000 nodes and 10,000
+//!   connectors (each with its Secret): ready, memory, descriptors.
 //! - `webhook`: the mutation rate with 1,000 and 10,000 connectors in as
 //!   many namespaces, against the small file store's.
 //! - `controller`: the release `connectors controller` as a process with
@@ -736,6 +739,161 @@ fn real_identities_row(runtime: &tokio::runtime::Runtime) -> Row {
         churn_cpu_percent,
         churn_kib_per_second,
     }
+}
+
+// ---- The proxy process: pods, nodes, connectors and their Secrets ----
+
+struct ProxyRow {
+    pods: u32,
+    nodes: u32,
+    connectors: u32,
+    ready: Duration,
+    ready_rss_mib: f64,
+    settled: Duration,
+    rss_mib: f64,
+    peak_mib: f64,
+    fds: usize,
+    read_mib: f64,
+}
+
+/// `connectors proxy` (the release binary, cluster mode) against the fake
+/// holding `pods` injected pods on `nodes` nodes and `connectors`
+/// Connectors, one per namespace, each with its Secret: until `/readyz`,
+/// then until its Secret watches have all started (its open descriptors
+/// stop growing), bounded.
+fn proxy_row(apiserver: &tokio::runtime::Runtime, pods: u32, nodes: u32, connectors: u32) -> ProxyRow {
+    use testing::apiserver::{CONNECTOR_CLASSES, NAMESPACES, SECRETS};
+    let api = apiserver.block_on(FakeApiServer::start(&[
+        PODS,
+        NODES,
+        CONNECTORS,
+        CONNECTOR_CLASSES,
+        NAMESPACES,
+        SECRETS,
+    ]));
+    for class in connector::class::built_in() {
+        api.apply(CONNECTOR_CLASSES, serde_json::to_value(class).expect("a class serialises"));
+    }
+    for i in 0..nodes {
+        api.apply(NODES, node(i));
+    }
+    for i in 0..pods {
+        api.apply(PODS, pod(i, nodes, 0));
+    }
+    for i in 0..connectors {
+        let namespace = format!("team-{i}");
+        api.apply(NAMESPACES, namespace_object(&namespace, json!({})));
+        api.apply(
+            CONNECTORS,
+            connector_object(&namespace, "harbor", &format!("https://harbor-{}.example.com", i % 100)),
+        );
+        api.apply(
+            SECRETS,
+            json!({
+                "metadata": {"name": "robot", "namespace": namespace},
+                "type": "kubernetes.io/basic-auth",
+                "data": {"username": "cm9ib3Q=", "password": "cGFzc3dvcmQ="},
+            }),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig("proxy-token")).expect("the kubeconfig is written");
+    let state = dir.path().join("state");
+    let bytes_before = api.bytes_served();
+    let started = Instant::now();
+    let proxy = testing::process::Connectors::start(
+        &common::connectors_binary(),
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--egress-allow",
+            "127.0.0.0/8",
+            "--state-dir",
+            state.to_str().expect("a UTF-8 path"),
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().expect("a UTF-8 path"))],
+        "proxy listening",
+    )
+    .expect("the proxy starts");
+    let readyz = format!("http://{}/readyz", proxy.addr().expect("the proxy's address"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    while runtime.block_on(scrape(&readyz)) != "ok" {
+        assert!(started.elapsed() < Duration::from_secs(600), "the proxy never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ready = started.elapsed();
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let ready_rss_mib = mib(common::memory(proxy.pid()).1);
+    // Settled: the descriptors (a connection per Secret watch) unchanged
+    // for 10 s.
+    let (mut fds, mut steady_since) = (common::open_fds(proxy.pid()), Instant::now());
+    while steady_since.elapsed() < Duration::from_secs(10) && started.elapsed() < Duration::from_secs(900) {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = common::open_fds(proxy.pid());
+        if now != fds {
+            (fds, steady_since) = (now, Instant::now());
+        }
+    }
+    let settled = started.elapsed() - steady_since.elapsed();
+    let (peak, rss) = common::memory(proxy.pid());
+    ProxyRow {
+        pods,
+        nodes,
+        connectors,
+        ready,
+        ready_rss_mib,
+        settled,
+        rss_mib: mib(rss),
+        peak_mib: mib(peak),
+        fds,
+        read_mib: mib(api.bytes_served().saturating_sub(bytes_before)),
+    }
+}
+
+fn proxy_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
+    let sizes: &[(u32, u32, u32)] = if quick {
+        &[(10_000, 500, 1_000)]
+    } else {
+        &[(10_000, 500, 1_000), (100_000, 5_000, 10_000)]
+    };
+    let mut report = String::from(
+        "## The proxy process: pods, nodes, connectors and their Secrets\n\n\
+         The release `connectors proxy` in cluster mode (its own process) against\n\
+         the fake holding that many injected pods, nodes and Connectors (one per\n\
+         namespace, each with its basic-auth Secret). Ready: until `/readyz`\n\
+         answers (connectors, namespaces, pods and nodes synced). Settled: until\n\
+         its open descriptors stop changing for 10 s (one connection per Secret\n\
+         watch). Memory is the process's resident memory (peak: VmHWM).\n\n\
+         | pods | nodes | connectors | ready | memory at ready (MiB) | settled | memory (MiB) | peak (MiB) | fds | read (MiB) |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for &(pods, nodes, connectors) in sizes {
+        let row = proxy_row(apiserver, pods, nodes, connectors);
+        eprintln!(
+            "proxy, {pods} pods, {connectors} connectors: ready {:?} ({:.1} MiB), settled {:?}: {:.1} MiB, peak {:.1} MiB, {} fds",
+            row.ready, row.ready_rss_mib, row.settled, row.rss_mib, row.peak_mib, row.fds
+        );
+        report.push_str(&format!(
+            "| {} | {} | {} | {:.2} s | {:.1} | {:.1} s | {:.1} | {:.1} | {} | {:.1} |\n",
+            row.pods,
+            row.nodes,
+            row.connectors,
+            row.ready.as_secs_f64(),
+            row.ready_rss_mib,
+            row.settled.as_secs_f64(),
+            row.rss_mib,
+            row.peak_mib,
+            row.fds,
+            row.read_mib,
+        ));
+    }
+    report
 }
 
 // ---- Webhook: mutation with 10,000 connectors in 10,000 namespaces ----
@@ -1569,7 +1727,7 @@ fn start_component<T>(
 }
 
 /// The parts, by name, in the order they are written.
-const PARTS: &[&str] = &["identities", "real", "webhook", "controller", "csi"];
+const PARTS: &[&str] = &["identities", "real", "proxy", "webhook", "controller", "csi"];
 
 /// `bench/results/scale.md`: the parts run now, and the others as the file
 /// had them.
@@ -1587,8 +1745,8 @@ fn write_report(new: &[(&str, String)]) {
          `cargo bench --bench scale` (parts: {}; `-- PART` runs one, `-- --quick`\n\
          the smaller sizes). The identities and the webhook's store run on a tokio\n\
          runtime of their own beside the fake API server's, in the benchmark's\n\
-         process; the controller and the CSI plugin run as the release binary, each\n\
-         a process of its own. On this machine (2 cores).\n\n",
+         process; the proxy, the controller and the CSI plugin run as the release\n\
+         binary, each a process of its own. On this machine (2 cores).\n\n",
         PARTS.join(", ")
     );
     for name in PARTS {
@@ -1624,6 +1782,7 @@ fn main() {
         let text = match *name {
             "identities" => identities_part(&apiserver, quick),
             "real" => real_part(&apiserver),
+            "proxy" => proxy_part(&apiserver, quick),
             "webhook" => webhook_part(&apiserver, quick),
             "controller" => controller_part(&apiserver, quick),
             "csi" => csi_part(quick),
