@@ -45,13 +45,11 @@ impl KubeStore {
         let connector_api: Api<Connector> = Api::all(client.clone());
         let (changed, connector_changes) = tokio::sync::watch::channel(0_u64);
         let by_namespace = Arc::new(Indexed::<ByNamespace>::default());
-        // NB: managed fields are half of a small object's bytes and nothing
-        // here reads them.
         let connector_stream = reflector::reflector(
             connector_writer,
             watcher(connector_api, watcher::Config::default())
                 .default_backoff()
-                .modify(|c| c.metadata.managed_fields = None),
+                .modify(slim_connector),
         )
         .inspect({
             let by_namespace = by_namespace.clone();
@@ -104,6 +102,20 @@ pub fn referenced_secrets(connector: &Connector) -> Vec<(String, String)> {
         .chain(connector.spec.ca_cert_secret_ref.as_ref())
         .map(|r| (namespace.clone(), r.name.clone()))
         .collect()
+}
+
+/// Drops what no reader of the store uses from a Connector before it is
+/// kept: managed fields (half of a small object's bytes), kubectl's copy of
+/// the last applied object and the status conditions (only the status's
+/// proxy address is read).
+fn slim_connector(connector: &mut Connector) {
+    connector.metadata.managed_fields = None;
+    if let Some(annotations) = connector.metadata.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    if let Some(status) = connector.status.as_mut() {
+        status.conditions = Vec::new();
+    }
 }
 
 /// A [`SecretStore`] that watches exactly the Secrets the connectors of a
@@ -321,5 +333,49 @@ impl ConnectorStore for KubeStore {
 
     fn has_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_connector_loses_only_what_no_reader_uses() {
+        let mut connector: Connector = serde_json::from_value(serde_json::json!({
+            "apiVersion": "connectors.alauda.io/v1alpha1",
+            "kind": "Connector",
+            "metadata": {
+                "name": "harbor",
+                "namespace": "team",
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}",
+                    "connectors.cpaas.io/shared": "true",
+                },
+                "managedFields": [{"manager": "kubectl", "operation": "Update"}],
+            },
+            "spec": {"connectorClassName": "harbor", "address": "https://harbor.example.com"},
+            "status": {
+                "observedGeneration": 1,
+                "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "", "lastTransitionTime": "2026-12-01T10:00:00Z"}],
+                "proxy": {"httpAddress": {"url": "http://c-harbor.team.svc.cluster.local"}},
+            },
+        }))
+        .unwrap();
+        slim_connector(&mut connector);
+        assert!(connector.metadata.managed_fields.is_none());
+        let annotations = connector.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["connectors.cpaas.io/shared"]);
+        let status = connector.status.as_ref().unwrap();
+        assert!(status.conditions.is_empty());
+        assert_eq!(
+            status
+                .proxy
+                .as_ref()
+                .and_then(|p| p.http_address.as_ref())
+                .map(|a| a.url.as_str()),
+            Some("http://c-harbor.team.svc.cluster.local")
+        );
+        assert_eq!(connector.spec.address, "https://harbor.example.com");
     }
 }
