@@ -772,7 +772,10 @@ fn proxy_row(apiserver: &tokio::runtime::Runtime, pods: u32, nodes: u32, connect
         SECRETS,
     ]));
     for class in connector::class::built_in() {
-        api.apply(CONNECTOR_CLASSES, serde_json::to_value(class).expect("a class serialises"));
+        api.apply(
+            CONNECTOR_CLASSES,
+            serde_json::to_value(class).expect("a class serialises"),
+        );
     }
     for i in 0..nodes {
         api.apply(NODES, node(i));
@@ -824,7 +827,10 @@ fn proxy_row(apiserver: &tokio::runtime::Runtime, pods: u32, nodes: u32, connect
         .build()
         .expect("a runtime");
     while runtime.block_on(scrape(&readyz)) != "ok" {
-        assert!(started.elapsed() < Duration::from_secs(600), "the proxy never became ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the proxy never became ready"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let ready = started.elapsed();
