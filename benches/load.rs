@@ -18,8 +18,8 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -86,8 +86,6 @@ const PEAK_INTERVAL: Duration = Duration::from_millis(100);
 /// its upstream pool keeps idle connections 90 s, and hyper-util's reaper
 /// checks every 90 s, so one may live almost 180 s.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(200);
-/// How many failures a report quotes.
-const QUOTED_ERRORS: usize = 10;
 
 struct Settings {
     quick: bool,
@@ -607,36 +605,6 @@ impl Tally {
     fn ok(&self, bytes: u64) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
-    }
-}
-
-/// Failures as they happen: a count and the first few, quoted.
-#[derive(Default)]
-struct ErrorLog(Mutex<Failures>);
-
-/// A failure count and the first few failures.
-#[derive(Clone, Default)]
-struct Failures {
-    count: u64,
-    first: Vec<String>,
-}
-
-impl ErrorLog {
-    fn record(&self, message: String) {
-        eprintln!("error: {message}");
-        let mut failures = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        failures.count += 1;
-        if failures.first.len() < QUOTED_ERRORS {
-            failures.first.push(message);
-        }
-    }
-
-    fn snapshot(&self) -> Failures {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn count(&self) -> u64 {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).count
     }
 }
 
@@ -1208,38 +1176,6 @@ struct Rendered<'a> {
 }
 
 /// Cores, CPU model, memory and kernel of this machine.
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")?
-                .split_once(':')
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let memory_gib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map(|kib| kib / (1u64 << 20) as f64)
-        .unwrap_or(f64::NAN);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores ({model}), {memory_gib:.0} GiB, Linux {}", kernel.trim())
-}
-
-fn now_utc() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| "an unknown date".to_owned())
-}
-
 fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / MIB)
 }

@@ -100,8 +100,6 @@ const STOP_DEADLINE: Duration = Duration::from_secs(120);
 const DEATH_DEADLINE: Duration = Duration::from_secs(5);
 /// Time to read a replica's `/metrics`.
 const METRICS_TIMEOUT: Duration = Duration::from_secs(10);
-/// How many failures a report quotes.
-const QUOTED_ERRORS: usize = 10;
 
 struct Settings {
     quick: bool,
@@ -589,14 +587,7 @@ struct Traffic {
     failed_sent_after_death: AtomicU64,
     /// When the killed replica was dead.
     death: OnceLock<Instant>,
-    errors: Mutex<Failures>,
-}
-
-/// A failure count and the first few failures.
-#[derive(Clone, Default)]
-struct Failures {
-    count: u64,
-    first: Vec<String>,
+    errors: ErrorLog,
 }
 
 impl Traffic {
@@ -612,7 +603,7 @@ impl Traffic {
             failed: (0..=backends).map(|_| AtomicU64::new(0)).collect(),
             failed_sent_after_death: AtomicU64::new(0),
             death: OnceLock::new(),
-            errors: Mutex::new(Failures::default()),
+            errors: ErrorLog::default(),
         }
     }
 
@@ -622,12 +613,7 @@ impl Traffic {
         if self.death.get().is_some_and(|death| sent > *death) {
             self.failed_sent_after_death.fetch_add(1, Ordering::Relaxed);
         }
-        let mut errors = lock(&self.errors);
-        errors.count += 1;
-        if errors.first.len() < QUOTED_ERRORS {
-            eprintln!("error: {message}");
-            errors.first.push(message);
-        }
+        self.errors.record(message);
     }
 
     fn in_flight(&self) -> Vec<u64> {
@@ -924,7 +910,7 @@ async fn token_traffic(
         registry_cpu: cpu_after.1 - cpu_before.1,
         bench_cpu: cpu_after.2 - cpu_before.2,
         machine_cpu: cpu_after.3 - cpu_before.3,
-        errors: lock(&traffic.errors).clone(),
+        errors: traffic.errors.snapshot(),
     })
 }
 
@@ -1004,7 +990,7 @@ async fn token_renewal(
         token_requests,
         token_fetches: tokens.iter().map(|t| t.fetched).collect(),
         fetch_times,
-        errors: lock(&traffic.errors).clone(),
+        errors: traffic.errors.snapshot(),
     })
 }
 
@@ -1155,7 +1141,7 @@ async fn replica_death(
         token_requests_before_kill,
         token_requests_after_kill: token_requests - token_requests_before_kill,
         survivor_warnings,
-        errors: lock(&traffic.errors).clone(),
+        errors: traffic.errors.snapshot(),
     })
 }
 
@@ -1176,31 +1162,6 @@ struct Rendered<'a> {
 }
 
 /// Cores, CPU model, memory and kernel of this machine.
-fn machine() -> String {
-    let cores = cores();
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("model name")?
-                .split_once(':')
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores ({model}), Linux {}", kernel.trim())
-}
-
-fn now_utc() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|d| !d.is_empty())
-        .unwrap_or_else(|| "an unknown date".to_owned())
-}
-
 fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }

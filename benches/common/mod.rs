@@ -326,3 +326,71 @@ pub fn single_core(duration: std::time::Duration, mut op: impl FnMut()) -> (f64,
     }
     (count as f64 / started.elapsed().as_secs_f64(), histogram)
 }
+
+/// How many failures a report quotes.
+pub const QUOTED_ERRORS: usize = 10;
+
+/// The machine a result comes from: cores, CPU model, memory, kernel.
+pub fn machine() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")?
+                .split_once(':')
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kib| kib / (1u64 << 20) as f64)
+        .unwrap_or(f64::NAN);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores ({model}), {memory_gib:.0} GiB, Linux {}", kernel.trim())
+}
+
+/// Now, in UTC to the minute (`date -u`).
+pub fn now_utc() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| "an unknown date".to_owned())
+}
+
+/// Failures of a run, shared by its workers: each is printed, counted,
+/// and the first [`QUOTED_ERRORS`] kept for the report.
+#[derive(Default)]
+pub struct ErrorLog(std::sync::Mutex<Failures>);
+
+/// A failure count and the first few failures.
+#[derive(Clone, Default)]
+pub struct Failures {
+    pub count: u64,
+    pub first: Vec<String>,
+}
+
+impl ErrorLog {
+    pub fn record(&self, message: String) {
+        eprintln!("error: {message}");
+        let mut failures = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        failures.count += 1;
+        if failures.first.len() < QUOTED_ERRORS {
+            failures.first.push(message);
+        }
+    }
+
+    pub fn snapshot(&self) -> Failures {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn count(&self) -> u64 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).count
+    }
+}
