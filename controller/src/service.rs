@@ -99,6 +99,17 @@ fn routes_as(existing: &Service, want: &Service) -> bool {
     spec(existing) == spec(want)
 }
 
+/// The URL the connector's own Service gives it, when its name makes a
+/// valid Service name.
+pub fn url(connector_name: &str, namespace: &str, settings: &ServiceSettings) -> Option<String> {
+    let service = service_name(connector_name).ok()?;
+    Some(service_url(&service, namespace, settings))
+}
+
+fn service_url(service: &str, namespace: &str, settings: &ServiceSettings) -> String {
+    format!("http://{}", service_host(service, namespace, &settings.cluster_domain))
+}
+
 /// Makes sure the connector's Service exists as it should; writes only
 /// when it is missing or routes elsewhere.
 pub async fn ensure(client: &kube::Client, connector: &Connector, settings: &ServiceSettings) -> ServiceState {
@@ -108,7 +119,7 @@ pub async fn ensure(client: &kube::Client, connector: &Connector, settings: &Ser
     };
     let namespace = connector.namespace().unwrap_or_default();
     let name = want.name_any();
-    let url = format!("http://{}", service_host(&name, &namespace, &settings.cluster_domain));
+    let url = service_url(&name, &namespace, settings);
     let api: Api<Service> = Api::namespaced(client.clone(), &namespace);
     let failed = |error: kube::Error| ServiceState::Failed {
         why: format!("Service {namespace}/{name}: {error}"),

@@ -557,15 +557,11 @@ fn probed_before(connector: &Connector, settings: &StatusSettings) -> bool {
     let namespace = connector.namespace().unwrap_or_default();
     let name = connector.name_any();
     let shared = conditions::proxy_address(&settings.proxy_url, &namespace, &name);
-    let url = match &settings.services {
-        Some(services) => service::service_name(&name).map_or(shared, |service| {
-            format!(
-                "http://{}",
-                service::service_host(&service, &namespace, &services.cluster_domain)
-            )
-        }),
-        None => shared,
-    };
+    let url = settings
+        .services
+        .as_ref()
+        .and_then(|services| service::url(&name, &namespace, services))
+        .unwrap_or(shared);
     let address = status.proxy.as_ref().and_then(|p| p.http_address.as_ref());
     status.observed_generation == connector.metadata.generation
         && conditions::is_ready(status)
