@@ -275,55 +275,81 @@ fn measure(apiserver: &tokio::runtime::Runtime, pods: u32, nodes: u32) -> Row {
     for i in 0..pods {
         api.apply(PODS, pod(i, nodes, 0));
     }
+    let served = || api.bytes_served();
     let (identities, component, synced) = start_component(
-        &api,
+        || api.client(),
+        served,
         |client| PodIdentities::spawn(client, Duration::from_secs(1)),
         PodIdentities::has_synced,
     );
+    // Churn: a new annotation on a pod, straight into the fake.
+    let churned = api.clone();
+    let churn = move |event: u64| {
+        let i = ((event * 7919) % u64::from(pods)) as u32;
+        churned.apply(PODS, pod(i, nodes, event + 1));
+        std::future::ready(true)
+    };
+    identity_row((identities, component, synced), (pods, nodes), apiserver, served, churn)
+}
+
+/// The identities' row once they synced: the first lookup, lookups of
+/// random pod IPs back to back, then one a millisecond (as requests would
+/// arrive) while a task on `runtime` makes CHURN_PER_SECOND pod events a
+/// second with `churn(event)` (false: that event failed). `served` counts
+/// the bytes the API server has sent.
+fn identity_row<F, Fut>(
+    (identities, component, synced): (PodIdentities, tokio::runtime::Runtime, Synced),
+    (pods, nodes): (u32, u32),
+    runtime: &tokio::runtime::Runtime,
+    served: impl Fn() -> u64,
+    churn: F,
+) -> Row
+where
+    F: Fn(u64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let Synced {
         ready,
         rss_mib,
         sync_mib,
     } = synced;
     let first = Instant::now();
-    assert!(identities.pod(pod_ip(0)).is_some());
+    assert!(identities.pod(pod_ip(0)).is_some(), "pod 0 has an identity");
     let first_lookup = first.elapsed();
 
     let mut seed = 7_u64;
     let mut steady = Histogram::<u64>::new(3).expect("a histogram");
     lookups(&identities, pods, 20_000, &mut seed, &mut steady);
 
-    // Churn: CHURN_PER_SECOND pods change (a new annotation each), sent by
-    // a task on the API server's runtime, while lookups run here, one every
-    // millisecond, as requests would arrive.
     let churning = Arc::new(AtomicBool::new(true));
     let churn_task = {
-        let (api, churning) = (api.clone(), churning.clone());
-        apiserver.spawn(async move {
-            let mut events = 0_u64;
+        let churning = churning.clone();
+        runtime.spawn(async move {
+            let (mut events, mut made) = (0_u64, 0_u64);
             let mut tick = tokio::time::interval(Duration::from_secs(1) / CHURN_PER_SECOND as u32);
             while churning.load(Ordering::Relaxed) {
                 tick.tick().await;
-                let i = ((events * 7919) % u64::from(pods)) as u32;
-                api.apply(PODS, pod(i, nodes, events + 1));
+                if churn(events).await {
+                    made += 1;
+                }
                 events += 1;
             }
-            events
+            made
         })
     };
-    let mut churn = Histogram::<u64>::new(3).expect("a histogram");
+    let mut churned = Histogram::<u64>::new(3).expect("a histogram");
     let cpu_before = component_cpu();
-    let bytes_before = api.bytes_served();
+    let bytes_before = served();
     let churn_started = Instant::now();
     while churn_started.elapsed() < Duration::from_secs(CHURN_SECONDS) {
-        lookups(&identities, pods, 1, &mut seed, &mut churn);
+        lookups(&identities, pods, 1, &mut seed, &mut churned);
         std::thread::sleep(Duration::from_millis(1));
     }
     churning.store(false, Ordering::Relaxed);
     let elapsed = churn_started.elapsed().as_secs_f64();
     let churn_cpu_percent = (component_cpu() - cpu_before) / elapsed * 100.0;
-    let churn_kib_per_second = api.bytes_served().saturating_sub(bytes_before) as f64 / 1024.0 / elapsed;
-    let churn_events = apiserver.block_on(churn_task).expect("the churn task");
+    let churn_kib_per_second = served().saturating_sub(bytes_before) as f64 / 1024.0 / elapsed;
+    let churn_events = runtime.block_on(churn_task).expect("the churn task");
     drop(identities);
     component.shutdown_timeout(Duration::from_secs(5));
     Row {
@@ -334,7 +360,7 @@ fn measure(apiserver: &tokio::runtime::Runtime, pods: u32, nodes: u32) -> Row {
         rss_mib,
         sync_mib,
         steady,
-        churn,
+        churn: churned,
         churn_events,
         churn_cpu_percent,
         churn_kib_per_second,
@@ -642,7 +668,7 @@ fn real_identities_row(runtime: &tokio::runtime::Runtime) -> Row {
         .find_map(|line| line.strip_prefix("apiserver="))
         .and_then(|p| p.parse().ok())
         .expect("the API server's port");
-    let (relay, served) = runtime.block_on(counting_relay(std::net::SocketAddr::from(([127, 0, 0, 1], port))));
+    let (relay, counted) = runtime.block_on(counting_relay(std::net::SocketAddr::from(([127, 0, 0, 1], port))));
     let config = runtime.block_on(async {
         let file = kube::config::Kubeconfig::read_from(&cluster.kubeconfig).expect("the kubeconfig reads");
         let mut config = kube::Config::from_custom_kubeconfig(file, &Default::default())
@@ -651,94 +677,29 @@ fn real_identities_row(runtime: &tokio::runtime::Runtime) -> Row {
         config.cluster_url = format!("https://{relay}").parse().expect("a URL");
         config
     });
-    std::thread::sleep(Duration::from_secs(1));
-    let component = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(COMPONENT_THREAD)
-        .enable_all()
-        .build()
-        .expect("a runtime");
-    let before = rss();
-    let started = Instant::now();
-    let identities = {
-        let _entered = component.enter();
-        PodIdentities::spawn(
-            kube::Client::try_from(config).expect("a client"),
-            Duration::from_secs(1),
-        )
+    let served = || counted.load(Ordering::Relaxed);
+    let started = start_component(
+        move || kube::Client::try_from(config).expect("a client"),
+        served,
+        |client| PodIdentities::spawn(client, Duration::from_secs(1)),
+        PodIdentities::has_synced,
+    );
+    // Churn: an annotation patched through the API server.
+    let churn = move |event: u64| {
+        let i = ((event * 7919) % u64::from(REAL_PODS)) as u32;
+        let (pod, _) = pod_to_create(i, REAL_NODES);
+        let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
+        async move {
+            let patch = json!({"metadata": {"annotations": {"bench/generation": (event + 1).to_string()}}});
+            let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
+            tokio::time::timeout(Duration::from_secs(5), pods.patch(&name, &params, &patch))
+                .await
+                .is_ok_and(|r| r.is_ok())
+        }
     };
-    while !identities.has_synced() {
-        assert!(started.elapsed() < Duration::from_secs(600), "never synced");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let ready = started.elapsed();
-    std::thread::sleep(Duration::from_secs(1));
-    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    let rss_mib = mib(rss().saturating_sub(before));
-    let sync_mib = mib(served.load(Ordering::Relaxed));
-    let first = Instant::now();
-    assert!(identities.pod(pod_ip(0)).is_some(), "pod 0 has an identity");
-    let first_lookup = first.elapsed();
-    let mut seed = 7_u64;
-    let mut steady = Histogram::<u64>::new(3).expect("a histogram");
-    lookups(&identities, REAL_PODS, 20_000, &mut seed, &mut steady);
-
-    // Churn: an annotation on CHURN_PER_SECOND pods a second, as patches
-    // through the API server (each a watch event to the component).
-    let churning = Arc::new(AtomicBool::new(true));
-    let churn_task = {
-        let (admin, churning) = (admin.clone(), churning.clone());
-        runtime.spawn(async move {
-            let mut events = 0_u64;
-            let mut tick = tokio::time::interval(Duration::from_secs(1) / CHURN_PER_SECOND as u32);
-            while churning.load(Ordering::Relaxed) {
-                tick.tick().await;
-                let i = ((events * 7919) % u64::from(REAL_PODS)) as u32;
-                let (pod, _) = pod_to_create(i, REAL_NODES);
-                let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default().to_owned();
-                let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
-                let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
-                let patch = json!({"metadata": {"annotations": {"bench/generation": (events + 1).to_string()}}});
-                let (params, patch) = (PatchParams::default(), Patch::Merge(&patch));
-                let patched = pods.patch(&name, &params, &patch);
-                if tokio::time::timeout(Duration::from_secs(5), patched)
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-                {
-                    events += 1;
-                }
-            }
-            events
-        })
-    };
-    let mut churn = Histogram::<u64>::new(3).expect("a histogram");
-    let cpu_before = component_cpu();
-    let bytes_before = served.load(Ordering::Relaxed);
-    let churn_started = Instant::now();
-    while churn_started.elapsed() < Duration::from_secs(CHURN_SECONDS) {
-        lookups(&identities, REAL_PODS, 1, &mut seed, &mut churn);
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    churning.store(false, Ordering::Relaxed);
-    let elapsed = churn_started.elapsed().as_secs_f64();
-    let churn_cpu_percent = (component_cpu() - cpu_before) / elapsed * 100.0;
-    let churn_kib_per_second = served.load(Ordering::Relaxed).saturating_sub(bytes_before) as f64 / 1024.0 / elapsed;
-    let churn_events = runtime.block_on(churn_task).expect("the churn task");
-    drop(identities);
-    component.shutdown_timeout(Duration::from_secs(5));
-    Row {
-        pods: REAL_PODS,
-        nodes: REAL_NODES,
-        ready,
-        first_lookup,
-        rss_mib,
-        sync_mib,
-        steady,
-        churn,
-        churn_events,
-        churn_cpu_percent,
-        churn_kib_per_second,
-    }
+    identity_row(started, (REAL_PODS, REAL_NODES), runtime, served, churn)
 }
 
 // ---- The proxy process: pods, nodes, connectors and their Secrets ----
@@ -1043,7 +1004,12 @@ fn webhook_row(apiserver: &tokio::runtime::Runtime, connectors: u32, duration: D
             connector_object(&namespace, "harbor", &format!("https://harbor-{}.example.com", i % 100)),
         );
     }
-    let (store, component, synced) = start_component(&api, KubeStore::spawn, |store| store.has_synced());
+    let (store, component, synced) = start_component(
+        || api.client(),
+        || api.bytes_served(),
+        KubeStore::spawn,
+        |store| store.has_synced(),
+    );
     let Synced {
         ready,
         rss_mib,
@@ -1303,19 +1269,8 @@ fn peak_per_second(times: &[Instant], since: Instant) -> usize {
 }
 
 fn controller_row(apiserver: &tokio::runtime::Runtime, connectors: u32, secrets: bool) -> ControllerRow {
-    use testing::apiserver::{
-        CONFIG_MAPS, CONNECTOR_CLASSES, EVENTS, LEASES, MUTATING_WEBHOOK_CONFIGURATIONS, SECRETS, SERVICES,
-    };
-    let api = apiserver.block_on(FakeApiServer::start(&[
-        CONNECTORS,
-        CONNECTOR_CLASSES,
-        SECRETS,
-        CONFIG_MAPS,
-        LEASES,
-        EVENTS,
-        MUTATING_WEBHOOK_CONFIGURATIONS,
-        SERVICES,
-    ]));
+    use testing::apiserver::CONTROLLER_RESOURCES;
+    let api = apiserver.block_on(FakeApiServer::start(&CONTROLLER_RESOURCES));
     let target = ProbeTarget::start(apiserver, !secrets);
     controller_cluster(&api, connectors, secrets, &target);
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -1696,10 +1651,12 @@ struct Synced {
 }
 
 /// Starts a component with `spawn` on a runtime of its own (its threads
-/// named [`COMPONENT_THREAD`]) against `api`, once the fake has settled, and
-/// waits until `synced` says so.
+/// named [`COMPONENT_THREAD`]) with the client `client` makes (on that
+/// runtime), once the API server has settled, and waits until `synced` says
+/// so; `served` counts the bytes the API server has sent.
 fn start_component<T>(
-    api: &FakeApiServer,
+    client: impl FnOnce() -> kube::Client,
+    served: impl Fn() -> u64,
     spawn: impl FnOnce(kube::Client) -> T,
     synced: impl Fn(&T) -> bool,
 ) -> (T, tokio::runtime::Runtime, Synced) {
@@ -1711,11 +1668,11 @@ fn start_component<T>(
         .build()
         .expect("a runtime");
     let before = rss();
-    let bytes_before = api.bytes_served();
+    let bytes_before = served();
     let started = Instant::now();
     let component = {
         let _entered = runtime.enter();
-        spawn(api.client())
+        spawn(client())
     };
     while !synced(&component) {
         assert!(started.elapsed() < Duration::from_secs(600), "never synced");
@@ -1727,7 +1684,7 @@ fn start_component<T>(
     let cost = Synced {
         ready,
         rss_mib: mib(rss().saturating_sub(before)),
-        sync_mib: mib(api.bytes_served().saturating_sub(bytes_before)),
+        sync_mib: mib(served().saturating_sub(bytes_before)),
     };
     (component, runtime, cost)
 }

@@ -170,6 +170,18 @@ pub const MUTATING_WEBHOOK_CONFIGURATIONS: ResourceType = ResourceType {
     namespaced: false,
 };
 
+/// Everything `connectors controller` reads and writes.
+pub const CONTROLLER_RESOURCES: [ResourceType; 8] = [
+    CONNECTORS,
+    CONNECTOR_CLASSES,
+    SECRETS,
+    CONFIG_MAPS,
+    LEASES,
+    EVENTS,
+    MUTATING_WEBHOOK_CONFIGURATIONS,
+    SERVICES,
+];
+
 impl ResourceType {
     fn api_version(&self) -> String {
         if self.group.is_empty() {

@@ -17,9 +17,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
-use testing::apiserver::{
-    CONFIG_MAPS, CONNECTOR_CLASSES, CONNECTORS, EVENTS, FakeApiServer, LEASES, MUTATING_WEBHOOK_CONFIGURATIONS, SECRETS,
-};
+use testing::apiserver::{CONNECTORS, CONTROLLER_RESOURCES, FakeApiServer, SECRETS};
 
 pub const NAMESPACE: &str = "connectors-system";
 pub const CSI_NAMESPACE: &str = "connectors-csi";
@@ -72,16 +70,7 @@ pub fn logs() -> LogBuffer {
 /// A fake API server serving everything the controller reads and writes.
 pub async fn api_server() -> FakeApiServer {
     logs();
-    FakeApiServer::start(&[
-        CONNECTORS,
-        CONNECTOR_CLASSES,
-        SECRETS,
-        CONFIG_MAPS,
-        LEASES,
-        EVENTS,
-        MUTATING_WEBHOOK_CONFIGURATIONS,
-    ])
-    .await
+    FakeApiServer::start(&CONTROLLER_RESOURCES).await
 }
 
 /// A client of `api` that presents bearer `token`, so requests show who sent them.
