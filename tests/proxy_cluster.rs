@@ -405,6 +405,15 @@ async fn service_account_tokens_are_reviewed_once_and_authorized_by_subject_acce
     let lab = &Lab::start().await;
     let hello = &lab.manifest_path("lab/hello");
     let mut seen = String::new();
+    // A Secret is read when a request first uses it, not at start.
+    let secret_requests = |lab: &Lab| {
+        lab.api
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("/secrets"))
+            .count()
+    };
+    assert_eq!(secret_requests(lab), 0, "no Secret is read before a request uses it");
 
     // skopeo with only the ServiceAccount token pulls the image whole.
     let access = RegistryAccess::plain_http().creds("caller", BUILDER_TOKEN);
@@ -414,6 +423,7 @@ async fn service_account_tokens_are_reviewed_once_and_authorized_by_subject_acce
         .await
         .unwrap();
     assert_eq!(inspected["Digest"], lab.digest.as_str());
+    assert_eq!(lab.api.open_watches(SECRETS), 1, "the Secret in use is followed");
     let out = OciLayout::new(&lab.dir.path().join("pulled")).unwrap();
     let pulled = skopeo()
         .copy(&reference, &out.reference("v1"), &CopyOptions::default().src(access))

@@ -13,7 +13,7 @@ pub mod kube;
 pub mod secret_watch;
 
 pub use file::FileStore;
-pub use kube::{KubeClassStore, KubeSecretStore, KubeStore, referenced_secrets};
+pub use kube::{KubeClassStore, KubeSecretStore, KubeStore, SecretFollowing, referenced_secrets};
 pub use secret_watch::{Content, SecretWatches};
 
 /// The labels and annotations of a namespace: all that selection needs.
@@ -142,9 +142,28 @@ impl ClassStore for BuiltInClasses {
 /// Read access to the Secrets connectors reference (the proxy's view; the
 /// webhook never reads Secrets).
 pub trait SecretStore: Send + Sync + 'static {
-    /// The Secret `namespace/name`, if it exists.
+    /// The Secret `namespace/name` as the store holds it now, if it exists.
     fn secret(&self, namespace: &str, name: &str) -> Option<Arc<k8s_openapi::api::core::v1::Secret>>;
+
+    /// The Secret `namespace/name` for a request about to use it (`None`:
+    /// it does not exist). A store that follows Secrets only while they are
+    /// used reads it first when it is not followed yet; a store that holds
+    /// every referenced Secret answers at once.
+    fn secret_for_use<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Arc<k8s_openapi::api::core::v1::Secret>>, SecretUnavailable>>
+    {
+        Box::pin(std::future::ready(Ok(self.secret(namespace, name))))
+    }
 }
+
+/// A Secret a request needs could not be read in time (the API server did
+/// not answer, or no connector references it any more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the secret could not be read from the Kubernetes API")]
+pub struct SecretUnavailable;
 
 impl<T: ConnectorStore + ?Sized> ConnectorStore for Arc<T> {
     fn connector(&self, key: &ConnectorKey) -> Option<Arc<Connector>> {

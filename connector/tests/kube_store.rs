@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use connector::ConnectorKey;
 use connector::keys::{CONNECTOR_ANNOTATION, PROXY_INJECT};
-use connector::store::{ConnectorStore, KubeSecretStore, KubeStore, SecretStore};
+use connector::store::{ConnectorStore, KubeSecretStore, KubeStore, SecretFollowing, SecretStore};
 use serde_json::{Value, json};
 use testing::apiserver::{CONNECTORS, FakeApiServer, NAMESPACES, RecordedRequest, SECRETS};
 
@@ -354,8 +354,25 @@ fn password(secrets: &KubeSecretStore, namespace: &str, name: &str) -> Option<St
     Some(String::from_utf8(bytes).unwrap())
 }
 
+/// The password of the Secret for a request about to use it.
+async fn password_for_use(secrets: &KubeSecretStore, namespace: &str, name: &str) -> Option<String> {
+    let secret = secrets
+        .secret_for_use(namespace, name)
+        .await
+        .expect("the secret is read")?;
+    let bytes = secret.data.as_ref()?.get("password")?.0.clone();
+    Some(String::from_utf8(bytes).unwrap())
+}
+
+fn secret_requests(api: &FakeApiServer) -> Vec<RecordedRequest> {
+    api.requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/secrets"))
+        .collect()
+}
+
 #[tokio::test]
-async fn the_secret_store_watches_exactly_the_referenced_secrets_and_follows_their_changes() {
+async fn the_secret_store_follows_exactly_the_referenced_secrets_in_use_and_their_changes() {
     let api = FakeApiServer::start(&[CONNECTORS, NAMESPACES, SECRETS]).await;
     api.apply(NAMESPACES, namespace("team", json!({}), json!({})));
     api.apply(SECRETS, basic_auth_secret("team", "robot", "first"));
@@ -363,11 +380,20 @@ async fn the_secret_store_watches_exactly_the_referenced_secrets_and_follows_the
     api.apply(CONNECTORS, connector("team", "harbor", "https://harbor.test"));
     let store = KubeStore::spawn(api.client());
     let secrets = KubeSecretStore::spawn(api.client(), &store);
+    eventually("the store has synced", || store.has_synced()).await;
 
-    eventually("the referenced secret arrives", || {
-        password(&secrets, "team", "robot").as_deref() == Some("first")
-    })
-    .await;
+    // Nothing is read before a request uses it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(secret_requests(&api).is_empty(), "{:#?}", secret_requests(&api));
+    assert_eq!(password(&secrets, "team", "robot"), None);
+
+    // The first use reads it; the watch then follows it.
+    assert_eq!(
+        password_for_use(&secrets, "team", "robot").await.as_deref(),
+        Some("first")
+    );
+    assert_eq!(password(&secrets, "team", "robot").as_deref(), Some("first"));
+    eventually("the used secret is watched", || api.open_watches(SECRETS) == 1).await;
     // A changed credential takes effect from the watch event.
     api.apply(SECRETS, basic_auth_secret("team", "robot", "second"));
     eventually("the new password arrives", || {
@@ -375,40 +401,48 @@ async fn the_secret_store_watches_exactly_the_referenced_secrets_and_follows_the
     })
     .await;
     assert_eq!(
-        password(&secrets, "team", "other"),
-        None,
-        "an unreferenced secret is never read"
+        password_for_use(&secrets, "team", "robot").await.as_deref(),
+        Some("second")
     );
 
-    // A new reference starts a watch; dropping it stops the watch and forgets the secret.
+    // A Secret no Connector references is never read, even when asked for.
+    assert_eq!(
+        secrets.secret_for_use("team", "other").await,
+        Err(connector::store::SecretUnavailable)
+    );
+    assert_eq!(password(&secrets, "team", "other"), None);
+
+    // A new reference, used, starts a watch; dropping the reference stops
+    // the watch and forgets the secret.
     let mut second = connector("team", "second", "https://second.test");
     second["spec"]["auth"]["secretRef"]["name"] = json!("other");
     api.apply(CONNECTORS, second);
-    eventually("the newly referenced secret arrives", || {
-        password(&secrets, "team", "other").as_deref() == Some("unrelated")
+    eventually("the new connector is stored", || {
+        store.connector(&ConnectorKey::new("team", "second")).is_some()
     })
     .await;
+    assert_eq!(
+        password_for_use(&secrets, "team", "other").await.as_deref(),
+        Some("unrelated")
+    );
+    eventually("both used secrets are watched", || api.open_watches(SECRETS) == 2).await;
     api.delete(CONNECTORS, Some("team"), "second");
     eventually("the unreferenced secret is forgotten", || {
-        password(&secrets, "team", "other").is_none()
+        password(&secrets, "team", "other").is_none() && api.open_watches(SECRETS) == 1
     })
     .await;
 
-    // A deleted secret is gone.
+    // A deleted secret is gone, and a request learns it does not exist.
     api.delete(SECRETS, Some("team"), "robot");
     eventually("the deleted secret is gone", || {
         password(&secrets, "team", "robot").is_none()
     })
     .await;
+    assert_eq!(secrets.secret_for_use("team", "robot").await, Ok(None));
 
-    let secret_requests: Vec<RecordedRequest> = api
-        .requests()
-        .into_iter()
-        .filter(|r| r.path.contains("/secrets"))
-        .collect();
-    assert!(!secret_requests.is_empty());
-    // Each referenced Secret is read by name and watched by name: nothing
-    // lists Secrets (the RBAC grants `get` and `watch` only).
+    let secret_requests = secret_requests(&api);
+    // Each Secret in use is read by name and watched by name: nothing lists
+    // Secrets (the RBAC grants `get` and `watch` only).
     for request in &secret_requests {
         let read = matches!(
             request.path.as_str(),
@@ -425,9 +459,75 @@ async fn the_secret_store_watches_exactly_the_referenced_secrets_and_follows_the
             "every secret request reads or watches one referenced secret: {request}"
         );
     }
-    assert!(
-        secret_requests
-            .iter()
-            .any(|r| r.param("watch").as_deref() == Some("true"))
+}
+
+#[tokio::test]
+async fn a_secret_unused_for_the_idle_time_leaves_memory_and_is_read_again_on_its_next_use() {
+    let api = FakeApiServer::start(&[CONNECTORS, NAMESPACES, SECRETS]).await;
+    api.apply(NAMESPACES, namespace("team", json!({}), json!({})));
+    api.apply(SECRETS, basic_auth_secret("team", "robot", "first"));
+    api.apply(CONNECTORS, connector("team", "harbor", "https://harbor.test"));
+    let store = KubeStore::spawn(api.client());
+    let following = SecretFollowing {
+        idle: Duration::from_secs(1),
+        ..SecretFollowing::default()
+    };
+    let secrets = KubeSecretStore::spawn_with(api.client(), &store, following);
+    eventually("the store has synced", || store.has_synced()).await;
+
+    assert_eq!(
+        password_for_use(&secrets, "team", "robot").await.as_deref(),
+        Some("first")
+    );
+    eventually("the used secret is watched", || api.open_watches(SECRETS) == 1).await;
+    eventually("the idle secret is forgotten and its watch closed", || {
+        password(&secrets, "team", "robot").is_none() && api.open_watches(SECRETS) == 0
+    })
+    .await;
+    let reads = |api: &FakeApiServer| {
+        count(api, |r| {
+            r.path == "/api/v1/namespaces/team/secrets/robot" && r.method == "GET"
+        })
+    };
+    assert_eq!(reads(&api), 1);
+
+    // Changed while nobody used it: the next use reads the Secret as it is now.
+    api.apply(SECRETS, basic_auth_secret("team", "robot", "rotated"));
+    assert_eq!(
+        password_for_use(&secrets, "team", "robot").await.as_deref(),
+        Some("rotated")
+    );
+    assert_eq!(reads(&api), 2);
+}
+
+#[tokio::test]
+async fn a_first_use_the_api_server_cannot_answer_fails_after_the_wait_and_the_next_succeeds() {
+    let api = FakeApiServer::start(&[CONNECTORS, NAMESPACES, SECRETS]).await;
+    api.apply(NAMESPACES, namespace("team", json!({}), json!({})));
+    api.apply(SECRETS, basic_auth_secret("team", "robot", "first"));
+    api.apply(CONNECTORS, connector("team", "harbor", "https://harbor.test"));
+    let store = KubeStore::spawn(api.client());
+    let following = SecretFollowing {
+        first_read: Duration::from_millis(300),
+        ..SecretFollowing::default()
+    };
+    let secrets = KubeSecretStore::spawn_with(api.client(), &store, following);
+    eventually("the store has synced", || store.has_synced()).await;
+
+    // NB: the reads fail (and are retried with backoff) past the wait.
+    api.fail_next(SECRETS, 3, 500);
+    let started = Instant::now();
+    assert_eq!(
+        secrets.secret_for_use("team", "robot").await,
+        Err(connector::store::SecretUnavailable)
+    );
+    assert!(started.elapsed() < WAIT, "the wait is bounded: {:?}", started.elapsed());
+    eventually("the retried read arrives", || {
+        password(&secrets, "team", "robot").is_some()
+    })
+    .await;
+    assert_eq!(
+        password_for_use(&secrets, "team", "robot").await.as_deref(),
+        Some("first")
     );
 }

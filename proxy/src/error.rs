@@ -34,6 +34,12 @@ pub enum ConnectorFault {
         namespace: String,
         name: String,
     },
+    #[error("{what} secret {namespace}/{name} could not be read from the Kubernetes API in time")]
+    UnreadableSecret {
+        what: &'static str,
+        namespace: String,
+        name: String,
+    },
     #[error(transparent)]
     Credential(#[from] registry::credential::CredentialError),
     #[error(transparent)]
@@ -164,6 +170,10 @@ impl ProxyError {
             Self::UnknownConnector(_) => Class::UnknownConnector,
             Self::Refused(refusal) if refusal.is_unauthenticated() => Class::Unauthenticated,
             Self::Refused(refusal) if refusal.is_unavailable() => Class::Unavailable,
+            Self::Connector {
+                fault: ConnectorFault::UnreadableSecret { .. },
+                ..
+            } => Class::Unavailable,
             // NB: a credential the registry's token service refuses is
             // answered as one the registry refuses (Basic): 403, not an
             // outage.
@@ -193,6 +203,10 @@ impl ProxyError {
             Self::UnknownConnector(_) => Refused("unknown_connector"),
             Self::Refused(refusal) if refusal.is_unauthenticated() => Refused("unauthenticated"),
             Self::Refused(refusal) if refusal.is_unavailable() => Failed("kubernetes_unavailable"),
+            Self::Connector {
+                fault: ConnectorFault::UnreadableSecret { .. },
+                ..
+            } => Failed("kubernetes_unavailable"),
             Self::Refused(_) => Refused("denied"),
             Self::NotAConnectorHost { .. } => Refused("not_a_connector_host"),
             Self::Egress(EgressError::Refused(_)) => Refused("egress_refused"),
@@ -388,6 +402,18 @@ mod tests {
                     },
                 },
                 502,
+                "UNAVAILABLE",
+            ),
+            (
+                ProxyError::Connector {
+                    key: ConnectorKey::new("team", "harbor"),
+                    fault: ConnectorFault::UnreadableSecret {
+                        what: "credential",
+                        namespace: "team".into(),
+                        name: "robot".into(),
+                    },
+                },
+                503,
                 "UNAVAILABLE",
             ),
         ];

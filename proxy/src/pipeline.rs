@@ -208,7 +208,7 @@ impl Pipeline {
         mode: Mode,
         request: Request<ProxyBody>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        let target = self.target(&route.key, mode)?;
+        let target = self.target(&route.key, mode).await?;
         let (parts, body) = request.into_parts();
         let upstream = &target.upstream;
         let repository = route::upstream_repository(&upstream.registry_host, &route.repository);
@@ -285,7 +285,7 @@ impl Pipeline {
     }
 
     /// The connector `key`, its credential and the client for its trust.
-    fn target(&self, key: &ConnectorKey, mode: Mode) -> Result<Target, ProxyError> {
+    async fn target(&self, key: &ConnectorKey, mode: Mode) -> Result<Target, ProxyError> {
         let fault = |fault: ConnectorFault| ProxyError::Connector {
             key: key.clone(),
             fault,
@@ -296,25 +296,24 @@ impl Pipeline {
             .ok_or_else(|| ProxyError::UnknownConnector(key.clone()))?
             .map_err(|e| fault(e.into()))?;
         let (connector, address) = (&resolved.connector, &*resolved.address);
-        let secret = |name: &str, what: &'static str| {
-            self.secrets.secret(&key.namespace, name).ok_or_else(|| {
-                fault(ConnectorFault::MissingSecret {
-                    what,
-                    namespace: key.namespace.clone(),
-                    name: name.to_owned(),
-                })
-            })
+        let secret = async |name: &str, what: &'static str| {
+            let (namespace, name) = (key.namespace.clone(), name.to_owned());
+            match self.secrets.secret_for_use(&namespace, &name).await {
+                Ok(Some(secret)) => Ok(secret),
+                Ok(None) => Err(fault(ConnectorFault::MissingSecret { what, namespace, name })),
+                Err(_) => Err(fault(ConnectorFault::UnreadableSecret { what, namespace, name })),
+            }
         };
         let credential = match connector.spec.auth.as_ref().and_then(|a| a.secret_ref.as_ref()) {
             None => None,
             Some(reference) => Some(
-                credential::from_secret(&*secret(&reference.name, "credential")?, address.registry_host())
+                credential::from_secret(&*secret(&reference.name, "credential").await?, address.registry_host())
                     .map_err(|e| fault(e.into()))?,
             ),
         };
         let ca = match &connector.spec.ca_cert_secret_ref {
             None => None,
-            Some(reference) => Some(credential::ca_bundle(&*secret(&reference.name, "CA")?)),
+            Some(reference) => Some(credential::ca_bundle(&*secret(&reference.name, "CA").await?)),
         };
         let client = self
             .clients

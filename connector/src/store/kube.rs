@@ -1,6 +1,6 @@
 //! Stores filled by watching the API server: reflectors over Connectors (all
 //! namespaces) and Namespace metadata, and (for the proxy) one watch per
-//! Secret a Connector references. Reads answer from memory and never wait
+//! Secret a Connector references while requests use it. Reads answer from memory and never wait
 //! on the network.
 
 use std::collections::{BTreeSet, HashMap};
@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
 use super::secret_watch::{Content, SecretWatches};
-use super::{AddressCache, ConnectorStore, NamespaceMeta, ResolvedConnector, SecretStore};
+use super::{AddressCache, ConnectorStore, NamespaceMeta, ResolvedConnector, SecretStore, SecretUnavailable};
 use crate::address::AddressError;
 use crate::{Connector, ConnectorKey};
 
@@ -82,16 +82,6 @@ impl KubeStore {
             addresses: Arc::default(),
         }
     }
-
-    /// The Secrets the connectors reference (`spec.auth.secretRef` and
-    /// `spec.caCertSecretRef`), as (namespace, name).
-    pub fn referenced_secrets(&self) -> BTreeSet<(String, String)> {
-        self.connectors
-            .state()
-            .iter()
-            .flat_map(|c| referenced_secrets(c))
-            .collect()
-    }
 }
 
 /// The Secrets `connector` references, as (namespace, name).
@@ -118,35 +108,163 @@ fn slim_connector(connector: &mut Connector) {
     }
 }
 
-/// A [`SecretStore`] that watches exactly the Secrets the connectors of a
-/// [`KubeStore`] reference ([`SecretWatches`]: `get` and a `watch` by
-/// `metadata.name` per Secret, never `list`), started when a Connector first
-/// names one and stopped when none does any more. Other Secrets never reach
-/// the process, and a changed credential takes effect with the watch event,
-/// without a restart.
+/// A [`SecretStore`] that follows a referenced Secret while requests use
+/// it ([`SecretWatches`]: `get` and a `watch` by `metadata.name` per
+/// Secret, never `list`). The first use reads it (the request waits for
+/// that one read); the watch then keeps it current, so a changed credential
+/// takes effect with the watch event, without a restart; after
+/// [`SecretFollowing::idle`] without a use, or when no Connector references
+/// it any more, the watch stops and the Secret leaves memory. A replica
+/// thus holds the credentials it serves, not every credential of the
+/// cluster, and opens one watch per Secret in use, not per Connector.
 #[derive(Clone)]
 pub struct KubeSecretStore {
     watches: SecretWatches,
+    connectors: KubeStore,
+    uses: Arc<Uses>,
+    following: SecretFollowing,
+}
+
+/// How long a [`KubeSecretStore`] follows a Secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretFollowing {
+    /// A Secret unused this long is no longer followed.
+    pub idle: std::time::Duration,
+    /// How long a request waits for a Secret's first read.
+    pub first_read: std::time::Duration,
+}
+
+impl Default for SecretFollowing {
+    fn default() -> Self {
+        Self {
+            idle: std::time::Duration::from_secs(600),
+            first_read: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
+/// When each Secret was last used, by namespace and name.
+#[derive(Default)]
+struct Uses {
+    last: RwLock<HashMap<String, HashMap<String, std::time::Instant>>>,
+    /// Wakes the follower when a Secret is used for the first time.
+    notice: Mutex<Option<tokio::sync::watch::Sender<u64>>>,
+}
+
+impl Uses {
+    /// Records a use now; true when the Secret was not in use before.
+    fn record(&self, namespace: &str, name: &str) -> bool {
+        let now = std::time::Instant::now();
+        {
+            let last = self.last.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(at) = last.get(namespace).and_then(|names| names.get(name)) {
+                // NB: refreshed at most once a second, under the write lock.
+                if now.duration_since(*at) < std::time::Duration::from_secs(1) {
+                    return false;
+                }
+            }
+        }
+        let mut last = self.last.write().unwrap_or_else(PoisonError::into_inner);
+        let first = last
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(name.to_owned(), now)
+            .is_none();
+        drop(last);
+        if first && let Some(notice) = &*self.notice.lock().unwrap_or_else(PoisonError::into_inner) {
+            notice.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        first
+    }
+
+    /// The Secrets used within `idle`; older uses are forgotten.
+    fn recent(&self, idle: std::time::Duration) -> Vec<(String, String)> {
+        let mut last = self.last.write().unwrap_or_else(PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        last.retain(|_, names| {
+            names.retain(|_, at| now.duration_since(*at) < idle);
+            !names.is_empty()
+        });
+        last.iter()
+            .flat_map(|(namespace, names)| names.keys().map(|name| (namespace.clone(), name.clone())))
+            .collect()
+    }
 }
 
 impl KubeSecretStore {
-    /// Starts following `connectors`' references on the current tokio runtime.
+    /// Starts following the Secrets `connectors` reference as they are
+    /// used, on the current tokio runtime.
     pub fn spawn(client: Client, connectors: &KubeStore) -> Self {
-        let notices = connectors.connector_changes.clone();
-        let connectors = connectors.clone();
-        let watches = SecretWatches::spawn(
-            client,
-            Content::Data,
-            move || connectors.referenced_secrets(),
-            Some(notices),
-        );
-        Self { watches }
+        Self::spawn_with(client, connectors, SecretFollowing::default())
+    }
+
+    /// [`KubeSecretStore::spawn`] with other durations.
+    pub fn spawn_with(client: Client, connectors: &KubeStore, following: SecretFollowing) -> Self {
+        let uses = Arc::new(Uses::default());
+        let (notice, notices) = tokio::sync::watch::channel(0_u64);
+        *uses.notice.lock().unwrap_or_else(PoisonError::into_inner) = Some(notice);
+        // NB: a Connector change may drop a reference; the follower looks
+        // again at once.
+        let mut connector_changes = connectors.connector_changes.clone();
+        let weak = Arc::downgrade(&uses);
+        tokio::spawn(async move {
+            while connector_changes.changed().await.is_ok() {
+                let Some(uses) = weak.upgrade() else { break };
+                if let Some(notice) = &*uses.notice.lock().unwrap_or_else(PoisonError::into_inner) {
+                    notice.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            }
+        });
+        let wanted = {
+            let (connectors, uses) = (connectors.clone(), Arc::downgrade(&uses));
+            move || {
+                let Some(uses) = uses.upgrade() else {
+                    return BTreeSet::new();
+                };
+                uses.recent(following.idle)
+                    .into_iter()
+                    .filter(|key| connectors.references(key))
+                    .collect()
+            }
+        };
+        let watches = SecretWatches::spawn(client, Content::Data, wanted, Some(notices));
+        Self {
+            watches,
+            connectors: connectors.clone(),
+            uses,
+            following,
+        }
+    }
+}
+
+impl KubeStore {
+    /// True when a Connector references the Secret `key` (namespace, name).
+    fn references(&self, key: &(String, String)) -> bool {
+        self.connectors_in(&key.0)
+            .iter()
+            .any(|connector| referenced_secrets(connector).contains(key))
     }
 }
 
 impl SecretStore for KubeSecretStore {
     fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
         self.watches.secret(namespace, name)
+    }
+
+    fn secret_for_use<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Arc<Secret>>, SecretUnavailable>> {
+        Box::pin(async move {
+            if !self.connectors.references(&(namespace.to_owned(), name.to_owned())) {
+                return Err(SecretUnavailable);
+            }
+            self.uses.record(namespace, name);
+            self.watches
+                .secret_when_read(namespace, name, self.following.first_read)
+                .await
+        })
     }
 }
 

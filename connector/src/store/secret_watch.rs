@@ -43,8 +43,12 @@ const CONCURRENT_STARTS: usize = 16;
 /// The followed Secrets and their changes.
 #[derive(Clone)]
 pub struct SecretWatches {
-    secrets: Arc<RwLock<HashMap<SecretKey, Arc<Secret>>>>,
+    /// Every followed Secret read at least once: `None` when it does not
+    /// exist.
+    secrets: Arc<RwLock<HashMap<SecretKey, Option<Arc<Secret>>>>>,
     changes: tokio::sync::broadcast::Sender<SecretKey>,
+    /// Bumped each time a followed Secret is read for the first time.
+    first_reads: Arc<tokio::sync::watch::Sender<u64>>,
     starts: Arc<tokio::sync::Semaphore>,
 }
 
@@ -61,6 +65,7 @@ impl SecretWatches {
         let watches = Self {
             secrets: Arc::default(),
             changes,
+            first_reads: Arc::new(tokio::sync::watch::channel(0).0),
             starts: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_STARTS)),
         };
         tokio::spawn(watches.clone().follow(client, content, wanted, notices));
@@ -69,8 +74,36 @@ impl SecretWatches {
 
     /// The Secret, if it is followed and exists.
     pub fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.known(namespace, name).flatten()
+    }
+
+    /// The Secret once it has been read (`None` inside: it does not exist);
+    /// `None` when it is not followed or not read yet.
+    fn known(&self, namespace: &str, name: &str) -> Option<Option<Arc<Secret>>> {
         let secrets = self.secrets.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         secrets.get(&(namespace.to_owned(), name.to_owned())).cloned()
+    }
+
+    /// The Secret as soon as it has been read (`None` inside: it does not
+    /// exist), waiting at most `wait` for a Secret about to be followed.
+    pub async fn secret_when_read(
+        &self,
+        namespace: &str,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Option<Arc<Secret>>, super::SecretUnavailable> {
+        // NB: subscribed before the first look, so a read in between is seen.
+        let mut first_reads = self.first_reads.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Some(secret) = self.known(namespace, name) {
+                return Ok(secret);
+            }
+            match tokio::time::timeout_at(deadline, first_reads.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Err(super::SecretUnavailable),
+            }
+        }
     }
 
     /// Every change (created, changed, deleted) of a followed Secret from
@@ -93,7 +126,7 @@ impl SecretWatches {
                 let keep = wanted.contains(key);
                 if !keep {
                     task.abort();
-                    self.set(key, None);
+                    self.forget(key);
                     tracing::debug!(namespace = %key.0, secret = %key.1, "no longer referenced; watch stopped");
                 }
                 keep
@@ -125,14 +158,25 @@ impl SecretWatches {
         }
         let mut secrets = self.secrets.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let version = |s: Option<&Secret>| s.and_then(|s| s.metadata.resource_version.clone());
-        let changed = version(secrets.get(key).map(Arc::as_ref)) != version(secret.as_ref())
-            || secrets.contains_key(key) != secret.is_some();
-        match secret {
-            Some(secret) => secrets.insert(key.clone(), Arc::new(secret)),
-            None => secrets.remove(key),
-        };
+        let previous = secrets.insert(key.clone(), secret.map(Arc::new));
+        let first_read = previous.is_none();
+        let (previous, now) = (previous.flatten(), secrets.get(key).cloned().flatten());
+        let changed = version(previous.as_deref()) != version(now.as_deref()) || previous.is_some() != now.is_some();
         drop(secrets);
+        if first_read {
+            self.first_reads.send_modify(|n| *n = n.wrapping_add(1));
+        }
         if changed {
+            let _ = self.changes.send(key.clone());
+        }
+    }
+
+    /// Drops a Secret no longer followed (a change when it existed).
+    fn forget(&self, key: &SecretKey) {
+        let mut secrets = self.secrets.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let existed = secrets.remove(key).flatten().is_some();
+        drop(secrets);
+        if existed {
             let _ = self.changes.send(key.clone());
         }
     }
