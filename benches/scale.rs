@@ -710,20 +710,52 @@ struct ProxyRow {
     connectors: u32,
     ready: Duration,
     ready_rss_mib: f64,
+    /// The proxy's own CPU seconds until ready (the rest of the wait is the
+    /// fake's, on the same two cores).
+    ready_cpu: f64,
     settled: Duration,
     rss_mib: f64,
     peak_mib: f64,
     fds: usize,
     read_mib: f64,
+    used: UsedRow,
 }
+
+/// The proxy after requests for `connectors` distinct connectors, each
+/// with its own caller.
+struct UsedRow {
+    connectors: u32,
+    /// Each connector's first request (caller reviewed, Secret read).
+    first: Histogram<u64>,
+    /// The proxy's CPU milliseconds per first request.
+    first_cpu_ms: f64,
+    /// The same requests again.
+    again: Histogram<u64>,
+    /// Answers that were not the registry's own (a 404 for the tag).
+    failed: usize,
+    secret_watches: usize,
+    secret_reads: usize,
+    rss_mib: f64,
+    fds: usize,
+}
+
+/// The registry user and password of every bench Secret.
+const BENCH_USER: &str = "robot";
+const BENCH_PASSWORD: &str = "password";
 
 /// `connectors proxy` (the release binary, cluster mode) against the fake
 /// holding `pods` injected pods on `nodes` nodes and `connectors`
 /// Connectors, one per namespace, each with its Secret: until `/readyz`,
-/// then until its Secret watches have all started (its open descriptors
-/// stop growing), bounded.
-fn proxy_row(apiserver: &tokio::runtime::Runtime, pods: u32, nodes: u32, connectors: u32) -> ProxyRow {
+/// then until its open descriptors stop changing, bounded; then one
+/// request for each of `used` connectors (pointing at a real registry),
+/// and each again.
+fn proxy_row(apiserver: &tokio::runtime::Runtime, pods: u32, nodes: u32, connectors: u32, used: u32) -> ProxyRow {
     use testing::apiserver::{CONNECTOR_CLASSES, NAMESPACES, SECRETS};
+    let registry = apiserver
+        .block_on(testing::registry::Registry::start(
+            testing::registry::RegistryOptions::htpasswd(BENCH_USER, BENCH_PASSWORD),
+        ))
+        .expect("the registry starts");
     let api = apiserver.block_on(FakeApiServer::start(&[
         PODS,
         NODES,
@@ -747,16 +779,21 @@ fn proxy_row(apiserver: &tokio::runtime::Runtime, pods: u32, nodes: u32, connect
     for i in 0..connectors {
         let namespace = format!("team-{i}");
         api.apply(NAMESPACES, namespace_object(&namespace, json!({})));
-        api.apply(
-            CONNECTORS,
-            connector_object(&namespace, "harbor", &format!("https://harbor-{}.example.com", i % 100)),
-        );
+        let connector = if i < used {
+            let mut connector = connector_object(&namespace, "harbor", &registry.url());
+            connector["spec"]["connectorClassName"] = json!("oci");
+            connector
+        } else {
+            connector_object(&namespace, "harbor", &format!("https://harbor-{}.example.com", i % 100))
+        };
+        api.apply(CONNECTORS, connector);
+        let encode = |v: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, v);
         api.apply(
             SECRETS,
             json!({
                 "metadata": {"name": "robot", "namespace": namespace},
                 "type": "kubernetes.io/basic-auth",
-                "data": {"username": "cm9ib3Q=", "password": "cGFzc3dvcmQ="},
+                "data": {"username": encode(BENCH_USER), "password": encode(BENCH_PASSWORD)},
             }),
         );
     }
@@ -777,6 +814,10 @@ fn proxy_row(apiserver: &tokio::runtime::Runtime, pods: u32, nodes: u32, connect
             "127.0.0.0/8",
             "--state-dir",
             state.to_str().expect("a UTF-8 path"),
+            // NB: the bench measures Secrets and stores, not the limit on
+            // reviews of new callers (50 a second by default).
+            "--reviews-per-second",
+            "100000",
         ],
         &[("KUBECONFIG", kubeconfig.to_str().expect("a UTF-8 path"))],
         "proxy listening",
@@ -795,6 +836,7 @@ fn proxy_row(apiserver: &tokio::runtime::Runtime, pods: u32, nodes: u32, connect
         std::thread::sleep(Duration::from_millis(20));
     }
     let ready = started.elapsed();
+    let ready_cpu = common::cpu_seconds(&[proxy.pid().to_string()]);
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let ready_rss_mib = mib(common::memory(proxy.pid()).1);
     // Settled: the descriptors (a connection per Secret watch) unchanged
@@ -809,25 +851,115 @@ fn proxy_row(apiserver: &tokio::runtime::Runtime, pods: u32, nodes: u32, connect
     }
     let settled = started.elapsed() - steady_since.elapsed();
     let (peak, rss) = common::memory(proxy.pid());
+    let read_mib = mib(api.bytes_served().saturating_sub(bytes_before));
+    let used = used_row(&runtime, &api, &proxy, used);
+    drop(registry);
     ProxyRow {
         pods,
         nodes,
         connectors,
         ready,
         ready_rss_mib,
+        ready_cpu,
         settled,
         rss_mib: mib(rss),
         peak_mib: mib(peak),
         fds,
-        read_mib: mib(api.bytes_served().saturating_sub(bytes_before)),
+        read_mib,
+        used,
+    }
+}
+
+/// One request (a manifest HEAD) for each of connectors `team-0/harbor` …
+/// `team-<used - 1>/harbor`, each by a caller of that namespace, then the
+/// same again.
+fn used_row(
+    runtime: &tokio::runtime::Runtime,
+    api: &FakeApiServer,
+    proxy: &testing::process::Connectors,
+    used: u32,
+) -> UsedRow {
+    use testing::apiserver::{Review, SECRETS};
+    api.set_reviewer(Review::Token, |review| {
+        let namespace = review["spec"]["token"].as_str().unwrap_or_default();
+        json!({
+            "authenticated": true,
+            "user": {
+                "username": format!("system:serviceaccount:{namespace}:default"),
+                "uid": format!("uid-{namespace}"),
+                "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"), "system:authenticated"],
+            },
+            "audiences": ["connectors-proxy"],
+        })
+    });
+    api.set_reviewer(Review::SubjectAccess, |_| json!({"allowed": true}));
+    let reads_before = api
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/secrets/") && r.method == "GET")
+        .count();
+    let addr = proxy.addr().expect("the proxy's address");
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let mut failed = 0;
+    let mut round = |histogram: &mut Histogram<u64>| {
+        for i in 0..used {
+            let request = hyper::Request::head(format!(
+                "http://{addr}/v2/namespaces/team-{i}/connectors/harbor/bench/app/manifests/latest"
+            ))
+            .header("authorization", format!("Bearer team-{i}"))
+            .body(http_body_util::Empty::new())
+            .expect("a request");
+            let sent = Instant::now();
+            let status = runtime.block_on(async {
+                tokio::time::timeout(Duration::from_secs(30), client.request(request))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|response| response.status().as_u16())
+            });
+            histogram
+                .record(sent.elapsed().as_micros() as u64)
+                .expect("a latency in range");
+            if status != Some(404) {
+                failed += 1;
+                if failed <= 3 {
+                    eprintln!("connector team-{i}/harbor answered {status:?}");
+                }
+            }
+        }
+    };
+    let mut first = Histogram::<u64>::new(3).expect("a histogram");
+    let cpu = || common::cpu_seconds(&[proxy.pid().to_string()]);
+    let cpu_before = cpu();
+    round(&mut first);
+    let first_cpu_ms = (cpu() - cpu_before) * 1000.0 / f64::from(used.max(1));
+    let mut again = Histogram::<u64>::new(3).expect("a histogram");
+    round(&mut again);
+    let (_, rss) = common::memory(proxy.pid());
+    UsedRow {
+        connectors: used,
+        first,
+        first_cpu_ms,
+        again,
+        failed,
+        secret_watches: api.open_watches(SECRETS),
+        secret_reads: api
+            .requests()
+            .iter()
+            .filter(|r| r.path.contains("/secrets/") && r.method == "GET")
+            .count()
+            - reads_before,
+        rss_mib: rss as f64 / (1024.0 * 1024.0),
+        fds: common::open_fds(proxy.pid()),
     }
 }
 
 fn proxy_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
-    let sizes: &[(u32, u32, u32)] = if quick {
-        &[(10_000, 500, 1_000)]
+    let sizes: &[(u32, u32, u32, u32)] = if quick {
+        &[(10_000, 500, 1_000, 100)]
     } else {
-        &[(10_000, 500, 1_000), (100_000, 5_000, 10_000)]
+        &[(10_000, 500, 1_000, 100), (100_000, 5_000, 10_000, 1_000)]
     };
     let mut report = String::from(
         "## The proxy process: pods, nodes, connectors and their Secrets\n\n\
@@ -836,22 +968,62 @@ fn proxy_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
          namespace, each with its basic-auth Secret). Ready: until `/readyz`\n\
          answers (connectors, namespaces, pods and nodes synced). Settled: until\n\
          its open descriptors stop changing for 10 s (one connection per Secret\n\
-         watch). Memory is the process's resident memory (peak: VmHWM).\n\n\
-         | pods | nodes | connectors | ready | memory at ready (MiB) | settled | memory (MiB) | peak (MiB) | fds | read (MiB) |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         watch; Secrets are followed only while used, so none yet). Memory is the\n\
+         process's resident memory (peak: VmHWM).\n\n\
+         | pods | nodes | connectors | ready | its CPU to ready | memory at ready (MiB) | settled | memory (MiB) | peak (MiB) | fds | read (MiB) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
     );
-    for &(pods, nodes, connectors) in sizes {
-        let row = proxy_row(apiserver, pods, nodes, connectors);
+    let mut used_report = String::from(
+        "Then one request (a manifest HEAD through reverse mode, answered 404 by a\n\
+         real registry) for each of that many connectors, each by a caller of its\n\
+         own namespace, and the same requests again. A first request reviews its\n\
+         caller (TokenReview, SubjectAccessReview) and reads the connector's\n\
+         Secret, which the proxy then follows while it is used (idle 10 minutes).\n\n\
+         | pods | connectors | connectors used | first request p50 / p99 (ms) | proxy CPU per first request (ms) | again p50 / p99 (ms) | failed | Secret reads | Secret watches | memory after (MiB) | fds after |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    let ms = |histogram: &Histogram<u64>, quantile: f64| histogram.value_at_quantile(quantile) as f64 / 1000.0;
+    for &(pods, nodes, connectors, used) in sizes {
+        let row = proxy_row(apiserver, pods, nodes, connectors, used);
+        let u = &row.used;
+        eprintln!(
+            "proxy, {pods} pods, {connectors} connectors, {used} used: first p50 {:.2} ms p99 {:.2} ms, again p50 {:.2} ms p99 {:.2} ms, {} failed, {} watches, {:.1} MiB, {} fds",
+            ms(&u.first, 0.5),
+            ms(&u.first, 0.99),
+            ms(&u.again, 0.5),
+            ms(&u.again, 0.99),
+            u.failed,
+            u.secret_watches,
+            u.rss_mib,
+            u.fds
+        );
+        used_report.push_str(&format!(
+            "| {} | {} | {} | {:.2} / {:.2} | {:.2} | {:.2} / {:.2} | {} | {} | {} | {:.1} | {} |\n",
+            row.pods,
+            row.connectors,
+            u.connectors,
+            ms(&u.first, 0.5),
+            ms(&u.first, 0.99),
+            u.first_cpu_ms,
+            ms(&u.again, 0.5),
+            ms(&u.again, 0.99),
+            u.failed,
+            u.secret_reads,
+            u.secret_watches,
+            u.rss_mib,
+            u.fds,
+        ));
         eprintln!(
             "proxy, {pods} pods, {connectors} connectors: ready {:?} ({:.1} MiB), settled {:?}: {:.1} MiB, peak {:.1} MiB, {} fds",
             row.ready, row.ready_rss_mib, row.settled, row.rss_mib, row.peak_mib, row.fds
         );
         report.push_str(&format!(
-            "| {} | {} | {} | {:.2} s | {:.1} | {:.1} s | {:.1} | {:.1} | {} | {:.1} |\n",
+            "| {} | {} | {} | {:.2} s | {:.1} s | {:.1} | {:.1} s | {:.1} | {:.1} | {} | {:.1} |\n",
             row.pods,
             row.nodes,
             row.connectors,
             row.ready.as_secs_f64(),
+            row.ready_cpu,
             row.ready_rss_mib,
             row.settled.as_secs_f64(),
             row.rss_mib,
@@ -860,6 +1032,8 @@ fn proxy_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
             row.read_mib,
         ));
     }
+    report.push('\n');
+    report.push_str(&used_report);
     report
 }
 

@@ -227,7 +227,9 @@ pub fn revision() -> String {
             .output()
             .ok()
             .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            // NB: only the end is trimmed: a porcelain line starts with
+            // its two status columns, the first often a space.
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim_end().to_owned())
     };
     let mut status = vec!["status", "--porcelain", "--"];
     status.extend(PRODUCT);
@@ -240,6 +242,7 @@ pub fn revision() -> String {
                     .lines()
                     .filter_map(|line| line.get(3..)?.split('/').next())
                     .collect();
+                dirs.sort_unstable();
                 dirs.dedup();
                 format!("commit `{commit}` with uncommitted changes in {}", dirs.join(", "))
             }
