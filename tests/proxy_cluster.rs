@@ -842,3 +842,85 @@ fn the_node_pull_endpoint_listens_on_the_loopback_only() {
         "{stderr}"
     );
 }
+
+/// A stand-in for a proxy replica behind the Service: TLS with the test
+/// CA; the first `drop_first` connections read the request and close
+/// without an answer (a replica killed mid-request), later ones answer 200.
+/// Returns its address and the connections it has taken.
+async fn vanishing_proxy(tls: &TestTls, drop_first: usize) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let chain = certs::pem::load_certs_pem(&std::fs::read_to_string(&tls.files.cert).unwrap()).unwrap();
+    let key = certs::pem::load_private_key_pem(&std::fs::read_to_string(&tls.files.key).unwrap()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(certs::tls_config::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = taken.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buffer = [0_u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buffer)).await {
+                        Ok(Ok(read)) if read > 0 => head.extend_from_slice(&buffer[..read]),
+                        _ => return,
+                    }
+                }
+                if n < drop_first {
+                    // NB: gone without a word, as a SIGKILLed replica's
+                    // connections end.
+                    drop(stream);
+                    return;
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (addr, taken)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_the_proxy_dropped_before_answering_is_sent_again_a_bounded_number_of_times() {
+    let tls = TestTls::for_loopback().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (drop_first, expected_status, expected_connections) in [(1, "200", 2), (10, "502", 3)] {
+        let (proxy, taken) = vanishing_proxy(&tls, drop_first).await;
+        let files = LabFiles {
+            dir: dir.path().to_owned(),
+            tls_addr: proxy,
+            ca: tls.ca_pem().to_owned(),
+        };
+        let (_endpoint, endpoint_addr) =
+            tokio::task::spawn_blocking(move || files.start("vanishing", "endpoint-token", "forward"))
+                .await
+                .unwrap();
+        let (head, body) = curl_endpoint(endpoint_addr, &[], "/v2/team/harbor/lab/hello/manifests/v1").await;
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {expected_status}")),
+            "{drop_first} dropped: {head}{body}"
+        );
+        if expected_status == "200" {
+            assert_eq!(body, "ok");
+        }
+        assert_eq!(
+            taken.load(Ordering::SeqCst),
+            expected_connections,
+            "{drop_first} dropped"
+        );
+    }
+}

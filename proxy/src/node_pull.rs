@@ -34,9 +34,14 @@ use registry::body::{self, ProxyBody};
 /// token at 80% of its lifetime; the CA ConfigMap changes on rotation).
 pub const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How long the proxy may take to answer with headers. Bodies have no
-/// deadline: a layer takes as long as it takes.
+/// How long the proxy may take to answer with headers, over all attempts.
+/// Bodies have no deadline: a layer takes as long as it takes.
 const RESPONSE_HEADER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How many times a pull is sent when the proxy's connection fails before
+/// any answer (a replica that went away, its pooled connections with it).
+/// GET and HEAD carry no body, so a second try repeats the first exactly.
+const PULL_ATTEMPTS: usize = 3;
 
 /// What the endpoint does with a credential a pull brings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -230,36 +235,46 @@ impl NodePull {
             Ok(uri) => uri,
             Err(()) => return oci_error(StatusCode::BAD_REQUEST, "NAME_INVALID", "the request path is not valid"),
         };
-        let mut outgoing = Request::builder().method(request.method().clone()).uri(uri);
-        if let Some(headers) = outgoing.headers_mut() {
-            for name in FORWARDED_REQUEST_HEADERS {
-                for value in request.headers().get_all(name) {
-                    headers.append(name.clone(), value.clone());
+        let outgoing = || {
+            let mut outgoing = Request::builder().method(request.method().clone()).uri(uri.clone());
+            if let Some(headers) = outgoing.headers_mut() {
+                for name in FORWARDED_REQUEST_HEADERS {
+                    for value in request.headers().get_all(name) {
+                        headers.append(name.clone(), value.clone());
+                    }
                 }
+                headers.insert(header::AUTHORIZATION, authorization.clone());
             }
-            headers.insert(header::AUTHORIZATION, authorization);
-        }
-        let Ok(outgoing) = outgoing.body(body::empty()) else {
-            return oci_error(StatusCode::BAD_REQUEST, "NAME_INVALID", "the request is not valid");
+            outgoing.body(body::empty())
         };
-        let sent = tokio::time::timeout(RESPONSE_HEADER_TIMEOUT, loaded.client.request(outgoing)).await;
-        let response = match sent {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                tracing::warn!(error = %registry::auth::Chain(&error), "the proxy cannot be reached");
-                return oci_error(
-                    StatusCode::BAD_GATEWAY,
-                    "UNAVAILABLE",
-                    "the node pull endpoint cannot reach the connectors proxy",
-                );
-            }
-            Err(_) => {
-                tracing::warn!("the proxy did not answer in time");
-                return oci_error(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "UNAVAILABLE",
-                    "the connectors proxy did not answer in time",
-                );
+        let deadline = tokio::time::Instant::now() + RESPONSE_HEADER_TIMEOUT;
+        let mut attempt = 0;
+        let response = loop {
+            attempt += 1;
+            let Ok(outgoing) = outgoing() else {
+                return oci_error(StatusCode::BAD_REQUEST, "NAME_INVALID", "the request is not valid");
+            };
+            match tokio::time::timeout_at(deadline, loaded.client.request(outgoing)).await {
+                Ok(Ok(response)) => break response,
+                Ok(Err(error)) if attempt < PULL_ATTEMPTS => {
+                    tracing::info!(error = %registry::auth::Chain(&error), attempt, "the proxy connection failed before an answer; sending the pull again");
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %registry::auth::Chain(&error), attempts = attempt, "the proxy cannot be reached");
+                    return oci_error(
+                        StatusCode::BAD_GATEWAY,
+                        "UNAVAILABLE",
+                        "the node pull endpoint cannot reach the connectors proxy",
+                    );
+                }
+                Err(_) => {
+                    tracing::warn!("the proxy did not answer in time");
+                    return oci_error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "UNAVAILABLE",
+                        "the connectors proxy did not answer in time",
+                    );
+                }
             }
         };
         let status = response.status();
