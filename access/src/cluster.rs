@@ -11,9 +11,10 @@
 //! Both caches are bounded and keyed so that no token is kept in memory:
 //! TokenReview results by the token's SHA-256.
 
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::num::NonZeroUsize;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -106,6 +107,63 @@ impl ReviewBudget {
     }
 }
 
+/// Identical reviews asked for at once: the first is sent, the others wait
+/// for its answer in the cache (a node's 110 pods of one ServiceAccount
+/// publishing at once, or a runtime pulling a pod's layers side by side
+/// with one token, cost one review, not one each and a spent budget).
+struct InFlight<K> {
+    keys: Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<K> Default for InFlight<K> {
+    fn default() -> Self {
+        Self { keys: Mutex::default() }
+    }
+}
+
+/// A turn to review `key`; the next caller with the same key gets its
+/// turn when this one is dropped.
+struct Turn<'a, K: Hash + Eq> {
+    in_flight: &'a InFlight<K>,
+    key: K,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl<K: Hash + Eq + Clone> InFlight<K> {
+    /// Waits while an identical review is in flight.
+    async fn turn(&self, key: &K) -> Turn<'_, K> {
+        let lock = {
+            let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+            keys.entry(key.clone()).or_default().clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        Turn {
+            in_flight: self,
+            key: key.clone(),
+            lock,
+            guard: Some(guard),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl<K: Hash + Eq> Drop for Turn<'_, K> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut keys = self.in_flight.keys.lock().unwrap_or_else(|p| p.into_inner());
+        // NB: the map's and this turn's reference alone: nobody waits (a
+        // new waiter clones under the map's lock, held here).
+        if Arc::strong_count(&self.lock) == 2 {
+            keys.remove(&self.key);
+        }
+    }
+}
+
 /// The refusal when the review budget is spent.
 fn over_budget(what: &str) -> CallerError {
     CallerError::Backend(format!("too many {what} requests; try again in a second").into())
@@ -148,6 +206,7 @@ pub struct TokenReviews {
     api: Api<TokenReview>,
     options: TokenReviewOptions,
     cache: ExpiringCache<[u8; 32], Option<Identity>>,
+    in_flight: InFlight<[u8; 32]>,
     budget: ReviewBudget,
 }
 
@@ -156,6 +215,7 @@ impl TokenReviews {
         Self {
             api: Api::all(client),
             cache: ExpiringCache::new(options.capacity),
+            in_flight: InFlight::default(),
             budget: ReviewBudget::new(options.reviews_per_second),
             options,
         }
@@ -232,6 +292,10 @@ impl Authenticator for TokenReviews {
             if let Some(answer) = self.cache.get(&key) {
                 return Ok(answer);
             }
+            let _turn = self.in_flight.turn(&key).await;
+            if let Some(answer) = self.cache.get(&key) {
+                return Ok(answer);
+            }
             if !self.budget.try_take() {
                 return Err(over_budget("TokenReview"));
             }
@@ -294,6 +358,7 @@ pub struct SubjectAccessReviews {
     check: AccessCheck,
     ttl: Duration,
     cache: ExpiringCache<(String, String, Vec<String>, ConnectorKey), Decision>,
+    in_flight: InFlight<(String, String, Vec<String>, ConnectorKey)>,
     budget: ReviewBudget,
 }
 
@@ -305,6 +370,7 @@ impl SubjectAccessReviews {
             check,
             ttl,
             cache: ExpiringCache::new(10_000),
+            in_flight: InFlight::default(),
             budget: ReviewBudget::new(DEFAULT_REVIEWS_PER_SECOND),
         }
     }
@@ -360,6 +426,10 @@ impl Authorizer for SubjectAccessReviews {
             if let Some(decision) = self.cache.get(&key) {
                 return Ok(decision);
             }
+            let _turn = self.in_flight.turn(&key).await;
+            if let Some(decision) = self.cache.get(&key) {
+                return Ok(decision);
+            }
             if !self.budget.try_take() {
                 return Err(over_budget("SubjectAccessReview"));
             }
@@ -387,6 +457,26 @@ mod tests {
         cache.insert(2000, 2, Duration::from_millis(1));
         std::thread::sleep(Duration::from_millis(5));
         assert_eq!(cache.get(&2000), None, "an expired answer is forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_turn_is_forgotten_once_nobody_holds_or_waits_for_it() {
+        let in_flight = Arc::new(InFlight::<u32>::default());
+        let first = in_flight.turn(&1).await;
+        let waiter = tokio::spawn({
+            let in_flight = in_flight.clone();
+            async move {
+                let _second = in_flight.turn(&1).await;
+            }
+        });
+        let other = in_flight.turn(&2).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "a second turn of the same key waits");
+        drop(first);
+        waiter.await.unwrap();
+        assert_eq!(in_flight.len(), 1, "only key 2 is still held");
+        drop(other);
+        assert_eq!(in_flight.len(), 0);
     }
 
     #[test]

@@ -90,3 +90,38 @@ async fn random_connector_names_cost_a_bounded_number_of_access_reviews() {
         "{sent} SubjectAccessReviews for 1,000 names in {elapsed:.2}s (at most {allowed:.0})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_reviews_asked_at_once_cost_one_review_and_all_get_its_answer() {
+    // A full node's 110 pods of one ServiceAccount publishing their volumes
+    // at once, and a runtime pulling a pod's layers side by side with one
+    // token: more than the budget allows in a second, all the same question.
+    let api = FakeApiServer::start(&[]).await;
+    api.set_reviewer(Review::Token, review_token);
+    api.set_reviewer(Review::SubjectAccess, |_| json!({"allowed": true}));
+    let tokens = Arc::new(TokenReviews::new(
+        api.client(),
+        TokenReviewOptions {
+            reviews_per_second: PER_SECOND,
+            ..TokenReviewOptions::default()
+        },
+    ));
+    let access = Arc::new(
+        SubjectAccessReviews::new(api.client(), AccessCheck::ProxySubresource, Duration::from_secs(5))
+            .with_reviews_per_second(PER_SECOND),
+    );
+    let connector = ConnectorKey::new("team", "harbor");
+    let calls = (0..110).map(|_| {
+        let (tokens, access, connector) = (tokens.clone(), access.clone(), connector.clone());
+        tokio::spawn(async move {
+            let identity = tokens.authenticate(GOOD_TOKEN).await.map_err(|e| e.to_string())?;
+            let identity = identity.ok_or("the good token was refused")?;
+            access.authorize(&identity, &connector).await.map_err(|e| e.to_string())
+        })
+    });
+    for call in futures::future::join_all(calls).await {
+        assert_eq!(call.unwrap(), Ok(access::caller::Decision::Allow));
+    }
+    assert_eq!(api.review_count(Review::Token), 1);
+    assert_eq!(api.review_count(Review::SubjectAccess), 1);
+}
