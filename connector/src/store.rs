@@ -10,11 +10,11 @@ use crate::{Connector, ConnectorKey};
 
 pub mod file;
 pub mod kube;
-pub mod secret_watch;
+pub mod named;
 
 pub use file::FileStore;
-pub use kube::{KubeClassStore, KubeSecretStore, KubeStore, SecretFollowing, referenced_secrets};
-pub use secret_watch::{Content, SecretWatches};
+pub use kube::{Following, KubeClassStore, KubeConnectorFollower, KubeSecretStore, KubeStore, referenced_secrets};
+pub use named::{Content, Named, NamedWatches, SecretWatches};
 
 /// The labels and annotations of a namespace: all that selection needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -153,17 +153,46 @@ pub trait SecretStore: Send + Sync + 'static {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<Option<Arc<k8s_openapi::api::core::v1::Secret>>, SecretUnavailable>>
-    {
+    ) -> futures::future::BoxFuture<'a, Result<Option<Arc<k8s_openapi::api::core::v1::Secret>>, Unreadable>> {
         Box::pin(std::future::ready(Ok(self.secret(namespace, name))))
     }
 }
 
-/// A Secret a request needs could not be read in time (the API server did
-/// not answer, or no connector references it any more).
+/// An object a request needs could not be read in time (the API server
+/// did not answer; for a Secret, also: no connector references it any
+/// more).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the secret could not be read from the Kubernetes API")]
-pub struct SecretUnavailable;
+#[error("it could not be read from the Kubernetes API in time")]
+pub struct Unreadable;
+
+/// The connectors a request names, resolved: from a [`ConnectorStore`]
+/// that holds them all, or from a follower that reads a connector when a
+/// request first names it ([`KubeConnectorFollower`], the CSI plugin's).
+pub trait ConnectorLookup: Send + Sync + 'static {
+    /// The connector `key` with its address parsed, for a request about to
+    /// use it: `Ok(None)` when it does not exist.
+    fn resolve_for_use<'a>(
+        &'a self,
+        key: &'a ConnectorKey,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Result<ResolvedConnector, AddressError>>, Unreadable>>;
+
+    /// True once lookups can be answered (a store: its first lists have
+    /// arrived).
+    fn is_ready(&self) -> bool;
+}
+
+impl<T: ConnectorStore + ?Sized> ConnectorLookup for T {
+    fn resolve_for_use<'a>(
+        &'a self,
+        key: &'a ConnectorKey,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Result<ResolvedConnector, AddressError>>, Unreadable>> {
+        Box::pin(std::future::ready(Ok(self.resolve(key))))
+    }
+
+    fn is_ready(&self) -> bool {
+        self.has_synced()
+    }
+}
 
 impl<T: ConnectorStore + ?Sized> ConnectorStore for Arc<T> {
     fn connector(&self, key: &ConnectorKey) -> Option<Arc<Connector>> {

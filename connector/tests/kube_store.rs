@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use connector::ConnectorKey;
 use connector::keys::{CONNECTOR_ANNOTATION, PROXY_INJECT};
-use connector::store::{ConnectorStore, KubeSecretStore, KubeStore, SecretFollowing, SecretStore};
+use connector::store::{ConnectorStore, Following, KubeSecretStore, KubeStore, SecretStore};
 use serde_json::{Value, json};
 use testing::apiserver::{CONNECTORS, FakeApiServer, NAMESPACES, RecordedRequest, SECRETS};
 
@@ -408,7 +408,7 @@ async fn the_secret_store_follows_exactly_the_referenced_secrets_in_use_and_thei
     // A Secret no Connector references is never read, even when asked for.
     assert_eq!(
         secrets.secret_for_use("team", "other").await,
-        Err(connector::store::SecretUnavailable)
+        Err(connector::store::Unreadable)
     );
     assert_eq!(password(&secrets, "team", "other"), None);
 
@@ -468,9 +468,9 @@ async fn a_secret_unused_for_the_idle_time_leaves_memory_and_is_read_again_on_it
     api.apply(SECRETS, basic_auth_secret("team", "robot", "first"));
     api.apply(CONNECTORS, connector("team", "harbor", "https://harbor.test"));
     let store = KubeStore::spawn(api.client());
-    let following = SecretFollowing {
+    let following = Following {
         idle: Duration::from_secs(1),
-        ..SecretFollowing::default()
+        ..Following::default()
     };
     let secrets = KubeSecretStore::spawn_with(api.client(), &store, following);
     eventually("the store has synced", || store.has_synced()).await;
@@ -507,9 +507,9 @@ async fn a_first_use_the_api_server_cannot_answer_fails_after_the_wait_and_the_n
     api.apply(SECRETS, basic_auth_secret("team", "robot", "first"));
     api.apply(CONNECTORS, connector("team", "harbor", "https://harbor.test"));
     let store = KubeStore::spawn(api.client());
-    let following = SecretFollowing {
+    let following = Following {
         first_read: Duration::from_millis(300),
-        ..SecretFollowing::default()
+        ..Following::default()
     };
     let secrets = KubeSecretStore::spawn_with(api.client(), &store, following);
     eventually("the store has synced", || store.has_synced()).await;
@@ -519,7 +519,7 @@ async fn a_first_use_the_api_server_cannot_answer_fails_after_the_wait_and_the_n
     let started = Instant::now();
     assert_eq!(
         secrets.secret_for_use("team", "robot").await,
-        Err(connector::store::SecretUnavailable)
+        Err(connector::store::Unreadable)
     );
     assert!(started.elapsed() < WAIT, "the wait is bounded: {:?}", started.elapsed());
     eventually("the retried read arrives", || {
@@ -530,4 +530,66 @@ async fn a_first_use_the_api_server_cannot_answer_fails_after_the_wait_and_the_n
         password_for_use(&secrets, "team", "robot").await.as_deref(),
         Some("first")
     );
+}
+
+#[tokio::test]
+async fn the_connector_follower_reads_and_watches_by_name_only_the_connectors_named_and_never_lists() {
+    use connector::store::{ConnectorLookup, KubeConnectorFollower};
+    async fn host(follower: &KubeConnectorFollower) -> Option<String> {
+        let resolved = follower.resolve_for_use(&ConnectorKey::new("team", "harbor")).await;
+        resolved.unwrap().map(|r| r.unwrap().registry_host().to_owned())
+    }
+    let api = FakeApiServer::start(&[CONNECTORS, NAMESPACES]).await;
+    api.apply(CONNECTORS, connector("team", "harbor", "https://harbor.example.com"));
+    api.apply(CONNECTORS, connector("team", "unused", "https://unused.example.com"));
+    let following = Following {
+        idle: Duration::from_secs(1),
+        ..Following::default()
+    };
+    let follower = KubeConnectorFollower::spawn(api.client(), following);
+    assert!(follower.is_ready(), "ready without reading anything");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        api.requests().is_empty(),
+        "nothing is read before a request names a connector"
+    );
+
+    assert_eq!(host(&follower).await.as_deref(), Some("harbor.example.com"));
+    eventually("the named connector is watched", || api.open_watches(CONNECTORS) == 1).await;
+    // A change arrives with the watch, without another read.
+    api.apply(CONNECTORS, connector("team", "harbor", "https://harbor.example.org"));
+    let deadline = Instant::now() + WAIT;
+    while host(&follower).await.as_deref() != Some("harbor.example.org") {
+        assert!(Instant::now() < deadline, "the changed address never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A connector that does not exist is answered as such.
+    let missing = follower.resolve_for_use(&ConnectorKey::new("team", "missing")).await;
+    assert!(matches!(missing, Ok(None)), "{missing:?}");
+    assert_eq!(follower.followed(), 2, "harbor and the missing one");
+
+    // Unnamed for the idle time: no longer followed.
+    eventually("idle connectors are dropped and their watches closed", || {
+        follower.followed() == 0 && api.open_watches(CONNECTORS) == 0
+    })
+    .await;
+
+    let requests = api.requests();
+    for request in &requests {
+        let read = matches!(
+            request.path.as_str(),
+            "/apis/connectors.alauda.io/v1alpha1/namespaces/team/connectors/harbor"
+                | "/apis/connectors.alauda.io/v1alpha1/namespaces/team/connectors/missing"
+        );
+        let watch = request.path == "/apis/connectors.alauda.io/v1alpha1/namespaces/team/connectors"
+            && request.is_watch()
+            && matches!(
+                request.param("fieldSelector").as_deref(),
+                Some("metadata.name=harbor" | "metadata.name=missing")
+            );
+        assert!(
+            request.method == "GET" && (read || watch),
+            "every request reads or watches one named connector: {request}"
+        );
+    }
 }

@@ -11,7 +11,7 @@
 
 use access::caller::{Authorizer, CallerError, Decision, Identity};
 use connector::ConnectorKey;
-use connector::store::ConnectorStore;
+use connector::store::ConnectorLookup;
 
 use crate::request::PodInfo;
 use connector::store::ResolvedConnector;
@@ -30,6 +30,8 @@ pub enum AccessError {
     },
     #[error("connector {0} does not exist")]
     NotFound(ConnectorKey),
+    #[error("connector {0} could not be read from the Kubernetes API in time")]
+    Unreadable(ConnectorKey),
     #[error("connector {connector} has an unusable address: {source}")]
     Address {
         connector: ConnectorKey,
@@ -55,7 +57,7 @@ pub(crate) fn service_account_identity(pod: &PodInfo) -> Identity {
 /// Checks every connector in order and returns their routes; the first one
 /// that is denied or missing fails the whole volume.
 pub async fn authorize_connectors(
-    store: &dyn ConnectorStore,
+    store: &dyn ConnectorLookup,
     authorizer: &dyn Authorizer,
     pod: &PodInfo,
     connectors: &[ConnectorKey],
@@ -78,7 +80,9 @@ pub async fn authorize_connectors(
             });
         }
         let route = store
-            .resolve(key)
+            .resolve_for_use(key)
+            .await
+            .map_err(|_| AccessError::Unreadable(key.clone()))?
             .ok_or_else(|| AccessError::NotFound(key.clone()))?
             .map_err(|source| AccessError::Address {
                 connector: key.clone(),

@@ -13,7 +13,7 @@ use std::time::Instant;
 use access::caller::Authorizer;
 use connector::keys;
 use connector::selection::format_connector_list;
-use connector::store::{ClassStore, ConnectorStore};
+use connector::store::{ClassStore, ConnectorLookup};
 use tonic::{Code, Request, Response, Status};
 
 use crate::authorize::{self, AccessError};
@@ -61,7 +61,7 @@ pub fn socket_path(endpoint: &str) -> Result<PathBuf, ServeError> {
 /// Everything the services need; cheap to clone.
 #[derive(Clone)]
 pub struct Plugin {
-    store: Arc<dyn ConnectorStore>,
+    store: Arc<dyn ConnectorLookup>,
     authorizer: Arc<dyn Authorizer>,
     /// Replaced when the proxy CA bundle changes (a rotation): volumes
     /// published or republished from then on carry the new bundle.
@@ -79,7 +79,7 @@ pub struct Plugin {
 
 impl Plugin {
     pub fn new(
-        store: Arc<dyn ConnectorStore>,
+        store: Arc<dyn ConnectorLookup>,
         authorizer: Arc<dyn Authorizer>,
         config: RenderConfig,
         node_id: impl Into<String>,
@@ -221,7 +221,7 @@ pub async fn serve_unix(
 
 /// The Identity service: who the plugin is and whether it is ready.
 pub struct IdentityService {
-    store: Arc<dyn ConnectorStore>,
+    store: Arc<dyn ConnectorLookup>,
 }
 
 #[tonic::async_trait]
@@ -246,10 +246,11 @@ impl Identity for IdentityService {
         Ok(Response::new(GetPluginCapabilitiesResponse { capabilities: vec![] }))
     }
 
-    /// Ready once the connector store holds a complete view.
+    /// Ready once connectors can be looked up (a store: its first lists
+    /// have arrived).
     async fn probe(&self, _: Request<ProbeRequest>) -> Result<Response<ProbeResponse>, Status> {
         Ok(Response::new(ProbeResponse {
-            ready: Some(self.store.has_synced()),
+            ready: Some(self.store.is_ready()),
         }))
     }
 }
@@ -431,7 +432,7 @@ fn denied(error: AccessError) -> Status {
         AccessError::Denied { .. } => Code::PermissionDenied,
         AccessError::NotFound(_) => Code::NotFound,
         AccessError::Address { .. } => Code::FailedPrecondition,
-        AccessError::Undecided { .. } => Code::Unavailable,
+        AccessError::Undecided { .. } | AccessError::Unreadable(_) => Code::Unavailable,
     };
     Status::new(code, error.to_string())
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use access::caller::{Authorizer, SameNamespace};
 use access::cluster::{AccessCheck, SubjectAccessReviews};
 use anyhow::Context;
-use connector::store::{ClassStore, ConnectorStore, FileStore, KubeClassStore, KubeStore};
+use connector::store::{ClassStore, ConnectorLookup, FileStore, Following, KubeClassStore, KubeConnectorFollower};
 use csi::RenderConfig;
 use csi::pod::{KubePods, NoPods, PodLookup};
 use csi::trust::{DEFAULT_SYSTEM_ROOTS, load_proxy_ca, load_system_roots};
@@ -101,7 +101,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
         cluster_domain: args.injection.cluster_domain.clone(),
     };
     type Parts = (
-        Arc<dyn ConnectorStore>,
+        Arc<dyn ConnectorLookup>,
         Arc<dyn Authorizer>,
         Arc<dyn PodLookup>,
         Arc<dyn ClassStore>,
@@ -123,7 +123,10 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
             let authorizer = SubjectAccessReviews::new(client.clone(), args.authorization, Duration::from_secs(5));
             let pods = Arc::new(KubePods::new(client.clone()));
             let classes = Arc::new(KubeClassStore::spawn(client.clone()));
-            (Arc::new(KubeStore::spawn(client)), Arc::new(authorizer), pods, classes)
+            // NB: only the connectors this node's volumes name, each read
+            // and watched by name while they are used.
+            let connectors = KubeConnectorFollower::spawn(client, Following::default());
+            (Arc::new(connectors), Arc::new(authorizer), pods, classes)
         }
     };
     let loaded = config.proxy_ca_pem.clone();

@@ -14,8 +14,8 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
-use super::secret_watch::{Content, SecretWatches};
-use super::{AddressCache, ConnectorStore, NamespaceMeta, ResolvedConnector, SecretStore, SecretUnavailable};
+use super::named::{Content, SecretWatches};
+use super::{AddressCache, ConnectorStore, NamespaceMeta, ResolvedConnector, SecretStore, Unreadable};
 use crate::address::AddressError;
 use crate::{Connector, ConnectorKey};
 
@@ -98,7 +98,7 @@ pub fn referenced_secrets(connector: &Connector) -> Vec<(String, String)> {
 /// kept: managed fields (half of a small object's bytes), kubectl's copy of
 /// the last applied object and the status conditions (only the status's
 /// proxy address is read).
-fn slim_connector(connector: &mut Connector) {
+pub(super) fn slim_connector(connector: &mut Connector) {
     connector.metadata.managed_fields = None;
     if let Some(annotations) = connector.metadata.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
@@ -113,7 +113,7 @@ fn slim_connector(connector: &mut Connector) {
 /// Secret, never `list`). The first use reads it (the request waits for
 /// that one read); the watch then keeps it current, so a changed credential
 /// takes effect with the watch event, without a restart; after
-/// [`SecretFollowing::idle`] without a use, or when no Connector references
+/// [`Following::idle`] without a use, or when no Connector references
 /// it any more, the watch stops and the Secret leaves memory. A replica
 /// thus holds the credentials it serves, not every credential of the
 /// cluster, and opens one watch per Secret in use, not per Connector.
@@ -122,19 +122,20 @@ pub struct KubeSecretStore {
     watches: SecretWatches,
     connectors: KubeStore,
     uses: Arc<Uses>,
-    following: SecretFollowing,
+    following: Following,
 }
 
-/// How long a [`KubeSecretStore`] follows a Secret.
+/// How long an object is followed after its last use
+/// ([`KubeSecretStore`], [`KubeConnectorFollower`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SecretFollowing {
-    /// A Secret unused this long is no longer followed.
+pub struct Following {
+    /// An object unused this long is no longer followed.
     pub idle: std::time::Duration,
-    /// How long a request waits for a Secret's first read.
+    /// How long a request waits for an object's first read.
     pub first_read: std::time::Duration,
 }
 
-impl Default for SecretFollowing {
+impl Default for Following {
     fn default() -> Self {
         Self {
             idle: std::time::Duration::from_secs(600),
@@ -191,18 +192,26 @@ impl Uses {
     }
 }
 
+impl Uses {
+    /// Uses, and a receiver of their first-use notices.
+    fn with_notices() -> (Arc<Self>, tokio::sync::watch::Receiver<u64>) {
+        let uses = Arc::new(Uses::default());
+        let (notice, notices) = tokio::sync::watch::channel(0_u64);
+        *uses.notice.lock().unwrap_or_else(PoisonError::into_inner) = Some(notice);
+        (uses, notices)
+    }
+}
+
 impl KubeSecretStore {
     /// Starts following the Secrets `connectors` reference as they are
     /// used, on the current tokio runtime.
     pub fn spawn(client: Client, connectors: &KubeStore) -> Self {
-        Self::spawn_with(client, connectors, SecretFollowing::default())
+        Self::spawn_with(client, connectors, Following::default())
     }
 
     /// [`KubeSecretStore::spawn`] with other durations.
-    pub fn spawn_with(client: Client, connectors: &KubeStore, following: SecretFollowing) -> Self {
-        let uses = Arc::new(Uses::default());
-        let (notice, notices) = tokio::sync::watch::channel(0_u64);
-        *uses.notice.lock().unwrap_or_else(PoisonError::into_inner) = Some(notice);
+    pub fn spawn_with(client: Client, connectors: &KubeStore, following: Following) -> Self {
+        let (uses, notices) = Uses::with_notices();
         // NB: a Connector change may drop a reference; the follower looks
         // again at once.
         let mut connector_changes = connectors.connector_changes.clone();
@@ -237,6 +246,70 @@ impl KubeSecretStore {
     }
 }
 
+/// A [`ConnectorLookup`] that follows a Connector while requests name it
+/// (the CSI plugin's: kubelet publishes a pod's volume when it starts and
+/// again about every minute while it runs). The first publish that names
+/// a connector reads it (`get`) and starts a watch by `metadata.name`;
+/// after [`Following::idle`] without a publish the watch stops. A plugin
+/// thus holds and follows the connectors of its node's pods, not every
+/// Connector of the cluster, so a DaemonSet rollout on thousands of nodes
+/// does not read every Connector on each.
+#[derive(Clone)]
+pub struct KubeConnectorFollower {
+    watches: super::NamedWatches<Connector>,
+    uses: Arc<Uses>,
+    following: Following,
+    addresses: Arc<AddressCache>,
+}
+
+impl KubeConnectorFollower {
+    /// Starts following connectors as they are named, on the current tokio
+    /// runtime.
+    pub fn spawn(client: Client, following: Following) -> Self {
+        let (uses, notices) = Uses::with_notices();
+        let wanted = {
+            let uses = Arc::downgrade(&uses);
+            move || {
+                uses.upgrade()
+                    .map(|uses| uses.recent(following.idle).into_iter().collect())
+                    .unwrap_or_default()
+            }
+        };
+        Self {
+            watches: super::NamedWatches::spawn_whole(client, wanted, Some(notices)),
+            uses,
+            following,
+            addresses: Arc::default(),
+        }
+    }
+
+    /// How many connectors are followed now.
+    pub fn followed(&self) -> usize {
+        self.watches.len()
+    }
+}
+
+impl super::ConnectorLookup for KubeConnectorFollower {
+    fn resolve_for_use<'a>(
+        &'a self,
+        key: &'a ConnectorKey,
+    ) -> futures::future::BoxFuture<'a, Result<Option<Result<super::ResolvedConnector, AddressError>>, Unreadable>>
+    {
+        Box::pin(async move {
+            self.uses.record(&key.namespace, &key.name);
+            let connector = self
+                .watches
+                .when_read(&key.namespace, &key.name, self.following.first_read)
+                .await?;
+            Ok(connector.map(|connector| self.addresses.resolve(key, connector, self.watches.len())))
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+}
+
 impl KubeStore {
     /// True when a Connector references the Secret `key` (namespace, name).
     fn references(&self, key: &(String, String)) -> bool {
@@ -255,10 +328,10 @@ impl SecretStore for KubeSecretStore {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> futures::future::BoxFuture<'a, Result<Option<Arc<Secret>>, SecretUnavailable>> {
+    ) -> futures::future::BoxFuture<'a, Result<Option<Arc<Secret>>, Unreadable>> {
         Box::pin(async move {
             if !self.connectors.references(&(namespace.to_owned(), name.to_owned())) {
-                return Err(SecretUnavailable);
+                return Err(Unreadable);
             }
             self.uses.record(namespace, name);
             self.watches

@@ -1,20 +1,28 @@
-//! One watch per Secret that something references, and nothing else: the
-//! Secrets of other namespaces and of no Connector never reach the process.
+//! One watch per object that something wants, by namespace and name, and
+//! nothing else: the Secrets a Connector references (the proxy, the
+//! controller), the Connectors a node's volumes name (the CSI plugin).
+//! Objects of other namespaces, and those nobody wants, never reach the
+//! process. (kubelet follows the Secrets and ConfigMaps of its pods the
+//! same way.)
 //!
-//! Each Secret is read with `get` and followed with a `watch` selected by
+//! Each object is read with `get` and followed with a `watch` selected by
 //! `metadata.name` from the version read (from "now" when it is missing),
-//! so its ServiceAccount needs `get` and `watch` on Secrets and never
+//! so the ServiceAccount needs `get` and `watch` on the kind and never
 //! `list`. A watch that ends (its timeout, a 410 for a version too old, an
 //! error) is re-read and resumed, with backoff after failures.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, WatchEvent, WatchParams};
+use kube::core::PartialObjectMeta;
+use serde::de::DeserializeOwned;
 
 /// What of each Secret is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,8 +33,55 @@ pub enum Content {
     Metadata,
 }
 
-/// A Secret's identity: (namespace, name).
+/// An object's identity: (namespace, name).
 pub type SecretKey = (String, String);
+
+/// A namespaced kind that can be followed by name.
+pub trait Named:
+    kube::Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The kind as log lines name it.
+    const NOUN: &'static str;
+
+    /// Drops what no reader uses before the object is kept.
+    fn slim(&mut self);
+}
+
+impl Named for Secret {
+    const NOUN: &'static str = "secret";
+
+    fn slim(&mut self) {
+        self.metadata.managed_fields = None;
+    }
+}
+
+impl Named for crate::Connector {
+    const NOUN: &'static str = "connector";
+
+    fn slim(&mut self) {
+        super::kube::slim_connector(self);
+    }
+}
+
+/// How objects are read: whole, or metadata alone made into an object.
+enum Reading<K> {
+    Whole,
+    Metadata(fn(PartialObjectMeta<K>) -> K),
+}
+
+impl<K> Clone for Reading<K> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<K> Copy for Reading<K> {}
 
 /// How often the wanted set is re-read when no change notice comes.
 const RESCAN: Duration = Duration::from_secs(5);
@@ -35,29 +90,83 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// The server ends each watch after this long; it is then resumed.
 const WATCH_TIMEOUT_SECONDS: u32 = 290;
-/// Secrets read at once: a process that starts with thousands of
-/// referenced Secrets reads them a few at a time instead of all together
+/// Objects read at once: a process that starts with thousands of
+/// wanted objects reads them a few at a time instead of all together
 /// (each read in flight holds a connection and its buffers).
 const CONCURRENT_STARTS: usize = 16;
 
 /// The followed Secrets and their changes.
-#[derive(Clone)]
-pub struct SecretWatches {
-    /// Every followed Secret read at least once: `None` when it does not
+pub type SecretWatches = NamedWatches<Secret>;
+
+/// The followed objects of kind `K` and their changes.
+pub struct NamedWatches<K> {
+    /// Every followed object read at least once: `None` when it does not
     /// exist.
-    secrets: Arc<RwLock<HashMap<SecretKey, Option<Arc<Secret>>>>>,
+    secrets: Arc<RwLock<HashMap<SecretKey, Option<Arc<K>>>>>,
     changes: tokio::sync::broadcast::Sender<SecretKey>,
-    /// Bumped each time a followed Secret is read for the first time.
+    /// Bumped each time a followed object is read for the first time.
     first_reads: Arc<tokio::sync::watch::Sender<u64>>,
     starts: Arc<tokio::sync::Semaphore>,
 }
 
-impl SecretWatches {
+impl<K> Clone for NamedWatches<K> {
+    fn clone(&self) -> Self {
+        Self {
+            secrets: self.secrets.clone(),
+            changes: self.changes.clone(),
+            first_reads: self.first_reads.clone(),
+            starts: self.starts.clone(),
+        }
+    }
+}
+
+impl NamedWatches<Secret> {
     /// Follows the Secrets `wanted` names (re-read when `notices` changes,
     /// and every few seconds), on the current tokio runtime.
     pub fn spawn(
         client: Client,
         content: Content,
+        wanted: impl Fn() -> BTreeSet<SecretKey> + Send + Sync + 'static,
+        notices: Option<tokio::sync::watch::Receiver<u64>>,
+    ) -> Self {
+        let reading = match content {
+            Content::Data => Reading::Whole,
+            Content::Metadata => Reading::Metadata(metadata_only),
+        };
+        Self::start(client, reading, wanted, notices)
+    }
+
+    /// The Secret, if it is followed and exists.
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+        self.get(namespace, name)
+    }
+
+    /// The Secret as soon as it has been read (`None` inside: it does not
+    /// exist), waiting at most `wait` for a Secret about to be followed.
+    pub async fn secret_when_read(
+        &self,
+        namespace: &str,
+        name: &str,
+        wait: Duration,
+    ) -> Result<Option<Arc<Secret>>, super::Unreadable> {
+        self.when_read(namespace, name, wait).await
+    }
+}
+
+impl<K: Named> NamedWatches<K> {
+    /// Follows the whole objects `wanted` names (re-read when `notices`
+    /// changes, and every few seconds), on the current tokio runtime.
+    pub fn spawn_whole(
+        client: Client,
+        wanted: impl Fn() -> BTreeSet<SecretKey> + Send + Sync + 'static,
+        notices: Option<tokio::sync::watch::Receiver<u64>>,
+    ) -> Self {
+        Self::start(client, Reading::Whole, wanted, notices)
+    }
+
+    fn start(
+        client: Client,
+        reading: Reading<K>,
         wanted: impl Fn() -> BTreeSet<SecretKey> + Send + Sync + 'static,
         notices: Option<tokio::sync::watch::Receiver<u64>>,
     ) -> Self {
@@ -68,30 +177,43 @@ impl SecretWatches {
             first_reads: Arc::new(tokio::sync::watch::channel(0).0),
             starts: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_STARTS)),
         };
-        tokio::spawn(watches.clone().follow(client, content, wanted, notices));
+        tokio::spawn(watches.clone().follow(client, reading, wanted, notices));
         watches
     }
 
-    /// The Secret, if it is followed and exists.
-    pub fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
+    /// The object, if it is followed and exists.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
         self.known(namespace, name).flatten()
     }
 
-    /// The Secret once it has been read (`None` inside: it does not exist);
+    /// How many objects are followed and read.
+    pub fn len(&self) -> usize {
+        self.secrets
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
+    }
+
+    /// True when no object is followed and read.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The object once it has been read (`None` inside: it does not exist);
     /// `None` when it is not followed or not read yet.
-    fn known(&self, namespace: &str, name: &str) -> Option<Option<Arc<Secret>>> {
+    fn known(&self, namespace: &str, name: &str) -> Option<Option<Arc<K>>> {
         let secrets = self.secrets.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         secrets.get(&(namespace.to_owned(), name.to_owned())).cloned()
     }
 
-    /// The Secret as soon as it has been read (`None` inside: it does not
-    /// exist), waiting at most `wait` for a Secret about to be followed.
-    pub async fn secret_when_read(
+    /// The object as soon as it has been read (`None` inside: it does not
+    /// exist), waiting at most `wait` for one about to be followed.
+    pub async fn when_read(
         &self,
         namespace: &str,
         name: &str,
         wait: Duration,
-    ) -> Result<Option<Arc<Secret>>, super::SecretUnavailable> {
+    ) -> Result<Option<Arc<K>>, super::Unreadable> {
         // NB: subscribed before the first look, so a read in between is seen.
         let mut first_reads = self.first_reads.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
@@ -101,7 +223,7 @@ impl SecretWatches {
             }
             match tokio::time::timeout_at(deadline, first_reads.changed()).await {
                 Ok(Ok(())) => {}
-                Ok(Err(_)) | Err(_) => return Err(super::SecretUnavailable),
+                Ok(Err(_)) | Err(_) => return Err(super::Unreadable),
             }
         }
     }
@@ -115,7 +237,7 @@ impl SecretWatches {
     async fn follow(
         self,
         client: Client,
-        content: Content,
+        reading: Reading<K>,
         wanted: impl Fn() -> BTreeSet<SecretKey>,
         mut notices: Option<tokio::sync::watch::Receiver<u64>>,
     ) {
@@ -135,7 +257,7 @@ impl SecretWatches {
                 if let std::collections::hash_map::Entry::Vacant(entry) = watches.entry(key) {
                     let key = entry.key().clone();
                     let api = Api::namespaced(client.clone(), &key.0);
-                    entry.insert(tokio::spawn(self.clone().watch_one(api, content, key)));
+                    entry.insert(tokio::spawn(self.clone().watch_one(api, reading, key)));
                 }
             }
             let notice = async {
@@ -152,12 +274,12 @@ impl SecretWatches {
     }
 
     /// Stores `secret` (None: it does not exist) and announces a change.
-    fn set(&self, key: &SecretKey, mut secret: Option<Secret>) {
+    fn set(&self, key: &SecretKey, mut secret: Option<K>) {
         if let Some(secret) = secret.as_mut() {
-            secret.metadata.managed_fields = None;
+            secret.slim();
         }
         let mut secrets = self.secrets.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let version = |s: Option<&Secret>| s.and_then(|s| s.metadata.resource_version.clone());
+        let version = |s: Option<&K>| s.and_then(|s| s.meta().resource_version.clone());
         let previous = secrets.insert(key.clone(), secret.map(Arc::new));
         let first_read = previous.is_none();
         let (previous, now) = (previous.flatten(), secrets.get(key).cloned().flatten());
@@ -181,24 +303,24 @@ impl SecretWatches {
         }
     }
 
-    async fn watch_one(self, api: Api<Secret>, content: Content, key: SecretKey) {
+    async fn watch_one(self, api: Api<K>, reading: Reading<K>, key: SecretKey) {
         let name = key.1.as_str();
         let mut backoff = BACKOFF_MIN;
         loop {
             let start = self.starts.clone().acquire_owned().await.ok();
-            let read = read(&api, content, name).await;
+            let read = read(&api, reading, name).await;
             drop(start);
             let version = match read {
                 Ok(secret) => {
                     let version = secret
                         .as_ref()
-                        .and_then(|s| s.metadata.resource_version.clone())
+                        .and_then(|s| s.meta().resource_version.clone())
                         .unwrap_or_default();
                     self.set(&key, secret);
                     version
                 }
                 Err(error) => {
-                    tracing::warn!(%error, namespace = %key.0, secret = %name, retry_in = ?backoff, "reading the secret failed");
+                    tracing::warn!(%error, namespace = %key.0, name, retry_in = ?backoff, "reading the {} failed", K::NOUN);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     continue;
@@ -207,10 +329,10 @@ impl SecretWatches {
             let params = WatchParams::default()
                 .fields(&format!("metadata.name={name}"))
                 .timeout(WATCH_TIMEOUT_SECONDS);
-            match self.follow_watch(&api, content, &key, &params, &version).await {
+            match self.follow_watch(&api, reading, &key, &params, &version).await {
                 Ok(()) => backoff = BACKOFF_MIN,
                 Err(error) => {
-                    tracing::warn!(%error, namespace = %key.0, secret = %name, retry_in = ?backoff, "watching the secret failed");
+                    tracing::warn!(%error, namespace = %key.0, name, retry_in = ?backoff, "watching the {} failed", K::NOUN);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
@@ -222,13 +344,13 @@ impl SecretWatches {
     /// watches do (timeout, a version too old).
     async fn follow_watch(
         &self,
-        api: &Api<Secret>,
-        content: Content,
+        api: &Api<K>,
+        reading: Reading<K>,
         key: &SecretKey,
         params: &WatchParams,
         version: &str,
     ) -> Result<(), String> {
-        let apply = |event: WatchEvent<Secret>| -> Result<bool, String> {
+        let apply = |event: WatchEvent<K>| -> Result<bool, String> {
             match event {
                 WatchEvent::Added(secret) | WatchEvent::Modified(secret) => self.set(key, Some(secret)),
                 WatchEvent::Deleted(_) => self.set(key, None),
@@ -238,8 +360,8 @@ impl SecretWatches {
             }
             Ok(true)
         };
-        match content {
-            Content::Data => {
+        match reading {
+            Reading::Whole => {
                 let mut events = std::pin::pin!(api.watch(params, version).await.map_err(|e| e.to_string())?);
                 while let Some(event) = events.next().await {
                     if !apply(event.map_err(|e| e.to_string())?)? {
@@ -247,13 +369,13 @@ impl SecretWatches {
                     }
                 }
             }
-            Content::Metadata => {
+            Reading::Metadata(of_metadata) => {
                 let mut events = std::pin::pin!(api.watch_metadata(params, version).await.map_err(|e| e.to_string())?);
                 while let Some(event) = events.next().await {
                     let event = match event.map_err(|e| e.to_string())? {
-                        WatchEvent::Added(meta) => WatchEvent::Added(metadata_only(meta)),
-                        WatchEvent::Modified(meta) => WatchEvent::Modified(metadata_only(meta)),
-                        WatchEvent::Deleted(meta) => WatchEvent::Deleted(metadata_only(meta)),
+                        WatchEvent::Added(meta) => WatchEvent::Added(of_metadata(meta)),
+                        WatchEvent::Modified(meta) => WatchEvent::Modified(of_metadata(meta)),
+                        WatchEvent::Deleted(meta) => WatchEvent::Deleted(of_metadata(meta)),
                         WatchEvent::Bookmark(bookmark) => WatchEvent::Bookmark(bookmark),
                         WatchEvent::Error(status) => WatchEvent::Error(status),
                     };
@@ -278,10 +400,10 @@ fn metadata_only(meta: kube::core::PartialObjectMeta<Secret>) -> Secret {
     }
 }
 
-/// The Secret now (None: it does not exist), whole or its metadata.
-async fn read(api: &Api<Secret>, content: Content, name: &str) -> Result<Option<Secret>, kube::Error> {
-    match content {
-        Content::Data => api.get_opt(name).await,
-        Content::Metadata => Ok(api.get_metadata_opt(name).await?.map(metadata_only)),
+/// The object now (None: it does not exist), whole or its metadata.
+async fn read<K: Named>(api: &Api<K>, reading: Reading<K>, name: &str) -> Result<Option<K>, kube::Error> {
+    match reading {
+        Reading::Whole => api.get_opt(name).await,
+        Reading::Metadata(of_metadata) => Ok(api.get_metadata_opt(name).await?.map(of_metadata)),
     }
 }
