@@ -1682,7 +1682,116 @@ fn csi_round(
     })
 }
 
-fn csi_part(quick: bool) -> String {
+/// The plugin in cluster mode against the fake holding `connectors`
+/// Connectors (one per namespace) besides the two the volumes name: until
+/// its Identity probe says ready, then a round of publishes at once and
+/// the same round again.
+fn csi_cluster_row(apiserver: &tokio::runtime::Runtime, runtime: &tokio::runtime::Runtime, connectors: u32) -> String {
+    use testing::apiserver::{CONNECTOR_CLASSES, NAMESPACES, Review};
+    let api = apiserver.block_on(FakeApiServer::start(&[CONNECTORS, CONNECTOR_CLASSES, NAMESPACES, PODS]));
+    for class in connector::class::built_in() {
+        api.apply(
+            CONNECTOR_CLASSES,
+            serde_json::to_value(class).expect("a class serialises"),
+        );
+    }
+    for i in 0..connectors {
+        let namespace = format!("team-{i}");
+        api.apply(NAMESPACES, namespace_object(&namespace, json!({})));
+        api.apply(
+            CONNECTORS,
+            connector_object(&namespace, "harbor", &format!("https://harbor-{}.example.com", i % 100)),
+        );
+    }
+    api.apply(NAMESPACES, namespace_object(LISTED, json!({})));
+    api.apply(
+        CONNECTORS,
+        connector_object(LISTED, "harbor", "https://harbor.example.com"),
+    );
+    let mut hub = connector_object(LISTED, "hub", "https://registry-1.docker.io");
+    hub["spec"]["connectorClassName"] = json!("oci");
+    api.apply(CONNECTORS, hub);
+    api.set_reviewer(Review::SubjectAccess, |_| json!({"allowed": true}));
+    std::thread::sleep(Duration::from_millis(500));
+
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, api.kubeconfig("csi-token")).expect("the kubeconfig is written");
+    let ca =
+        certs::CertificateAuthority::generate("connectors scale bench CA", Duration::from_secs(3600)).expect("a CA");
+    let ca_path = dir.path().join("proxy-ca.crt");
+    std::fs::write(&ca_path, ca.cert_pem()).expect("the CA is written");
+    let socket = dir.path().join("plugins/connectors-csi/csi.sock");
+    let endpoint = format!("unix://{}", socket.display());
+    let bytes_before = api.bytes_served();
+    let started = Instant::now();
+    let plugin = testing::process::Connectors::start(
+        &common::connectors_binary(),
+        &[
+            "csi",
+            "--endpoint",
+            &endpoint,
+            "--node-id",
+            "node-a",
+            "--proxy-ca",
+            ca_path.to_str().expect("a UTF-8 path"),
+            "--proxy-address",
+            "10.96.0.5:443",
+            "--forward-proxy",
+            "10.96.0.5:3128",
+            "--health-listen",
+            "127.0.0.1:0",
+        ],
+        &[("KUBECONFIG", kubeconfig.to_str().expect("a UTF-8 path"))],
+        "csi health and metrics endpoint listening",
+    )
+    .expect("the plugin starts");
+    let ready = runtime.block_on(async {
+        use csi::proto::identity_client::IdentityClient;
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(600),
+                "the plugin never became ready"
+            );
+            if let Ok(channel) = csi::client::connect_unix(socket.clone(), Duration::from_secs(5)).await {
+                let probe = IdentityClient::new(channel).probe(csi::proto::ProbeRequest {}).await;
+                if probe.is_ok_and(|answer| answer.into_inner().ready == Some(true)) {
+                    return started.elapsed();
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    // NB: what it reads once ready, as the lists a store makes arrive.
+    std::thread::sleep(Duration::from_secs(2));
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let ready_mib = mib(common::memory(plugin.pid()).1);
+    let read_mib = mib(api.bytes_served().saturating_sub(bytes_before));
+    let first = csi_round(runtime, &socket, dir.path(), 0, true);
+    let again = csi_round(runtime, &socket, dir.path(), 1, true);
+    let watches = api.open_watches(CONNECTORS);
+    let after_mib = mib(common::memory(plugin.pid()).1);
+    let read_after_mib = mib(api.bytes_served().saturating_sub(bytes_before));
+    drop(plugin);
+    let millis = |h: &Histogram<u64>, q: f64| format!("{:.1}", h.value_at_quantile(q) as f64 / 1000.0);
+    eprintln!(
+        "csi, cluster mode, {connectors} connectors: ready {ready:?}, {ready_mib:.1} MiB, read {read_mib:.1} MiB; first round p99 {} ms, again p99 {} ms",
+        millis(&first.publish, 0.99),
+        millis(&again.publish, 0.99)
+    );
+    format!(
+        "| {} | {:.2} s | {ready_mib:.1} | {read_mib:.2} | {} / {} | {} / {} | {} | {watches} | {after_mib:.1} | {read_after_mib:.2} |\n",
+        connectors + 2,
+        ready.as_secs_f64(),
+        millis(&first.publish, 0.5),
+        millis(&first.publish, 0.99),
+        millis(&again.publish, 0.5),
+        millis(&again.publish, 0.99),
+        first.failures + again.failures,
+    )
+}
+
+fn csi_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1792,7 +1901,25 @@ fn csi_part(quick: bool) -> String {
         millis(&unpublish, 1.0),
         common::median(&walls),
         peak as f64 / (1024.0 * 1024.0),
-    )
+    ) + &csi_cluster_part(apiserver, &runtime, quick)
+}
+
+fn csi_cluster_part(apiserver: &tokio::runtime::Runtime, runtime: &tokio::runtime::Runtime, quick: bool) -> String {
+    let sizes: &[u32] = if quick { &[1_000] } else { &[1_000, 10_000] };
+    let mut report = format!(
+        "\nIn cluster mode against the fake holding that many Connectors (one per\n\
+         namespace; the volumes name two of them): ready is the plugin's Identity\n\
+         probe answering ready; then {PODS_PER_NODE} publishes at once (each a\n\
+         SubjectAccessReview and a Pod read, answered by the fake), and the same\n\
+         again. Read: bytes the fake sent the plugin, to ready plus 2 s, and in\n\
+         all. Watches: the plugin's Connector watches open at the end.\n\n\
+         | connectors | ready | memory at ready (MiB) | read to ready (MiB) | first round p50 / p99 (ms) | again p50 / p99 (ms) | failed | Connector watches | memory after (MiB) | read in all (MiB) |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n"
+    );
+    for &connectors in sizes {
+        report.push_str(&csi_cluster_row(apiserver, runtime, connectors));
+    }
+    report
 }
 
 /// The body of a plain HTTP GET of `url` (empty when it fails).
@@ -1922,7 +2049,7 @@ fn main() {
             "proxy" => proxy_part(&apiserver, quick),
             "webhook" => webhook_part(&apiserver, quick),
             "controller" => controller_part(&apiserver, quick),
-            "csi" => csi_part(quick),
+            "csi" => csi_part(&apiserver, quick),
             _ => unreachable!("every part is matched"),
         };
         new.push((*name, text));
