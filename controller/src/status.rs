@@ -9,7 +9,7 @@
 //! at once. A new proxy CA is written into the addresses without probing.
 //! Only the leader probes and writes.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -70,7 +70,17 @@ pub struct StatusSettings {
     pub initial_backoff: Duration,
     /// Concurrent reconciles.
     pub concurrency: u16,
+    /// At most this many referenced Secrets followed for changes (each
+    /// watch a connection and about 40 KiB): all of them up to it; beyond
+    /// it those of connectors not Ready first, so a fix an admin makes is
+    /// seen at once; a Secret not followed is read at its connector's next
+    /// probe.
+    pub secret_watches: usize,
 }
+
+/// [`StatusSettings::secret_watches`] by default: every referenced Secret
+/// of up to 1,000 connectors.
+pub const DEFAULT_SECRET_WATCHES: usize = 1_000;
 
 /// What decides whether a connector must be probed again before it is due.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,7 +171,7 @@ pub async fn run(
         }
     });
     let secret_watches = {
-        let (store, leader) = (store.clone(), leader.clone());
+        let (store, leader, settings) = (store.clone(), leader.clone(), context.settings.clone());
         SecretWatches::spawn(
             context.client.clone(),
             Content::Metadata,
@@ -169,7 +179,7 @@ pub async fn run(
                 if !*leader.borrow() {
                     return std::collections::BTreeSet::new();
                 }
-                store.state().iter().flat_map(|c| referenced_secrets(c)).collect()
+                followed_secrets(&store.state(), &settings)
             },
             Some(notices),
         )
@@ -568,6 +578,29 @@ fn probed_before(connector: &Connector, settings: &StatusSettings) -> bool {
         && address.is_some_and(|a| a.url == url)
 }
 
+/// The Secrets to follow for changes: every one the connectors reference,
+/// or when they are more than [`StatusSettings::secret_watches`], as many,
+/// those of connectors not Ready at their generation first.
+fn followed_secrets(connectors: &[Arc<Connector>], settings: &StatusSettings) -> BTreeSet<(String, String)> {
+    let (mut unsettled, mut settled) = (BTreeSet::new(), BTreeSet::new());
+    for connector in connectors {
+        let ready = connector.status.as_ref().is_some_and(|status| {
+            status.observed_generation == connector.metadata.generation && conditions::is_ready(status)
+        });
+        let into = if ready { &mut settled } else { &mut unsettled };
+        into.extend(referenced_secrets(connector));
+    }
+    let limit = settings.secret_watches;
+    let mut followed: BTreeSet<(String, String)> = unsettled.into_iter().take(limit).collect();
+    for key in settled {
+        if followed.len() >= limit {
+            break;
+        }
+        followed.insert(key);
+    }
+    followed
+}
+
 /// Where in one probe interval a connector's first probe after a change of
 /// leader falls: spread evenly by its name, the same on every replica.
 fn first_probe_offset(key: &str, interval: Duration) -> Duration {
@@ -660,6 +693,7 @@ mod tests {
             probe_interval: Duration::from_secs(300),
             initial_backoff: Duration::from_secs(10),
             concurrency: 1,
+            secret_watches: DEFAULT_SECRET_WATCHES,
         };
         let delays: Vec<u64> = (0..8).map(|f| next_probe_delay(&settings, f).as_secs()).collect();
         assert_eq!(delays, [300, 10, 20, 40, 80, 160, 300, 300]);
@@ -692,6 +726,7 @@ mod tests {
             probe_interval: Duration::from_secs(300),
             initial_backoff: Duration::from_secs(10),
             concurrency: 1,
+            secret_watches: DEFAULT_SECRET_WATCHES,
         }
     }
 

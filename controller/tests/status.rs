@@ -209,3 +209,45 @@ async fn the_connectors_class_decides_its_probes_and_a_missing_class_is_named() 
     running.stop().await;
     testing::credentials::assert_no_credential(&logs().text(), "the controller's logs", USER, PASSWORD);
 }
+
+#[tokio::test]
+async fn beyond_the_secret_watch_limit_the_secrets_of_connectors_not_ready_are_followed_first() {
+    let (registry, api) = registry_lab(TEAM, Some(PASSWORD)).await;
+    api.apply(
+        SECRETS,
+        stored_basic_auth_secret(TEAM, "wrong", USER, "not-the-password"),
+    );
+    api.apply(
+        CONNECTORS,
+        connector(TEAM, "broken", "oci", &registry.url(), Some("wrong")),
+    );
+    let mut settings = settings("controller-a");
+    settings.status.secret_watches = 1;
+    let running = start(&api, settings).await;
+    let client = client_as(&api, "test").await;
+    wait_condition(&client, TEAM, "registry", "Ready", "True", "Ready").await;
+    wait_condition(&client, TEAM, "broken", "Ready", "False", "Unauthorized").await;
+
+    // One watch in the team's namespace, on the Secret of the connector
+    // that is not Ready (before: one on every referenced Secret).
+    let in_team = |api: &testing::apiserver::FakeApiServer| {
+        api.open_watches_asking(SECRETS)
+            .into_iter()
+            .filter(|asked| asked.starts_with(&format!("{TEAM}/")))
+            .collect::<Vec<_>>()
+    };
+    eventually("only the broken connector's Secret is watched", WAIT, || async {
+        (in_team(&api) == [format!("{TEAM}/metadata.name=wrong")]).then_some(())
+    })
+    .await;
+
+    // The admin's fix is seen at once, not at the next probe (300 s away).
+    api.apply(SECRETS, stored_basic_auth_secret(TEAM, "wrong", USER, PASSWORD));
+    wait_condition(&client, TEAM, "broken", "Ready", "True", "Ready").await;
+    // Both Ready now: one of their Secrets is followed, still one watch.
+    eventually("one Secret watch in the team's namespace", WAIT, || async {
+        (in_team(&api).len() == 1).then_some(())
+    })
+    .await;
+    running.stop().await;
+}

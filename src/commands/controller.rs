@@ -64,6 +64,11 @@ pub struct Args {
     /// How often healthy connectors are probed again.
     #[arg(long, env = "CONNECTORS_PROBE_INTERVAL_SECONDS", default_value_t = 300)]
     probe_interval_seconds: u64,
+    /// At most this many referenced Secrets are watched for changes (about
+    /// 40 KiB and a connection each): all up to it; beyond, those of
+    /// connectors not Ready first, and the others read at their next probe.
+    #[arg(long, env = "CONNECTORS_SECRET_WATCHES", default_value_t = controller::status::DEFAULT_SECRET_WATCHES)]
+    secret_watches: usize,
     /// Timeout of each probe request.
     #[arg(long, env = "CONNECTORS_PROBE_TIMEOUT_SECONDS", default_value_t = 10)]
     probe_timeout_seconds: u64,
@@ -111,6 +116,7 @@ pub async fn serve(args: Args) -> anyhow::Result<()> {
             probe_interval,
             initial_backoff: Duration::from_secs(10).min(probe_interval),
             concurrency: 4,
+            secret_watches: args.secret_watches,
         },
         bootstrap: BootstrapSettings {
             namespace: args.namespace,

@@ -330,9 +330,16 @@ struct Collection {
     /// Every change after `history_starts_after`, oldest first.
     history: Vec<Change>,
     history_starts_after: u64,
-    watchers: Vec<mpsc::UnboundedSender<Change>>,
+    watchers: Vec<Watcher>,
     /// HTTP status codes for the next requests (lists, watches and gets).
     failures: VecDeque<u16>,
+}
+
+/// An open watch: where its events go, and what it asked for.
+struct Watcher {
+    sender: mpsc::UnboundedSender<Change>,
+    /// `<namespace>/<fieldSelector>` (either part empty when not given).
+    asked: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -497,8 +504,19 @@ impl FakeApiServer {
     pub fn open_watches(&self, resource: ResourceType) -> usize {
         let mut state = self.state();
         let collection = state.collection(resource);
-        collection.watchers.retain(|watcher| !watcher.is_closed());
+        collection.watchers.retain(|watcher| !watcher.sender.is_closed());
         collection.watchers.len()
+    }
+
+    /// The open watches of `resource`, each as `<namespace>/<fieldSelector>`
+    /// (an empty part when not given), sorted.
+    pub fn open_watches_asking(&self, resource: ResourceType) -> Vec<String> {
+        let mut state = self.state();
+        let collection = state.collection(resource);
+        collection.watchers.retain(|watcher| !watcher.sender.is_closed());
+        let mut asked: Vec<String> = collection.watchers.iter().map(|w| w.asked.clone()).collect();
+        asked.sort();
+        asked
     }
 
     /// Forgets the history of `resource` up to now, as etcd compaction
@@ -608,7 +626,8 @@ impl Collection {
     }
 
     fn broadcast(&mut self, change: &Change) {
-        self.watchers.retain(|watcher| watcher.send(change.clone()).is_ok());
+        self.watchers
+            .retain(|watcher| watcher.sender.send(change.clone()).is_ok());
     }
 }
 
@@ -1057,7 +1076,12 @@ async fn serve_watch(
         );
     }
     let (sender, live) = mpsc::unbounded_channel();
-    collection.watchers.push(sender);
+    let asked = format!(
+        "{}/{}",
+        namespace.as_deref().unwrap_or_default(),
+        params.get("fieldSelector").map(String::as_str).unwrap_or_default()
+    );
+    collection.watchers.push(Watcher { sender, asked });
     drop(state);
 
     let stream = WatchStream {

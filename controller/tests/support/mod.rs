@@ -100,6 +100,7 @@ pub fn settings(identity: &str) -> Settings {
             probe_interval: Duration::from_secs(300),
             initial_backoff: Duration::from_secs(10),
             concurrency: 4,
+            secret_watches: controller::status::DEFAULT_SECRET_WATCHES,
         },
         bootstrap: BootstrapSettings {
             namespace: NAMESPACE.to_owned(),
