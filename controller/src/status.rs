@@ -107,6 +107,55 @@ struct Context {
     metrics: Arc<Metrics>,
     schedules: Mutex<HashMap<String, Schedule>>,
     classes: KubeClassStore,
+    connectors: Store<Connector>,
+    pacer: ProbePacer,
+}
+
+/// The fewest probes a second the pacer lets start.
+const MIN_PROBES_PER_SECOND: f64 = 20.0;
+
+/// Paces the probes that are merely due (nothing changed): at most three
+/// times the even rate (connectors per probe interval), at least
+/// [`MIN_PROBES_PER_SECOND`], start in a second. Probes due while the
+/// reconciler was busy (a new leader's first pass over thousands of
+/// connectors, a slow API server) would otherwise all start together once
+/// it catches up, against the registries. A new or changed connector's
+/// probe is not paced.
+struct ProbePacer {
+    /// Probes that may start now, and when that was counted.
+    state: tokio::sync::Mutex<(f64, tokio::time::Instant)>,
+}
+
+impl Default for ProbePacer {
+    fn default() -> Self {
+        Self {
+            // NB: full, whatever the rate: capped at it when first used.
+            state: tokio::sync::Mutex::new((f64::INFINITY, tokio::time::Instant::now())),
+        }
+    }
+}
+
+impl ProbePacer {
+    /// The rate for `connectors` probed every `interval`.
+    fn rate(connectors: usize, interval: Duration) -> f64 {
+        (3.0 * connectors as f64 / interval.as_secs_f64().max(1.0)).max(MIN_PROBES_PER_SECOND)
+    }
+
+    /// Waits for a probe's turn at `per_second`.
+    async fn turn(&self, per_second: f64) {
+        // NB: the lock is held while waiting: turns are handed out in order.
+        let mut state = self.state.lock().await;
+        let (tokens, since) = *state;
+        let now = tokio::time::Instant::now();
+        let tokens = (tokens + now.duration_since(since).as_secs_f64() * per_second).min(per_second);
+        if tokens >= 1.0 {
+            *state = (tokens - 1.0, now);
+            return;
+        }
+        let wait = Duration::from_secs_f64((1.0 - tokens) / per_second);
+        tokio::time::sleep(wait).await;
+        *state = (0.0, now + wait);
+    }
 }
 
 /// Runs the reconciler until `shutdown` resolves.
@@ -154,6 +203,8 @@ pub async fn run(
         metrics,
         schedules: Mutex::new(HashMap::new()),
         classes,
+        connectors: store.clone(),
+        pacer: ProbePacer::default(),
     });
     // The Secrets Connectors reference, one metadata-only watch each (no
     // Secret list, no credential in this process's memory but while a probe
@@ -437,14 +488,16 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
         ca_version: version(&ca),
         class_version: class.as_ref().and_then(|c| c.metadata.resource_version.clone()),
     };
-    let (not_due, previous_failures) = {
+    // NB: a probe that is due (nothing changed) is paced; one of a new or
+    // changed connector is not.
+    let (not_due, previous_failures, paced) = {
         let mut schedules = context.schedules.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         match schedules.get(&key) {
             Some(schedule) if usable && schedule.fingerprint == fingerprint && now < schedule.due => {
-                (Some(schedule.due), 0)
+                (Some(schedule.due), 0, false)
             }
-            Some(schedule) => (None, schedule.failures),
+            Some(schedule) => (None, schedule.failures, schedule.fingerprint == fingerprint),
             None if usable && probed_before(&connector, &context.settings) => {
                 // A previous leader probed it and nothing it depends on has
                 // changed since: its first probe here falls somewhere in one
@@ -458,9 +511,9 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
                         failures: 0,
                     },
                 );
-                (Some(due), 0)
+                (Some(due), 0, false)
             }
-            None => (None, 0),
+            None => (None, 0, false),
         }
     };
     if let Some(due) = not_due {
@@ -475,6 +528,10 @@ async fn reconcile(connector: Arc<Connector>, context: Arc<Context>) -> Result<A
                 .auth
                 .as_ref()
                 .and_then(|auth| class.auth_probe(&auth.name));
+            if paced {
+                let rate = ProbePacer::rate(context.connectors.len(), context.settings.probe_interval);
+                context.pacer.turn(rate).await;
+            }
             let started = Instant::now();
             let report = context.prober.probe(&connector, auth_probe, &credential, &ca).await;
             let result = if report.healthy() { "success" } else { "failure" };
@@ -684,6 +741,29 @@ async fn publish_transitions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_pacer_lets_a_burst_of_its_rate_through_then_spreads_the_rest() {
+        let pacer = ProbePacer::default();
+        assert_eq!(ProbePacer::rate(100, Duration::from_secs(300)), MIN_PROBES_PER_SECOND);
+        assert_eq!(ProbePacer::rate(10_000, Duration::from_secs(300)), 100.0);
+        for _ in 0..1_000 {
+            // NB: a full bucket's burst: never waits.
+            tokio::time::timeout(Duration::from_secs(5), pacer.turn(1_000.0))
+                .await
+                .expect("a turn at once");
+        }
+        let started = tokio::time::Instant::now();
+        for _ in 0..300 {
+            pacer.turn(1_000.0).await;
+        }
+        // NB: a lower bound (the pace); the upper one only bounds the test.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_secs(30),
+            "300 more at 1,000 a second took {took:?}"
+        );
+    }
 
     #[test]
     fn failed_probes_back_off_exponentially_up_to_the_interval() {
