@@ -1682,6 +1682,54 @@ fn csi_round(
     })
 }
 
+/// Starts the release `connectors csi` with its files in `dir` (a proxy CA,
+/// its socket), with the store file `store` or, without one, cluster mode
+/// through `kubeconfig`; returns it and its socket.
+fn start_csi_plugin(
+    dir: &std::path::Path,
+    store: Option<&std::path::Path>,
+    kubeconfig: Option<&std::path::Path>,
+) -> (testing::process::Connectors, std::path::PathBuf) {
+    let ca =
+        certs::CertificateAuthority::generate("connectors scale bench CA", Duration::from_secs(3600)).expect("a CA");
+    let ca_path = dir.join("proxy-ca.crt");
+    std::fs::write(&ca_path, ca.cert_pem()).expect("the CA is written");
+    let socket = dir.join("plugins/connectors-csi/csi.sock");
+    let endpoint = format!("unix://{}", socket.display());
+    let utf8 = |path: &std::path::Path| path.to_str().expect("a UTF-8 path").to_owned();
+    let mut args: Vec<String> = [
+        "csi",
+        "--endpoint",
+        &endpoint,
+        "--node-id",
+        "node-a",
+        "--proxy-ca",
+        &utf8(&ca_path),
+        "--proxy-address",
+        "10.96.0.5:443",
+        "--forward-proxy",
+        "10.96.0.5:3128",
+        "--health-listen",
+        "127.0.0.1:0",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    if let Some(store) = store {
+        args.extend(["--store".to_owned(), utf8(store)]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, String)> = kubeconfig.map(|k| ("KUBECONFIG", utf8(k))).into_iter().collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let plugin = testing::process::Connectors::start(
+        &common::connectors_binary(),
+        &args,
+        &env,
+        "csi health and metrics endpoint listening",
+    )
+    .expect("the plugin starts");
+    (plugin, socket)
+}
+
 /// The plugin in cluster mode against the fake holding `connectors`
 /// Connectors (one per namespace) besides the two the volumes name: until
 /// its Identity probe says ready, then a round of publishes at once and
@@ -1717,35 +1765,9 @@ fn csi_cluster_row(apiserver: &tokio::runtime::Runtime, runtime: &tokio::runtime
     let dir = tempfile::tempdir().expect("a temporary directory");
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig("csi-token")).expect("the kubeconfig is written");
-    let ca =
-        certs::CertificateAuthority::generate("connectors scale bench CA", Duration::from_secs(3600)).expect("a CA");
-    let ca_path = dir.path().join("proxy-ca.crt");
-    std::fs::write(&ca_path, ca.cert_pem()).expect("the CA is written");
-    let socket = dir.path().join("plugins/connectors-csi/csi.sock");
-    let endpoint = format!("unix://{}", socket.display());
     let bytes_before = api.bytes_served();
     let started = Instant::now();
-    let plugin = testing::process::Connectors::start(
-        &common::connectors_binary(),
-        &[
-            "csi",
-            "--endpoint",
-            &endpoint,
-            "--node-id",
-            "node-a",
-            "--proxy-ca",
-            ca_path.to_str().expect("a UTF-8 path"),
-            "--proxy-address",
-            "10.96.0.5:443",
-            "--forward-proxy",
-            "10.96.0.5:3128",
-            "--health-listen",
-            "127.0.0.1:0",
-        ],
-        &[("KUBECONFIG", kubeconfig.to_str().expect("a UTF-8 path"))],
-        "csi health and metrics endpoint listening",
-    )
-    .expect("the plugin starts");
+    let (plugin, socket) = start_csi_plugin(dir.path(), None, Some(&kubeconfig));
     let ready = runtime.block_on(async {
         use csi::proto::identity_client::IdentityClient;
         loop {
@@ -1800,36 +1822,7 @@ fn csi_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = dir.path().join("store.yaml");
     std::fs::write(&store, small_store_yaml()).expect("the store is written");
-    let ca =
-        certs::CertificateAuthority::generate("connectors scale bench CA", Duration::from_secs(3600)).expect("a CA");
-    let ca_path = dir.path().join("proxy-ca.crt");
-    std::fs::write(&ca_path, ca.cert_pem()).expect("the CA is written");
-    let socket = dir.path().join("plugins/connectors-csi/csi.sock");
-    let endpoint = format!("unix://{}", socket.display());
-    let args = [
-        "csi",
-        "--endpoint",
-        &endpoint,
-        "--node-id",
-        "node-a",
-        "--store",
-        store.to_str().expect("a UTF-8 path"),
-        "--proxy-ca",
-        ca_path.to_str().expect("a UTF-8 path"),
-        "--proxy-address",
-        "10.96.0.5:443",
-        "--forward-proxy",
-        "10.96.0.5:3128",
-        "--health-listen",
-        "127.0.0.1:0",
-    ];
-    let plugin = testing::process::Connectors::start(
-        &common::connectors_binary(),
-        &args,
-        &[],
-        "csi health and metrics endpoint listening",
-    )
-    .expect("the plugin starts");
+    let (plugin, socket) = start_csi_plugin(dir.path(), Some(&store), None);
     let rounds = if quick { 3 } else { 10 };
     let mut publish = Histogram::<u64>::new(3).expect("a histogram");
     let mut unpublish = Histogram::<u64>::new(3).expect("a histogram");

@@ -13,8 +13,8 @@ pub mod kube;
 pub mod named;
 
 pub use file::FileStore;
-pub use kube::{Following, KubeClassStore, KubeConnectorFollower, KubeSecretStore, KubeStore, referenced_secrets};
-pub use named::{Content, Named, NamedWatches, SecretWatches};
+pub use kube::{KubeClassStore, KubeConnectorFollower, KubeSecretStore, KubeStore, referenced_secrets};
+pub use named::{Content, Following, Named, NamedWatches, SecretWatches, UsedWatches};
 
 /// The labels and annotations of a namespace: all that selection needs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -461,19 +461,27 @@ async fn the_secret_store_follows_exactly_the_referenced_secrets_in_use_and_thei
     }
 }
 
-#[tokio::test]
-async fn a_secret_unused_for_the_idle_time_leaves_memory_and_is_read_again_on_its_next_use() {
+/// A fake holding namespace `team`, Secret `team/robot` (password "first")
+/// and connector `team/harbor` naming it; a store synced against it and a
+/// Secret store following with `following`.
+async fn secret_lab(following: Following) -> (FakeApiServer, KubeStore, KubeSecretStore) {
     let api = FakeApiServer::start(&[CONNECTORS, NAMESPACES, SECRETS]).await;
     api.apply(NAMESPACES, namespace("team", json!({}), json!({})));
     api.apply(SECRETS, basic_auth_secret("team", "robot", "first"));
     api.apply(CONNECTORS, connector("team", "harbor", "https://harbor.test"));
     let store = KubeStore::spawn(api.client());
+    let secrets = KubeSecretStore::spawn_with(api.client(), &store, following);
+    eventually("the store has synced", || store.has_synced()).await;
+    (api, store, secrets)
+}
+
+#[tokio::test]
+async fn a_secret_unused_for_the_idle_time_leaves_memory_and_is_read_again_on_its_next_use() {
     let following = Following {
         idle: Duration::from_secs(1),
         ..Following::default()
     };
-    let secrets = KubeSecretStore::spawn_with(api.client(), &store, following);
-    eventually("the store has synced", || store.has_synced()).await;
+    let (api, _store, secrets) = secret_lab(following).await;
 
     assert_eq!(
         password_for_use(&secrets, "team", "robot").await.as_deref(),
@@ -502,17 +510,11 @@ async fn a_secret_unused_for_the_idle_time_leaves_memory_and_is_read_again_on_it
 
 #[tokio::test]
 async fn a_first_use_the_api_server_cannot_answer_fails_after_the_wait_and_the_next_succeeds() {
-    let api = FakeApiServer::start(&[CONNECTORS, NAMESPACES, SECRETS]).await;
-    api.apply(NAMESPACES, namespace("team", json!({}), json!({})));
-    api.apply(SECRETS, basic_auth_secret("team", "robot", "first"));
-    api.apply(CONNECTORS, connector("team", "harbor", "https://harbor.test"));
-    let store = KubeStore::spawn(api.client());
     let following = Following {
         first_read: Duration::from_millis(300),
         ..Following::default()
     };
-    let secrets = KubeSecretStore::spawn_with(api.client(), &store, following);
-    eventually("the store has synced", || store.has_synced()).await;
+    let (api, _store, secrets) = secret_lab(following).await;
 
     // NB: the reads fail (and are retried with backoff) past the wait.
     api.fail_next(SECRETS, 3, 500);

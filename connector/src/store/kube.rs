@@ -14,7 +14,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 
-use super::named::{Content, SecretWatches};
+use super::named::{Following, UsedWatches};
 use super::{AddressCache, ConnectorStore, NamespaceMeta, ResolvedConnector, SecretStore, Unreadable};
 use crate::address::AddressError;
 use crate::{Connector, ConnectorKey};
@@ -109,97 +109,18 @@ pub(super) fn slim_connector(connector: &mut Connector) {
 }
 
 /// A [`SecretStore`] that follows a referenced Secret while requests use
-/// it ([`SecretWatches`]: `get` and a `watch` by `metadata.name` per
-/// Secret, never `list`). The first use reads it (the request waits for
-/// that one read); the watch then keeps it current, so a changed credential
-/// takes effect with the watch event, without a restart; after
-/// [`Following::idle`] without a use, or when no Connector references
-/// it any more, the watch stops and the Secret leaves memory. A replica
-/// thus holds the credentials it serves, not every credential of the
-/// cluster, and opens one watch per Secret in use, not per Connector.
+/// it ([`UsedWatches`]: `get` and a `watch` by `metadata.name` per Secret,
+/// never `list`). The first use reads it (the request waits for that one
+/// read); the watch then keeps it current, so a changed credential takes
+/// effect with the watch event, without a restart; after
+/// [`Following::idle`] without a use, or when no Connector references it
+/// any more, the watch stops and the Secret leaves memory. A replica thus
+/// holds the credentials it serves, not every credential of the cluster,
+/// and opens one watch per Secret in use, not per Connector.
 #[derive(Clone)]
 pub struct KubeSecretStore {
-    watches: SecretWatches,
+    watches: UsedWatches<Secret>,
     connectors: KubeStore,
-    uses: Arc<Uses>,
-    following: Following,
-}
-
-/// How long an object is followed after its last use
-/// ([`KubeSecretStore`], [`KubeConnectorFollower`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Following {
-    /// An object unused this long is no longer followed.
-    pub idle: std::time::Duration,
-    /// How long a request waits for an object's first read.
-    pub first_read: std::time::Duration,
-}
-
-impl Default for Following {
-    fn default() -> Self {
-        Self {
-            idle: std::time::Duration::from_secs(600),
-            first_read: std::time::Duration::from_secs(10),
-        }
-    }
-}
-
-/// When each Secret was last used, by namespace and name.
-#[derive(Default)]
-struct Uses {
-    last: RwLock<HashMap<String, HashMap<String, std::time::Instant>>>,
-    /// Wakes the follower when a Secret is used for the first time.
-    notice: Mutex<Option<tokio::sync::watch::Sender<u64>>>,
-}
-
-impl Uses {
-    /// Records a use now; true when the Secret was not in use before.
-    fn record(&self, namespace: &str, name: &str) -> bool {
-        let now = std::time::Instant::now();
-        {
-            let last = self.last.read().unwrap_or_else(PoisonError::into_inner);
-            if let Some(at) = last.get(namespace).and_then(|names| names.get(name)) {
-                // NB: refreshed at most once a second, under the write lock.
-                if now.duration_since(*at) < std::time::Duration::from_secs(1) {
-                    return false;
-                }
-            }
-        }
-        let mut last = self.last.write().unwrap_or_else(PoisonError::into_inner);
-        let first = last
-            .entry(namespace.to_owned())
-            .or_default()
-            .insert(name.to_owned(), now)
-            .is_none();
-        drop(last);
-        if first && let Some(notice) = &*self.notice.lock().unwrap_or_else(PoisonError::into_inner) {
-            notice.send_modify(|n| *n = n.wrapping_add(1));
-        }
-        first
-    }
-
-    /// The Secrets used within `idle`; older uses are forgotten.
-    fn recent(&self, idle: std::time::Duration) -> Vec<(String, String)> {
-        let mut last = self.last.write().unwrap_or_else(PoisonError::into_inner);
-        let now = std::time::Instant::now();
-        last.retain(|_, names| {
-            names.retain(|_, at| now.duration_since(*at) < idle);
-            !names.is_empty()
-        });
-        last.iter()
-            .flat_map(|(namespace, names)| names.keys().map(|name| (namespace.clone(), name.clone())))
-            .collect()
-    }
-}
-
-impl Uses {
-    /// Uses, and a receiver of their first-use notices.
-    fn with_notices() -> (Arc<Self>, tokio::sync::watch::Receiver<u64>) {
-        let uses = Arc::new(Uses::default());
-        let (notice, notices) = tokio::sync::watch::channel(0_u64);
-        *uses.notice.lock().unwrap_or_else(PoisonError::into_inner) = Some(notice);
-        (uses, notices)
-    }
 }
 
 impl KubeSecretStore {
@@ -211,37 +132,16 @@ impl KubeSecretStore {
 
     /// [`KubeSecretStore::spawn`] with other durations.
     pub fn spawn_with(client: Client, connectors: &KubeStore, following: Following) -> Self {
-        let (uses, notices) = Uses::with_notices();
         // NB: a Connector change may drop a reference; the follower looks
         // again at once.
-        let mut connector_changes = connectors.connector_changes.clone();
-        let weak = Arc::downgrade(&uses);
-        tokio::spawn(async move {
-            while connector_changes.changed().await.is_ok() {
-                let Some(uses) = weak.upgrade() else { break };
-                if let Some(notice) = &*uses.notice.lock().unwrap_or_else(PoisonError::into_inner) {
-                    notice.send_modify(|n| *n = n.wrapping_add(1));
-                }
-            }
-        });
-        let wanted = {
-            let (connectors, uses) = (connectors.clone(), Arc::downgrade(&uses));
-            move || {
-                let Some(uses) = uses.upgrade() else {
-                    return BTreeSet::new();
-                };
-                uses.recent(following.idle)
-                    .into_iter()
-                    .filter(|key| connectors.references(key))
-                    .collect()
-            }
+        let referenced = {
+            let connectors = connectors.clone();
+            move |key: &(String, String)| connectors.references(key)
         };
-        let watches = SecretWatches::spawn(client, Content::Data, wanted, Some(notices));
+        let changes = Some(connectors.connector_changes.clone());
         Self {
-            watches,
+            watches: UsedWatches::spawn(client, following, referenced, changes),
             connectors: connectors.clone(),
-            uses,
-            following,
         }
     }
 }
@@ -256,9 +156,7 @@ impl KubeSecretStore {
 /// does not read every Connector on each.
 #[derive(Clone)]
 pub struct KubeConnectorFollower {
-    watches: super::NamedWatches<Connector>,
-    uses: Arc<Uses>,
-    following: Following,
+    watches: UsedWatches<Connector>,
     addresses: Arc<AddressCache>,
 }
 
@@ -266,19 +164,8 @@ impl KubeConnectorFollower {
     /// Starts following connectors as they are named, on the current tokio
     /// runtime.
     pub fn spawn(client: Client, following: Following) -> Self {
-        let (uses, notices) = Uses::with_notices();
-        let wanted = {
-            let uses = Arc::downgrade(&uses);
-            move || {
-                uses.upgrade()
-                    .map(|uses| uses.recent(following.idle).into_iter().collect())
-                    .unwrap_or_default()
-            }
-        };
         Self {
-            watches: super::NamedWatches::spawn_whole(client, wanted, Some(notices)),
-            uses,
-            following,
+            watches: UsedWatches::spawn(client, following, |_| true, None),
             addresses: Arc::default(),
         }
     }
@@ -296,11 +183,7 @@ impl super::ConnectorLookup for KubeConnectorFollower {
     ) -> futures::future::BoxFuture<'a, Result<Option<Result<super::ResolvedConnector, AddressError>>, Unreadable>>
     {
         Box::pin(async move {
-            self.uses.record(&key.namespace, &key.name);
-            let connector = self
-                .watches
-                .when_read(&key.namespace, &key.name, self.following.first_read)
-                .await?;
+            let connector = self.watches.for_use(&key.namespace, &key.name).await?;
             Ok(connector.map(|connector| self.addresses.resolve(key, connector, self.watches.len())))
         })
     }
@@ -321,7 +204,7 @@ impl KubeStore {
 
 impl SecretStore for KubeSecretStore {
     fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-        self.watches.secret(namespace, name)
+        self.watches.get(namespace, name)
     }
 
     fn secret_for_use<'a>(
@@ -330,13 +213,14 @@ impl SecretStore for KubeSecretStore {
         name: &'a str,
     ) -> futures::future::BoxFuture<'a, Result<Option<Arc<Secret>>, Unreadable>> {
         Box::pin(async move {
-            if !self.connectors.references(&(namespace.to_owned(), name.to_owned())) {
+            // NB: only a Secret not followed yet is checked against the
+            // Connectors (once followed, the follower drops it when no
+            // Connector references it any more): not on every request.
+            let followed = self.watches.is_read(namespace, name);
+            if !followed && !self.connectors.references(&(namespace.to_owned(), name.to_owned())) {
                 return Err(Unreadable);
             }
-            self.uses.record(namespace, name);
-            self.watches
-                .secret_when_read(namespace, name, self.following.first_read)
-                .await
+            self.watches.for_use(namespace, name).await
         })
     }
 }

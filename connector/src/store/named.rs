@@ -34,7 +34,7 @@ pub enum Content {
 }
 
 /// An object's identity: (namespace, name).
-pub type SecretKey = (String, String);
+pub type ObjectKey = (String, String);
 
 /// A namespaced kind that can be followed by name.
 pub trait Named:
@@ -102,8 +102,8 @@ pub type SecretWatches = NamedWatches<Secret>;
 pub struct NamedWatches<K> {
     /// Every followed object read at least once: `None` when it does not
     /// exist.
-    secrets: Arc<RwLock<HashMap<SecretKey, Option<Arc<K>>>>>,
-    changes: tokio::sync::broadcast::Sender<SecretKey>,
+    objects: Arc<RwLock<HashMap<ObjectKey, Option<Arc<K>>>>>,
+    changes: tokio::sync::broadcast::Sender<ObjectKey>,
     /// Bumped each time a followed object is read for the first time.
     first_reads: Arc<tokio::sync::watch::Sender<u64>>,
     starts: Arc<tokio::sync::Semaphore>,
@@ -112,7 +112,7 @@ pub struct NamedWatches<K> {
 impl<K> Clone for NamedWatches<K> {
     fn clone(&self) -> Self {
         Self {
-            secrets: self.secrets.clone(),
+            objects: self.objects.clone(),
             changes: self.changes.clone(),
             first_reads: self.first_reads.clone(),
             starts: self.starts.clone(),
@@ -126,7 +126,7 @@ impl NamedWatches<Secret> {
     pub fn spawn(
         client: Client,
         content: Content,
-        wanted: impl Fn() -> BTreeSet<SecretKey> + Send + Sync + 'static,
+        wanted: impl Fn() -> BTreeSet<ObjectKey> + Send + Sync + 'static,
         notices: Option<tokio::sync::watch::Receiver<u64>>,
     ) -> Self {
         let reading = match content {
@@ -135,44 +135,18 @@ impl NamedWatches<Secret> {
         };
         Self::start(client, reading, wanted, notices)
     }
-
-    /// The Secret, if it is followed and exists.
-    pub fn secret(&self, namespace: &str, name: &str) -> Option<Arc<Secret>> {
-        self.get(namespace, name)
-    }
-
-    /// The Secret as soon as it has been read (`None` inside: it does not
-    /// exist), waiting at most `wait` for a Secret about to be followed.
-    pub async fn secret_when_read(
-        &self,
-        namespace: &str,
-        name: &str,
-        wait: Duration,
-    ) -> Result<Option<Arc<Secret>>, super::Unreadable> {
-        self.when_read(namespace, name, wait).await
-    }
 }
 
 impl<K: Named> NamedWatches<K> {
-    /// Follows the whole objects `wanted` names (re-read when `notices`
-    /// changes, and every few seconds), on the current tokio runtime.
-    pub fn spawn_whole(
-        client: Client,
-        wanted: impl Fn() -> BTreeSet<SecretKey> + Send + Sync + 'static,
-        notices: Option<tokio::sync::watch::Receiver<u64>>,
-    ) -> Self {
-        Self::start(client, Reading::Whole, wanted, notices)
-    }
-
     fn start(
         client: Client,
         reading: Reading<K>,
-        wanted: impl Fn() -> BTreeSet<SecretKey> + Send + Sync + 'static,
+        wanted: impl Fn() -> BTreeSet<ObjectKey> + Send + Sync + 'static,
         notices: Option<tokio::sync::watch::Receiver<u64>>,
     ) -> Self {
         let (changes, _) = tokio::sync::broadcast::channel(1024);
         let watches = Self {
-            secrets: Arc::default(),
+            objects: Arc::default(),
             changes,
             first_reads: Arc::new(tokio::sync::watch::channel(0).0),
             starts: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_STARTS)),
@@ -188,7 +162,7 @@ impl<K: Named> NamedWatches<K> {
 
     /// How many objects are followed and read.
     pub fn len(&self) -> usize {
-        self.secrets
+        self.objects
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .len()
@@ -202,8 +176,8 @@ impl<K: Named> NamedWatches<K> {
     /// The object once it has been read (`None` inside: it does not exist);
     /// `None` when it is not followed or not read yet.
     fn known(&self, namespace: &str, name: &str) -> Option<Option<Arc<K>>> {
-        let secrets = self.secrets.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        secrets.get(&(namespace.to_owned(), name.to_owned())).cloned()
+        let objects = self.objects.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        objects.get(&(namespace.to_owned(), name.to_owned())).cloned()
     }
 
     /// The object as soon as it has been read (`None` inside: it does not
@@ -218,8 +192,8 @@ impl<K: Named> NamedWatches<K> {
         let mut first_reads = self.first_reads.subscribe();
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(secret) = self.known(namespace, name) {
-                return Ok(secret);
+            if let Some(object) = self.known(namespace, name) {
+                return Ok(object);
             }
             match tokio::time::timeout_at(deadline, first_reads.changed()).await {
                 Ok(Ok(())) => {}
@@ -230,7 +204,7 @@ impl<K: Named> NamedWatches<K> {
 
     /// Every change (created, changed, deleted) of a followed Secret from
     /// now on.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SecretKey> {
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<ObjectKey> {
         self.changes.subscribe()
     }
 
@@ -238,10 +212,10 @@ impl<K: Named> NamedWatches<K> {
         self,
         client: Client,
         reading: Reading<K>,
-        wanted: impl Fn() -> BTreeSet<SecretKey>,
+        wanted: impl Fn() -> BTreeSet<ObjectKey>,
         mut notices: Option<tokio::sync::watch::Receiver<u64>>,
     ) {
-        let mut watches: HashMap<SecretKey, tokio::task::JoinHandle<()>> = HashMap::new();
+        let mut watches: HashMap<ObjectKey, tokio::task::JoinHandle<()>> = HashMap::new();
         loop {
             let wanted = wanted();
             watches.retain(|key, task| {
@@ -249,7 +223,7 @@ impl<K: Named> NamedWatches<K> {
                 if !keep {
                     task.abort();
                     self.forget(key);
-                    tracing::debug!(namespace = %key.0, secret = %key.1, "no longer referenced; watch stopped");
+                    tracing::debug!(namespace = %key.0, name = %key.1, "no longer wanted; watch stopped");
                 }
                 keep
             });
@@ -274,11 +248,11 @@ impl<K: Named> NamedWatches<K> {
     }
 
     /// Stores `secret` (None: it does not exist) and announces a change.
-    fn set(&self, key: &SecretKey, mut secret: Option<K>) {
+    fn set(&self, key: &ObjectKey, mut secret: Option<K>) {
         if let Some(secret) = secret.as_mut() {
             secret.slim();
         }
-        let mut secrets = self.secrets.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut secrets = self.objects.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let version = |s: Option<&K>| s.and_then(|s| s.meta().resource_version.clone());
         let previous = secrets.insert(key.clone(), secret.map(Arc::new));
         let first_read = previous.is_none();
@@ -294,8 +268,8 @@ impl<K: Named> NamedWatches<K> {
     }
 
     /// Drops a Secret no longer followed (a change when it existed).
-    fn forget(&self, key: &SecretKey) {
-        let mut secrets = self.secrets.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+    fn forget(&self, key: &ObjectKey) {
+        let mut secrets = self.objects.write().unwrap_or_else(|poisoned| poisoned.into_inner());
         let existed = secrets.remove(key).flatten().is_some();
         drop(secrets);
         if existed {
@@ -303,7 +277,7 @@ impl<K: Named> NamedWatches<K> {
         }
     }
 
-    async fn watch_one(self, api: Api<K>, reading: Reading<K>, key: SecretKey) {
+    async fn watch_one(self, api: Api<K>, reading: Reading<K>, key: ObjectKey) {
         let name = key.1.as_str();
         let mut backoff = BACKOFF_MIN;
         loop {
@@ -346,7 +320,7 @@ impl<K: Named> NamedWatches<K> {
         &self,
         api: &Api<K>,
         reading: Reading<K>,
-        key: &SecretKey,
+        key: &ObjectKey,
         params: &WatchParams,
         version: &str,
     ) -> Result<(), String> {
@@ -405,5 +379,160 @@ async fn read<K: Named>(api: &Api<K>, reading: Reading<K>, name: &str) -> Result
     match reading {
         Reading::Whole => api.get_opt(name).await,
         Reading::Metadata(of_metadata) => Ok(api.get_metadata_opt(name).await?.map(of_metadata)),
+    }
+}
+
+/// How long an object is followed after its last use ([`UsedWatches`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Following {
+    /// An object unused this long is no longer followed.
+    pub idle: Duration,
+    /// How long a request waits for an object's first read.
+    pub first_read: Duration,
+}
+
+impl Default for Following {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(600),
+            first_read: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Objects followed while requests use them: the first use reads one (the
+/// request waits for that one read), its watch then keeps it current, and
+/// [`Following::idle`] without a use, or `still_wanted` saying no, end the
+/// watch and drop it from memory.
+pub struct UsedWatches<K> {
+    watches: NamedWatches<K>,
+    uses: Arc<Uses>,
+    following: Following,
+}
+
+impl<K> Clone for UsedWatches<K> {
+    fn clone(&self) -> Self {
+        Self {
+            watches: self.watches.clone(),
+            uses: self.uses.clone(),
+            following: self.following,
+        }
+    }
+}
+
+impl<K: Named> UsedWatches<K> {
+    /// Follows whole objects as they are used, on the current tokio
+    /// runtime; `still_wanted` is asked again when `changes` (if any)
+    /// changes, and every few seconds.
+    pub fn spawn(
+        client: Client,
+        following: Following,
+        still_wanted: impl Fn(&ObjectKey) -> bool + Send + Sync + 'static,
+        changes: Option<tokio::sync::watch::Receiver<u64>>,
+    ) -> Self {
+        let (notice, notices) = tokio::sync::watch::channel(0_u64);
+        let uses = Arc::new(Uses {
+            last: RwLock::default(),
+            notice,
+        });
+        if let Some(mut changes) = changes {
+            let uses = Arc::downgrade(&uses);
+            tokio::spawn(async move {
+                while changes.changed().await.is_ok() {
+                    let Some(uses) = uses.upgrade() else { break };
+                    uses.notice.send_modify(|n| *n = n.wrapping_add(1));
+                }
+            });
+        }
+        let wanted = {
+            let uses = Arc::downgrade(&uses);
+            move || {
+                let Some(uses) = uses.upgrade() else {
+                    return BTreeSet::new();
+                };
+                uses.recent(following.idle)
+                    .into_iter()
+                    .filter(|key| still_wanted(key))
+                    .collect()
+            }
+        };
+        Self {
+            watches: NamedWatches::start(client, Reading::Whole, wanted, Some(notices)),
+            uses,
+            following,
+        }
+    }
+
+    /// The object for a request about to use it (`None` inside: it does not
+    /// exist): read first when it is not followed yet.
+    pub async fn for_use(&self, namespace: &str, name: &str) -> Result<Option<Arc<K>>, super::Unreadable> {
+        self.uses.record(namespace, name);
+        self.watches.when_read(namespace, name, self.following.first_read).await
+    }
+
+    /// The object as it is held now, if it is followed and exists.
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        self.watches.get(namespace, name)
+    }
+
+    /// True when the object is followed and has been read.
+    pub fn is_read(&self, namespace: &str, name: &str) -> bool {
+        self.watches.known(namespace, name).is_some()
+    }
+
+    /// How many objects are followed and read.
+    pub fn len(&self) -> usize {
+        self.watches.len()
+    }
+
+    /// True when no object is followed and read.
+    pub fn is_empty(&self) -> bool {
+        self.watches.is_empty()
+    }
+}
+
+/// When each object was last used, by namespace and name.
+struct Uses {
+    last: RwLock<HashMap<String, HashMap<String, std::time::Instant>>>,
+    /// Wakes the follower when an object is used for the first time.
+    notice: tokio::sync::watch::Sender<u64>,
+}
+
+impl Uses {
+    /// Records a use now.
+    fn record(&self, namespace: &str, name: &str) {
+        let now = std::time::Instant::now();
+        {
+            let last = self.last.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(at) = last.get(namespace).and_then(|names| names.get(name)) {
+                // NB: refreshed at most once a second, under the write lock.
+                if now.duration_since(*at) < Duration::from_secs(1) {
+                    return;
+                }
+            }
+        }
+        let mut last = self.last.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let first = last
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(name.to_owned(), now)
+            .is_none();
+        drop(last);
+        if first {
+            self.notice.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// The objects used within `idle`; older uses are forgotten.
+    fn recent(&self, idle: Duration) -> Vec<ObjectKey> {
+        let mut last = self.last.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let now = std::time::Instant::now();
+        last.retain(|_, names| {
+            names.retain(|_, at| now.duration_since(*at) < idle);
+            !names.is_empty()
+        });
+        last.iter()
+            .flat_map(|(namespace, names)| names.keys().map(|name| (namespace.clone(), name.clone())))
+            .collect()
     }
 }
