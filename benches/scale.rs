@@ -472,7 +472,76 @@ fn real_part(apiserver: &tokio::runtime::Runtime) -> String {
         real_version(),
         identity_line(&real).trim_start_matches("| ")
     ));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let fake_csi = csi_cluster_row(apiserver, &runtime, 0);
+    let real_csi = real_csi_line(&runtime);
+    report.push_str(&format!(
+        "\nThe CSI plugin in cluster mode ({PODS_PER_NODE} publishes at once, as in the CSI\n\
+         part) against the fake and against the real API server (the plugin with\n\
+         the `connectors-csi` ServiceAccount's token, as its DaemonSet runs it; the\n\
+         pods' ServiceAccount bound to `connectors-user`, so RBAC decides each\n\
+         SubjectAccessReview). Columns as in the CSI part; `—`: not counted.\n\n\
+         | API server | connectors | ready | memory at ready (MiB) | read to ready (MiB) | first round p50 / p99 (ms) | again p50 / p99 (ms) | failed | Connector watches | memory after (MiB) | read in all (MiB) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n\
+         | fake {fake_csi}\
+         | real (kube-apiserver {}) {real_csi}",
+        real_version(),
+    ));
     report
+}
+
+/// The CSI plugin in cluster mode against the real API server, as its
+/// DaemonSet runs it (the `connectors-csi` ServiceAccount's token): the
+/// volumes name two Connectors of a namespace whose `builder` is bound to
+/// `connectors-user`, so each publish is a real SubjectAccessReview (RBAC
+/// deciding) and a Pod read.
+fn real_csi_line(runtime: &tokio::runtime::Runtime) -> String {
+    let cluster = testing::cluster::RealCluster::shared(&common::connectors_binary());
+    let namespace = "csi-bench";
+    cluster.kubectl_ok(&["create", "namespace", namespace], None);
+    for (name, class) in [("harbor", "harbor"), ("hub", "oci")] {
+        let connector = format!(
+            "apiVersion: connectors.alauda.io/v1alpha1\nkind: Connector\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {{connectorClassName: {class}, address: \"https://{name}.example.com\"}}\n"
+        );
+        cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector));
+    }
+    cluster.kubectl_ok(&["create", "serviceaccount", "builder", "-n", namespace], None);
+    cluster.kubectl_ok(
+        &[
+            "create",
+            "rolebinding",
+            "builder",
+            "-n",
+            namespace,
+            "--clusterrole",
+            "connectors-user",
+            "--serviceaccount",
+            &format!("{namespace}:builder"),
+        ],
+        None,
+    );
+    let token = cluster.kubectl_ok(
+        &[
+            "create",
+            "token",
+            "builder",
+            "-n",
+            namespace,
+            "--audience",
+            "connectors-proxy",
+        ],
+        None,
+    );
+    let token = token.trim().to_owned();
+    let kubeconfig = cluster.service_account_kubeconfig("connectors-csi", "connectors-csi");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let request = |target: &std::path::Path, i: usize| csi_publish_request(target, i, namespace, Some(&token));
+    let run = csi_cluster_run(runtime, dir.path(), &kubeconfig, &request, &|| None, &|| None);
+    csi_cluster_line("2", &run)
 }
 
 /// The real API server's version, as its go.mod pins it.
@@ -837,7 +906,6 @@ fn proxy_row(apiserver: &tokio::runtime::Runtime, pods: u32, nodes: u32, connect
     }
     let ready = started.elapsed();
     let ready_cpu = common::cpu_seconds(&[proxy.pid().to_string()]);
-    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let ready_rss_mib = mib(common::memory(proxy.pid()).1);
     // Settled: the descriptors (a connection per Secret watch) unchanged
     // for 10 s.
@@ -950,7 +1018,7 @@ fn used_row(
             .filter(|r| r.path.contains("/secrets/") && r.method == "GET")
             .count()
             - reads_before,
-        rss_mib: rss as f64 / (1024.0 * 1024.0),
+        rss_mib: mib(rss),
         fds: common::open_fds(proxy.pid()),
     }
 }
@@ -1448,7 +1516,6 @@ fn controller_row(apiserver: &tokio::runtime::Runtime, connectors: u32, secrets:
     let target = ProbeTarget::start(apiserver, !secrets);
     controller_cluster(&api, connectors, secrets, &target);
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
 
     // First start: nothing has a status yet; every connector is probed.
     let started = Instant::now();
@@ -1575,17 +1642,25 @@ fn controller_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
 const PODS_PER_NODE: usize = 110;
 
 /// The inline volume request the kubelet sends for pod `i`.
-fn csi_publish_request(target: &std::path::Path, i: usize) -> csi::proto::NodePublishVolumeRequest {
+/// The publish kubelet sends for pod `app-{i}` of ServiceAccount `builder`
+/// in `namespace`, whose volume names `harbor` and `hub`; the pod's token
+/// is `token` (one of its own when none is given).
+fn csi_publish_request(
+    target: &std::path::Path,
+    i: usize,
+    namespace: &str,
+    token: Option<&str>,
+) -> csi::proto::NodePublishVolumeRequest {
+    let token = token.map_or_else(|| format!("pod-token-{i}"), str::to_owned);
     let context: std::collections::HashMap<String, String> = [
         ("csi.storage.k8s.io/ephemeral", "true".to_owned()),
         ("csi.storage.k8s.io/pod.name", format!("app-{i}")),
-        ("csi.storage.k8s.io/pod.namespace", LISTED.to_owned()),
+        ("csi.storage.k8s.io/pod.namespace", namespace.to_owned()),
         ("csi.storage.k8s.io/pod.uid", format!("2b0c7f9e-0000-4000-8000-{i:012}")),
         ("csi.storage.k8s.io/serviceAccount.name", "builder".to_owned()),
         (
             "csi.storage.k8s.io/serviceAccount.tokens",
-            json!({"connectors-proxy": {"token": format!("pod-token-{i}"), "expirationTimestamp": "2030-01-01T00:00:00Z"}})
-                .to_string(),
+            json!({"connectors-proxy": {"token": token, "expirationTimestamp": "2030-01-01T00:00:00Z"}}).to_string(),
         ),
         ("connectors", "harbor,hub".to_owned()),
     ]
@@ -1610,6 +1685,7 @@ fn csi_round(
     dir: &std::path::Path,
     round: usize,
     at_once: bool,
+    request: &dyn Fn(&std::path::Path, usize) -> csi::proto::NodePublishVolumeRequest,
 ) -> CsiRound {
     use csi::proto::NodeUnpublishVolumeRequest;
     use csi::proto::node_client::NodeClient;
@@ -1634,7 +1710,7 @@ fn csi_round(
         let started = Instant::now();
         let publishes = clients.iter().zip(&targets).enumerate().map(|(i, (client, target))| {
             let mut client = client.clone();
-            let request = csi_publish_request(target, i);
+            let request = request(target, i);
             async move {
                 let started = Instant::now();
                 let result = tokio::time::timeout(Duration::from_secs(30), client.node_publish_volume(request)).await;
@@ -1766,8 +1842,47 @@ fn csi_cluster_row(apiserver: &tokio::runtime::Runtime, runtime: &tokio::runtime
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig("csi-token")).expect("the kubeconfig is written");
     let bytes_before = api.bytes_served();
+    let request = |target: &std::path::Path, i: usize| csi_publish_request(target, i, LISTED, None);
+    let run = csi_cluster_run(
+        runtime,
+        dir.path(),
+        &kubeconfig,
+        &request,
+        &|| Some(api.bytes_served().saturating_sub(bytes_before)),
+        &|| Some(api.open_watches(CONNECTORS)),
+    );
+    csi_cluster_line(&connectors.saturating_add(2).to_string(), &run)
+}
+
+/// One plugin in cluster mode, measured: until ready, then two rounds of
+/// publishes at once.
+struct CsiClusterRun {
+    ready: Duration,
+    ready_mib: f64,
+    /// Bytes the API server sent it, to ready plus 2 s, where counted.
+    read_to_ready: Option<u64>,
+    first: CsiRound,
+    again: CsiRound,
+    /// Its Connector watches at the end, where counted.
+    watches: Option<usize>,
+    after_mib: f64,
+    read_in_all: Option<u64>,
+}
+
+/// Starts the release plugin in cluster mode through `kubeconfig`; waits
+/// until its Identity probe says ready; then a round of `request`s at once
+/// and the same round again. `read` and `watches` count what the API
+/// server can tell.
+fn csi_cluster_run(
+    runtime: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    kubeconfig: &std::path::Path,
+    request: &dyn Fn(&std::path::Path, usize) -> csi::proto::NodePublishVolumeRequest,
+    read: &dyn Fn() -> Option<u64>,
+    watches: &dyn Fn() -> Option<usize>,
+) -> CsiClusterRun {
     let started = Instant::now();
-    let (plugin, socket) = start_csi_plugin(dir.path(), None, Some(&kubeconfig));
+    let (plugin, socket) = start_csi_plugin(dir, None, Some(kubeconfig));
     let ready = runtime.block_on(async {
         use csi::proto::identity_client::IdentityClient;
         loop {
@@ -1786,30 +1901,56 @@ fn csi_cluster_row(apiserver: &tokio::runtime::Runtime, runtime: &tokio::runtime
     });
     // NB: what it reads once ready, as the lists a store makes arrive.
     std::thread::sleep(Duration::from_secs(2));
-    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let ready_mib = mib(common::memory(plugin.pid()).1);
-    let read_mib = mib(api.bytes_served().saturating_sub(bytes_before));
-    let first = csi_round(runtime, &socket, dir.path(), 0, true);
-    let again = csi_round(runtime, &socket, dir.path(), 1, true);
-    let watches = api.open_watches(CONNECTORS);
-    let after_mib = mib(common::memory(plugin.pid()).1);
-    let read_after_mib = mib(api.bytes_served().saturating_sub(bytes_before));
+    let read_to_ready = read();
+    let first = csi_round(runtime, &socket, dir, 0, true, request);
+    let again = csi_round(runtime, &socket, dir, 1, true, request);
+    let run = CsiClusterRun {
+        ready,
+        ready_mib,
+        read_to_ready,
+        first,
+        again,
+        watches: watches(),
+        after_mib: mib(common::memory(plugin.pid()).1),
+        read_in_all: read(),
+    };
     drop(plugin);
-    let millis = |h: &Histogram<u64>, q: f64| format!("{:.1}", h.value_at_quantile(q) as f64 / 1000.0);
     eprintln!(
-        "csi, cluster mode, {connectors} connectors: ready {ready:?}, {ready_mib:.1} MiB, read {read_mib:.1} MiB; first round p99 {} ms, again p99 {} ms",
-        millis(&first.publish, 0.99),
-        millis(&again.publish, 0.99)
+        "csi, cluster mode: ready {:?}, {:.1} MiB; first round p99 {} ms, again p99 {} ms, {} failed",
+        run.ready,
+        run.ready_mib,
+        csi_millis(&run.first.publish, 0.99),
+        csi_millis(&run.again.publish, 0.99),
+        run.first.failures + run.again.failures,
     );
+    run
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn csi_millis(histogram: &Histogram<u64>, quantile: f64) -> String {
+    format!("{:.1}", histogram.value_at_quantile(quantile) as f64 / 1000.0)
+}
+
+/// A row of the CSI cluster-mode tables; what was not counted is `—`.
+fn csi_cluster_line(connectors: &str, run: &CsiClusterRun) -> String {
+    let counted = |value: Option<String>| value.unwrap_or_else(|| "—".to_owned());
     format!(
-        "| {} | {:.2} s | {ready_mib:.1} | {read_mib:.2} | {} / {} | {} / {} | {} | {watches} | {after_mib:.1} | {read_after_mib:.2} |\n",
-        connectors + 2,
-        ready.as_secs_f64(),
-        millis(&first.publish, 0.5),
-        millis(&first.publish, 0.99),
-        millis(&again.publish, 0.5),
-        millis(&again.publish, 0.99),
-        first.failures + again.failures,
+        "| {connectors} | {:.2} s | {:.1} | {} | {} / {} | {} / {} | {} | {} | {:.1} | {} |\n",
+        run.ready.as_secs_f64(),
+        run.ready_mib,
+        counted(run.read_to_ready.map(|b| format!("{:.2}", mib(b)))),
+        csi_millis(&run.first.publish, 0.5),
+        csi_millis(&run.first.publish, 0.99),
+        csi_millis(&run.again.publish, 0.5),
+        csi_millis(&run.again.publish, 0.99),
+        run.first.failures + run.again.failures,
+        counted(run.watches.map(|w| w.to_string())),
+        run.after_mib,
+        counted(run.read_in_all.map(|b| format!("{:.2}", mib(b)))),
     )
 }
 
@@ -1828,9 +1969,10 @@ fn csi_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
     let mut unpublish = Histogram::<u64>::new(3).expect("a histogram");
     let mut walls = Vec::new();
     let mut failures = 0;
-    let alone = csi_round(&runtime, &socket, dir.path(), rounds, false);
+    let request = |target: &std::path::Path, i: usize| csi_publish_request(target, i, LISTED, None);
+    let alone = csi_round(&runtime, &socket, dir.path(), rounds, false, &request);
     for round in 0..rounds {
-        let result = csi_round(&runtime, &socket, dir.path(), round, true);
+        let result = csi_round(&runtime, &socket, dir.path(), round, true, &request);
         publish.add(&result.publish).expect("histograms add");
         unpublish.add(&result.unpublish).expect("histograms add");
         walls.push(result.wall.as_secs_f64() * 1000.0);
@@ -1852,7 +1994,7 @@ fn csi_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
     let own_ms = metric("connectors_csi_publish_duration_seconds_sum") * 1000.0
         / metric("connectors_csi_publish_duration_seconds_count").max(1.0);
     drop(plugin);
-    let millis = |h: &Histogram<u64>, q: f64| format!("{:.1}", h.value_at_quantile(q) as f64 / 1000.0);
+    let millis = csi_millis;
     eprintln!(
         "csi: {rounds} rounds of {PODS_PER_NODE}: publish p50 {} ms p99 {} ms max {} ms, {failures} failed",
         millis(&publish, 0.5),
@@ -1974,7 +2116,6 @@ fn start_component<T>(
     }
     let ready = started.elapsed();
     std::thread::sleep(Duration::from_secs(1));
-    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let cost = Synced {
         ready,
         rss_mib: mib(rss().saturating_sub(before)),

@@ -13,7 +13,9 @@ pub mod kube;
 pub mod named;
 
 pub use file::FileStore;
-pub use kube::{KubeClassStore, KubeConnectorFollower, KubeSecretStore, KubeStore, referenced_secrets};
+pub use kube::{
+    KubeClassStore, KubeConnectorFollower, KubeSecretStore, KubeStore, drop_bookkeeping, referenced_secrets,
+};
 pub use named::{Content, Following, Named, NamedWatches, SecretWatches, UsedWatches};
 
 /// The labels and annotations of a namespace: all that selection needs.

@@ -47,6 +47,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -922,15 +923,11 @@ async fn serve_list(
     if let Some(code) = collection.failures.pop_front() {
         return injected_failure(code);
     }
-    let matching: Vec<&Value> = collection
-        .objects
-        .iter()
-        .filter(|(key, object)| in_namespace(key, namespace.as_deref()) && selector.matches(object))
-        .map(|(_, object)| object)
-        .collect();
-    // NB: a continue token pins the snapshot's resourceVersion; the fake
-    // pages over the current objects, which is exact while nothing changes.
-    let (resource_version, offset) = match params.get("continue") {
+    // NB: a continue token pins the snapshot's resourceVersion and names
+    // the last key listed; the fake pages over the current objects from
+    // there, which is exact while nothing changes and costs a page, not the
+    // collection, per request (as etcd's range reads do).
+    let (resource_version, after) = match params.get("continue") {
         Some(token) => match parse_continue(token) {
             Some(position) => position,
             None => {
@@ -942,25 +939,32 @@ async fn serve_list(
                 );
             }
         },
-        None => (current, 0),
+        None => (current, None),
     };
     let limit = params
         .get("limit")
         .and_then(|l| l.parse::<usize>().ok())
         .filter(|l| *l > 0)
         .unwrap_or(usize::MAX);
-    let page: Vec<Value> = matching
-        .iter()
-        .skip(offset)
-        .take(limit)
-        .map(|object| list_item(resource, object, representation))
-        .collect();
+    let start = match &after {
+        Some(key) => Bound::Excluded(key),
+        None => Bound::Unbounded,
+    };
+    let mut matching = collection
+        .objects
+        .range((start, Bound::Unbounded))
+        .filter(|(key, object)| in_namespace(key, namespace.as_deref()) && selector.matches(object));
+    let page: Vec<(&(String, String), &Value)> = matching.by_ref().take(limit).collect();
     let mut list_metadata = json!({"resourceVersion": resource_version.to_string()});
-    let next = offset.saturating_add(limit);
-    if next < matching.len() {
-        list_metadata["continue"] = json!(format!("fake-continue:{resource_version}:{next}"));
-        list_metadata["remainingItemCount"] = json!(matching.len() - next);
+    if let Some(((last_namespace, last_name), _)) = page.last()
+        && matching.next().is_some()
+    {
+        list_metadata["continue"] = json!(format!("fake-continue:{resource_version}:{last_namespace}/{last_name}"));
     }
+    let page: Vec<Value> = page
+        .into_iter()
+        .map(|(_, object)| list_item(resource, object, representation))
+        .collect();
     let (kind, api_version) = match representation {
         Representation::Full => (format!("{}List", resource.kind), resource.api_version()),
         Representation::MetadataOnly => (PARTIAL_OBJECT_METADATA_LIST.to_owned(), format!("{METADATA_GROUP}/v1")),
@@ -972,9 +976,14 @@ async fn serve_list(
     )
 }
 
-fn parse_continue(token: &str) -> Option<(u64, usize)> {
-    let (resource_version, offset) = token.strip_prefix("fake-continue:")?.split_once(':')?;
-    Some((resource_version.parse().ok()?, offset.parse().ok()?))
+/// A continue token's resourceVersion and the key listed last.
+fn parse_continue(token: &str) -> Option<(u64, Option<(String, String)>)> {
+    let (resource_version, last) = token.strip_prefix("fake-continue:")?.split_once(':')?;
+    let (namespace, name) = last.split_once('/')?;
+    Some((
+        resource_version.parse().ok()?,
+        Some((namespace.to_owned(), name.to_owned())),
+    ))
 }
 
 /// An item of a list: built-in kinds are listed without `apiVersion` and

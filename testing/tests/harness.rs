@@ -483,3 +483,74 @@ async fn a_slow_token_server_runs_skopeo_into_its_timeout_and_everything_stops_o
         "the token server still listens"
     );
 }
+
+/// Pages of a selected list hold every matching object once, in order,
+/// each page reading on from the key the last one ended at (a page costs
+/// a page, so a 100,000-pod list is not quadratic in the fake).
+#[tokio::test]
+async fn the_fake_api_server_pages_a_selected_list_from_where_the_last_page_ended() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, ListParams};
+    use testing::apiserver::{FakeApiServer, PODS};
+
+    let api = FakeApiServer::start(&[PODS]).await;
+    for (namespace, name, selected) in [
+        ("a", "p1", true),
+        ("a", "p2", false),
+        ("a", "p3", true),
+        ("b", "p1", true),
+        ("b", "p2", true),
+        ("c", "p1", false),
+        ("c", "p2", true),
+    ] {
+        let labels = if selected {
+            serde_json::json!({"team": "x"})
+        } else {
+            serde_json::json!({})
+        };
+        api.apply(
+            PODS,
+            serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"namespace": namespace, "name": name, "labels": labels}}),
+        );
+    }
+    let pods: Api<Pod> = Api::all(api.client());
+    let mut listed = Vec::new();
+    let mut pages = 0;
+    let mut params = ListParams::default().labels("team=x").limit(2);
+    loop {
+        let page = pods.list(&params).await.unwrap();
+        pages += 1;
+        assert!(page.items.len() <= 2, "a page holds at most the limit");
+        listed.extend(page.items.iter().map(|p| {
+            format!(
+                "{}/{}",
+                p.metadata.namespace.as_deref().unwrap(),
+                p.metadata.name.as_deref().unwrap()
+            )
+        }));
+        match page.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+        assert!(pages < 10, "the pages end");
+    }
+    assert_eq!(listed, ["a/p1", "a/p3", "b/p1", "b/p2", "c/p2"]);
+    assert_eq!(pages, 3);
+
+    let namespaced: Api<Pod> = Api::namespaced(api.client(), "b");
+    let page = namespaced.list(&ListParams::default().limit(1)).await.unwrap();
+    let token = page.metadata.continue_.expect("more pods in b");
+    let rest = namespaced
+        .list(&ListParams::default().limit(5).continue_token(&token))
+        .await
+        .unwrap();
+    assert_eq!(rest.items.len(), 1);
+    assert_eq!(rest.items[0].metadata.name.as_deref(), Some("p2"));
+    assert!(rest.metadata.continue_.is_none_or(|t| t.is_empty()));
+
+    let refused = namespaced
+        .list(&ListParams::default().continue_token("not-a-token"))
+        .await;
+    assert!(refused.is_err(), "a bad continue token is refused");
+}

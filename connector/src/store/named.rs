@@ -57,7 +57,7 @@ impl Named for Secret {
     const NOUN: &'static str = "secret";
 
     fn slim(&mut self) {
-        self.metadata.managed_fields = None;
+        super::drop_bookkeeping(&mut self.metadata);
     }
 }
 
