@@ -537,9 +537,25 @@ fn real_csi_line(runtime: &tokio::runtime::Runtime) -> String {
         None,
     );
     let token = token.trim().to_owned();
+    let uids: Vec<String> = runtime.block_on(async {
+        use k8s_openapi::api::core::v1::Pod;
+        let pods: kube::Api<Pod> = kube::Api::namespaced(cluster.admin().await, namespace);
+        let mut uids = Vec::new();
+        for i in 0..PODS_PER_NODE {
+            let pod = serde_json::from_value(csi_pod(namespace, i)).expect("a pod");
+            let created = pods
+                .create(&Default::default(), &pod)
+                .await
+                .expect("the pod is created");
+            uids.push(created.metadata.uid.expect("the API server gives a UID"));
+        }
+        uids
+    });
     let kubeconfig = cluster.service_account_kubeconfig("connectors-csi", "connectors-csi");
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let request = |target: &std::path::Path, i: usize| csi_publish_request(target, i, namespace, Some(&token));
+    let request = |target: &std::path::Path, i: usize| {
+        csi_publish_request(target, i, namespace, Some(&token), Some(uids[i].as_str()))
+    };
     let run = csi_cluster_run(runtime, dir.path(), &kubeconfig, &request, &|| None, &|| None);
     csi_cluster_line("2", &run)
 }
@@ -1644,19 +1660,21 @@ const PODS_PER_NODE: usize = 110;
 /// The inline volume request the kubelet sends for pod `i`.
 /// The publish kubelet sends for pod `app-{i}` of ServiceAccount `builder`
 /// in `namespace`, whose volume names `harbor` and `hub`; the pod's token
-/// is `token` (one of its own when none is given).
+/// is `token` and its UID `uid` (made up when not given).
 fn csi_publish_request(
     target: &std::path::Path,
     i: usize,
     namespace: &str,
     token: Option<&str>,
+    uid: Option<&str>,
 ) -> csi::proto::NodePublishVolumeRequest {
     let token = token.map_or_else(|| format!("pod-token-{i}"), str::to_owned);
+    let uid = uid.map_or_else(|| format!("2b0c7f9e-0000-4000-8000-{i:012}"), str::to_owned);
     let context: std::collections::HashMap<String, String> = [
         ("csi.storage.k8s.io/ephemeral", "true".to_owned()),
         ("csi.storage.k8s.io/pod.name", format!("app-{i}")),
         ("csi.storage.k8s.io/pod.namespace", namespace.to_owned()),
-        ("csi.storage.k8s.io/pod.uid", format!("2b0c7f9e-0000-4000-8000-{i:012}")),
+        ("csi.storage.k8s.io/pod.uid", uid),
         ("csi.storage.k8s.io/serviceAccount.name", "builder".to_owned()),
         (
             "csi.storage.k8s.io/serviceAccount.tokens",
@@ -1841,8 +1859,16 @@ fn csi_cluster_row(apiserver: &tokio::runtime::Runtime, runtime: &tokio::runtime
     let dir = tempfile::tempdir().expect("a temporary directory");
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig("csi-token")).expect("the kubeconfig is written");
+    // The publishing pods exist, as they do when kubelet publishes.
+    let uids: Vec<String> = (0..PODS_PER_NODE)
+        .map(|i| {
+            let version = api.apply(PODS, csi_pod(LISTED, i));
+            format!("00000000-0000-4000-8000-{version:012x}")
+        })
+        .collect();
     let bytes_before = api.bytes_served();
-    let request = |target: &std::path::Path, i: usize| csi_publish_request(target, i, LISTED, None);
+    let request =
+        |target: &std::path::Path, i: usize| csi_publish_request(target, i, LISTED, None, Some(uids[i].as_str()));
     let run = csi_cluster_run(
         runtime,
         dir.path(),
@@ -1852,6 +1878,23 @@ fn csi_cluster_row(apiserver: &tokio::runtime::Runtime, runtime: &tokio::runtime
         &|| Some(api.open_watches(CONNECTORS)),
     );
     csi_cluster_line(&connectors.saturating_add(2).to_string(), &run)
+}
+
+/// Pod `app-{i}` of `namespace`, run by ServiceAccount `builder`, with
+/// the inline volume it publishes.
+fn csi_pod(namespace: &str, i: usize) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": format!("app-{i}"), "namespace": namespace},
+        "spec": {
+            "serviceAccountName": "builder",
+            "containers": [{"name": "app", "image": "registry.example/app:1",
+                            "volumeMounts": [{"name": "proxyconfig", "mountPath": "/opt/connectors"}]}],
+            "volumes": [{"name": "proxyconfig", "csi": {"driver": "connectors-csi", "readOnly": true,
+                                                        "volumeAttributes": {"connectors": "harbor,hub"}}}],
+        },
+    })
 }
 
 /// One plugin in cluster mode, measured: until ready, then two rounds of
@@ -1969,7 +2012,7 @@ fn csi_part(apiserver: &tokio::runtime::Runtime, quick: bool) -> String {
     let mut unpublish = Histogram::<u64>::new(3).expect("a histogram");
     let mut walls = Vec::new();
     let mut failures = 0;
-    let request = |target: &std::path::Path, i: usize| csi_publish_request(target, i, LISTED, None);
+    let request = |target: &std::path::Path, i: usize| csi_publish_request(target, i, LISTED, None, None);
     let alone = csi_round(&runtime, &socket, dir.path(), rounds, false, &request);
     for round in 0..rounds {
         let result = csi_round(&runtime, &socket, dir.path(), round, true, &request);

@@ -6,7 +6,8 @@
 //! nobody else.
 //!
 //! In a cluster the spec is read once per volume ([`KubePods`]: one GET at
-//! the first publish, kept until unpublish); standalone there is no spec
+//! the first publish, from the API server's cache when it has the pod, kept
+//! until unpublish); standalone there is no spec
 //! ([`NoPods`]) and the defaults hold.
 
 use std::collections::HashMap;
@@ -55,10 +56,17 @@ impl PodLookup for NoPods {
 /// next publish of each volume reads its pod again).
 const REMEMBERED: usize = 4096;
 
+/// Pod reads in flight at once. A node's pods start together; each read
+/// beyond the connections already open opens one of its own (a TLS
+/// handshake on both sides), so a full node's 110 reads at once cost more
+/// than the same reads over a few connections.
+const READS_AT_ONCE: usize = 16;
+
 /// Reads pods through the API server, once per volume.
 pub struct KubePods {
     client: kube::Client,
     known: Mutex<HashMap<String, VolumeUse>>,
+    reads: tokio::sync::Semaphore,
 }
 
 impl KubePods {
@@ -66,6 +74,22 @@ impl KubePods {
         Self {
             client,
             known: Mutex::new(HashMap::new()),
+            reads: tokio::sync::Semaphore::new(READS_AT_ONCE),
+        }
+    }
+
+    /// The pod's spec from the API server's cache (`resourceVersion=0`: no
+    /// etcd read), or from etcd when the cache does not hold this pod yet
+    /// (not found, or an older pod of the same name).
+    async fn read(&self, pod: &PodInfo) -> Result<Pod, kube::Error> {
+        // NB: the semaphore is never closed.
+        let _permit = self.reads.acquire().await;
+        let api: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), &pod.namespace);
+        match api.get_with(&pod.name, &kube::api::GetParams::any()).await {
+            Ok(spec) if pod.uid.is_none() || spec.metadata.uid == pod.uid => Ok(spec),
+            Ok(_) => api.get(&pod.name).await,
+            Err(kube::Error::Api(status)) if status.code == 404 => api.get(&pod.name).await,
+            Err(error) => Err(error),
         }
     }
 }
@@ -76,8 +100,7 @@ impl PodLookup for KubePods {
             if let Some(known) = self.known.lock().unwrap_or_else(|e| e.into_inner()).get(volume_id) {
                 return Some(known.clone());
             }
-            let api: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), &pod.namespace);
-            let spec = match api.get(&pod.name).await {
+            let spec = match self.read(pod).await {
                 Ok(spec) => spec,
                 Err(error) => {
                     tracing::warn!(
@@ -249,5 +272,59 @@ mod tests {
         );
         assert_eq!(volume_use(&pod, &volume_handle(UID, "other")), None, "not a CSI volume");
         assert_eq!(volume_use(&pod, &volume_handle("another-uid", "proxyconfig")), None);
+    }
+
+    /// The pod is read from the API server's cache (`resourceVersion=0`),
+    /// and from etcd (no resourceVersion) only when the cache does not have
+    /// it or has an older pod of the same name.
+    #[tokio::test]
+    async fn the_pod_is_read_from_the_api_servers_cache_and_from_etcd_only_when_the_cache_lacks_it() {
+        use testing::apiserver::{FakeApiServer, PODS};
+        let api = FakeApiServer::start(&[PODS]).await;
+        let mut stored = serde_json::to_value(seed_pod(
+            "",
+            r#"[{"name": "a", "image": "x", "volumeMounts": [{"name": "proxyconfig", "mountPath": "/cfg"}]}]"#,
+        ))
+        .unwrap();
+        stored["apiVersion"] = serde_json::json!("v1");
+        stored["kind"] = serde_json::json!("Pod");
+        // NB: the API server gives the pod its UID.
+        let uid = format!("00000000-0000-4000-8000-{:012x}", api.apply(PODS, stored));
+        let pods = KubePods::new(api.client());
+        let info = |name: &str, uid: &str| PodInfo {
+            namespace: "team".to_owned(),
+            name: name.to_owned(),
+            uid: Some(uid.to_owned()),
+            service_account: "default".to_owned(),
+        };
+        let pod_reads = |name: &str| -> Vec<Option<String>> {
+            api.requests()
+                .into_iter()
+                .filter(|r| r.method == "GET" && r.path == format!("/api/v1/namespaces/team/pods/{name}"))
+                .map(|r| r.param("resourceVersion"))
+                .collect()
+        };
+
+        let found = pods
+            .volume_use(&info("p", &uid), &volume_handle(&uid, "proxyconfig"))
+            .await;
+        assert_eq!(found.unwrap().mount_paths, ["/cfg"]);
+        assert_eq!(pod_reads("p"), [Some("0".to_owned())], "one read, from the cache");
+
+        // An older pod of the same name in the cache: read again from etcd.
+        let newer = "9a9a9a9a-0000-4000-8000-000000000001";
+        let found = pods
+            .volume_use(&info("p", newer), &volume_handle(newer, "proxyconfig"))
+            .await;
+        assert_eq!(found, None, "the pod read is not the one publishing");
+        assert_eq!(pod_reads("p")[1..], [Some("0".to_owned()), None]);
+
+        // Not in the cache (yet): read from etcd.
+        let other = "9a9a9a9a-0000-4000-8000-000000000002";
+        let found = pods
+            .volume_use(&info("q", other), &volume_handle(other, "proxyconfig"))
+            .await;
+        assert_eq!(found, None);
+        assert_eq!(pod_reads("q"), [Some("0".to_owned()), None]);
     }
 }
