@@ -509,21 +509,7 @@ fn real_csi_line(runtime: &tokio::runtime::Runtime) -> String {
         );
         cluster.kubectl_ok(&["apply", "-f", "-"], Some(&connector));
     }
-    cluster.kubectl_ok(&["create", "serviceaccount", "builder", "-n", namespace], None);
-    cluster.kubectl_ok(
-        &[
-            "create",
-            "rolebinding",
-            "builder",
-            "-n",
-            namespace,
-            "--clusterrole",
-            "connectors-user",
-            "--serviceaccount",
-            &format!("{namespace}:builder"),
-        ],
-        None,
-    );
+    cluster.service_accounts(namespace, &[("builder", true)]);
     let token = cluster.kubectl_ok(
         &[
             "create",
@@ -1861,10 +1847,7 @@ fn csi_cluster_row(apiserver: &tokio::runtime::Runtime, runtime: &tokio::runtime
     std::fs::write(&kubeconfig, api.kubeconfig("csi-token")).expect("the kubeconfig is written");
     // The publishing pods exist, as they do when kubelet publishes.
     let uids: Vec<String> = (0..PODS_PER_NODE)
-        .map(|i| {
-            let version = api.apply(PODS, csi_pod(LISTED, i));
-            format!("00000000-0000-4000-8000-{version:012x}")
-        })
+        .map(|i| testing::apiserver::assigned_uid(api.apply(PODS, csi_pod(LISTED, i))))
         .collect();
     let bytes_before = api.bytes_served();
     let request =

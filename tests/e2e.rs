@@ -47,31 +47,6 @@ async fn namespace(client: &kube::Client, name: &str) {
     namespaces.create(&PostParams::default(), &object).await.unwrap();
 }
 
-/// Creates ServiceAccounts in `namespace`; those marked `true` get a
-/// RoleBinding to the shipped `connectors-user` role there.
-fn service_accounts(cluster: &RealCluster, namespace: &str, accounts: &[(&str, bool)]) {
-    for (account, bound) in accounts {
-        cluster.kubectl_ok(&["create", "serviceaccount", account, "-n", namespace], None);
-        if *bound {
-            let subject = format!("{namespace}:{account}");
-            cluster.kubectl_ok(
-                &[
-                    "create",
-                    "rolebinding",
-                    account,
-                    "-n",
-                    namespace,
-                    "--clusterrole",
-                    "connectors-user",
-                    "--serviceaccount",
-                    &subject,
-                ],
-                None,
-            );
-        }
-    }
-}
-
 /// The spec of an `oci` connector for `address` with basic-auth Secret
 /// `secret`.
 fn with_secret(address: &str, secret: &str) -> String {
@@ -489,11 +464,7 @@ async fn real_service_account_tokens_push_and_pull_through_the_proxy_and_no_othe
     let ns = "identity";
     namespace(&client, ns).await;
     robot_connector(cluster, ns, "reg", &format!("http://{}", registry.host_port()));
-    service_accounts(
-        cluster,
-        ns,
-        &[("builder", true), ("stranger", false), ("shortlived", true)],
-    );
+    cluster.service_accounts(ns, &[("builder", true), ("stranger", false), ("shortlived", true)]);
     let token = |account: &str, audience: Option<&str>| {
         let mut args = vec!["create", "token", account, "-n", ns, "--duration", "1h"];
         if let Some(audience) = audience {
@@ -1170,7 +1141,7 @@ async fn injected_pods_are_identified_by_their_address_as_the_api_server_reports
         None,
     );
     robot_connector(cluster, ns, "reg", &registry.url());
-    service_accounts(cluster, ns, &[("builder", true), ("stranger", false)]);
+    cluster.service_accounts(ns, &[("builder", true), ("stranger", false)]);
     // Pods as a kubelet would report them: running, at these addresses.
     for (name, account, host_network, ip) in [
         ("job", "builder", false, "127.0.0.21"),
@@ -1241,7 +1212,7 @@ async fn a_csi_mount_needs_rbac_on_each_connector_it_names() {
     namespace(&client, ns).await;
     let spec = "{connectorClassName: oci, address: \"https://127.0.0.2:5443\"}";
     cluster.kubectl_ok(&["apply", "-f", "-"], Some(&support::connector_yaml(ns, "lab", spec)));
-    service_accounts(cluster, ns, &[("builder", true), ("intruder", false)]);
+    cluster.service_accounts(ns, &[("builder", true), ("intruder", false)]);
     // The plugin as its DaemonSet runs it: the connectors-csi
     // ServiceAccount's token, the proxy CA the controller publishes.
     let dir = tempfile::tempdir().unwrap();

@@ -86,7 +86,7 @@ impl KubePods {
         let _permit = self.reads.acquire().await;
         let api: kube::Api<Pod> = kube::Api::namespaced(self.client.clone(), &pod.namespace);
         match api.get_with(&pod.name, &kube::api::GetParams::any()).await {
-            Ok(spec) if pod.uid.is_none() || spec.metadata.uid == pod.uid => Ok(spec),
+            Ok(spec) if is_the_pod(pod, &spec) => Ok(spec),
             Ok(_) => api.get(&pod.name).await,
             Err(kube::Error::Api(status)) if status.code == 404 => api.get(&pod.name).await,
             Err(error) => Err(error),
@@ -111,7 +111,7 @@ impl PodLookup for KubePods {
                     return None;
                 }
             };
-            if pod.uid.is_some() && spec.metadata.uid != pod.uid {
+            if !is_the_pod(pod, &spec) {
                 return None;
             }
             let found = volume_use(&spec, volume_id)?;
@@ -127,6 +127,12 @@ impl PodLookup for KubePods {
     fn forget(&self, volume_id: &str) {
         self.known.lock().unwrap_or_else(|e| e.into_inner()).remove(volume_id);
     }
+}
+
+/// True unless `spec` is another pod of the name (kubelet said a UID and
+/// it differs).
+fn is_the_pod(pod: &PodInfo, spec: &Pod) -> bool {
+    pod.uid.is_none() || spec.metadata.uid == pod.uid
 }
 
 /// kubelet's handle of an inline volume: `csi-<sha256(pod UID + volume name)>`.
@@ -289,7 +295,7 @@ mod tests {
         stored["apiVersion"] = serde_json::json!("v1");
         stored["kind"] = serde_json::json!("Pod");
         // NB: the API server gives the pod its UID.
-        let uid = format!("00000000-0000-4000-8000-{:012x}", api.apply(PODS, stored));
+        let uid = testing::apiserver::assigned_uid(api.apply(PODS, stored));
         let pods = KubePods::new(api.client());
         let info = |name: &str, uid: &str| PodInfo {
             namespace: "team".to_owned(),

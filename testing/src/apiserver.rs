@@ -929,7 +929,7 @@ async fn serve_list(
     // collection, per request (as etcd's range reads do).
     let (resource_version, after) = match params.get("continue") {
         Some(token) => match parse_continue(token) {
-            Some(position) => position,
+            Some((resource_version, last)) => (resource_version, Some(last)),
             None => {
                 return status_response(
                     400,
@@ -977,13 +977,16 @@ async fn serve_list(
 }
 
 /// A continue token's resourceVersion and the key listed last.
-fn parse_continue(token: &str) -> Option<(u64, Option<(String, String)>)> {
+fn parse_continue(token: &str) -> Option<(u64, (String, String))> {
     let (resource_version, last) = token.strip_prefix("fake-continue:")?.split_once(':')?;
     let (namespace, name) = last.split_once('/')?;
-    Some((
-        resource_version.parse().ok()?,
-        Some((namespace.to_owned(), name.to_owned())),
-    ))
+    Some((resource_version.parse().ok()?, (namespace.to_owned(), name.to_owned())))
+}
+
+/// The UID the fake gives an object created at `resource_version` (what
+/// [`FakeApiServer::apply`] returns for a new object).
+pub fn assigned_uid(resource_version: u64) -> String {
+    format!("00000000-0000-4000-8000-{resource_version:012x}")
 }
 
 /// An item of a list: built-in kinds are listed without `apiVersion` and

@@ -237,6 +237,31 @@ impl RealCluster {
         path
     }
 
+    /// Creates ServiceAccounts in `namespace`; those marked `true` get a
+    /// RoleBinding to the shipped `connectors-user` role there.
+    pub fn service_accounts(&self, namespace: &str, accounts: &[(&str, bool)]) {
+        for (account, bound) in accounts {
+            self.kubectl_ok(&["create", "serviceaccount", account, "-n", namespace], None);
+            if *bound {
+                let subject = format!("{namespace}:{account}");
+                self.kubectl_ok(
+                    &[
+                        "create",
+                        "rolebinding",
+                        account,
+                        "-n",
+                        namespace,
+                        "--clusterrole",
+                        "connectors-user",
+                        "--serviceaccount",
+                        &subject,
+                    ],
+                    None,
+                );
+            }
+        }
+    }
+
     /// The log of one control-plane program (`kube-apiserver`, ...).
     pub fn log(&self, program: &str) -> String {
         std::fs::read_to_string(self.dir.join("logs").join(format!("{program}.log"))).unwrap_or_default()

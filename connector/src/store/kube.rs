@@ -97,7 +97,7 @@ pub fn referenced_secrets(connector: &Connector) -> Vec<(String, String)> {
 
 /// Drops the API server's bookkeeping from an object before a cache keeps
 /// it: managed fields (half of a small object's bytes, and parsed into
-/// nested JSON maps about 13 KiB of memory per Connector) and kubectl's
+/// nested JSON maps about 7 KiB of memory per Connector) and kubectl's
 /// copy of the last applied object. No component reads either.
 pub fn drop_bookkeeping(metadata: &mut ObjectMeta) {
     metadata.managed_fields = None;

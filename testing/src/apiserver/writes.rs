@@ -72,7 +72,7 @@ impl ApiState {
         let previous_metadata = previous.as_ref().map(|p| &p["metadata"]);
         metadata["uid"] = previous_metadata
             .map(|m| m["uid"].clone())
-            .unwrap_or_else(|| json!(format!("00000000-0000-4000-8000-{resource_version:012x}")));
+            .unwrap_or_else(|| json!(super::assigned_uid(resource_version)));
         if metadata.get("creationTimestamp").is_none_or(Value::is_null) {
             metadata["creationTimestamp"] = previous_metadata
                 .map(|m| m["creationTimestamp"].clone())
